@@ -1,0 +1,1 @@
+"""Image backends: the contract, the registry and one module per adapter."""

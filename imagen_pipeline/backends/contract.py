@@ -1,0 +1,114 @@
+"""The backend contract: what every adapter receives and returns.
+
+An adapter is a :class:`ImageBackend` subclass (a Dagster ``ConfigurableResource``) whose
+fields are the keys of its block in ``imagen.yaml``. It turns a :class:`GenerationRequest`
+into a :class:`GenerationResult` and classifies its failures as
+:class:`~imagen_pipeline.errors.TransientBackendError` or
+:class:`~imagen_pipeline.errors.PermanentBackendError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import dagster as dg
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEED = 2**32 - 1
+"""Largest seed accepted everywhere (fits every backend's seed field)."""
+
+
+class GenerationRequest(BaseModel):
+    """One image to generate, after prompt enrichment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str = Field(description="Enriched prompt sent to the backend.")
+    negative: str = Field(default="", description="Negative prompt; empty for none.")
+    width: int = Field(description="Image width in pixels.")
+    height: int = Field(description="Image height in pixels.")
+    steps: int | None = Field(default=None, description="Sampling steps; None: backend default.")
+    seed: int | None = Field(default=None, description="Seed; None: the backend picks one.")
+    style: str = Field(default="none", description="Style preset the prompt was enriched with.")
+    backend_opts: dict[str, Any] = Field(
+        default_factory=dict, description="Adapter-specific options passed through unchanged."
+    )
+
+
+class GenerationMetadata(BaseModel):
+    """Facts about a generated image that the adapter knows best."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(description="Model that produced the image.")
+    seed: int | None = Field(description="Seed actually used; None if the backend has none.")
+    steps: int | None = Field(default=None, description="Steps actually used, if known.")
+    latency_s: float = Field(description="Wall time of the backend call in seconds.")
+    cost_usd: float = Field(default=0.0, description="Estimated cost in US dollars.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Adapter-specific facts (prompt id, prediction id, token usage, ...).",
+    )
+
+
+class GenerationResult(BaseModel):
+    """The image an adapter produced, with its MIME type and metadata."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    image: bytes
+    mime_type: str
+    metadata: GenerationMetadata
+
+
+@dataclass(frozen=True)
+class GenerationContext:
+    """Where a generation runs: lets adapters name their work and report progress.
+
+    ``attempt`` is 0 for the first try of a step and grows with each retry, so adapters can
+    derive idempotency keys (e.g. ComfyUI's ``prompt_id``) from ``(run_id, attempt)``.
+    """
+
+    run_id: str
+    attempt: int = 0
+    instance_name: str = ""
+    log: logging.Logger | Any = field(default_factory=lambda: logging.getLogger("imagen"))
+
+
+@dataclass(frozen=True)
+class BackendCheck:
+    """Result of a cheap probe of a configured backend (``imagen backends --check``)."""
+
+    reachable: bool | None
+    credentials: bool | None
+    model_present: bool | None
+    detail: str = ""
+
+
+class ImageBackend(dg.ConfigurableResource, ABC):
+    """Base class of all image backends.
+
+    Subclasses declare their ``imagen.yaml`` fields as typed, described attributes and list
+    fields that hold env var *names* of secrets in ``credential_fields``.
+    """
+
+    credential_fields: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest, context: GenerationContext) -> GenerationResult:
+        """Produce one image or raise a transient/permanent backend error."""
+
+    def model_name(self) -> str:
+        """The model this instance generates with, for naming and cost estimates."""
+        return str(getattr(self, "model", "") or type(self).__name__)
+
+    def estimate_cost_usd(self, request: GenerationRequest) -> float:
+        """Expected cost of ``request`` before it is sent; 0 for free backends."""
+        return 0.0
+
+    def check(self) -> BackendCheck:
+        """Probe reachability, credentials and model cheaply; default: nothing to probe."""
+        return BackendCheck(reachable=None, credentials=None, model_present=None)

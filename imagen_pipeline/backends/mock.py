@@ -1,0 +1,156 @@
+"""The mock backend: deterministic Pillow images, simulated latency and failures.
+
+Same (prompt, negative, seed, size, model) gives the same pixels; any difference gives
+different ones. It can serialize generations across processes with a lock file (to act
+like a single GPU), fail the first attempts transiently or every attempt permanently, and
+append one JSON line per call to a log so tests and benchmarks can count backend calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import random
+import secrets
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+from pydantic import Field
+
+from imagen_pipeline.backends.contract import (
+    MAX_SEED,
+    GenerationContext,
+    GenerationMetadata,
+    GenerationRequest,
+    GenerationResult,
+    ImageBackend,
+)
+from imagen_pipeline.errors import PermanentBackendError, TransientBackendError
+
+
+class MockBackend(ImageBackend):
+    """Deterministic local images for development, tests and benchmarks; costs nothing."""
+
+    model: str = Field(default="mock-v1", description="Model name reported in metadata.")
+    default_steps: int = Field(default=20, ge=1, description="Steps reported when none given.")
+    latency_s: float = Field(default=0.0, ge=0, description="Simulated generation time.")
+    serial_lock: str | None = Field(
+        default=None,
+        description="Lock file path; when set, generations run one at a time across "
+        "processes, like a single GPU.",
+    )
+    fail_transient_attempts: int = Field(
+        default=0,
+        ge=0,
+        description="Fail the first N attempts of each step with a transient error.",
+    )
+    fail_permanent: str | None = Field(
+        default=None, description="When set, every call fails permanently with this message."
+    )
+    calls_log: str | None = Field(
+        default=None, description="Append one JSON line per backend call to this file."
+    )
+    cost_usd: float = Field(default=0.0, ge=0, description="Cost reported per image.")
+
+    def generate(self, request: GenerationRequest, context: GenerationContext) -> GenerationResult:
+        """Render the image, honouring the simulated latency and failures."""
+        started = time.monotonic()
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        self._log_call(request, context, seed)
+        if self.fail_permanent:
+            raise PermanentBackendError(f"mock backend rejected the request: {self.fail_permanent}")
+        if context.attempt < self.fail_transient_attempts:
+            raise TransientBackendError(
+                f"mock backend simulated a transient failure (attempt {context.attempt + 1} "
+                f"of {self.fail_transient_attempts} failing)"
+            )
+        with self._gpu_slot():
+            if self.latency_s:
+                time.sleep(self.latency_s)
+            image = render_image(request, seed, self.model)
+        steps = request.steps or self.default_steps
+        return GenerationResult(
+            image=image,
+            mime_type="image/png",
+            metadata=GenerationMetadata(
+                model=self.model,
+                seed=seed,
+                steps=steps,
+                latency_s=round(time.monotonic() - started, 4),
+                cost_usd=self.cost_usd,
+            ),
+        )
+
+    def estimate_cost_usd(self, request: GenerationRequest) -> float:
+        """The configured per-image cost (0 by default)."""
+        return self.cost_usd
+
+    @contextlib.contextmanager
+    def _gpu_slot(self) -> Iterator[None]:
+        if not self.serial_lock:
+            yield
+            return
+        lock_path = Path(self.serial_lock)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _log_call(self, request: GenerationRequest, context: GenerationContext, seed: int) -> None:
+        if not self.calls_log:
+            return
+        entry = {
+            "at": datetime.now(UTC).isoformat(),
+            "run_id": context.run_id,
+            "attempt": context.attempt,
+            "prompt": request.prompt,
+            "seed": seed,
+            "width": request.width,
+            "height": request.height,
+        }
+        path = Path(self.calls_log)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+
+def render_image(request: GenerationRequest, seed: int, model: str) -> bytes:
+    """Deterministic PNG for (prompt, negative, seed, size, model)."""
+    key = "\x00".join(
+        [
+            request.prompt,
+            request.negative,
+            str(seed),
+            str(request.width),
+            str(request.height),
+            model,
+        ]
+    )
+    rng = random.Random(hashlib.sha256(key.encode("utf-8")).digest())
+
+    def color() -> tuple[int, int, int]:
+        return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+
+    width, height = request.width, request.height
+    mask = Image.linear_gradient("L").rotate(rng.randrange(360)).resize((width, height))
+    image = Image.composite(
+        Image.new("RGB", (width, height), color()), Image.new("RGB", (width, height), color()), mask
+    )
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x0, y0 = rng.randrange(width), rng.randrange(height)
+        radius = rng.randrange(max(2, min(width, height) // 4))
+        draw.ellipse((x0 - radius, y0 - radius, x0 + radius, y0 + radius), fill=color())
+    draw.text((8, 8), request.prompt[:80], fill=color())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()

@@ -1,0 +1,98 @@
+"""Backend types by name, and building a configured instance from its ``imagen.yaml`` block.
+
+Adding an adapter: write its module, then add one line to ``BACKEND_TYPES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from imagen_pipeline.backends.contract import ImageBackend
+from imagen_pipeline.backends.mock import MockBackend
+from imagen_pipeline.config.secrets import is_env_var_name, resolve_secret
+from imagen_pipeline.config.validation import describe_validation_error
+from imagen_pipeline.errors import ConfigError, MissingCredentialError
+
+BACKEND_TYPES: dict[str, type[ImageBackend]] = {
+    "mock": MockBackend,
+}
+
+
+@dataclass(frozen=True)
+class BackendInstance:
+    """A named backend from ``imagen.yaml``: instance name, type name and the adapter."""
+
+    name: str
+    type_name: str
+    backend: ImageBackend
+
+    def credential_env_vars(self) -> dict[str, str]:
+        """Field name -> env var name for every secret this instance needs."""
+        names = {f: getattr(self.backend, f) for f in self.backend.credential_fields}
+        return {field: env for field, env in names.items() if env}
+
+    def missing_credentials(self) -> list[str]:
+        """Names of env vars this instance needs that are not set."""
+        missing = []
+        for field, env_var in self.credential_env_vars().items():
+            try:
+                resolve_secret(env_var, f"backends.{self.name}.{field}")
+            except MissingCredentialError:
+                missing.append(env_var)
+        return missing
+
+    def require_credentials(self) -> None:
+        """Fail fast, naming the first unset variable, before any request is sent."""
+        for field, env_var in self.credential_env_vars().items():
+            resolve_secret(env_var, f"backends.{self.name}.{field}")
+
+
+def registered_types() -> list[str]:
+    """Sorted names usable as ``type:`` in a backend block."""
+    return sorted(BACKEND_TYPES)
+
+
+def build_backend(name: str, block: Any) -> BackendInstance:
+    """Validate one ``backends.<name>`` block and construct its adapter."""
+    path = f"backends.{name}"
+    if not isinstance(block, Mapping):
+        raise ConfigError(f"{path}: must be a mapping with a 'type' key")
+    type_name = block.get("type")
+    if not type_name:
+        raise ConfigError(
+            f"{path}.type: missing; registered types: {', '.join(registered_types())}"
+        )
+    backend_cls = BACKEND_TYPES.get(str(type_name))
+    if backend_cls is None:
+        raise ConfigError(
+            f"{path}.type: unknown backend type {type_name!r}; "
+            f"registered types: {', '.join(registered_types())}"
+        )
+    fields = {key: value for key, value in block.items() if key != "type"}
+    allowed = sorted(backend_cls.model_fields)
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r} for type {type_name!r}; "
+            f"allowed keys: {', '.join(['type', *allowed])}"
+        )
+    for field in backend_cls.credential_fields:
+        value = fields.get(field)
+        if value is not None and not (isinstance(value, str) and is_env_var_name(value)):
+            raise ConfigError(
+                f"{path}.{field}: must be the NAME of an environment variable "
+                "(A-Z, 0-9, _), never the secret itself"
+            )
+    try:
+        backend = backend_cls(**fields)
+    except ValidationError as error:
+        raise ConfigError(
+            describe_validation_error(
+                error, backend_cls, prefix=path, secret_fields=backend_cls.credential_fields
+            )
+        ) from None
+    return BackendInstance(name=name, type_name=str(type_name), backend=backend)

@@ -1,0 +1,1 @@
+"""Cloud sync of finished images (Supabase Storage and ``imagen.images``)."""

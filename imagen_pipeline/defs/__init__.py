@@ -1,0 +1,1 @@
+"""The Dagster layer: resources, ops, jobs. Thin wrappers over the plain modules."""

@@ -1,0 +1,221 @@
+"""Ops of the ``generate_image`` graph: enrich_prompt -> generate -> write_files ->
+cloud_sync -> record_usage.
+
+Each op is a thin layer: it loads the config through :class:`ImagenResource`, calls a plain
+module, turns expected errors into ``dagster.Failure`` and logs lineage. Ops pass small
+pydantic values and file paths, never image bytes.
+"""
+
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from imagen_pipeline.backends.contract import GenerationContext
+from imagen_pipeline.cloud.sync import SyncOutcome, sync_image
+from imagen_pipeline.errors import ImagenError, TransientBackendError
+from imagen_pipeline.generation import GeneratedImage, run_generation
+from imagen_pipeline.output.preview import preview_markdown
+from imagen_pipeline.output.store import StoredImage, store_image
+from imagen_pipeline.planning import GenerationPlan, ImageSpec, plan_generation
+from imagen_pipeline.prompts.styles import load_styles
+from imagen_pipeline.usage.recorder import UsageOutcome, record_generation
+
+from .resources import ImagenResource
+
+IMAGE_ASSET_KEY = dg.AssetKey(["imagen", "image"])
+GENERATE_MAX_RETRIES = 3
+TAG_BACKEND = "imagen/backend"
+TAG_STYLE = "imagen/style"
+TAG_JOB_ID = "imagen/job_id"
+
+
+class GenerateImageConfig(dg.Config):
+    """What to generate. Only ``prompt`` is required."""
+
+    prompt: str = Field(description="What the image should show.")
+    negative: str = Field(default="", description="What it should not show.")
+    style: str = Field(
+        default="none",
+        description="Style preset: " + ", ".join(sorted(load_styles())) + ".",
+    )
+    backend: str = Field(
+        default="", description="Backend instance from imagen.yaml; empty: default_backend."
+    )
+    width: int | None = Field(default=None, description="Width in pixels; empty: style default.")
+    height: int | None = Field(default=None, description="Height in pixels; empty: style default.")
+    steps: int | None = Field(default=None, description="Sampling steps; empty: backend default.")
+    seed: int | None = Field(default=None, description="Seed; empty: the backend picks one.")
+    backend_opts: dict[str, Any] = Field(
+        default_factory=dict, description="Adapter-specific options, passed through unchanged."
+    )
+    job_id: int | None = Field(
+        default=None, description="imagen.jobs row id; set by the jobs sensor, leave empty."
+    )
+    owner_user_id: str | None = Field(
+        default=None, description="Owner (auth user uuid); set by the jobs sensor, leave empty."
+    )
+
+    def to_spec(self) -> ImageSpec:
+        """The plain-Python request this config describes."""
+        return ImageSpec(**self.model_dump())
+
+
+def _failure(error: ImagenError | Exception, prefix: str = "") -> dg.Failure:
+    """A failure that the retry policy does not retry."""
+    return dg.Failure(description=f"{prefix}{error}", allow_retries=False)
+
+
+@dg.op(tags={"kind": "prompt"})
+def enrich_prompt(
+    context: dg.OpExecutionContext, config: GenerateImageConfig, imagen: ImagenResource
+) -> GenerationPlan:
+    """Validate the request, apply the style preset and bind it to a backend instance."""
+    try:
+        plan = plan_generation(config.to_spec(), imagen.load())
+    except ImagenError as error:
+        raise _failure(error) from None
+    tags = {TAG_BACKEND: plan.backend, TAG_STYLE: plan.request.style}
+    if plan.spec.job_id is not None:
+        tags[TAG_JOB_ID] = str(plan.spec.job_id)
+    new_tags = {key: value for key, value in tags.items() if context.run.tags.get(key) != value}
+    if new_tags:
+        context.instance.add_run_tags(context.run_id, new_tags)
+    context.log.info(
+        f"backend {plan.backend} ({plan.backend_type}, {plan.model}), style {plan.request.style}, "
+        f"{plan.request.width}x{plan.request.height}; prompt: {plan.request.prompt}"
+    )
+    return plan
+
+
+@dg.op(tags={"kind": "generate"})
+def generate(
+    context: dg.OpExecutionContext, plan: GenerationPlan, imagen: ImagenResource
+) -> GeneratedImage:
+    """Call the backend and stage the image; transient errors are retried, others are not."""
+    try:
+        loaded = imagen.load()
+        instance = loaded.backend(plan.backend)
+    except ImagenError as error:
+        raise _failure(error) from None
+    generation_context = GenerationContext(
+        run_id=context.run_id,
+        attempt=context.retry_number,
+        instance_name=plan.backend,
+        log=context.log,
+    )
+    label = f"backend {plan.backend!r} ({plan.backend_type}): "
+    try:
+        generated = run_generation(plan, instance, generation_context, loaded.output_dir)
+    except TransientBackendError as error:
+        context.log.warning(
+            f"{label}transient failure on attempt {context.retry_number + 1}: {error}"
+        )
+        if error.retry_after_s:
+            raise dg.RetryRequested(
+                max_retries=GENERATE_MAX_RETRIES, seconds_to_wait=error.retry_after_s
+            ) from error
+        raise
+    except ImagenError as error:
+        raise _failure(error, label) from None
+    except Exception as error:
+        raise _failure(f"unexpected {type(error).__name__}: {error}", label) from error
+    meta = generated.metadata
+    context.log.info(
+        f"{label}{meta.model}, seed {meta.seed}, {generated.width}x{generated.height}, "
+        f"{meta.latency_s:.2f}s, ${meta.cost_usd:.4f}"
+    )
+    return generated
+
+
+@dg.op(tags={"kind": "files"})
+def write_files(
+    context: dg.OpExecutionContext, generated: GeneratedImage, imagen: ImagenResource
+) -> StoredImage:
+    """Move the staged image to its final name, write the sidecar, record the materialization."""
+    try:
+        loaded = imagen.load()
+        output = loaded.config.output
+        stored = store_image(
+            generated,
+            loaded.output_dir,
+            output.naming,
+            output.write_metadata_json,
+            context.run_id,
+        )
+    except ImagenError as error:
+        raise _failure(error) from None
+    context.log_event(image_materialization(stored))
+    context.log.info(f"wrote {stored.image_path}")
+    return stored
+
+
+@dg.op(tags={"kind": "cloud"})
+def cloud_sync(
+    context: dg.OpExecutionContext, stored: StoredImage, imagen: ImagenResource
+) -> SyncOutcome:
+    """Upload to Supabase Storage and record ``imagen.images`` (when configured)."""
+    try:
+        outcome = sync_image(stored, imagen.load())
+    except ImagenError as error:
+        raise _failure(error) from None
+    context.log.info(outcome.detail)
+    return outcome
+
+
+@dg.op(tags={"kind": "usage"})
+def record_usage(
+    context: dg.OpExecutionContext,
+    stored: StoredImage,
+    synced: SyncOutcome,
+    imagen: ImagenResource,
+) -> UsageOutcome:
+    """Record the generation's cost in ``mai.imagen_usage`` (when configured)."""
+    try:
+        outcome = record_generation(stored, imagen.load())
+    except ImagenError as error:
+        raise _failure(error) from None
+    context.log.info(outcome.detail)
+    return outcome
+
+
+def image_materialization(stored: StoredImage) -> dg.AssetMaterialization:
+    """Lineage for one image: where it is, what made it, and a small preview."""
+    generated = stored.generated
+    plan = generated.plan
+    meta = generated.metadata
+    metadata: dict[str, Any] = {
+        "path": dg.MetadataValue.path(stored.image_path),
+        "prompt": dg.MetadataValue.text(plan.spec.prompt),
+        "enriched_prompt": dg.MetadataValue.text(plan.request.prompt),
+        "style": dg.MetadataValue.text(plan.request.style),
+        "backend": dg.MetadataValue.text(plan.backend),
+        "backend_type": dg.MetadataValue.text(plan.backend_type),
+        "model": dg.MetadataValue.text(meta.model),
+        "seed": dg.MetadataValue.int(meta.seed) if meta.seed is not None else None,
+        "size": dg.MetadataValue.text(f"{generated.width}x{generated.height}"),
+        "steps": dg.MetadataValue.int(meta.steps) if meta.steps is not None else None,
+        "latency_s": dg.MetadataValue.float(meta.latency_s),
+        "cost_usd": dg.MetadataValue.float(meta.cost_usd),
+        "sha256": dg.MetadataValue.text(stored.sha256),
+        "preview": dg.MetadataValue.md(preview_markdown_safe(stored.image_path)),
+    }
+    if stored.sidecar_path:
+        metadata["sidecar_path"] = dg.MetadataValue.path(stored.sidecar_path)
+    if plan.spec.job_id is not None:
+        metadata["job_id"] = dg.MetadataValue.int(plan.spec.job_id)
+    return dg.AssetMaterialization(
+        asset_key=IMAGE_ASSET_KEY,
+        description=plan.spec.prompt[:200],
+        metadata={key: value for key, value in metadata.items() if value is not None},
+    )
+
+
+def preview_markdown_safe(path: str) -> str:
+    """The preview markdown, or a note if the image cannot be thumbnailed."""
+    from pathlib import Path
+
+    try:
+        return preview_markdown(Path(path))
+    except OSError as error:
+        return f"(no preview: {error})"

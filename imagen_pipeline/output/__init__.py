@@ -1,0 +1,1 @@
+"""Output: file naming, atomic writes, JSON sidecars, PNG text chunks and previews."""

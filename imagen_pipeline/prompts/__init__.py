@@ -1,0 +1,1 @@
+"""Prompt enrichment with style presets."""

@@ -1,0 +1,1 @@
+"""Cost tracking in ``mai.imagen_usage``."""
