@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .ops import (
+from imagen_pipeline.defs.ops import (
     GENERATE_MAX_RETRIES,
     cloud_sync,
     enrich_prompt,
@@ -12,7 +12,7 @@ from .ops import (
     record_usage,
     write_files,
 )
-from .resources import ImagenResource
+from imagen_pipeline.defs.resources import ImagenResource
 
 GENERATE_RETRY_DELAY_S = 2.0
 

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.cloud.sync import SyncOutcome, sync_image
+from imagen_pipeline.defs.resources import ImagenResource
 from imagen_pipeline.errors import ImagenError, TransientBackendError
 from imagen_pipeline.generation import GeneratedImage, run_generation
 from imagen_pipeline.output.preview import preview_markdown
@@ -20,8 +21,6 @@ from imagen_pipeline.output.store import StoredImage, store_image
 from imagen_pipeline.planning import GenerationPlan, ImageSpec, plan_generation
 from imagen_pipeline.prompts.styles import load_styles
 from imagen_pipeline.usage.recorder import UsageOutcome, record_generation
-
-from .resources import ImagenResource
 
 IMAGE_ASSET_KEY = dg.AssetKey(["imagen", "image"])
 GENERATE_MAX_RETRIES = 3

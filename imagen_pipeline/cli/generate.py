@@ -1,0 +1,145 @@
+"""``imagen generate``: run the ``generate_image`` job through Dagster and print the path.
+
+Prints exactly one line on stdout (the absolute image path), which is the contract the
+``/imagine`` chat skill relies on. Everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+import dagster as dg
+
+from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
+from imagen_pipeline.cli.instance import cli_instance
+from imagen_pipeline.config.loader import load_config
+from imagen_pipeline.defs.jobs import build_generate_image_job
+from imagen_pipeline.errors import ImagenError
+from imagen_pipeline.output.store import StoredImage
+from imagen_pipeline.planning import ImageSpec, parse_size, plan_generation
+from imagen_pipeline.prompts.styles import load_styles
+
+RUN_SOURCE_TAG = "imagen/source"
+
+
+def _parse_opts(pairs: tuple[str, ...]) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--opt: expected KEY=VALUE (got {pair!r})")
+        try:
+            opts[key] = json.loads(value)
+        except ValueError:
+            opts[key] = value
+    return opts
+
+
+def failure_message(result: dg.ExecuteJobResult) -> str:
+    """The first step failure's description or error message, for stderr."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data:
+            data = event.step_failure_data
+            if data.user_failure_data and data.user_failure_data.description:
+                return data.user_failure_data.description
+            if data.error:
+                cause = data.error.cause or data.error
+                return cause.message.strip()
+    return "run failed"
+
+
+def run_generate_job(spec: ImageSpec, config_path: str | None, verbose: bool) -> StoredImage:
+    """Execute ``generate_image`` in this process, recorded in the CLI's Dagster instance."""
+    run_config: dict[str, Any] = {
+        "ops": {"enrich_prompt": {"config": spec.model_dump(exclude_none=True)}},
+        "loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}},
+    }
+    if config_path:
+        run_config["resources"] = {"imagen": {"config": {"config_path": config_path}}}
+    with (
+        cli_instance() as instance,
+        dg.execute_job(
+            dg.build_reconstructable_job(
+                build_generate_image_job.__module__, build_generate_image_job.__name__
+            ),
+            instance=instance,
+            run_config=run_config,
+            tags={RUN_SOURCE_TAG: "cli"},
+            raise_on_error=False,
+        ) as result,
+    ):
+        if not result.success:
+            raise CliError(f"{failure_message(result)} (run {result.run_id})", EXIT_FAILED)
+        return result.output_for_node("write_files")
+
+
+@click.command()
+@click.argument("prompt")
+@click.option(
+    "--style",
+    default="none",
+    show_default=True,
+    help="Style preset.",
+    type=click.Choice(sorted(load_styles())),
+)
+@click.option("--size", help="WIDTHxHEIGHT, e.g. 1024x1024 (default: style, then 1024x1024).")
+@click.option("--backend", default="", help="Backend instance (default: default_backend).")
+@click.option("--seed", type=int, help="Seed (default: the backend picks and records one).")
+@click.option("--steps", type=int, help="Sampling steps (default: style, then backend).")
+@click.option("--negative", default="", help="Negative prompt.")
+@click.option(
+    "--opt",
+    "opts",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Backend option (repeatable); VALUE is parsed as JSON when it can be.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="imagen.yaml to use (default: $IMAGEN_CONFIG, then ~/.config/imagen.yaml).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Show Dagster's event log on stderr.")
+def generate(
+    prompt: str,
+    style: str,
+    size: str | None,
+    backend: str,
+    seed: int | None,
+    steps: int | None,
+    negative: str,
+    opts: tuple[str, ...],
+    config_path: str | None,
+    verbose: bool,
+) -> None:
+    """Generate one image for PROMPT and print its absolute path."""
+    try:
+        width, height = parse_size(size) if size else (None, None)
+        spec = ImageSpec(
+            prompt=prompt,
+            negative=negative,
+            style=style,
+            backend=backend,
+            width=width,
+            height=height,
+            steps=steps,
+            seed=seed,
+            backend_opts=_parse_opts(opts),
+        )
+        loaded = load_config(config_path)
+        plan_generation(spec, loaded)
+    except ImagenError as error:
+        raise CliError(str(error)) from None
+    source = str(loaded.source) if loaded.source else None
+    stored = run_generate_job(spec, source, verbose)
+    meta = stored.generated.metadata
+    click.echo(
+        f"imagen: {stored.generated.plan.backend} ({meta.model}) seed {meta.seed}, "
+        f"{stored.generated.width}x{stored.generated.height}, {meta.latency_s:.2f}s, "
+        f"run {stored.generated.run_id[:8]}",
+        err=True,
+    )
+    click.echo(stored.image_path)

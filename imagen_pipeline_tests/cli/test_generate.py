@@ -1,0 +1,95 @@
+"""`imagen generate` as scripts call it: one path on stdout, errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+from PIL import Image
+
+from imagen_pipeline_tests.fixtures.imagen import subprocess_env
+
+
+def imagen(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["imagen", *args],
+        cwd=cwd,
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_prints_exactly_one_existing_path_and_records_the_run(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    config_file = write_config()
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    completed = imagen(
+        "generate", "a cat in a fishbowl", "--style", "blog-header", "--size", "512x256",
+        "--seed", "9", "--steps", "4", "--negative", "dogs", "--config", str(config_file),
+        cwd=tmp_path, DAGSTER_HOME=str(dagster_home),
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert len(lines) == 1
+    image_path = Path(lines[0])
+    assert image_path.is_absolute() and image_path.is_file()
+    assert image_path.parent == tmp_path / "out"
+    with Image.open(image_path) as image:
+        assert image.size == (512, 256)
+    sidecar = json.loads(image_path.with_suffix(".json").read_text())
+    assert sidecar["request"]["negative"] == "dogs"
+    assert sidecar["result"]["steps"] == 4
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        run = instance.get_run_by_id(sidecar["dagster"]["run_id"])
+        assert run is not None
+        assert run.job_name == "generate_image"
+        assert run.is_success
+        assert run.tags["imagen/source"] == "cli"
+
+
+def test_without_dagster_home_uses_state_folder(tmp_path: Path, isolated_env: Path) -> None:
+    completed = imagen("generate", "a kite", "--size", "64x64", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert Path(completed.stdout.strip()).parent == tmp_path / "output"
+    assert (isolated_env / ".local" / "state" / "imagen" / "dagster" / "dagster.yaml").is_file()
+
+
+def test_invalid_input_goes_to_stderr_with_exit_code_2(tmp_path: Path) -> None:
+    completed = imagen("generate", "a kite", "--size", "huge", cwd=tmp_path)
+    assert completed.returncode == 2
+    assert completed.stdout == ""
+    assert "imagen: error: size: expected WIDTHxHEIGHT such as 1024x1024" in completed.stderr
+
+
+def test_backend_failure_goes_to_stderr_with_exit_code_1(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    config_file = write_config(
+        {"backends": {"mock": {"type": "mock", "fail_permanent": "no cats"}}}
+    )
+    completed = imagen("generate", "a cat", "--config", str(config_file), cwd=tmp_path)
+    assert completed.returncode == 1
+    assert completed.stdout == ""
+    assert (
+        "imagen: error: backend 'mock' (mock): mock backend rejected the request: no cats (run "
+        in (completed.stderr)
+    )
+
+
+def test_config_from_imagen_config_env_var(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    config_file = write_config({"output": {"directory": str(tmp_path / "from-env")}})
+    completed = imagen(
+        "generate", "a kite", "--size", "64x64", cwd=tmp_path, IMAGEN_CONFIG=str(config_file)
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert Path(completed.stdout.strip()).parent == tmp_path / "from-env"

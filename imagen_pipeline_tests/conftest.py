@@ -1,0 +1,1 @@
+pytest_plugins = ["imagen_pipeline_tests.fixtures.imagen"]

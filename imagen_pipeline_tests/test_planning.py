@@ -1,0 +1,82 @@
+"""Validation and defaults when turning a request into a plan."""
+
+from __future__ import annotations
+
+import pytest
+
+from imagen_pipeline.config.loader import parse_config
+from imagen_pipeline.errors import InvalidRequestError
+from imagen_pipeline.planning import ImageSpec, parse_size, plan_generation
+
+CONFIG = parse_config(
+    {
+        "default_backend": "fast",
+        "backends": {"fast": {"type": "mock"}, "slow": {"type": "mock", "model": "slow-v2"}},
+    }
+)
+
+
+def test_defaults_come_from_style_then_global() -> None:
+    plan = plan_generation(ImageSpec(prompt="a boat", style="blog-header"), CONFIG)
+    assert plan.backend == "fast"
+    assert plan.backend_type == "mock"
+    assert (plan.request.width, plan.request.height) == (1344, 768)
+    assert plan.request.prompt.startswith("a boat, wide editorial header image")
+    assert plan.request.negative.startswith("text, letters")
+    square = plan_generation(ImageSpec(prompt="a boat"), CONFIG)
+    assert (square.request.width, square.request.height) == (1024, 1024)
+
+
+def test_explicit_values_win_and_backend_is_bound() -> None:
+    plan = plan_generation(
+        ImageSpec(
+            prompt="a boat",
+            style="cinematic",
+            backend="slow",
+            width=512,
+            height=256,
+            steps=9,
+            seed=3,
+        ),
+        CONFIG,
+    )
+    assert (plan.request.width, plan.request.height, plan.request.steps, plan.request.seed) == (
+        512,
+        256,
+        9,
+        3,
+    )
+    assert plan.model == "slow-v2"
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "message"),
+    [
+        ({"prompt": "  "}, "prompt", "must not be empty"),
+        ({"prompt": "a\x00b"}, "prompt", "control characters"),
+        ({"prompt": "x" * 9000}, "prompt", "at most 8000 characters"),
+        ({"prompt": "x", "style": "nope"}, "style", "known styles: blog-header"),
+        ({"prompt": "x", "backend": "gpu"}, "backend", "configured backends: fast, slow"),
+        (
+            {"prompt": "x", "width": 1001},
+            "width",
+            "between 64 and 4096 and a multiple of 8 (got 1001)",
+        ),
+        ({"prompt": "x", "height": 8192}, "height", "between 64 and 4096"),
+        ({"prompt": "x", "steps": 0}, "steps", "between 1 and 200 (got 0)"),
+        ({"prompt": "x", "seed": -1}, "seed", "between 0 and 4294967295 (got -1)"),
+    ],
+)
+def test_bad_fields_name_the_field_and_allowed_values(spec: dict, field: str, message: str) -> None:
+    with pytest.raises(InvalidRequestError) as error:
+        plan_generation(ImageSpec(**spec), CONFIG)
+    assert error.value.field == field
+    assert message in str(error.value)
+    assert str(error.value).startswith(f"{field}: ")
+
+
+def test_parse_size() -> None:
+    assert parse_size("1024x768") == (1024, 768)
+    assert parse_size("640 X 480") == (640, 480)
+    with pytest.raises(InvalidRequestError, match="size: expected WIDTHxHEIGHT such as 1024x1024"):
+        parse_size("big")
