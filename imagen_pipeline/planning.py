@@ -52,6 +52,7 @@ class GenerationPlan(BaseModel):
     backend: str
     backend_type: str
     model: str
+    pool: str
     request: GenerationRequest
     planned_at: datetime
 
@@ -122,6 +123,7 @@ def plan_generation(spec: ImageSpec, config: LoadedConfig) -> GenerationPlan:
         backend=instance.name,
         backend_type=instance.type_name,
         model=instance.backend.model_name(),
+        pool=instance.backend.pool,
         request=request,
         planned_at=datetime.now(UTC),
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field
@@ -96,6 +96,12 @@ class ImageBackend(dg.ConfigurableResource, ABC):
     """
 
     credential_fields: ClassVar[tuple[str, ...]] = ()
+
+    pool: Literal["gpu", "cloud"] = Field(
+        default="cloud",
+        description="Dagster op pool the generate step runs in: 'gpu' (imagen_gpu, small "
+        "limit, for a single GPU server) or 'cloud' (imagen_cloud, parallel).",
+    )
 
     @abstractmethod
     def generate(self, request: GenerationRequest, context: GenerationContext) -> GenerationResult:

@@ -16,6 +16,7 @@ from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
 from imagen_pipeline.cli.instance import cli_instance
 from imagen_pipeline.config.loader import load_config
 from imagen_pipeline.defs.jobs import build_generate_image_job
+from imagen_pipeline.defs.run_errors import step_failure_text
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.output.store import StoredImage
 from imagen_pipeline.planning import ImageSpec, parse_size, plan_generation
@@ -35,19 +36,6 @@ def _parse_opts(pairs: tuple[str, ...]) -> dict[str, Any]:
         except ValueError:
             opts[key] = value
     return opts
-
-
-def failure_message(result: dg.ExecuteJobResult) -> str:
-    """The first step failure's description or error message, for stderr."""
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data:
-            data = event.step_failure_data
-            if data.user_failure_data and data.user_failure_data.description:
-                return data.user_failure_data.description
-            if data.error:
-                cause = data.error.cause or data.error
-                return cause.message.strip()
-    return "run failed"
 
 
 def run_generate_job(spec: ImageSpec, config_path: str | None, verbose: bool) -> StoredImage:
@@ -71,7 +59,8 @@ def run_generate_job(spec: ImageSpec, config_path: str | None, verbose: bool) ->
         ) as result,
     ):
         if not result.success:
-            raise CliError(f"{failure_message(result)} (run {result.run_id})", EXIT_FAILED)
+            message = step_failure_text(result.all_events) or "run failed"
+            raise CliError(f"{message} (run {result.run_id})", EXIT_FAILED)
         return result.output_for_node("write_files")
 
 

@@ -8,21 +8,22 @@ from imagen_pipeline.defs.ops import (
     GENERATE_MAX_RETRIES,
     cloud_sync,
     enrich_prompt,
-    generate,
+    generate_cloud,
+    generate_gpu,
     record_usage,
     write_files,
 )
-from imagen_pipeline.defs.resources import ImagenResource
+from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 
 GENERATE_RETRY_DELAY_S = 2.0
 
 
 @dg.graph(description="Enrich the prompt, generate, write image + sidecar, sync, record usage.")
 def generate_image_graph() -> None:
-    """One image: enrich_prompt -> generate -> write_files -> cloud_sync -> record_usage."""
-    plan = enrich_prompt()
-    generated = generate(plan)
-    stored = write_files(generated)
+    """One image: enrich_prompt -> generate_{gpu|cloud} -> write_files -> cloud_sync ->
+    record_usage. The plan takes the branch of its backend's pool; the other is skipped."""
+    gpu_plan, cloud_plan = enrich_prompt()
+    stored = write_files([generate_gpu(gpu_plan), generate_cloud(cloud_plan)])
     synced = cloud_sync(stored)
     record_usage(stored, synced)
 
@@ -44,7 +45,7 @@ def build_generate_image_job(retry_delay_s: float = GENERATE_RETRY_DELAY_S) -> d
             jitter=dg.Jitter.PLUS_MINUS,
         ),
         executor_def=dg.in_process_executor,
-        resource_defs={"imagen": ImagenResource()},
+        resource_defs={"imagen": ImagenResource(), "imagen_db": ImagenDatabaseResource()},
     )
 
 

@@ -6,6 +6,7 @@ module, turns expected errors into ``dagster.Failure`` and logs lineage. Ops pas
 pydantic values and file paths, never image bytes.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -13,13 +14,14 @@ from pydantic import Field
 
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.cloud.sync import SyncOutcome, sync_image
-from imagen_pipeline.defs.resources import ImagenResource
+from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.errors import ImagenError, TransientBackendError
 from imagen_pipeline.generation import GeneratedImage, run_generation
 from imagen_pipeline.output.preview import preview_markdown
 from imagen_pipeline.output.store import StoredImage, store_image
 from imagen_pipeline.planning import GenerationPlan, ImageSpec, plan_generation
 from imagen_pipeline.prompts.styles import load_styles
+from imagen_pipeline.queue.repository import take_ownership
 from imagen_pipeline.usage.recorder import UsageOutcome, record_generation
 
 IMAGE_ASSET_KEY = dg.AssetKey(["imagen", "image"])
@@ -27,6 +29,8 @@ GENERATE_MAX_RETRIES = 3
 TAG_BACKEND = "imagen/backend"
 TAG_STYLE = "imagen/style"
 TAG_JOB_ID = "imagen/job_id"
+TAG_JOB_ATTEMPT = "imagen/job_attempt"
+TAG_OWNER = "imagen/owner"
 
 
 class GenerateImageConfig(dg.Config):
@@ -60,20 +64,63 @@ class GenerateImageConfig(dg.Config):
         return ImageSpec(**self.model_dump())
 
 
-def _failure(error: ImagenError | Exception, prefix: str = "") -> dg.Failure:
+def _failure(error: ImagenError | Exception | str, prefix: str = "") -> dg.Failure:
     """A failure that the retry policy does not retry."""
     return dg.Failure(description=f"{prefix}{error}", allow_retries=False)
 
 
-@dg.op(tags={"kind": "prompt"})
+def _own_job(
+    context: dg.OpExecutionContext, plan: GenerationPlan, imagen_db: ImagenDatabaseResource
+) -> None:
+    """For a run of an imagen.jobs row: mark it running for this run, or stop this run.
+
+    Called by every op that acts on the row's behalf, so a superseded run (a newer attempt,
+    a canceled or finished row) stops before it can make a second image.
+    """
+    job_id = plan.spec.job_id
+    if job_id is None:
+        return
+    if not imagen_db.configured():
+        raise _failure(f"run is for imagen.jobs row {job_id} but {imagen_db.url_env} is not set")
+    attempt = context.run.tags.get(TAG_JOB_ATTEMPT)
+    with imagen_db.connect() as conn:
+        ownership = take_ownership(
+            conn,
+            job_id,
+            int(attempt) if attempt else None,
+            context.run_id,
+            context.run.parent_run_id,
+        )
+    if not ownership.owned:
+        raise _failure(ownership.refusal(job_id, context.run_id))
+
+
+POOLS = {"gpu": "imagen_gpu", "cloud": "imagen_cloud"}
+
+
+@dg.op(
+    tags={"kind": "prompt"},
+    out={
+        kind: dg.Out(GenerationPlan, is_required=False, description=f"Plan for the {pool} pool.")
+        for kind, pool in POOLS.items()
+    },
+)
 def enrich_prompt(
-    context: dg.OpExecutionContext, config: GenerateImageConfig, imagen: ImagenResource
-) -> GenerationPlan:
-    """Validate the request, apply the style preset and bind it to a backend instance."""
+    context: dg.OpExecutionContext,
+    config: GenerateImageConfig,
+    imagen: ImagenResource,
+    imagen_db: ImagenDatabaseResource,
+) -> Iterator[dg.Output[GenerationPlan]]:
+    """Validate the request, apply the style preset and bind it to a backend instance.
+
+    The plan leaves on the output of the backend's pool (``gpu`` or ``cloud``), so exactly
+    one of the two generate steps runs and the other is skipped.
+    """
     try:
         plan = plan_generation(config.to_spec(), imagen.load())
     except ImagenError as error:
         raise _failure(error) from None
+    _own_job(context, plan, imagen_db)
     tags = {TAG_BACKEND: plan.backend, TAG_STYLE: plan.request.style}
     if plan.spec.job_id is not None:
         tags[TAG_JOB_ID] = str(plan.spec.job_id)
@@ -84,14 +131,17 @@ def enrich_prompt(
         f"backend {plan.backend} ({plan.backend_type}, {plan.model}), style {plan.request.style}, "
         f"{plan.request.width}x{plan.request.height}; prompt: {plan.request.prompt}"
     )
-    return plan
+    yield dg.Output(plan, output_name=plan.pool)
 
 
-@dg.op(tags={"kind": "generate"})
-def generate(
-    context: dg.OpExecutionContext, plan: GenerationPlan, imagen: ImagenResource
+def generate_image_for(
+    context: dg.OpExecutionContext,
+    plan: GenerationPlan,
+    imagen: ImagenResource,
+    imagen_db: ImagenDatabaseResource,
 ) -> GeneratedImage:
     """Call the backend and stage the image; transient errors are retried, others are not."""
+    _own_job(context, plan, imagen_db)
     try:
         loaded = imagen.load()
         instance = loaded.backend(plan.backend)
@@ -127,16 +177,42 @@ def generate(
     return generated
 
 
-@dg.op(tags={"kind": "files"})
+def _generate_op(kind: str, pool: str) -> dg.OpDefinition:
+    @dg.op(
+        name=f"generate_{kind}",
+        pool=pool,
+        tags={"kind": "generate"},
+        description=f"Generate with a backend of the {kind!r} pool (Dagster pool {pool}).",
+    )
+    def generate(
+        context: dg.OpExecutionContext,
+        plan: GenerationPlan,
+        imagen: ImagenResource,
+        imagen_db: ImagenDatabaseResource,
+    ) -> GeneratedImage:
+        return generate_image_for(context, plan, imagen, imagen_db)
+
+    return generate
+
+
+generate_gpu = _generate_op("gpu", POOLS["gpu"])
+generate_cloud = _generate_op("cloud", POOLS["cloud"])
+
+
+@dg.op(tags={"kind": "files"}, ins={"generated": dg.In(list[GeneratedImage])})
 def write_files(
-    context: dg.OpExecutionContext, generated: GeneratedImage, imagen: ImagenResource
+    context: dg.OpExecutionContext, generated: list[GeneratedImage], imagen: ImagenResource
 ) -> StoredImage:
-    """Move the staged image to its final name, write the sidecar, record the materialization."""
+    """Move the staged image to its final name, write the sidecar, record the materialization.
+
+    ``generated`` is the fan-in of both generate steps; exactly one of them ran.
+    """
+    (image,) = generated
     try:
         loaded = imagen.load()
         output = loaded.config.output
         stored = store_image(
-            generated,
+            image,
             loaded.output_dir,
             output.naming,
             output.write_metadata_json,
@@ -151,11 +227,17 @@ def write_files(
 
 @dg.op(tags={"kind": "cloud"})
 def cloud_sync(
-    context: dg.OpExecutionContext, stored: StoredImage, imagen: ImagenResource
+    context: dg.OpExecutionContext, stored: StoredImage, imagen_db: ImagenDatabaseResource
 ) -> SyncOutcome:
-    """Upload to Supabase Storage and record ``imagen.images`` (when configured)."""
+    """Record ``imagen.images`` (linking the job) and upload to Storage, when configured."""
+    plan = stored.generated.plan
+    _own_job(context, plan, imagen_db)
     try:
-        outcome = sync_image(stored, imagen.load())
+        if imagen_db.configured():
+            with imagen_db.connect() as conn:
+                outcome = sync_image(stored, conn, context.run_id)
+        else:
+            outcome = sync_image(stored, None, context.run_id)
     except ImagenError as error:
         raise _failure(error) from None
     context.log.info(outcome.detail)
@@ -167,11 +249,16 @@ def record_usage(
     context: dg.OpExecutionContext,
     stored: StoredImage,
     synced: SyncOutcome,
-    imagen: ImagenResource,
+    imagen_db: ImagenDatabaseResource,
 ) -> UsageOutcome:
-    """Record the generation's cost in ``mai.imagen_usage`` (when configured)."""
+    """Record the cost in ``mai.imagen_usage`` and finish the job row, when configured."""
+    _own_job(context, stored.generated.plan, imagen_db)
     try:
-        outcome = record_generation(stored, imagen.load())
+        if imagen_db.configured():
+            with imagen_db.connect() as conn:
+                outcome = record_generation(conn, stored, synced.image_id, context.run_id)
+        else:
+            outcome = record_generation(None, stored, synced.image_id, context.run_id)
     except ImagenError as error:
         raise _failure(error) from None
     context.log.info(outcome.detail)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dagster as dg
+import psycopg
 from pydantic import Field
 
 from imagen_pipeline.config.loader import LoadedConfig, load_config
+from imagen_pipeline.config.secrets import resolve_secret
 
 
 class ImagenResource(dg.ConfigurableResource):
@@ -24,3 +26,26 @@ class ImagenResource(dg.ConfigurableResource):
     def load(self) -> LoadedConfig:
         """Find, read and validate the config."""
         return load_config(self.config_path)
+
+
+class ImagenDatabaseResource(dg.ConfigurableResource):
+    """The Postgres database holding the ``imagen`` and ``mai`` schemas (jobs, images, usage).
+
+    Holds only the NAME of the env var with the libpq URL (it may carry a password).
+    Unset means: no queue, no image rows, no usage rows; runs still write local files.
+    """
+
+    url_env: str = Field(
+        default="IMAGEN_DATABASE_URL",
+        description="Env var holding the libpq URL of the database with the imagen schema.",
+    )
+
+    def configured(self) -> bool:
+        """True when the env var is set."""
+        return bool(dg.EnvVar(self.url_env).get_value())
+
+    def connect(self) -> psycopg.Connection:
+        """A new connection (prepared statements off, for Supabase's transaction pooler)."""
+        from imagen_pipeline.db.connection import connect
+
+        return connect(resolve_secret(self.url_env, "resources.imagen_db.url_env"))

@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
-import itertools
 import subprocess
+
+import dagster as dg
 
 from imagen_pipeline.definitions import defs
 from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT, subprocess_env
 
 
-def test_definitions_load_with_job_and_resources() -> None:
+def upstream_nodes(job: dg.JobDefinition, node: str) -> set[str]:
+    inputs = job.graph.dependency_structure.input_to_upstream_outputs_for_node(node)
+    return {output.node_name for outputs in inputs.values() for output in outputs}
+
+
+def test_definitions_load_with_graph_pools_sensor_and_resources() -> None:
     job = defs.resolve_job_def("generate_image")
-    order = ["enrich_prompt", "generate", "write_files", "cloud_sync", "record_usage"]
-    assert sorted(node.name for node in job.graph.nodes) == sorted(order)
-    for upstream, downstream in itertools.pairwise(order):
-        inputs = job.graph.dependency_structure.input_to_upstream_outputs_for_node(downstream)
-        assert upstream in {out.node_name for outs in inputs.values() for out in outs}
-    assert "imagen" in job.resource_defs
+    assert sorted(node.name for node in job.graph.nodes) == [
+        "cloud_sync",
+        "enrich_prompt",
+        "generate_cloud",
+        "generate_gpu",
+        "record_usage",
+        "write_files",
+    ]
+    assert upstream_nodes(job, "generate_gpu") == {"enrich_prompt"}
+    assert upstream_nodes(job, "generate_cloud") == {"enrich_prompt"}
+    assert upstream_nodes(job, "write_files") == {"generate_gpu", "generate_cloud"}
+    assert upstream_nodes(job, "cloud_sync") == {"write_files"}
+    assert upstream_nodes(job, "record_usage") == {"write_files", "cloud_sync"}
+    assert job.graph.node_named("generate_gpu").definition.pool == "imagen_gpu"
+    assert job.graph.node_named("generate_cloud").definition.pool == "imagen_cloud"
+    assert {"imagen", "imagen_db"} <= set(job.resource_defs)
+    sensor = defs.resolve_sensor_def("imagen_jobs_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds <= 2
 
 
 def test_launchpad_config_requires_only_prompt() -> None:

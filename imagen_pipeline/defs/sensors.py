@@ -1,0 +1,136 @@
+"""``imagen_jobs_sensor``: turns pending ``imagen.jobs`` rows into ``generate_image`` runs and
+keeps in-flight rows in line with their runs (the queue's safety net)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import psycopg
+
+from imagen_pipeline.defs.job_runs import run_request_for
+from imagen_pipeline.defs.jobs import generate_image
+from imagen_pipeline.defs.ops import TAG_JOB_ATTEMPT, TAG_JOB_ID
+from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
+from imagen_pipeline.defs.run_errors import run_step_failure
+from imagen_pipeline.errors import ImagenError
+from imagen_pipeline.planning import plan_generation
+from imagen_pipeline.queue import repository
+from imagen_pipeline.queue.reconcile import Decision, RunFacts, decide
+from imagen_pipeline.queue.rows import JobRow
+
+CLAIM_BATCH = 50
+RECONCILE_BATCH = 200
+MAX_ATTEMPTS = 3
+STALE_AFTER = timedelta(minutes=2)
+WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on failed runs it will retry
+
+
+@dataclass(frozen=True)
+class QueueCursor:
+    """Sensor cursor: where the round-robin reconciliation continues."""
+
+    reconcile_after: int = 0
+
+    @classmethod
+    def parse(cls, raw: str | None) -> QueueCursor:
+        """Read the stored cursor (empty or unreadable: start over)."""
+        try:
+            return cls(**json.loads(raw)) if raw else cls()
+        except (TypeError, ValueError):
+            return cls()
+
+    def dump(self) -> str:
+        """Serialized form stored by Dagster."""
+        return json.dumps({"reconcile_after": self.reconcile_after})
+
+
+def newest_runs(instance: dg.DagsterInstance, rows: list[JobRow]) -> dict[int, RunFacts]:
+    """The newest run of each row's current attempt (retries and re-executions included)."""
+    if not rows:
+        return {}
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(tags={TAG_JOB_ID: [str(row.id) for row in rows]})
+    )
+    attempts = {row.id: str(row.attempts) for row in rows}
+    facts: dict[int, RunFacts] = {}
+    for record in sorted(records, key=lambda r: r.create_timestamp, reverse=True):
+        run = record.dagster_run
+        job_id = int(run.tags[TAG_JOB_ID])
+        if job_id in facts or run.tags.get(TAG_JOB_ATTEMPT) != attempts.get(job_id):
+            continue
+        failed = run.status == dg.DagsterRunStatus.FAILURE
+        facts[job_id] = RunFacts(
+            run_id=run.run_id,
+            status=run.status.value,
+            will_retry=run.tags.get(WILL_RETRY_TAG) == "true",
+            step_failure=run_step_failure(instance, run.run_id) if failed else None,
+        )
+    return facts
+
+
+def apply(
+    decision: Decision, row: JobRow, conn: psycopg.Connection, instance: dg.DagsterInstance
+) -> None:
+    """Carry out one reconciliation decision."""
+    if decision.kind == "requeue":
+        repository.requeue(conn, row.id, row.attempts, decision.detail)
+    elif decision.kind == "fail":
+        repository.fail(conn, row.id, decision.detail, from_statuses=("queued", "running"))
+    elif decision.kind == "finish" and decision.run_id:
+        repository.finish(conn, row.id, decision.run_id, None)
+    elif decision.kind == "cancel_run" and decision.run_id:
+        instance.run_coordinator.cancel_run(decision.run_id)
+    elif decision.kind == "close_cancel":
+        repository.close_cancel(conn, row.id)
+
+
+def reconcile(
+    conn: psycopg.Connection, instance: dg.DagsterInstance, after_id: int, log: object
+) -> int:
+    """Reconcile one batch of unsettled rows; returns the id to continue after (0: wrap)."""
+    rows = repository.unsettled_jobs(conn, after_id, RECONCILE_BATCH)
+    runs = newest_runs(instance, rows)
+    now = datetime.now(UTC)
+    for row in rows:
+        decision = decide(row, runs.get(row.id), now, STALE_AFTER, MAX_ATTEMPTS)
+        if decision.kind != "leave":
+            log.info(f"imagen.jobs row {row.id}: {decision.kind} {decision.detail}".rstrip())  # type: ignore[attr-defined]
+            apply(decision, row, conn, instance)
+    return rows[-1].id if len(rows) == RECONCILE_BATCH else 0
+
+
+@dg.sensor(
+    job=generate_image,
+    minimum_interval_seconds=1,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Launches one generate_image run per pending imagen.jobs row and reconciles "
+    "rows whose runs finished, failed, were canceled or never started.",
+)
+def imagen_jobs_sensor(
+    context: dg.SensorEvaluationContext,
+    imagen: ImagenResource,
+    imagen_db: ImagenDatabaseResource,
+) -> dg.SensorResult | dg.SkipReason:
+    """Claim pending rows (pending -> queued), request their runs, reconcile in-flight rows."""
+    if not imagen_db.configured():
+        return dg.SkipReason(f"{imagen_db.url_env} is not set; the imagen.jobs queue is off")
+    config = imagen.load()
+    cursor = QueueCursor.parse(context.cursor)
+    requests: list[dg.RunRequest] = []
+    with imagen_db.connect() as conn:
+        next_after = reconcile(conn, context.instance, cursor.reconcile_after, context.log)
+        for row in repository.claim_pending(conn, CLAIM_BATCH):
+            try:
+                plan = plan_generation(row.to_spec(), config)
+            except ImagenError as error:
+                repository.fail(conn, row.id, str(error))
+                context.log.warning(f"imagen.jobs row {row.id} rejected: {error}")
+                continue
+            requests.append(run_request_for(row, plan))
+    new_cursor = QueueCursor(reconcile_after=next_after).dump()
+    if not requests:
+        return dg.SensorResult(skip_reason="no pending imagen.jobs rows", cursor=new_cursor)
+    return dg.SensorResult(run_requests=requests, cursor=new_cursor)

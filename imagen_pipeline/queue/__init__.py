@@ -1,0 +1,1 @@
+"""The ``imagen.jobs`` queue: rows, state transitions and reconciliation with Dagster runs."""

@@ -1,0 +1,204 @@
+"""SQL state transitions of ``imagen.jobs``.
+
+Every transition is one atomic statement guarded by the row's current state, so concurrent
+callers (the sensor, the NOTIFY fast path, run workers, a user cancelling in the web UI)
+can never both win:
+
+- ``claim``: pending -> queued, ``attempts`` + 1 (``FOR UPDATE SKIP LOCKED``);
+- ``take_ownership``: queued (this attempt) -> running with this run's id, or hand a
+  running/failed row from a run to its retry or re-execution (``parent_run_id``);
+- ``finish``: running -> done, only by the owning run;
+- ``fail`` / ``requeue`` / ``close_cancel``: used by the sensor's reconciliation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import dict_row
+
+from imagen_pipeline.queue.rows import JOB_COLUMNS, JobRow
+
+INFLIGHT_STATUSES = ("queued", "running")
+
+
+def _rows(cursor: psycopg.Cursor) -> list[JobRow]:
+    return sorted((JobRow.from_db(record) for record in cursor.fetchall()), key=lambda r: r.id)
+
+
+def claim_pending(conn: psycopg.Connection, limit: int) -> list[JobRow]:
+    """Move up to ``limit`` oldest pending rows to queued and return them."""
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(
+            f"""
+            UPDATE imagen.jobs AS j
+               SET status = 'queued', attempts = j.attempts + 1, run_id = NULL
+              FROM (SELECT id FROM imagen.jobs
+                     WHERE status = 'pending'
+                     ORDER BY id
+                     LIMIT %(limit)s
+                     FOR UPDATE SKIP LOCKED) AS claimed
+             WHERE j.id = claimed.id
+            RETURNING {", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))}
+            """,
+            {"limit": limit},
+        )
+        return _rows(cursor)
+
+
+def claim_job(conn: psycopg.Connection, job_id: int) -> JobRow | None:
+    """Move one pending row to queued (the NOTIFY fast path); None if someone else has it."""
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(
+            f"""
+            UPDATE imagen.jobs
+               SET status = 'queued', attempts = attempts + 1, run_id = NULL
+             WHERE id = (SELECT id FROM imagen.jobs
+                          WHERE id = %(id)s AND status = 'pending'
+                          FOR UPDATE SKIP LOCKED)
+            RETURNING {JOB_COLUMNS}
+            """,
+            {"id": job_id},
+        )
+        rows = _rows(cursor)
+    return rows[0] if rows else None
+
+
+def get_job(conn: psycopg.Connection, job_id: int) -> JobRow | None:
+    """The row with ``job_id``, or None."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(f"SELECT {JOB_COLUMNS} FROM imagen.jobs WHERE id = %s", (job_id,))
+        record = cursor.fetchone()
+    conn.commit()
+    return JobRow.from_db(record) if record else None
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Outcome of :func:`take_ownership`: whether this run may work on the row, and why not."""
+
+    owned: bool
+    row: JobRow | None
+
+    def refusal(self, job_id: int, run_id: str) -> str:
+        """Why the run may not proceed, for the run's failure message."""
+        if self.row is None:
+            return f"imagen.jobs row {job_id} does not exist"
+        return (
+            f"imagen.jobs row {job_id} is {self.row.status} (attempt {self.row.attempts}, "
+            f"run {self.row.run_id or 'none'}); run {run_id} no longer owns it"
+        )
+
+
+def take_ownership(
+    conn: psycopg.Connection,
+    job_id: int,
+    attempt: int | None,
+    run_id: str,
+    parent_run_id: str | None,
+) -> Ownership:
+    """Mark the row running for ``run_id`` if this run may work on it.
+
+    Allowed when the row is queued for this ``attempt``, already owned by ``run_id``, or owned
+    (running or failed) by ``parent_run_id``: a run retry or a re-execution from the UI takes
+    over from its parent. Anything else (a newer attempt, done, canceled) is refused, which
+    is what keeps a job at one image.
+    """
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(
+            f"""
+            UPDATE imagen.jobs
+               SET status = 'running', run_id = %(run_id)s, error = NULL,
+                   started_at = coalesce(started_at, now()), finished_at = NULL
+             WHERE id = %(id)s
+               AND (   (status = 'queued' AND attempts = %(attempt)s)
+                    OR (status = 'running' AND run_id = %(run_id)s)
+                    OR (status IN ('running', 'failed') AND run_id = %(parent)s))
+            RETURNING {JOB_COLUMNS}
+            """,
+            {"id": job_id, "attempt": attempt, "run_id": run_id, "parent": parent_run_id},
+        )
+        rows = _rows(cursor)
+    if rows:
+        return Ownership(owned=True, row=rows[0])
+    return Ownership(owned=False, row=get_job(conn, job_id))
+
+
+def finish(conn: psycopg.Connection, job_id: int, run_id: str, image_id: int | None) -> bool:
+    """running -> done for the owning run, linking the image row when there is one."""
+    with conn.transaction(), conn.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE imagen.jobs
+               SET status = 'done', image_id = coalesce(%(image_id)s, image_id),
+                   finished_at = now(), error = NULL
+             WHERE id = %(id)s AND run_id = %(run_id)s AND status = 'running'
+            """,
+            {"id": job_id, "run_id": run_id, "image_id": image_id},
+        )
+        return cursor.rowcount == 1
+
+
+def fail(
+    conn: psycopg.Connection,
+    job_id: int,
+    error: str,
+    from_statuses: Sequence[str] = ("pending", "queued", "running"),
+) -> bool:
+    """Mark the row failed with ``error`` unless it moved on (done, canceled) meanwhile."""
+    with conn.transaction(), conn.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE imagen.jobs SET status = 'failed', error = %(error)s, finished_at = now()
+             WHERE id = %(id)s AND status = ANY(%(statuses)s)
+            """,
+            {"id": job_id, "error": error, "statuses": list(from_statuses)},
+        )
+        return cursor.rowcount == 1
+
+
+def requeue(conn: psycopg.Connection, job_id: int, attempt: int, reason: str) -> bool:
+    """In-flight row of ``attempt`` -> pending again, keeping ``reason`` in ``error``."""
+    with conn.transaction(), conn.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE imagen.jobs SET status = 'pending', run_id = NULL, error = %(reason)s
+             WHERE id = %(id)s AND attempts = %(attempt)s AND status IN ('queued', 'running')
+            """,
+            {"id": job_id, "attempt": attempt, "reason": reason},
+        )
+        return cursor.rowcount == 1
+
+
+def close_cancel(conn: psycopg.Connection, job_id: int) -> bool:
+    """Record that a canceled row's run (if any) has been stopped."""
+    with conn.transaction(), conn.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE imagen.jobs SET finished_at = now()
+             WHERE id = %s AND status = 'canceled' AND finished_at IS NULL
+            """,
+            (job_id,),
+        )
+        return cursor.rowcount == 1
+
+
+def unsettled_jobs(conn: psycopg.Connection, after_id: int, limit: int) -> list[JobRow]:
+    """Rows the sensor must compare with their runs: in flight, or canceled and not closed."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(
+            f"""
+            SELECT {JOB_COLUMNS} FROM imagen.jobs
+             WHERE id > %(after)s
+               AND (status IN ('queued', 'running')
+                    OR (status = 'canceled' AND finished_at IS NULL))
+             ORDER BY id
+             LIMIT %(limit)s
+            """,
+            {"after": after_id, "limit": limit},
+        )
+        rows = _rows(cursor)
+    conn.commit()
+    return rows
