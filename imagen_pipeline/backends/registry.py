@@ -13,12 +13,14 @@ from pydantic import ValidationError
 
 from imagen_pipeline.backends.contract import ImageBackend
 from imagen_pipeline.backends.mock import MockBackend
+from imagen_pipeline.backends.replicate import ReplicateBackend
 from imagen_pipeline.config.secrets import is_env_var_name, resolve_secret
 from imagen_pipeline.config.validation import describe_validation_error
 from imagen_pipeline.errors import ConfigError, MissingCredentialError
 
 BACKEND_TYPES: dict[str, type[ImageBackend]] = {
     "mock": MockBackend,
+    "replicate": ReplicateBackend,
 }
 
 

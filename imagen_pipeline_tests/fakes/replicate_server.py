@@ -1,0 +1,761 @@
+"""A loopback fake of Replicate's HTTP API, written from its public reference.
+
+It serves the real paths and shapes (``/v1/models/{owner}/{name}/predictions``,
+``/v1/predictions`` with ``version``, ``GET /v1/predictions`` pages, ``urls.get`` and
+``urls.cancel``, ``/v1/models/...``, ``/v1/account``), checks ``Authorization: Bearer``,
+validates inputs against each model's schema with Replicate's 422 body, honours
+``Prefer: wait[=n]`` and moves predictions ``starting -> processing -> <end>`` one poll at
+a time. Output files are real images (Pillow) served under ``/pbxt/...`` like
+``replicate.delivery``, without authentication.
+
+Tests script it through plain attributes (``polls_before_done``, ``outcome``,
+``create_replies``, ...) and read ``received`` to assert what the adapter sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from PIL import Image, ImageDraw
+
+FLUX_RATIOS: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "16:9": (1344, 768),
+    "21:9": (1536, 640),
+    "3:2": (1216, 832),
+    "2:3": (832, 1216),
+    "4:5": (896, 1088),
+    "5:4": (1088, 896),
+    "3:4": (896, 1152),
+    "4:3": (1152, 896),
+    "9:16": (768, 1344),
+    "9:21": (640, 1536),
+}
+PRO_RATIOS = ["custom", "1:1", "16:9", "3:2", "2:3", "4:5", "5:4", "9:16", "3:4", "4:3"]
+FORMATS = {
+    "webp": ("WEBP", "image/webp"),
+    "jpg": ("JPEG", "image/jpeg"),
+    "png": ("PNG", "image/png"),
+}
+
+UNAUTHENTICATED = {
+    "title": "Unauthenticated",
+    "detail": "You did not pass a valid authentication token",
+    "status": 401,
+}
+NOT_FOUND = {"detail": "The requested resource could not be found.", "status": 404}
+BAD_VERSION = {
+    "title": "Invalid version or not permitted",
+    "detail": "The specified version does not exist (or perhaps you don't have permission to "
+    "use it?)",
+    "status": 422,
+}
+THROTTLED = {"detail": "Request was throttled. Your rate limit resets in ~30s."}
+NSFW_ERROR = (
+    "All generated images contained NSFW content. Try running it again with a different prompt."
+)
+SENSITIVE_ERROR = (
+    "The input or output was flagged as sensitive. Please try again with different inputs. (E005)"
+)
+
+
+def _version(seed: str) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class FakeModel:
+    """A model the fake serves: its version, output shape, sizing and input schema."""
+
+    owner: str
+    name: str
+    version: str
+    output: str  # "list" or "string"
+    sizing: str  # "flux" (aspect_ratio + megapixels), "pro" (custom width/height), "wh"
+    default_format: str
+    schema: dict[str, dict[str, Any]]
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+
+_FLUX_COMMON: dict[str, dict[str, Any]] = {
+    "prompt": {"type": "string", "required": True},
+    "aspect_ratio": {"enum": list(FLUX_RATIOS)},
+    "megapixels": {"enum": ["1", "0.25"]},
+    "num_outputs": {"type": "integer", "minimum": 1, "maximum": 4},
+    "seed": {"type": "integer"},
+    "output_format": {"enum": ["webp", "jpg", "png"]},
+    "output_quality": {"type": "integer", "minimum": 0, "maximum": 100},
+    "disable_safety_checker": {"type": "boolean"},
+    "go_fast": {"type": "boolean"},
+}
+
+FLUX_SCHNELL = FakeModel(
+    owner="black-forest-labs",
+    name="flux-schnell",
+    version=_version("flux-schnell"),
+    output="list",
+    sizing="flux",
+    default_format="webp",
+    schema={
+        **_FLUX_COMMON,
+        "num_inference_steps": {"type": "integer", "minimum": 1, "maximum": 4},
+    },
+)
+FLUX_DEV = FakeModel(
+    owner="black-forest-labs",
+    name="flux-dev",
+    version=_version("flux-dev"),
+    output="list",
+    sizing="flux",
+    default_format="webp",
+    schema={
+        **_FLUX_COMMON,
+        "num_inference_steps": {"type": "integer", "minimum": 1, "maximum": 50},
+        "guidance": {"type": "number", "minimum": 0, "maximum": 10},
+        "prompt_strength": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+)
+FLUX_PRO = FakeModel(
+    owner="black-forest-labs",
+    name="flux-1.1-pro",
+    version=_version("flux-1.1-pro"),
+    output="string",
+    sizing="pro",
+    default_format="webp",
+    schema={
+        "prompt": {"type": "string", "required": True},
+        "aspect_ratio": {"enum": PRO_RATIOS},
+        "width": {"type": "integer", "minimum": 256, "maximum": 1440},
+        "height": {"type": "integer", "minimum": 256, "maximum": 1440},
+        "safety_tolerance": {"type": "integer", "minimum": 1, "maximum": 6},
+        "seed": {"type": "integer"},
+        "prompt_upsampling": {"type": "boolean"},
+        "output_format": {"enum": ["webp", "jpg", "png"]},
+        "output_quality": {"type": "integer", "minimum": 0, "maximum": 100},
+    },
+)
+SDXL = FakeModel(
+    owner="stability-ai",
+    name="sdxl",
+    version="39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b",
+    output="list",
+    sizing="wh",
+    default_format="png",
+    schema={
+        "prompt": {"type": "string", "required": True},
+        "negative_prompt": {"type": "string"},
+        "width": {"type": "integer"},
+        "height": {"type": "integer"},
+        "num_inference_steps": {"type": "integer", "minimum": 1, "maximum": 500},
+        "guidance_scale": {"type": "number", "minimum": 1, "maximum": 50},
+        "seed": {"type": "integer"},
+    },
+)
+MODELS = (FLUX_SCHNELL, FLUX_DEV, FLUX_PRO, SDXL)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the fake received it (header names lower-cased)."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+@dataclass
+class Reply:
+    """A canned response returned instead of the normal one."""
+
+    status: int
+    body: dict[str, Any] | str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+DROP_BEFORE_CREATE = "drop-before-create"
+"""``create_replies`` entry: close the connection without creating or answering."""
+DROP_AFTER_CREATE = "drop-after-create"
+"""``create_replies`` entry: create the prediction, then close without answering."""
+
+
+@dataclass
+class _Prediction:
+    model: FakeModel
+    data: dict[str, Any]
+    created: datetime
+    order: int
+    polls_left: int
+    outcome: str
+    error: str | None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _schema_errors(schema: dict[str, dict[str, Any]], data: Any) -> list[dict[str, str]]:
+    """JSON-schema-style problems as Replicate lists them in ``invalid_fields``."""
+    if not isinstance(data, dict):
+        return [{"type": "invalid_type", "field": "input", "description": "Invalid type."}]
+    problems = []
+    for key, rule in schema.items():
+        where = f"input.{key}"
+        if key not in data:
+            if rule.get("required"):
+                problems.append(
+                    {"type": "required", "field": "input", "description": f"{key} is required"}
+                )
+            continue
+        value = data[key]
+        if "enum" in rule and value not in rule["enum"]:
+            choices = ", ".join(f'"{choice}"' for choice in rule["enum"])
+            problems.append(
+                {
+                    "type": "enum",
+                    "field": where,
+                    "description": f"{key} must be one of the following: {choices}",
+                }
+            )
+            continue
+        expected = rule.get("type")
+        valid_type = {
+            "string": isinstance(value, str),
+            "integer": isinstance(value, int) and not isinstance(value, bool),
+            "number": isinstance(value, int | float) and not isinstance(value, bool),
+            "boolean": isinstance(value, bool),
+            None: True,
+        }[expected]
+        if not valid_type:
+            problems.append(
+                {
+                    "type": "invalid_type",
+                    "field": where,
+                    "description": f"Invalid type. Expected: {expected}, given: "
+                    f"{type(value).__name__}",
+                }
+            )
+            continue
+        if "maximum" in rule and value > rule["maximum"]:
+            problems.append(
+                {
+                    "type": "number_lte",
+                    "field": where,
+                    "description": f"Must be less than or equal to {rule['maximum']}",
+                }
+            )
+        if "minimum" in rule and value < rule["minimum"]:
+            problems.append(
+                {
+                    "type": "number_gte",
+                    "field": where,
+                    "description": f"Must be greater than or equal to {rule['minimum']}",
+                }
+            )
+    return problems
+
+
+def render_output(model: FakeModel, data: dict[str, Any]) -> tuple[bytes, str, str]:
+    """A real image for a prediction's input: (bytes, extension, MIME type)."""
+    if model.sizing == "flux":
+        width, height = FLUX_RATIOS[data.get("aspect_ratio", "1:1")]
+        if data.get("megapixels") == "0.25":
+            width, height = width // 2, height // 2
+    elif model.sizing == "pro" and data.get("aspect_ratio") == "custom":
+        width, height = data.get("width", 1024), data.get("height", 1024)
+    elif model.sizing == "pro":
+        width, height = FLUX_RATIOS[data.get("aspect_ratio", "1:1")]
+    else:
+        width, height = data.get("width", 1024), data.get("height", 1024)
+    extension = data.get("output_format", model.default_format)
+    pillow_format, mime = FORMATS[extension]
+    digest = hashlib.sha256(f"{data.get('prompt')}|{data.get('seed')}".encode()).digest()
+    image = Image.new("RGB", (width, height), tuple(digest[:3]))
+    ImageDraw.Draw(image).ellipse(
+        (width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=tuple(digest[3:6])
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, format=pillow_format)
+    return buffer.getvalue(), extension, mime
+
+
+class FakeReplicate:
+    """The fake's state, its scripting knobs and the requests it received."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.received: list[Received] = []
+        self.models = {model.full_name: model for model in MODELS}
+        self.polls_before_done = 0
+        """GETs of a prediction that still report it running (0: finished on create)."""
+        self.outcome = "succeeded"
+        """End state of new predictions: succeeded, failed, canceled or aborted."""
+        self.failure = NSFW_ERROR
+        """``error`` of failed (and aborted) predictions."""
+        self.sync_hold_s = 0.0
+        """How long ``Prefer: wait`` holds a create that does not finish at once."""
+        self.create_replies: list[Reply | str] = []
+        self.get_replies: list[Reply] = []
+        self.file_replies: list[Reply] = []
+        self.file_delay_s = 0.0
+        self.file_content_length = True
+        self.output_as_data_uri = False
+        self.page_size = 100
+        self.port = 0
+        self._files: dict[str, tuple[bytes, str]] = {}
+        self._predictions: dict[str, _Prediction] = {}
+        self._order = 0
+        self._lock = threading.RLock()
+
+    # -- test helpers ---------------------------------------------------------------
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.origin}/v1"
+
+    def requests(self, method: str | None = None, path: str | None = None) -> list[Received]:
+        """Received requests, optionally filtered by method and path prefix."""
+        with self._lock:
+            return [
+                item
+                for item in self.received
+                if (method is None or item.method == method)
+                and (path is None or item.path.startswith(path))
+            ]
+
+    def creates(self) -> list[Received]:
+        """POSTs that create predictions (official-model or version endpoint)."""
+        return [
+            item
+            for item in self.requests("POST")
+            if item.path == "/v1/predictions" or item.path.endswith("/predictions")
+        ]
+
+    def prediction(self, prediction_id: str) -> dict[str, Any]:
+        """The current public JSON of a prediction."""
+        with self._lock:
+            return json.loads(json.dumps(self._predictions[prediction_id].data))
+
+    def prediction_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._predictions)
+
+    def add_prediction(
+        self, model: FakeModel, data: dict[str, Any], *, status: str, error: str | None = None
+    ) -> str:
+        """Store a prediction as if created earlier (e.g. by another run or attempt)."""
+        with self._lock:
+            prediction = self._new_prediction(model, data)
+            if status in ("succeeded", "failed", "canceled", "aborted"):
+                prediction.outcome = status
+                prediction.error = error
+                self._finish(prediction)
+            else:
+                prediction.data["status"] = status
+            return prediction.data["id"]
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    def handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        parts = urlsplit(handler.path)
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        received = Received(
+            method=method,
+            path=parts.path,
+            query=parse_qs(parts.query),
+            headers={key.lower(): value for key, value in handler.headers.items()},
+            body=body,
+        )
+        with self._lock:
+            self.received.append(received)
+        if parts.path.startswith("/pbxt/"):
+            self._serve_file(handler, parts.path)
+            return
+        if received.headers.get("authorization") != f"Bearer {self.token}":
+            self._send(handler, 401, UNAUTHENTICATED)
+            return
+        segments = [segment for segment in parts.path.split("/") if segment]
+        self._route(handler, method, segments, received)
+
+    def _route(
+        self,
+        handler: BaseHTTPRequestHandler,
+        method: str,
+        segments: list[str],
+        received: Received,
+    ) -> None:
+        match (method, segments):
+            case ("POST", ["v1", "models", owner, name, "predictions"]):
+                model = self.models.get(f"{owner}/{name}")
+                if model is None:
+                    self._send(handler, 404, NOT_FOUND)
+                else:
+                    self._create(handler, model, received)
+            case ("POST", ["v1", "predictions"]):
+                self._create(handler, None, received)
+            case ("GET", ["v1", "predictions"]):
+                self._list(handler, received)
+            case ("GET", ["v1", "predictions", prediction_id]):
+                self._get(handler, prediction_id)
+            case ("POST", ["v1", "predictions", prediction_id, "cancel"]):
+                self._cancel(handler, prediction_id)
+            case ("GET", ["v1", "models", owner, name]):
+                model = self.models.get(f"{owner}/{name}")
+                if model is None:
+                    self._send(handler, 404, NOT_FOUND)
+                else:
+                    self._send(handler, 200, self._model_json(model))
+            case ("GET", ["v1", "models", owner, name, "versions", version]):
+                model = self.models.get(f"{owner}/{name}")
+                if model is None or model.version != version:
+                    self._send(handler, 404, NOT_FOUND)
+                else:
+                    self._send(handler, 200, self._version_json(model))
+            case ("GET", ["v1", "account"]):
+                self._send(
+                    handler,
+                    200,
+                    {"type": "user", "username": "imagen-tests", "name": "Imagen Tests"},
+                )
+            case _:
+                self._send(handler, 404, NOT_FOUND)
+
+    def _create(
+        self, handler: BaseHTTPRequestHandler, model: FakeModel | None, received: Received
+    ) -> None:
+        with self._lock:
+            reply = self.create_replies.pop(0) if self.create_replies else None
+        if reply == DROP_BEFORE_CREATE:
+            handler.close_connection = True
+            return
+        if isinstance(reply, Reply):
+            self._send(handler, reply.status, reply.body, reply.headers)
+            return
+        try:
+            body = received.json()
+        except ValueError:
+            self._send(handler, 400, {"detail": "Invalid JSON body.", "status": 400})
+            return
+        if not isinstance(body, dict):
+            self._send(handler, 400, {"detail": "Invalid JSON body.", "status": 400})
+            return
+        if model is None:
+            model = self._model_for_version(body.get("version"))
+            if model is None:
+                self._send(handler, 422, BAD_VERSION)
+                return
+        problems = _schema_errors(model.schema, body.get("input"))
+        if problems:
+            detail = "".join(f"- {item['field']}: {item['description']}\n" for item in problems)
+            self._send(
+                handler,
+                422,
+                {
+                    "detail": detail,
+                    "status": 422,
+                    "title": "Input validation failed",
+                    "invalid_fields": problems,
+                },
+            )
+            return
+        with self._lock:
+            prediction = self._new_prediction(model, body["input"])
+        if reply == DROP_AFTER_CREATE:
+            handler.close_connection = True
+            return
+        prefer = received.headers.get("prefer", "")
+        wait = None
+        if prefer == "wait":
+            wait = 60.0
+        elif prefer.startswith("wait="):
+            wait = float(prefer.removeprefix("wait="))
+        headers = {"Preference-Applied": "wait"} if wait is not None else {}
+        if wait is not None:
+            with self._lock:
+                if prediction.polls_left <= 0:
+                    self._finish(prediction)
+            if prediction.data["status"] == "starting":
+                time.sleep(min(wait, self.sync_hold_s))
+        with self._lock:
+            data = json.loads(json.dumps(prediction.data))
+        self._send(handler, 201, data, headers)
+
+    def _model_for_version(self, version: Any) -> FakeModel | None:
+        if not isinstance(version, str):
+            return None
+        name, _, version_id = version.rpartition(":")
+        for model in self.models.values():
+            if model.version == version_id and (not name or name == model.full_name):
+                return model
+        return None
+
+    def _new_prediction(self, model: FakeModel, data: dict[str, Any]) -> _Prediction:
+        prediction_id = "".join(
+            secrets.choice("abcdefghjkmnpqrstvwxyz0123456789") for _ in range(26)
+        )
+        created = _now()
+        self._order += 1
+        prediction = _Prediction(
+            model=model,
+            created=created,
+            order=self._order,
+            polls_left=self.polls_before_done,
+            outcome=self.outcome,
+            error=self.failure,
+            data={
+                "id": prediction_id,
+                "model": model.full_name,
+                "version": model.version,
+                "input": data,
+                "logs": "",
+                "output": None,
+                "data_removed": False,
+                "error": None,
+                "source": "api",
+                "status": "starting",
+                "created_at": _stamp(created),
+                "urls": {
+                    "cancel": f"{self.base_url}/predictions/{prediction_id}/cancel",
+                    "get": f"{self.base_url}/predictions/{prediction_id}",
+                    "stream": f"{self.origin}/v1/streams/{prediction_id}",
+                    "web": f"https://replicate.com/p/{prediction_id}",
+                },
+            },
+        )
+        self._predictions[prediction_id] = prediction
+        return prediction
+
+    def _finish(self, prediction: _Prediction) -> None:
+        data = prediction.data
+        now = _stamp(_now())
+        data.setdefault("started_at", now)
+        data["completed_at"] = now
+        data["status"] = prediction.outcome
+        data["logs"] += f"Using seed: {data['input'].get('seed')}\n"
+        data["metrics"] = {"predict_time": 0.42, "total_time": 0.5}
+        if prediction.outcome == "succeeded":
+            image, extension, mime = render_output(prediction.model, data["input"])
+            if self.output_as_data_uri:
+                url = f"data:{mime};base64,{base64.b64encode(image).decode()}"
+            else:
+                path = f"/pbxt/{secrets.token_hex(12)}/out-0.{extension}"
+                self._files[path] = (image, mime)
+                url = f"{self.origin}{path}"
+            data["output"] = [url] if prediction.model.output == "list" else url
+        elif prediction.outcome in ("failed", "aborted"):
+            data["error"] = prediction.error
+
+    def _get(self, handler: BaseHTTPRequestHandler, prediction_id: str) -> None:
+        with self._lock:
+            reply = self.get_replies.pop(0) if self.get_replies else None
+            prediction = self._predictions.get(prediction_id)
+            running = prediction is not None and prediction.data["status"] in (
+                "starting",
+                "processing",
+            )
+            if reply is None and prediction is not None and running:
+                if prediction.polls_left > 0:
+                    prediction.polls_left -= 1
+                    prediction.data["status"] = "processing"
+                    prediction.data.setdefault("started_at", _stamp(_now()))
+                    prediction.data["logs"] += "  0%|          | 0/4\n"
+                else:
+                    self._finish(prediction)
+            data = json.loads(json.dumps(prediction.data)) if prediction else None
+        if reply is not None:
+            self._send(handler, reply.status, reply.body, reply.headers)
+        elif data is None:
+            self._send(handler, 404, NOT_FOUND)
+        else:
+            self._send(handler, 200, data)
+
+    def _cancel(self, handler: BaseHTTPRequestHandler, prediction_id: str) -> None:
+        with self._lock:
+            prediction = self._predictions.get(prediction_id)
+            if prediction is not None and prediction.data["status"] in ("starting", "processing"):
+                prediction.data["status"] = "canceled"
+                prediction.data["completed_at"] = _stamp(_now())
+            data = json.loads(json.dumps(prediction.data)) if prediction else None
+        if data is None:
+            self._send(handler, 404, NOT_FOUND)
+        else:
+            self._send(handler, 200, data)
+
+    def _list(self, handler: BaseHTTPRequestHandler, received: Received) -> None:
+        created_after = received.query.get("created_after", [None])[0]
+        cursor = int(received.query.get("cursor", ["0"])[0])
+        with self._lock:
+            items = sorted(self._predictions.values(), key=lambda item: -item.order)
+            if created_after:
+                since = datetime.fromisoformat(created_after.replace("Z", "+00:00"))
+                items = [item for item in items if item.created >= since]
+            page = [
+                json.loads(json.dumps(item.data))
+                for item in items[cursor : cursor + self.page_size]
+            ]
+            more = cursor + self.page_size < len(items)
+        following = None
+        if more:
+            query = {"cursor": str(cursor + self.page_size)}
+            if created_after:
+                query["created_after"] = created_after
+            following = f"{self.base_url}/predictions?{urlencode(query)}"
+        self._send(handler, 200, {"next": following, "previous": None, "results": page})
+
+    def _serve_file(self, handler: BaseHTTPRequestHandler, path: str) -> None:
+        with self._lock:
+            reply = self.file_replies.pop(0) if self.file_replies else None
+            stored = self._files.get(path)
+        if reply is not None:
+            self._send(handler, reply.status, reply.body, reply.headers)
+            return
+        if stored is None:
+            self._send(handler, 404, "Not Found")
+            return
+        if self.file_delay_s:
+            time.sleep(self.file_delay_s)
+        image, mime = stored
+        handler.send_response(200)
+        handler.send_header("Content-Type", mime)
+        if self.file_content_length:
+            handler.send_header("Content-Length", str(len(image)))
+        else:
+            handler.send_header("Connection", "close")
+            handler.close_connection = True
+        handler.end_headers()
+        handler.wfile.write(image)
+
+    def _model_json(self, model: FakeModel) -> dict[str, Any]:
+        return {
+            "url": f"https://replicate.com/{model.full_name}",
+            "owner": model.owner,
+            "name": model.name,
+            "description": f"{model.name} (fake)",
+            "visibility": "public",
+            "github_url": None,
+            "paper_url": None,
+            "license_url": None,
+            "run_count": len(self._predictions),
+            "cover_image_url": None,
+            "default_example": None,
+            "latest_version": self._version_json(model),
+        }
+
+    @staticmethod
+    def _version_json(model: FakeModel) -> dict[str, Any]:
+        properties = {
+            key: {k: v for k, v in rule.items() if k != "required"}
+            for key, rule in model.schema.items()
+        }
+        required = [key for key, rule in model.schema.items() if rule.get("required")]
+        return {
+            "id": model.version,
+            "created_at": "2024-08-01T00:00:00.000000Z",
+            "cog_version": "0.9.12",
+            "openapi_schema": {
+                "components": {
+                    "schemas": {
+                        "Input": {
+                            "type": "object",
+                            "title": "Input",
+                            "required": required,
+                            "properties": properties,
+                        }
+                    }
+                }
+            },
+        }
+
+    @staticmethod
+    def _send(
+        handler: BaseHTTPRequestHandler,
+        status: int,
+        body: dict[str, Any] | str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if isinstance(body, str):
+            payload, content_type = body.encode(), "text/plain; charset=utf-8"
+        else:
+            payload = json.dumps(body).encode()
+            content_type = "application/problem+json" if status >= 400 else "application/json"
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(payload)))
+        for key, value in (headers or {}).items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep test output quiet."""
+
+    def do_GET(self) -> None:
+        self.server.fake.handle(self, "GET")
+
+    def do_POST(self) -> None:
+        self.server.fake.handle(self, "POST")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, fake: FakeReplicate) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.fake = fake
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up early (timeouts under test) are expected; others are not."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+@contextmanager
+def running_fake_replicate(token: str) -> Iterator[FakeReplicate]:
+    """Serve a :class:`FakeReplicate` on an ephemeral loopback port for the block."""
+    fake = FakeReplicate(token)
+    server = _Server(fake)
+    fake.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
