@@ -1,1 +1,5 @@
-pytest_plugins = ["imagen_pipeline_tests.fixtures.imagen"]
+pytest_plugins = [
+    "imagen_pipeline_tests.fixtures.imagen",
+    "imagen_pipeline_tests.fixtures.postgres",
+    "imagen_pipeline_tests.fixtures.daemon",
+]

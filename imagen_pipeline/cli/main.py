@@ -7,6 +7,7 @@ import click
 from imagen_pipeline import __version__
 from imagen_pipeline.cli.backends_cmd import backends
 from imagen_pipeline.cli.config_cmd import config
+from imagen_pipeline.cli.db_cmd import db
 from imagen_pipeline.cli.generate import generate
 
 
@@ -19,3 +20,4 @@ def cli() -> None:
 cli.add_command(generate)
 cli.add_command(config)
 cli.add_command(backends)
+cli.add_command(db)

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from imagen_pipeline.config.loader import LoadedConfig, load_config
 from imagen_pipeline.config.secrets import resolve_secret
+from imagen_pipeline.db.connection import connect
 
 
 class ImagenResource(dg.ConfigurableResource):
@@ -46,6 +47,4 @@ class ImagenDatabaseResource(dg.ConfigurableResource):
 
     def connect(self) -> psycopg.Connection:
         """A new connection (prepared statements off, for Supabase's transaction pooler)."""
-        from imagen_pipeline.db.connection import connect
-
         return connect(resolve_secret(self.url_env, "resources.imagen_db.url_env"))

@@ -1,0 +1,1 @@
+"""The imagen database: connections and the shipped SQL migrations."""

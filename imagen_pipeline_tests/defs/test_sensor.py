@@ -1,0 +1,227 @@
+"""``imagen_jobs_sensor`` ticks evaluated with ``build_sensor_context`` on real Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from imagen_pipeline.defs.jobs import generate_image
+from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
+from imagen_pipeline.defs.sensors import (
+    CLAIM_BATCH,
+    MAX_ATTEMPTS,
+    RECONCILE_BATCH,
+    QueueCursor,
+    imagen_jobs_sensor,
+)
+
+OWNER = "00000000-0000-4000-8000-0000000000c1"
+Tick = Callable[..., dg.SensorResult | dg.SkipReason]
+
+
+@pytest.fixture
+def config_file(write_config: Callable[..., Path]) -> Path:
+    return write_config({"backends": {"mock": {"type": "mock"}}})
+
+
+@pytest.fixture
+def tick(
+    config_file: Path, dagster_instance: dg.DagsterInstance
+) -> Callable[..., dg.SensorResult | dg.SkipReason]:
+    """Evaluate one sensor tick with the given cursor."""
+
+    def evaluate(cursor: str | None = None) -> dg.SensorResult | dg.SkipReason:
+        context = dg.build_sensor_context(
+            cursor=cursor,
+            instance=dagster_instance,
+            resources={
+                "imagen": ImagenResource(config_path=str(config_file)),
+                "imagen_db": ImagenDatabaseResource(),
+            },
+        )
+        return imagen_jobs_sensor(context)
+
+    return evaluate
+
+
+def sql(url: str, statement: str, params: Any = None) -> list[dict[str, Any]]:
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def insert_jobs(url: str, count: int, **fields: Any) -> list[int]:
+    values = {"owner_user_id": OWNER, "prompt": "a lighthouse", **fields}
+    columns = ", ".join(values)
+    placeholders = ", ".join(f"%({k})s" for k in values)
+    rows = sql(
+        url,
+        f"INSERT INTO imagen.jobs ({columns}) SELECT {placeholders} "
+        f"FROM generate_series(1, {count}) RETURNING id",
+        values,
+    )
+    return sorted(row["id"] for row in rows)
+
+
+def statuses(url: str) -> dict[int, str]:
+    return {r["id"]: r["status"] for r in sql(url, "SELECT id, status FROM imagen.jobs")}
+
+
+def requests_of(result: dg.SensorResult | dg.SkipReason) -> list[dg.RunRequest]:
+    assert isinstance(result, dg.SensorResult)
+    return list(result.run_requests or [])
+
+
+def test_pending_rows_become_one_run_request_each(migrated_database_url: str, tick: Tick) -> None:
+    [job_id] = insert_jobs(
+        migrated_database_url,
+        1,
+        prompt="a lighthouse",
+        style="watercolor",
+        seed=7,
+        width=512,
+        height=384,
+    )
+    [request] = requests_of(tick())
+    assert request.run_key == f"imagen-job-{job_id}-1"
+    assert request.tags == {
+        "imagen/job_id": str(job_id),
+        "imagen/job_attempt": "1",
+        "imagen/backend": "mock",
+        "imagen/style": "watercolor",
+        "imagen/source": "imagen.jobs",
+        "imagen/owner": OWNER,
+    }
+    config = request.run_config["ops"]["enrich_prompt"]["config"]
+    assert (config["prompt"], config["style"], config["seed"]) == ("a lighthouse", "watercolor", 7)
+    assert (config["width"], config["height"], config["job_id"]) == (512, 384, job_id)
+    row = sql(migrated_database_url, "SELECT status, attempts FROM imagen.jobs")[0]
+    assert row == {"status": "queued", "attempts": 1}
+    again = tick()
+    assert requests_of(again) == []
+
+
+def test_a_tick_claims_a_bounded_batch_oldest_first(migrated_database_url: str, tick: Tick) -> None:
+    ids = insert_jobs(migrated_database_url, 10_000)
+    first = requests_of(tick())
+    assert [r.run_key for r in first] == [f"imagen-job-{i}-1" for i in ids[:CLAIM_BATCH]]
+    second = requests_of(tick())
+    assert [r.tags["imagen/job_id"] for r in second] == [
+        str(i) for i in ids[CLAIM_BATCH : 2 * CLAIM_BATCH]
+    ]
+    counts = sql(
+        migrated_database_url, "SELECT status, count(*) AS n FROM imagen.jobs GROUP BY status"
+    )
+    assert {r["status"]: r["n"] for r in counts} == {
+        "queued": 2 * CLAIM_BATCH,
+        "pending": 10_000 - 2 * CLAIM_BATCH,
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"style": "vaporwave"}, "style: unknown style 'vaporwave'; known styles: "),
+        ({"backend": "dalle9"}, "backend: 'dalle9' is not configured in "),
+        ({"width": 1001, "height": 512}, "width: must be between 64 and 4096"),
+    ],
+)
+def test_an_invalid_row_fails_with_the_reason_and_gets_no_run(
+    migrated_database_url: str, tick: Tick, fields: dict[str, Any], message: str
+) -> None:
+    [bad] = insert_jobs(migrated_database_url, 1, **fields)
+    [good] = insert_jobs(migrated_database_url, 1)
+    requests = requests_of(tick())
+    assert [r.tags["imagen/job_id"] for r in requests] == [str(good)]
+    row = sql(migrated_database_url, "SELECT status, error FROM imagen.jobs WHERE id = %s", (bad,))
+    assert row[0]["status"] == "failed"
+    assert message in row[0]["error"]
+
+
+def test_without_a_database_the_sensor_skips_and_says_why(tick: Tick) -> None:
+    result = tick()
+    assert isinstance(result, dg.SkipReason)
+    assert "IMAGEN_DATABASE_URL is not set" in (result.skip_message or "")
+
+
+def test_an_idle_queue_skips_and_keeps_a_cursor(migrated_database_url: str, tick: Tick) -> None:
+    result = tick()
+    assert isinstance(result, dg.SensorResult)
+    assert result.run_requests == [] or result.run_requests is None
+    assert result.skip_reason is not None
+    assert QueueCursor.parse(result.cursor) == QueueCursor(reconcile_after=0)
+
+
+def test_a_requested_run_executed_as_launched_marks_its_row_done(
+    migrated_database_url: str, tick: Tick, dagster_instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    [job_id] = insert_jobs(migrated_database_url, 1, width=128, height=96)
+    [request] = requests_of(tick())
+    result = generate_image.execute_in_process(
+        run_config=request.run_config, tags=request.tags, instance=dagster_instance
+    )
+    assert result.success
+    row = sql(migrated_database_url, "SELECT * FROM imagen.jobs WHERE id = %s", (job_id,))[0]
+    image = sql(migrated_database_url, "SELECT * FROM imagen.images")[0]
+    assert (row["status"], row["run_id"], row["image_id"]) == ("done", result.run_id, image["id"])
+    assert Path(image["metadata"]["local_path"]).is_file()
+    tick()
+    assert statuses(migrated_database_url) == {job_id: "done"}
+
+
+def _age_rows(url: str, minutes: int) -> None:
+    """Backdate updated_at past the sensor's grace period (bypassing the touch trigger)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(
+            "UPDATE imagen.jobs SET updated_at = now() - make_interval(mins => %s)", (minutes,)
+        )
+
+
+def test_a_claimed_row_whose_run_never_started_is_requeued_then_failed(
+    migrated_database_url: str, tick: Tick
+) -> None:
+    [job_id] = insert_jobs(migrated_database_url, 1)
+    requests_of(tick())
+    assert statuses(migrated_database_url) == {job_id: "queued"}
+    tick()
+    assert statuses(migrated_database_url) == {job_id: "queued"}, "within grace: left alone"
+    for attempt in range(1, MAX_ATTEMPTS):
+        _age_rows(migrated_database_url, 10)
+        tick()  # reconciles: back to pending, then the same tick claims it again
+        row = sql(migrated_database_url, "SELECT status, attempts, error FROM imagen.jobs")[0]
+        assert (row["status"], row["attempts"]) == ("queued", attempt + 1)
+    _age_rows(migrated_database_url, 10)
+    tick()
+    row = sql(migrated_database_url, "SELECT status, error FROM imagen.jobs")[0]
+    assert row["status"] == "failed"
+    assert row["error"] == (
+        f"no run was started for attempt {MAX_ATTEMPTS} (after {MAX_ATTEMPTS} attempts)"
+    )
+
+
+def test_a_canceled_row_without_a_run_is_closed(migrated_database_url: str, tick: Tick) -> None:
+    [job_id] = insert_jobs(migrated_database_url, 1, status="canceled")
+    tick()
+    row = sql(migrated_database_url, "SELECT status, finished_at FROM imagen.jobs")[0]
+    assert row["status"] == "canceled" and row["finished_at"] is not None
+    assert statuses(migrated_database_url) == {job_id: "canceled"}
+
+
+def test_reconciliation_walks_unsettled_rows_in_bounded_batches(
+    migrated_database_url: str, tick: Tick
+) -> None:
+    ids = insert_jobs(migrated_database_url, RECONCILE_BATCH + 30, status="running")
+    first = tick()
+    assert isinstance(first, dg.SensorResult)
+    assert QueueCursor.parse(first.cursor).reconcile_after == ids[RECONCILE_BATCH - 1]
+    second = tick(first.cursor)
+    assert isinstance(second, dg.SensorResult)
+    assert QueueCursor.parse(second.cursor).reconcile_after == 0
+    assert QueueCursor.parse("not json") == QueueCursor()

@@ -1,0 +1,107 @@
+"""The jobs queue end to end: plain SQL INSERTs, a real dagster-daemon, real Postgres."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from PIL import Image
+
+from imagen_pipeline_tests.fixtures.daemon import DaemonStack
+
+TERMINAL = {"done", "failed", "canceled"}
+
+
+def all_settled(rows: dict[int, dict[str, Any]]) -> bool:
+    return bool(rows) and all(row["status"] in TERMINAL for row in rows.values())
+
+
+def images_by_job(stack: DaemonStack) -> dict[int, list[dict[str, Any]]]:
+    with stack.connect() as conn:
+        rows = conn.execute("SELECT * FROM imagen.images ORDER BY id").fetchall()
+    grouped: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row["job_id"], []).append(row)
+    return grouped
+
+
+def backend_calls(stack: DaemonStack) -> list[dict[str, Any]]:
+    if not stack.calls_log.exists():
+        return []
+    return [json.loads(line) for line in stack.calls_log.read_text().splitlines()]
+
+
+def test_rows_reach_done_failed_with_errors_and_links(daemon_stack: DaemonStack) -> None:
+    good = daemon_stack.insert_job(
+        "a red kite over the dunes", style="watercolor", width=256, height=192
+    )
+    bad_style = daemon_stack.insert_job("a blue kite", style="vaporwave")
+    bad_size = daemon_stack.insert_job("a green kite", width=1001, height=512)
+    broken = daemon_stack.insert_job("a kite", backend="broken", width=64, height=64)
+    daemon_stack.start()
+    rows = daemon_stack.wait_for(all_settled)
+
+    done = rows[good]
+    assert done["status"] == "done", done
+    assert done["run_id"] and done["started_at"] and done["finished_at"]
+    images = images_by_job(daemon_stack)
+    assert len(images[good]) == 1
+    image_row = images[good][0]
+    assert done["image_id"] == image_row["id"]
+    assert image_row["run_id"] == done["run_id"]
+    assert str(image_row["owner_user_id"]) == "00000000-0000-0000-0000-0000000000a1"
+    assert image_row["style"] == "watercolor"
+    local_path = Path(image_row["metadata"]["local_path"])
+    assert local_path.parent == daemon_stack.output_dir
+    with Image.open(local_path) as image:
+        assert image.size == (256, 192)
+        assert image.text["imagen.job_id"] == str(good)
+
+    assert rows[bad_style]["status"] == "failed"
+    assert "style: unknown style 'vaporwave'; known styles:" in rows[bad_style]["error"]
+    assert rows[bad_size]["status"] == "failed"
+    assert (
+        "width: must be between 64 and 4096 and a multiple of 8 (got 1001)"
+        in rows[bad_size]["error"]
+    )
+    assert rows[broken]["status"] == "failed"
+    assert "mock backend rejected the request: nope" in rows[broken]["error"]
+
+    with dg.DagsterInstance.from_config(str(daemon_stack.home)) as instance:
+        runs = instance.get_run_records()
+        by_job = {}
+        for record in runs:
+            by_job.setdefault(record.dagster_run.tags.get("imagen/job_id"), []).append(record)
+    assert len(by_job[str(good)]) == 1
+    assert str(bad_style) not in by_job and str(bad_size) not in by_job
+    run = by_job[str(good)][0].dagster_run
+    assert run.run_id == done["run_id"]
+    assert run.tags["imagen/owner"] == "00000000-0000-0000-0000-0000000000a1"
+    assert run.tags["imagen/backend"] == "mock"
+    assert run.tags["imagen/style"] == "watercolor"
+    assert [call["prompt"].split(",")[0] for call in backend_calls(daemon_stack)].count(
+        "a red kite over the dunes"
+    ) == 1
+
+
+def test_daemon_killed_mid_batch_then_restarted_makes_one_image_per_job(
+    daemon_stack: DaemonStack,
+) -> None:
+    job_ids = [daemon_stack.insert_job(f"kite number {i}", width=64, height=64) for i in range(12)]
+    daemon_stack.start()
+    daemon_stack.wait_for(
+        lambda rows: any(r["status"] in ("running", "done") for r in rows.values())
+    )
+    daemon_stack.kill_daemon()
+    daemon_stack.start()
+    rows = daemon_stack.wait_for(all_settled, timeout_s=400)
+
+    assert {rows[job_id]["status"] for job_id in job_ids} == {"done"}
+    images = images_by_job(daemon_stack)
+    assert all(len(images[job_id]) == 1 for job_id in job_ids)
+    pngs = sorted(daemon_stack.output_dir.glob("*.png"))
+    assert len(pngs) == len(job_ids)
+    for job_id in job_ids:
+        assert rows[job_id]["image_id"] == images[job_id][0]["id"]
