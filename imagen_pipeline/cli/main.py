@@ -9,6 +9,7 @@ from imagen_pipeline.cli.backends_cmd import backends
 from imagen_pipeline.cli.config_cmd import config
 from imagen_pipeline.cli.db_cmd import db
 from imagen_pipeline.cli.generate import generate
+from imagen_pipeline.cli.queue_cmd import queue
 
 
 @click.group()
@@ -21,3 +22,4 @@ cli.add_command(generate)
 cli.add_command(config)
 cli.add_command(backends)
 cli.add_command(db)
+cli.add_command(queue)

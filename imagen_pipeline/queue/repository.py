@@ -8,7 +8,8 @@ can never both win:
 - ``take_ownership``: queued (this attempt) -> running with this run's id, or hand a
   running/failed row from a run to its retry or re-execution (``parent_run_id``);
 - ``finish``: running -> done, only by the owning run;
-- ``fail`` / ``requeue`` / ``close_cancel``: used by the sensor's reconciliation.
+- ``fail`` / ``requeue`` / ``close_cancel``: used by the sensor's reconciliation;
+- ``release_claim``: queued -> pending when the NOTIFY listener could not submit the run.
 """
 
 from __future__ import annotations
@@ -166,6 +167,21 @@ def requeue(conn: psycopg.Connection, job_id: int, attempt: int, reason: str) ->
             """
             UPDATE imagen.jobs SET status = 'pending', run_id = NULL, error = %(reason)s
              WHERE id = %(id)s AND attempts = %(attempt)s AND status IN ('queued', 'running')
+            """,
+            {"id": job_id, "attempt": attempt, "reason": reason},
+        )
+        return cursor.rowcount == 1
+
+
+def release_claim(conn: psycopg.Connection, job_id: int, attempt: int, reason: str) -> bool:
+    """Undo a claim whose run could not be submitted: queued -> pending, attempt not counted."""
+    with conn.transaction(), conn.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE imagen.jobs
+               SET status = 'pending', attempts = attempts - 1, error = %(reason)s
+             WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'queued'
+               AND run_id IS NULL
             """,
             {"id": job_id, "attempt": attempt, "reason": reason},
         )

@@ -186,3 +186,32 @@ def test_transient_failures_stop_after_max_retries(
     assert not result.success
     assert [call["attempt"] for call in calls(log)] == [0, 1, 2, 3]
     assert "simulated a transient failure" in step_failure_text(result)
+
+
+def test_the_backends_pool_picks_the_generate_step(
+    dagster_instance: dg.DagsterInstance, write_config: Callable[..., Path]
+) -> None:
+    config_file = write_config(
+        {
+            "default_backend": "cloudy",
+            "backends": {
+                "cloudy": {"type": "mock"},
+                "gpu_box": {"type": "mock", "pool": "gpu"},
+            },
+        }
+    )
+    on_gpu = execute(dagster_instance, config_file, backend="gpu_box", width=64, height=64)
+    in_cloud = execute(dagster_instance, config_file, width=64, height=64)
+    assert on_gpu.success and in_cloud.success
+
+    def steps(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+        return {
+            event.step_key: event.event_type_value
+            for event in result.all_events
+            if event.step_key
+            and event.step_key.startswith("generate_")
+            and (event.is_step_success or event.is_step_skipped)
+        }
+
+    assert steps(on_gpu) == {"generate_gpu": "STEP_SUCCESS", "generate_cloud": "STEP_SKIPPED"}
+    assert steps(in_cloud) == {"generate_cloud": "STEP_SUCCESS", "generate_gpu": "STEP_SKIPPED"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,23 @@ def test_daemon_killed_mid_batch_then_restarted_makes_one_image_per_job(
     assert len(pngs) == len(job_ids)
     for job_id in job_ids:
         assert rows[job_id]["image_id"] == images[job_id][0]["id"]
+
+
+def test_the_notify_fast_path_launches_through_the_webserver(daemon_stack: DaemonStack) -> None:
+    """`imagen queue listen` submits over GraphQL; the daemon's run queue starts the run."""
+    daemon_stack.start()
+    daemon_stack.start_fast_path()
+    deadline = time.monotonic() + 60
+    while "listening on channel imagen_jobs" not in daemon_stack.log_path.read_text():
+        assert time.monotonic() < deadline, "the listener did not start"
+        time.sleep(0.2)
+    job_id = daemon_stack.insert_job("a paper boat", width=128, height=128)
+    rows = daemon_stack.wait_for(all_settled)
+    assert rows[job_id]["status"] == "done", rows[job_id]["error"]
+    with dg.DagsterInstance.from_config(str(daemon_stack.home)) as instance:
+        [record] = instance.get_run_records(
+            filters=dg.RunsFilter(tags={"imagen/job_id": str(job_id)})
+        )
+    assert record.dagster_run.tags["imagen/source"] == "imagen.jobs/notify"
+    assert record.dagster_run.run_id == rows[job_id]["run_id"]
+    assert [len(images) for images in images_by_job(daemon_stack).values()] == [1]

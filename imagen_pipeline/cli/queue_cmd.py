@@ -1,0 +1,59 @@
+"""``imagen queue listen``: the NOTIFY fast path of the imagen.jobs queue."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from types import FrameType
+
+import click
+
+from imagen_pipeline.cli.errors import CliError
+from imagen_pipeline.config.loader import load_config
+from imagen_pipeline.db.connection import DATABASE_URL_ENV, database_url
+from imagen_pipeline.defs.run_submission import GraphQLRunSubmitter
+from imagen_pipeline.errors import ImagenError
+from imagen_pipeline.queue.listener import listen
+
+WEBSERVER_URL_ENV = "IMAGEN_WEBSERVER_URL"
+
+
+@click.group()
+def queue() -> None:
+    """The imagen.jobs queue."""
+
+
+@queue.command("listen")
+@click.option(
+    "--webserver-url",
+    default=lambda: os.environ.get(WEBSERVER_URL_ENV, "http://127.0.0.1:3000"),
+    show_default=f"${WEBSERVER_URL_ENV} or http://127.0.0.1:3000",
+    help="dagster-webserver that receives the runs.",
+)
+@click.option("--dsn", help=f"libpq URL of the imagen database; default: ${DATABASE_URL_ENV}.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="imagen.yaml")
+def listen_command(webserver_url: str, dsn: str | None, config_path: str | None) -> None:
+    """Launch a run as soon as a row is inserted (LISTEN imagen_jobs); runs until stopped.
+
+    The jobs sensor keeps working without this process; the listener only removes the
+    sensor's polling delay.
+    """
+    try:
+        dsn = database_url(dsn)
+        load_config(config_path)
+        submitter = GraphQLRunSubmitter(webserver_url)
+    except (ImagenError, ValueError) as error:
+        raise CliError(str(error)) from None
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    listen(dsn, lambda: load_config(config_path), submitter, stop)

@@ -1,0 +1,297 @@
+"""Benchmark the imagen.jobs queue end to end on this machine.
+
+Usage:
+    .venv/bin/python scripts/bench_queue.py [--sequential 30] [--burst 100] [--serial 20]
+        [--serial-latency 2.0] [--fast-path] [--server-url postgresql://postgres@127.0.0.1/postgres]
+
+Starts a real stack on a throwaway database: `dagster-daemon run` on a Postgres-backed
+instance (scripts/dagster.postgres.yaml) and, with --fast-path, `dagster-webserver` plus
+`imagen queue listen`. Jobs are INSERTed with plain SQL as flexsiebels does. Reports:
+
+- sequential: insert -> done latency (created_at -> finished_at, database clock) p50/p95;
+- burst: N rows inserted at once, time until all are done, rows per minute;
+- serial: N jobs on a mock that holds one GPU lock for --serial-latency seconds per image;
+  total time against the ideal N x latency (does the GPU wait for Dagster?);
+- peak RSS of every process the stack started (daemon, code servers, runs, webserver).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psycopg
+import yaml
+from psycopg import sql
+
+from imagen_pipeline.db.migrate import migrate
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TERMINAL = ("done", "failed", "canceled")
+
+
+def database_url(server_url: str, name: str) -> str:
+    """``server_url`` with its database replaced by ``name``."""
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+@contextmanager
+def throwaway_database(server_url: str) -> Iterator[str]:
+    """A migrated database that is dropped afterwards."""
+    name = f"imagen_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = database_url(server_url, name)
+    try:
+        migrate(url, bootstrap=True)
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+class RssSampler(threading.Thread):
+    """Samples the summed RSS of the process groups the stack started."""
+
+    def __init__(self, groups: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.groups = groups
+        self.peak_bytes = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self.stop_event.wait(0.25):
+            total = 0
+            for pid_dir in Path("/proc").iterdir():
+                if not pid_dir.name.isdigit():
+                    continue
+                try:
+                    stat = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
+                    if int(stat[2]) not in self.groups:  # field 5: process group
+                        continue
+                    total += int((pid_dir / "statm").read_text().split()[1]) * page
+                except (OSError, IndexError, ValueError):
+                    continue
+            self.peak_bytes = max(self.peak_bytes, total)
+
+
+class Stack:
+    """The processes of one benchmark stack and the database they share."""
+
+    def __init__(self, url: str, workdir: Path, fast_path: bool, serial_latency: float) -> None:
+        self.url = url
+        self.workdir = workdir
+        self.fast_path = fast_path
+        home = workdir / "dagster_home"
+        home.mkdir()
+        (home / "dagster.yaml").write_text(
+            (REPO_ROOT / "scripts" / "dagster.postgres.yaml").read_text()
+        )
+        config = {
+            "default_backend": "mock",
+            "output": {"directory": str(workdir / "out")},
+            "backends": {
+                "mock": {"type": "mock", "calls_log": str(workdir / "calls.jsonl")},
+                "gpu": {
+                    "type": "mock",
+                    "pool": "gpu",
+                    "latency_s": serial_latency,
+                    "serial_lock": str(workdir / "gpu.lock"),
+                    "calls_log": str(workdir / "gpu_calls.jsonl"),
+                },
+            },
+        }
+        (workdir / "imagen.yaml").write_text(yaml.safe_dump(config))
+        self.port = 3300 + os.getpid() % 500
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "DAGSTER_HOME": str(home),
+            "DAGSTER_PG_URL": url,
+            "IMAGEN_DATABASE_URL": url,
+            "IMAGEN_CONFIG": str(workdir / "imagen.yaml"),
+            "IMAGEN_WEBSERVER_URL": f"http://127.0.0.1:{self.port}",
+        }
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, name: str, args: list[str]) -> None:
+        log = (self.workdir / f"{name}.log").open("ab")
+        self.processes.append(
+            subprocess.Popen(
+                args,
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+
+    def start(self) -> None:
+        workspace = str(REPO_ROOT / "workspace.yaml")
+        self.spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace])
+        if self.fast_path:
+            self.spawn(
+                "webserver",
+                [
+                    str(BIN / "dagster-webserver"),
+                    "-w",
+                    workspace,
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                ],
+            )
+            self.spawn("listener", [str(BIN / "imagen"), "queue", "listen"])
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                with suppress(httpx.HTTPError):
+                    if httpx.get(f"http://127.0.0.1:{self.port}/server_info").is_success:
+                        break
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        for process in self.processes:
+            process.wait(timeout=30)
+
+    def insert(self, count: int, backend: str = "mock") -> list[int]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            rows = conn.execute(
+                "INSERT INTO imagen.jobs (owner_user_id, prompt, backend, width, height) "
+                "SELECT gen_random_uuid(), 'benchmark lighthouse ' || g, %s, 256, 256 "
+                "FROM generate_series(1, %s) AS g RETURNING id",
+                (backend, count),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def wait_done(self, ids: list[int], timeout_s: float) -> dict[int, dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with psycopg.connect(self.url) as conn:
+                cursor = conn.execute(
+                    "SELECT id, status, error, extract(epoch FROM created_at) AS created, "
+                    "extract(epoch FROM finished_at) AS finished FROM imagen.jobs "
+                    "WHERE id = ANY(%s)",
+                    (ids,),
+                )
+                columns = [c.name for c in cursor.description or []]
+                rows = {r[0]: dict(zip(columns, r, strict=True)) for r in cursor.fetchall()}
+            if all(row["status"] in TERMINAL for row in rows.values()):
+                return rows
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"jobs not done after {timeout_s}s: {rows}")
+            time.sleep(0.05)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def check_all_done(rows: dict[int, dict[str, Any]]) -> None:
+    failed = {i: r["error"] for i, r in rows.items() if r["status"] != "done"}
+    if failed:
+        raise RuntimeError(f"jobs did not succeed: {failed}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--sequential", type=int, default=30)
+    parser.add_argument("--burst", type=int, default=100)
+    parser.add_argument("--serial", type=int, default=20)
+    parser.add_argument("--serial-latency", type=float, default=2.0)
+    parser.add_argument("--fast-path", action="store_true", help="webserver + imagen queue listen")
+    args = parser.parse_args()
+
+    results: dict[str, Any] = {"fast_path": args.fast_path, "cpus": os.cpu_count()}
+    with (
+        throwaway_database(args.server_url) as url,
+        tempfile.TemporaryDirectory(prefix="imagen-bench-") as tmp,
+    ):
+        stack = Stack(url, Path(tmp), args.fast_path, args.serial_latency)
+        stack.start()
+        sampler = RssSampler([p.pid for p in stack.processes])
+        sampler.start()
+        try:
+            warmup = stack.insert(1)
+            check_all_done(stack.wait_done(warmup, 300))
+
+            latencies = []
+            for _ in range(args.sequential):
+                rows = stack.wait_done(stack.insert(1), 120)
+                check_all_done(rows)
+                (row,) = rows.values()
+                latencies.append(float(row["finished"] - row["created"]))
+                time.sleep(0.3)
+            results["sequential"] = {
+                "jobs": len(latencies),
+                "p50_s": round(statistics.median(latencies), 2),
+                "p95_s": round(percentile(latencies, 0.95), 2),
+                "max_s": round(max(latencies), 2),
+            }
+            print(json.dumps(results["sequential"]), flush=True)
+
+            started = time.time()
+            rows = stack.wait_done(stack.insert(args.burst), 1800)
+            check_all_done(rows)
+            elapsed = max(float(r["finished"]) for r in rows.values()) - started
+            results["burst"] = {
+                "jobs": args.burst,
+                "total_s": round(elapsed, 1),
+                "rows_per_min": round(args.burst / elapsed * 60, 1),
+            }
+            print(json.dumps(results["burst"]), flush=True)
+
+            started = time.time()
+            rows = stack.wait_done(stack.insert(args.serial, backend="gpu"), 1800)
+            check_all_done(rows)
+            finished = max(float(r["finished"]) for r in rows.values())
+            calls = [
+                json.loads(line)
+                for line in (Path(tmp) / "gpu_calls.jsonl").read_text().splitlines()
+            ]
+            ideal = args.serial * args.serial_latency
+            results["serial"] = {
+                "jobs": args.serial,
+                "latency_s": args.serial_latency,
+                "backend_calls": len(calls),
+                "total_s": round(finished - started, 1),
+                "ideal_s": ideal,
+                "ratio": round((finished - started) / ideal, 3),
+            }
+            print(json.dumps(results["serial"]), flush=True)
+        finally:
+            sampler.stop_event.set()
+            sampler.join()
+            stack.stop()
+        results["peak_rss_mb"] = round(sampler.peak_bytes / 2**20)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
