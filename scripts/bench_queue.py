@@ -30,10 +30,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import dagster as dg
 import httpx
 import psycopg
 import yaml
@@ -187,6 +189,22 @@ class Stack:
             ).fetchall()
         return [row[0] for row in rows]
 
+    def phases(self, rows: dict[int, dict[str, Any]]) -> dict[str, float]:
+        """Median time per phase: insert -> run created -> run started -> run ended -> done."""
+        os.environ.update({k: self.env[k] for k in ("DAGSTER_HOME", "DAGSTER_PG_URL")})
+        spans: dict[str, list[float]] = {"pickup": [], "queue_and_launch": [], "run": []}
+        with dg.DagsterInstance.get() as instance:
+            for row in rows.values():
+                [record] = instance.get_run_records(
+                    filters=dg.RunsFilter(tags={"imagen/job_id": str(row["id"])}), limit=1
+                )
+                assert record.start_time is not None and record.end_time is not None
+                created = record.create_timestamp.timestamp()
+                spans["pickup"].append(created - float(row["created"]))
+                spans["queue_and_launch"].append(record.start_time - created)
+                spans["run"].append(record.end_time - record.start_time)
+        return {name: round(statistics.median(values), 2) for name, values in spans.items()}
+
     def wait_done(self, ids: list[int], timeout_s: float) -> dict[int, dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -241,10 +259,11 @@ def main() -> None:
             warmup = stack.insert(1)
             check_all_done(stack.wait_done(warmup, 300))
 
-            latencies = []
+            latencies, sequential_rows = [], {}
             for _ in range(args.sequential):
                 rows = stack.wait_done(stack.insert(1), 120)
                 check_all_done(rows)
+                sequential_rows.update(rows)
                 (row,) = rows.values()
                 latencies.append(float(row["finished"] - row["created"]))
                 time.sleep(0.3)
@@ -253,6 +272,7 @@ def main() -> None:
                 "p50_s": round(statistics.median(latencies), 2),
                 "p95_s": round(percentile(latencies, 0.95), 2),
                 "max_s": round(max(latencies), 2),
+                "median_phases_s": stack.phases(sequential_rows),
             }
             print(json.dumps(results["sequential"]), flush=True)
 
@@ -276,6 +296,7 @@ def main() -> None:
                 for line in (Path(tmp) / "gpu_calls.jsonl").read_text().splitlines()
             ]
             ideal = args.serial * args.serial_latency
+            first_call = min(datetime.fromisoformat(c["at"]).timestamp() for c in calls)
             results["serial"] = {
                 "jobs": args.serial,
                 "latency_s": args.serial_latency,
@@ -283,6 +304,7 @@ def main() -> None:
                 "total_s": round(finished - started, 1),
                 "ideal_s": ideal,
                 "ratio": round((finished - started) / ideal, 3),
+                "first_call_to_last_done_s": round(finished - first_call, 1),
             }
             print(json.dumps(results["serial"]), flush=True)
         finally:
