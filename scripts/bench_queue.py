@@ -2,7 +2,10 @@
 
 Usage:
     .venv/bin/python scripts/bench_queue.py [--sequential 30] [--burst 100] [--serial 20]
-        [--serial-latency 2.0] [--fast-path] [--server-url postgresql://postgres@127.0.0.1/postgres]
+        [--serial-latency 2.0] [--fast-path] [--max-concurrent-runs N]
+        [--server-url postgresql://postgres@127.0.0.1/postgres]
+
+A count of 0 skips that part.
 
 Starts a real stack on a throwaway database: `dagster-daemon run` on a Postgres-backed
 instance (scripts/dagster.postgres.yaml) and, with --fast-path, `dagster-webserver` plus
@@ -99,15 +102,24 @@ class RssSampler(threading.Thread):
 class Stack:
     """The processes of one benchmark stack and the database they share."""
 
-    def __init__(self, url: str, workdir: Path, fast_path: bool, serial_latency: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        workdir: Path,
+        fast_path: bool,
+        serial_latency: float,
+        max_concurrent_runs: int | None,
+    ) -> None:
         self.url = url
         self.workdir = workdir
         self.fast_path = fast_path
         home = workdir / "dagster_home"
         home.mkdir()
-        (home / "dagster.yaml").write_text(
-            (REPO_ROOT / "scripts" / "dagster.postgres.yaml").read_text()
-        )
+        instance = yaml.safe_load((REPO_ROOT / "scripts" / "dagster.postgres.yaml").read_text())
+        if max_concurrent_runs:
+            instance["concurrency"]["runs"]["max_concurrent_runs"] = max_concurrent_runs
+        self.max_concurrent_runs = instance["concurrency"]["runs"]["max_concurrent_runs"]
+        (home / "dagster.yaml").write_text(yaml.safe_dump(instance))
         config = {
             "default_backend": "mock",
             "output": {"directory": str(workdir / "out")},
@@ -236,6 +248,60 @@ def check_all_done(rows: dict[int, dict[str, Any]]) -> None:
         raise RuntimeError(f"jobs did not succeed: {failed}")
 
 
+def bench_sequential(stack: Stack, count: int) -> dict[str, Any]:
+    """Insert one job at a time and wait for it: insert -> done latency."""
+    latencies, all_rows = [], {}
+    for _ in range(count):
+        rows = stack.wait_done(stack.insert(1), 120)
+        check_all_done(rows)
+        all_rows.update(rows)
+        (row,) = rows.values()
+        latencies.append(float(row["finished"] - row["created"]))
+        time.sleep(0.3)
+    return {
+        "jobs": len(latencies),
+        "p50_s": round(statistics.median(latencies), 2),
+        "p95_s": round(percentile(latencies, 0.95), 2),
+        "max_s": round(max(latencies), 2),
+        "median_phases_s": stack.phases(all_rows),
+    }
+
+
+def bench_burst(stack: Stack, count: int) -> dict[str, Any]:
+    """Insert ``count`` jobs at once: time until the last is done."""
+    started = time.time()
+    rows = stack.wait_done(stack.insert(count), 1800)
+    check_all_done(rows)
+    elapsed = max(float(r["finished"]) for r in rows.values()) - started
+    return {
+        "jobs": count,
+        "total_s": round(elapsed, 1),
+        "rows_per_min": round(count / elapsed * 60, 1),
+    }
+
+
+def bench_serial(stack: Stack, count: int, latency_s: float) -> dict[str, Any]:
+    """``count`` jobs on the serial GPU mock: does the GPU wait for Dagster?"""
+    started = time.time()
+    rows = stack.wait_done(stack.insert(count, backend="gpu"), 1800)
+    check_all_done(rows)
+    finished = max(float(r["finished"]) for r in rows.values())
+    calls = [
+        json.loads(line) for line in (stack.workdir / "gpu_calls.jsonl").read_text().splitlines()
+    ]
+    ideal = count * latency_s
+    first_call = min(datetime.fromisoformat(c["at"]).timestamp() for c in calls)
+    return {
+        "jobs": count,
+        "latency_s": latency_s,
+        "backend_calls": len(calls),
+        "total_s": round(finished - started, 1),
+        "ideal_s": ideal,
+        "ratio": round((finished - started) / ideal, 3),
+        "first_call_to_last_done_s": round(finished - first_call, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -244,6 +310,9 @@ def main() -> None:
     parser.add_argument("--serial", type=int, default=20)
     parser.add_argument("--serial-latency", type=float, default=2.0)
     parser.add_argument("--fast-path", action="store_true", help="webserver + imagen queue listen")
+    parser.add_argument(
+        "--max-concurrent-runs", type=int, help="override concurrency.runs.max_concurrent_runs"
+    )
     args = parser.parse_args()
 
     results: dict[str, Any] = {"fast_path": args.fast_path, "cpus": os.cpu_count()}
@@ -251,7 +320,8 @@ def main() -> None:
         throwaway_database(args.server_url) as url,
         tempfile.TemporaryDirectory(prefix="imagen-bench-") as tmp,
     ):
-        stack = Stack(url, Path(tmp), args.fast_path, args.serial_latency)
+        stack = Stack(url, Path(tmp), args.fast_path, args.serial_latency, args.max_concurrent_runs)
+        results["max_concurrent_runs"] = stack.max_concurrent_runs
         stack.start()
         sampler = RssSampler([p.pid for p in stack.processes])
         sampler.start()
@@ -259,54 +329,15 @@ def main() -> None:
             warmup = stack.insert(1)
             check_all_done(stack.wait_done(warmup, 300))
 
-            latencies, sequential_rows = [], {}
-            for _ in range(args.sequential):
-                rows = stack.wait_done(stack.insert(1), 120)
-                check_all_done(rows)
-                sequential_rows.update(rows)
-                (row,) = rows.values()
-                latencies.append(float(row["finished"] - row["created"]))
-                time.sleep(0.3)
-            results["sequential"] = {
-                "jobs": len(latencies),
-                "p50_s": round(statistics.median(latencies), 2),
-                "p95_s": round(percentile(latencies, 0.95), 2),
-                "max_s": round(max(latencies), 2),
-                "median_phases_s": stack.phases(sequential_rows),
-            }
-            print(json.dumps(results["sequential"]), flush=True)
-
-            started = time.time()
-            rows = stack.wait_done(stack.insert(args.burst), 1800)
-            check_all_done(rows)
-            elapsed = max(float(r["finished"]) for r in rows.values()) - started
-            results["burst"] = {
-                "jobs": args.burst,
-                "total_s": round(elapsed, 1),
-                "rows_per_min": round(args.burst / elapsed * 60, 1),
-            }
-            print(json.dumps(results["burst"]), flush=True)
-
-            started = time.time()
-            rows = stack.wait_done(stack.insert(args.serial, backend="gpu"), 1800)
-            check_all_done(rows)
-            finished = max(float(r["finished"]) for r in rows.values())
-            calls = [
-                json.loads(line)
-                for line in (Path(tmp) / "gpu_calls.jsonl").read_text().splitlines()
-            ]
-            ideal = args.serial * args.serial_latency
-            first_call = min(datetime.fromisoformat(c["at"]).timestamp() for c in calls)
-            results["serial"] = {
-                "jobs": args.serial,
-                "latency_s": args.serial_latency,
-                "backend_calls": len(calls),
-                "total_s": round(finished - started, 1),
-                "ideal_s": ideal,
-                "ratio": round((finished - started) / ideal, 3),
-                "first_call_to_last_done_s": round(finished - first_call, 1),
-            }
-            print(json.dumps(results["serial"]), flush=True)
+            if args.sequential:
+                results["sequential"] = bench_sequential(stack, args.sequential)
+                print(json.dumps(results["sequential"]), flush=True)
+            if args.burst:
+                results["burst"] = bench_burst(stack, args.burst)
+                print(json.dumps(results["burst"]), flush=True)
+            if args.serial:
+                results["serial"] = bench_serial(stack, args.serial, args.serial_latency)
+                print(json.dumps(results["serial"]), flush=True)
         finally:
             sampler.stop_event.set()
             sampler.join()
