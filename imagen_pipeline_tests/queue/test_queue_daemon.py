@@ -126,3 +126,20 @@ def test_the_notify_fast_path_launches_through_the_webserver(daemon_stack: Daemo
     assert record.dagster_run.tags["imagen/source"] == "imagen.jobs/notify"
     assert record.dagster_run.run_id == rows[job_id]["run_id"]
     assert [len(images) for images in images_by_job(daemon_stack).values()] == [1]
+
+
+def test_canceling_a_running_job_terminates_its_run(daemon_stack: DaemonStack) -> None:
+    daemon_stack.start()
+    job_id = daemon_stack.insert_job("a slow snail", backend="slow", width=64, height=64)
+    daemon_stack.wait_for(lambda rows: backend_calls(daemon_stack) != [])
+    with daemon_stack.connect() as conn:
+        conn.execute("UPDATE imagen.jobs SET status = 'canceled' WHERE id = %s", (job_id,))
+    rows = daemon_stack.wait_for(lambda rows: rows[job_id]["finished_at"] is not None, 120)
+    assert rows[job_id]["status"] == "canceled"
+    with dg.DagsterInstance.from_config(str(daemon_stack.home)) as instance:
+        [record] = instance.get_run_records(
+            filters=dg.RunsFilter(tags={"imagen/job_id": str(job_id)})
+        )
+    assert record.dagster_run.status == dg.DagsterRunStatus.CANCELED
+    assert images_by_job(daemon_stack) == {}
+    assert not daemon_stack.output_dir.exists() or not any(daemon_stack.output_dir.glob("*.png"))
