@@ -4,10 +4,10 @@ import dagster as dg
 
 from imagen_pipeline.defs.jobs import generate_image
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
-from imagen_pipeline.defs.sensors import imagen_jobs_sensor
+from imagen_pipeline.defs.sensors import build_imagen_jobs_sensor, sensor_interval_s
 
 defs = dg.Definitions(
     jobs=[generate_image],
-    sensors=[imagen_jobs_sensor],
+    sensors=[build_imagen_jobs_sensor(sensor_interval_s())],
     resources={"imagen": ImagenResource(), "imagen_db": ImagenDatabaseResource()},
 )

@@ -3,6 +3,7 @@
 Usage:
     .venv/bin/python scripts/bench_queue.py [--sequential 30] [--burst 100] [--serial 20]
         [--serial-latency 2.0] [--fast-path] [--max-concurrent-runs N]
+        [--compute-logs local|noop]
         [--server-url postgresql://postgres@127.0.0.1/postgres]
 
 A count of 0 skips that part.
@@ -109,6 +110,7 @@ class Stack:
         fast_path: bool,
         serial_latency: float,
         max_concurrent_runs: int | None,
+        compute_logs: str | None,
     ) -> None:
         self.url = url
         self.workdir = workdir
@@ -119,6 +121,16 @@ class Stack:
         if max_concurrent_runs:
             instance["concurrency"]["runs"]["max_concurrent_runs"] = max_concurrent_runs
         self.max_concurrent_runs = instance["concurrency"]["runs"]["max_concurrent_runs"]
+        if compute_logs == "noop":
+            instance["compute_logs"] = {
+                "module": "dagster.core.storage.noop_compute_log_manager",
+                "class": "NoOpComputeLogManager",
+            }
+        elif compute_logs == "local":
+            instance.pop("compute_logs", None)
+        self.compute_logs = (
+            "noop" if "NoOp" in str(instance.get("compute_logs", {})) else "local (default)"
+        )
         (home / "dagster.yaml").write_text(yaml.safe_dump(instance))
         config = {
             "default_backend": "mock",
@@ -313,6 +325,9 @@ def main() -> None:
     parser.add_argument(
         "--max-concurrent-runs", type=int, help="override concurrency.runs.max_concurrent_runs"
     )
+    parser.add_argument(
+        "--compute-logs", choices=["local", "noop"], help="override the compute log manager"
+    )
     args = parser.parse_args()
 
     results: dict[str, Any] = {"fast_path": args.fast_path, "cpus": os.cpu_count()}
@@ -320,8 +335,16 @@ def main() -> None:
         throwaway_database(args.server_url) as url,
         tempfile.TemporaryDirectory(prefix="imagen-bench-") as tmp,
     ):
-        stack = Stack(url, Path(tmp), args.fast_path, args.serial_latency, args.max_concurrent_runs)
+        stack = Stack(
+            url,
+            Path(tmp),
+            args.fast_path,
+            args.serial_latency,
+            args.max_concurrent_runs,
+            args.compute_logs,
+        )
         results["max_concurrent_runs"] = stack.max_concurrent_runs
+        results["compute_logs"] = stack.compute_logs
         stack.start()
         sampler = RssSampler([p.pid for p in stack.processes])
         sampler.start()

@@ -4,6 +4,8 @@ keeps in-flight rows in line with their runs (the queue's safety net)."""
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -15,12 +17,14 @@ from imagen_pipeline.defs.jobs import generate_image
 from imagen_pipeline.defs.ops import TAG_JOB_ATTEMPT, TAG_JOB_ID
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.defs.run_errors import run_step_failure
-from imagen_pipeline.errors import ImagenError
+from imagen_pipeline.errors import ConfigError, ImagenError
 from imagen_pipeline.planning import plan_generation
 from imagen_pipeline.queue import repository
 from imagen_pipeline.queue.reconcile import Decision, RunFacts, decide
 from imagen_pipeline.queue.rows import JobRow
 
+INTERVAL_ENV = "IMAGEN_SENSOR_INTERVAL_S"
+DEFAULT_INTERVAL_S = 1
 CLAIM_BATCH = 50
 RECONCILE_BATCH = 200
 MAX_ATTEMPTS = 3
@@ -88,7 +92,10 @@ def apply(
 
 
 def reconcile(
-    conn: psycopg.Connection, instance: dg.DagsterInstance, after_id: int, log: object
+    conn: psycopg.Connection,
+    instance: dg.DagsterInstance,
+    after_id: int,
+    log: dg.DagsterLogManager,
 ) -> int:
     """Reconcile one batch of unsettled rows; returns the id to continue after (0: wrap)."""
     rows = repository.unsettled_jobs(conn, after_id, RECONCILE_BATCH)
@@ -97,24 +104,50 @@ def reconcile(
     for row in rows:
         decision = decide(row, runs.get(row.id), now, STALE_AFTER, MAX_ATTEMPTS)
         if decision.kind != "leave":
-            log.info(f"imagen.jobs row {row.id}: {decision.kind} {decision.detail}".rstrip())  # type: ignore[attr-defined]
+            log.info(f"imagen.jobs row {row.id}: {decision.kind} {decision.detail}".rstrip())
             apply(decision, row, conn, instance)
     return rows[-1].id if len(rows) == RECONCILE_BATCH else 0
 
 
-@dg.sensor(
-    job=generate_image,
-    minimum_interval_seconds=1,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Launches one generate_image run per pending imagen.jobs row and reconciles "
-    "rows whose runs finished, failed, were canceled or never started.",
-)
-def imagen_jobs_sensor(
+def sensor_interval_s(environ: Mapping[str, str] = os.environ) -> int:
+    """Sensor interval from ``$IMAGEN_SENSOR_INTERVAL_S`` (whole seconds, default 1)."""
+    raw = environ.get(INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_INTERVAL_S
+    if not raw.isdigit() or not 1 <= int(raw) <= 3600:
+        raise ConfigError(f"{INTERVAL_ENV}: must be whole seconds from 1 to 3600 (got {raw!r})")
+    return int(raw)
+
+
+def build_imagen_jobs_sensor(
+    minimum_interval_seconds: int = DEFAULT_INTERVAL_S,
+) -> dg.SensorDefinition:
+    """``imagen_jobs_sensor``, running by default, evaluated at most every N seconds."""
+
+    @dg.sensor(
+        name="imagen_jobs_sensor",
+        job=generate_image,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Launches one generate_image run per pending imagen.jobs row and "
+        "reconciles rows whose runs finished, failed, were canceled or never started.",
+    )
+    def imagen_jobs_sensor(
+        context: dg.SensorEvaluationContext,
+        imagen: ImagenResource,
+        imagen_db: ImagenDatabaseResource,
+    ) -> dg.SensorResult | dg.SkipReason:
+        return evaluate_queue(context, imagen, imagen_db)
+
+    return imagen_jobs_sensor
+
+
+def evaluate_queue(
     context: dg.SensorEvaluationContext,
     imagen: ImagenResource,
     imagen_db: ImagenDatabaseResource,
 ) -> dg.SensorResult | dg.SkipReason:
-    """Claim pending rows (pending -> queued), request their runs, reconcile in-flight rows."""
+    """One tick: reconcile in-flight rows, claim pending rows (pending -> queued), request runs."""
     if not imagen_db.configured():
         return dg.SkipReason(f"{imagen_db.url_env} is not set; the imagen.jobs queue is off")
     config = imagen.load()

@@ -18,8 +18,10 @@ from imagen_pipeline.defs.sensors import (
     MAX_ATTEMPTS,
     RECONCILE_BATCH,
     QueueCursor,
-    imagen_jobs_sensor,
+    build_imagen_jobs_sensor,
+    sensor_interval_s,
 )
+from imagen_pipeline.errors import ConfigError
 
 OWNER = "00000000-0000-4000-8000-0000000000c1"
 Tick = Callable[..., dg.SensorResult | dg.SkipReason]
@@ -45,7 +47,7 @@ def tick(
                 "imagen_db": ImagenDatabaseResource(),
             },
         )
-        return imagen_jobs_sensor(context)
+        return build_imagen_jobs_sensor()(context)
 
     return evaluate
 
@@ -225,3 +227,11 @@ def test_reconciliation_walks_unsettled_rows_in_bounded_batches(
     assert isinstance(second, dg.SensorResult)
     assert QueueCursor.parse(second.cursor).reconcile_after == 0
     assert QueueCursor.parse("not json") == QueueCursor()
+
+
+def test_the_interval_comes_from_the_environment_with_a_clear_error() -> None:
+    assert sensor_interval_s({}) == 1
+    assert sensor_interval_s({"IMAGEN_SENSOR_INTERVAL_S": "2"}) == 2
+    assert build_imagen_jobs_sensor(2).minimum_interval_seconds == 2
+    with pytest.raises(ConfigError, match=r"IMAGEN_SENSOR_INTERVAL_S: must be whole seconds"):
+        sensor_interval_s({"IMAGEN_SENSOR_INTERVAL_S": "0.5"})
