@@ -7,6 +7,7 @@ pydantic values and file paths, never image bytes.
 """
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -299,8 +300,6 @@ def image_materialization(stored: StoredImage) -> dg.AssetMaterialization:
 
 def preview_markdown_safe(path: str) -> str:
     """The preview markdown, or a note if the image cannot be thumbnailed."""
-    from pathlib import Path
-
     try:
         return preview_markdown(Path(path))
     except OSError as error:
