@@ -40,6 +40,7 @@ from imagen_pipeline_tests.fakes.replicate_server import (
     Reply,
     running_fake_replicate,
 )
+from imagen_pipeline_tests.fixtures.imagen import step_failure_text
 
 TOKEN = "r8_ImagenFakeToken0123456789abcdefghijklm"
 TOKEN_ENV = "IMAGEN_TEST_REPLICATE_TOKEN"
@@ -623,18 +624,6 @@ def run_job(config_file: Path, instance: dg.DagsterInstance) -> dg.ExecuteInProc
     )
 
 
-def failure_text(result: dg.ExecuteInProcessResult) -> str:
-    texts = []
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data:
-            data = event.step_failure_data
-            if data.user_failure_data and data.user_failure_data.description:
-                texts.append(data.user_failure_data.description)
-            if data.error:
-                texts.append(data.error.to_string())
-    return "\n".join(texts)
-
-
 def test_generate_image_job_end_to_end_with_a_retried_poll(
     fake: FakeReplicate,
     token_env: None,
@@ -645,7 +634,7 @@ def test_generate_image_job_end_to_end_with_a_retried_poll(
     fake.get_replies.append(Reply(503, {"detail": "Service Unavailable", "status": 503}))
     result = run_job(job_config(write_config, fake), dagster_instance)
 
-    assert result.success, failure_text(result)
+    assert result.success, step_failure_text(result)
     assert len(fake.creates()) == 1, "the retry adopted the first attempt's prediction"
     (prediction_id,) = fake.prediction_ids()
     stored = result.output_for_node("write_files")
@@ -674,6 +663,6 @@ def test_generate_image_job_without_the_token_fails_before_any_request(
     result = run_job(job_config(write_config, fake), dagster_instance)
     assert not result.success
     assert f"backends.flux.api_token_env: environment variable {TOKEN_ENV} is not set" in (
-        failure_text(result)
+        step_failure_text(result)
     )
     assert fake.received == []

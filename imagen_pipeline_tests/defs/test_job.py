@@ -12,6 +12,7 @@ from PIL import Image
 
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.defs.ops import IMAGE_ASSET_KEY
+from imagen_pipeline_tests.fixtures.imagen import step_failure_text
 
 
 def run_config(config_file: Path, **op_config: Any) -> dict[str, Any]:
@@ -31,18 +32,6 @@ def execute(
 
 def calls(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-
-def step_failure_text(result: dg.ExecuteInProcessResult) -> str:
-    texts = []
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data:
-            data = event.step_failure_data
-            if data.user_failure_data and data.user_failure_data.description:
-                texts.append(data.user_failure_data.description)
-            if data.error:
-                texts.append(data.error.to_string())
-    return "\n".join(texts)
 
 
 def test_only_prompt_needed_image_sidecar_chunks_and_lineage(
