@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,8 @@ CLAIM_BATCH = 50
 RECONCILE_BATCH = 200
 MAX_ATTEMPTS = 3
 STALE_AFTER = timedelta(minutes=2)
+STALLED_AFTER_ENV = "IMAGEN_RUN_STALLED_AFTER_S"
+DEFAULT_STALLED_AFTER = timedelta(minutes=30)
 WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on failed runs it will retry
 
 
@@ -51,8 +54,30 @@ class QueueCursor:
         return json.dumps({"reconcile_after": self.reconcile_after})
 
 
-def newest_runs(instance: dg.DagsterInstance, rows: list[JobRow]) -> dict[int, RunFacts]:
-    """The newest run of each row's current attempt (retries and re-executions included)."""
+def stalled_after(environ: Mapping[str, str] = os.environ) -> timedelta:
+    """How long a started run may go without an event (``$IMAGEN_RUN_STALLED_AFTER_S``)."""
+    raw = environ.get(STALLED_AFTER_ENV, "").strip()
+    if not raw:
+        return DEFAULT_STALLED_AFTER
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{STALLED_AFTER_ENV}: must be whole seconds >= 1 (got {raw!r})")
+    return timedelta(seconds=int(raw))
+
+
+def idle_seconds(instance: dg.DagsterInstance, run_id: str, now: float) -> float | None:
+    """Seconds since the run's newest event, or None if it has none."""
+    records = instance.get_records_for_run(run_id, limit=1, ascending=False).records
+    return now - records[0].timestamp if records else None
+
+
+def newest_runs(
+    instance: dg.DagsterInstance, rows: list[JobRow], stalled: timedelta
+) -> dict[int, RunFacts]:
+    """The newest run of each row's current attempt (retries and re-executions included).
+
+    Runs started longer than ``stalled`` ago also get their idle time (one event-log query
+    each), so a run whose worker died can be told from a slow one.
+    """
     if not rows:
         return {}
     records = instance.get_run_records(
@@ -66,11 +91,18 @@ def newest_runs(instance: dg.DagsterInstance, rows: list[JobRow]) -> dict[int, R
         if job_id in facts or run.tags.get(TAG_JOB_ATTEMPT) != attempts.get(job_id):
             continue
         failed = run.status == dg.DagsterRunStatus.FAILURE
+        now = time.time()
+        long_running = (
+            run.status == dg.DagsterRunStatus.STARTED
+            and record.start_time is not None
+            and now - record.start_time >= stalled.total_seconds()
+        )
         facts[job_id] = RunFacts(
             run_id=run.run_id,
             status=run.status.value,
             will_retry=run.tags.get(WILL_RETRY_TAG) == "true",
             step_failure=run_step_failure(instance, run.run_id) if failed else None,
+            idle_s=idle_seconds(instance, run.run_id, now) if long_running else None,
         )
     return facts
 
@@ -86,7 +118,14 @@ def apply(
     elif decision.kind == "finish" and decision.run_id:
         repository.finish(conn, row.id, decision.run_id, None)
     elif decision.kind == "cancel_run" and decision.run_id:
-        instance.run_coordinator.cancel_run(decision.run_id)
+        if not instance.run_coordinator.cancel_run(decision.run_id):
+            run = instance.get_run_by_id(decision.run_id)
+            if run is not None and not run.is_finished:
+                instance.report_run_canceled(run, "canceled in imagen.jobs; worker unreachable")
+    elif decision.kind == "abandon_run" and decision.run_id:
+        run = instance.get_run_by_id(decision.run_id)
+        if run is not None and not run.is_finished:
+            instance.report_run_failed(run, decision.detail)
     elif decision.kind == "close_cancel":
         repository.close_cancel(conn, row.id)
 
@@ -99,10 +138,11 @@ def reconcile(
 ) -> int:
     """Reconcile one batch of unsettled rows; returns the id to continue after (0: wrap)."""
     rows = repository.unsettled_jobs(conn, after_id, RECONCILE_BATCH)
-    runs = newest_runs(instance, rows)
+    stalled = stalled_after()
+    runs = newest_runs(instance, rows, stalled)
     now = datetime.now(UTC)
     for row in rows:
-        decision = decide(row, runs.get(row.id), now, STALE_AFTER, MAX_ATTEMPTS)
+        decision = decide(row, runs.get(row.id), now, STALE_AFTER, MAX_ATTEMPTS, stalled)
         if decision.kind != "leave":
             log.info(f"imagen.jobs row {row.id}: {decision.kind} {decision.detail}".rstrip())
             apply(decision, row, conn, instance)

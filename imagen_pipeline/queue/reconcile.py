@@ -14,7 +14,9 @@ from imagen_pipeline.queue.rows import JobRow
 
 FINISHED_RUN_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
 
-DecisionKind = Literal["leave", "requeue", "fail", "finish", "cancel_run", "close_cancel"]
+DecisionKind = Literal[
+    "leave", "requeue", "fail", "finish", "cancel_run", "abandon_run", "close_cancel"
+]
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class RunFacts:
     status: str
     will_retry: bool = False
     step_failure: str | None = None
+    idle_s: float | None = None
+    """Seconds since the run's last event; only known for long-running started runs."""
 
     @property
     def finished(self) -> bool:
@@ -47,8 +51,14 @@ def decide(
     now: datetime,
     grace: timedelta,
     max_attempts: int,
+    stalled_after: timedelta | None = None,
 ) -> Decision:
-    """The action that brings ``row`` in line with ``run``."""
+    """The action that brings ``row`` in line with ``run``.
+
+    A started run with no event for ``stalled_after`` has lost its worker (Dagster's default
+    run launcher cannot tell): it is marked failed so that run retries or this
+    reconciliation can take over.
+    """
     if row.status == "canceled":
         if run is not None and not run.finished:
             return Decision("cancel_run", run_id=run.run_id)
@@ -60,6 +70,17 @@ def decide(
             return Decision("leave")
         return _retry_or_fail(row, f"no run was started for attempt {row.attempts}", max_attempts)
 
+    if (
+        run.status == "STARTED"
+        and run.idle_s is not None
+        and stalled_after is not None
+        and run.idle_s >= stalled_after.total_seconds()
+    ):
+        return Decision(
+            "abandon_run",
+            f"run {run.run_id} made no progress for {run.idle_s:.0f} s; its worker is gone",
+            run.run_id,
+        )
     if not run.finished or (run.status == "FAILURE" and run.will_retry):
         return Decision("leave")
     if run.status == "SUCCESS":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -143,3 +145,24 @@ def test_canceling_a_running_job_terminates_its_run(daemon_stack: DaemonStack) -
     assert record.dagster_run.status == dg.DagsterRunStatus.CANCELED
     assert images_by_job(daemon_stack) == {}
     assert not daemon_stack.output_dir.exists() or not any(daemon_stack.output_dir.glob("*.png"))
+
+
+def test_a_killed_run_worker_is_noticed_and_the_job_still_ends_with_one_image(
+    daemon_stack: DaemonStack,
+) -> None:
+    """Dagster's default launcher cannot see a dead worker; the sensor notices the silence."""
+    daemon_stack.env["IMAGEN_RUN_STALLED_AFTER_S"] = "8"
+    daemon_stack.start()
+    job_id = daemon_stack.insert_job("a steady tortoise", backend="steady", width=64, height=64)
+    daemon_stack.wait_for(lambda rows: backend_calls(daemon_stack) != [])
+    [worker] = daemon_stack.run_worker_pids()
+    os.kill(worker, signal.SIGKILL)
+    rows = daemon_stack.wait_for(all_settled, 180)
+    assert rows[job_id]["status"] == "done", rows[job_id]["error"]
+    with dg.DagsterInstance.from_config(str(daemon_stack.home)) as instance:
+        runs = instance.get_run_records(filters=dg.RunsFilter(tags={"imagen/job_id": str(job_id)}))
+    statuses = sorted(record.dagster_run.status.value for record in runs)
+    assert statuses == ["FAILURE", "SUCCESS"]
+    [images] = images_by_job(daemon_stack).values()
+    assert len(images) == 1 and images[0]["run_id"] == rows[job_id]["run_id"]
+    assert len(list(daemon_stack.output_dir.glob("*.png"))) == 1

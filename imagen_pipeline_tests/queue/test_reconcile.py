@@ -65,3 +65,18 @@ def test_canceled_row_stops_its_run_then_closes() -> None:
     assert decide(row(status="canceled"), run("STARTED"), NOW, GRACE, 3).kind == "cancel_run"
     assert decide(row(status="canceled"), run("CANCELED"), NOW, GRACE, 3).kind == "close_cancel"
     assert decide(row(status="canceled"), None, NOW, GRACE, 3).kind == "close_cancel"
+
+
+def test_a_started_run_without_events_for_too_long_is_abandoned() -> None:
+    stalled = timedelta(minutes=30)
+    busy = decide(row(), run("STARTED", idle_s=60.0), NOW, GRACE, 3, stalled)
+    gone = decide(row(), run("STARTED", idle_s=1800.0), NOW, GRACE, 3, stalled)
+    assert busy.kind == "leave"
+    assert (gone.kind, gone.run_id) == ("abandon_run", "r1")
+    assert gone.detail == "run r1 made no progress for 1800 s; its worker is gone"
+
+
+def test_idle_time_only_matters_for_started_runs() -> None:
+    stalled = timedelta(seconds=10)
+    decision = decide(row(), run("SUCCESS", idle_s=999.0), NOW, GRACE, 3, stalled)
+    assert decision.kind == "finish"
