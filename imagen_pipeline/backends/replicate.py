@@ -4,8 +4,8 @@ One generation creates a prediction with ``Prefer: wait`` (sync mode), polls ``u
 until it ends, downloads the output file with a size cap and a timeout, and classifies every
 failure as transient or permanent. A create whose response is lost is recovered by listing
 recent predictions instead of creating a second one; a terminated run cancels its
-prediction. docs/backends/replicate.md has the config block, the input mapping, the price
-table and the error table.
+prediction. docs/backends.md (section "Replicate") has the config block, the input mapping,
+the price table and the error table.
 """
 
 from __future__ import annotations

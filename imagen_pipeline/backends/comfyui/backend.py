@@ -1,0 +1,444 @@
+"""The ComfyUI backend: FLUX (or any workflow) on the user's own GPU box behind ComfyUI.
+
+One generation loads the workflow, writes the request into the mapped inputs, checks the
+server has the model files, takes a queue slot (``pool_limit``), submits with a prompt id
+derived from the run, follows it on the websocket (``/history`` when the socket drops),
+and downloads the saved image. docs/backends.md has the config block, the templates, the
+mapping and the error table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from imagen_pipeline.backends.comfyui.client import ComfyUIClient, Submitted, Where
+from imagen_pipeline.backends.comfyui.slots import QueueSlots, default_state_dir
+from imagen_pipeline.backends.comfyui.watch import PromptWatch, WatchSettings
+from imagen_pipeline.backends.comfyui.workflow import (
+    Target,
+    Workflow,
+    WorkflowError,
+    load_workflow,
+    parse_target,
+)
+from imagen_pipeline.backends.contract import (
+    MAX_SEED,
+    BackendCheck,
+    GenerationContext,
+    GenerationMetadata,
+    GenerationRequest,
+    GenerationResult,
+    ImageBackend,
+)
+from imagen_pipeline.errors import (
+    BackendError,
+    ConfigError,
+    ImagenError,
+    PermanentBackendError,
+)
+
+ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "imagen-pipeline/comfyui")
+"""Namespace of the prompt and client ids derived from a run."""
+
+GIB = 1024**3
+
+
+def prompt_id_for(context: GenerationContext, attempt: int) -> str:
+    """The prompt id of ``attempt`` of this run's step: the same on every call, unique per run."""
+    key = f"prompt\x00{context.run_id}\x00{context.instance_name}\x00{attempt}"
+    return str(uuid.uuid5(ID_NAMESPACE, key))
+
+
+def client_id_for(context: GenerationContext) -> str:
+    """The websocket client id of this run: events of every attempt's prompt come to it."""
+    return uuid.uuid5(ID_NAMESPACE, f"client\x00{context.run_id}\x00{context.instance_name}").hex
+
+
+def derived_seed(context: GenerationContext) -> int:
+    """A seed in 1..MAX_SEED fixed by the run, so every retry renders the same image."""
+    key = f"{context.run_id}\x00{context.instance_name}".encode()
+    return 1 + int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % MAX_SEED
+
+
+def image_mime_type(data: bytes) -> str:
+    """MIME type of encoded image bytes; refuses anything Pillow cannot identify."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image_format = image.format or ""
+    except (UnidentifiedImageError, OSError) as error:
+        raise PermanentBackendError(f"ComfyUI output is not an image: {error}") from None
+    return Image.MIME.get(image_format, "application/octet-stream")
+
+
+def pick_image(entry: dict[str, Any], preferred_nodes: list[str]) -> dict[str, Any] | None:
+    """The saved image of a history entry: from the filename-prefix node if it has one, else
+    the first ``output`` image, else any image (e.g. a preview)."""
+    outputs = entry.get("outputs")
+    if not isinstance(outputs, dict):
+        return None
+    images: list[tuple[str, dict[str, Any]]] = []
+    for node_id, output in outputs.items():
+        for image in (output or {}).get("images") or []:
+            if isinstance(image, dict) and image.get("filename"):
+                images.append((str(node_id), image))
+    for wanted in preferred_nodes:
+        for node_id, image in images:
+            if node_id == wanted:
+                return image
+    for _, image in images:
+        if image.get("type", "output") == "output":
+            return image
+    return images[0][1] if images else None
+
+
+class ComfyUIBackend(ImageBackend):
+    """Images from a ComfyUI server (the GPU box); costs nothing per image."""
+
+    pool: Literal["gpu", "cloud"] = Field(
+        default="gpu",
+        description="Dagster op pool of the generate step; 'gpu' (imagen_gpu) for a GPU box.",
+    )
+    url: str = Field(description="ComfyUI server, e.g. http://mrock:8188.")
+    workflow: str = Field(
+        default="flux-dev",
+        description="Built-in template (flux-dev, flux-schnell, flux-fp8) or the absolute path "
+        "of an API-format workflow JSON ('Export (API)' in ComfyUI).",
+    )
+    inputs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Request field -> '<node id>.<input name>' (or a list of them): prompt, "
+        "negative, seed, width, height, steps, guidance, filename_prefix. Templates bring "
+        "their own; entries here extend or replace them, null unmaps one.",
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="'<node id>.<input name>' -> fixed value set on every prompt (e.g. a "
+        "different model file or scheduler).",
+    )
+    guidance: float | None = Field(
+        default=None, ge=0, le=100, description="FLUX guidance; empty: the workflow's value."
+    )
+    timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest time for one image: waiting for a queue slot, in ComfyUI's queue "
+        "and on the GPU. Then the prompt is interrupted and the step retried.",
+    )
+    pool_limit: int = Field(
+        default=2,
+        ge=1,
+        description="Prompts this pipeline keeps in the server's queue at once, across all "
+        "runs on this machine (2: one on the GPU, one waiting).",
+    )
+    state_dir: str | None = Field(
+        default=None,
+        description="Folder for the queue slot lock files; empty: $XDG_STATE_HOME/imagen/comfyui.",
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="Timeout of each HTTP request and websocket connect."
+    )
+    poll_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between /history polls when the websocket is down.",
+    )
+    check_interval_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="Silence on the websocket after which /queue and /history are asked "
+        "where the prompt is (a restarted server has lost it).",
+    )
+    reconnect_grace_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long the server may be unreachable while a prompt is queued before "
+        "the attempt fails transiently.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL such as http://mrock:8188")
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_workflow(self) -> ComfyUIBackend:
+        try:
+            load_workflow(self.workflow, self.inputs, self.overrides)
+        except WorkflowError as error:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "comfyui_workflow", "{problem}", {"problem": p.message}
+                        ),
+                        loc=p.loc,
+                        input=p.value,
+                    )
+                    for p in error.problems
+                ],
+            ) from None
+        return self
+
+    def load(self) -> Workflow:
+        """The workflow with its mapping; the file may have changed since the config loaded."""
+        try:
+            return load_workflow(self.workflow, self.inputs, self.overrides)
+        except WorkflowError as error:
+            raise ConfigError(f"comfyui workflow {self.workflow}: {error}") from None
+
+    def model_name(self) -> str:
+        """The model file of the workflow's loader node (UNETLoader or checkpoint)."""
+        workflow = self.load()
+        return workflow.model_file() or Path(workflow.name).stem
+
+    # -- generate ----------------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest, context: GenerationContext) -> GenerationResult:
+        """Submit (or adopt) this run's prompt, follow it to the end and download the image."""
+        log = context.log
+        workflow = self.load()
+        seed = request.seed if request.seed is not None else derived_seed(context)
+        values: dict[str, Any] = {
+            "prompt": request.prompt,
+            "seed": seed,
+            "width": request.width,
+            "height": request.height,
+            "filename_prefix": f"imagen/{context.run_id}",
+        }
+        if request.negative:
+            values["negative"] = request.negative
+        if request.steps is not None:
+            values["steps"] = request.steps
+        extra = self._request_options(workflow, request, values, log)
+        graph, unmapped = workflow.build(values, extra)
+        for request_field in unmapped:
+            if request_field != "filename_prefix":
+                log.info(
+                    f"ComfyUI workflow {workflow.name}: no input is mapped for "
+                    f"{request_field}; ignored it"
+                )
+        started = time.monotonic()
+        deadline = started + self.timeout_s
+        slots = QueueSlots(
+            self.url,
+            self.pool_limit,
+            Path(self.state_dir).expanduser() if self.state_dir else default_state_dir(),
+            log,
+        )
+        with ComfyUIClient(self.url, self.request_timeout_s, log) as client:
+            client.preflight(workflow.model_files(graph))
+            holder = f"run {context.run_id} (pid {os.getpid()})"
+            with slots.hold(holder, deadline):
+                submitted, entry = self._run(client, workflow, graph, context, deadline)
+            image_ref = pick_image(entry, workflow.output_node_ids())
+            if image_ref is None:
+                raise PermanentBackendError(
+                    f"ComfyUI prompt {submitted.prompt_id} finished without an output image "
+                    "(does the workflow end in a SaveImage node?)"
+                )
+            image = client.download(image_ref)
+        steps = workflow.value_at(graph, "steps")
+        return GenerationResult(
+            image=image,
+            mime_type=image_mime_type(image),
+            metadata=GenerationMetadata(
+                model=workflow.model_file() or Path(workflow.name).stem,
+                seed=seed if "seed" in workflow.inputs else None,
+                steps=steps if isinstance(steps, int) else None,
+                latency_s=round(time.monotonic() - started, 4),
+                cost_usd=0.0,
+                extra={
+                    "prompt_id": submitted.prompt_id,
+                    "recovered_prompt": submitted.recovered,
+                    "workflow": workflow.name,
+                    "comfyui_url": self.url,
+                    "output_file": "/".join(
+                        part
+                        for part in (image_ref.get("subfolder"), image_ref.get("filename"))
+                        if part
+                    ),
+                    "guidance": workflow.value_at(graph, "guidance"),
+                },
+            ),
+        )
+
+    def _request_options(
+        self,
+        workflow: Workflow,
+        request: GenerationRequest,
+        values: dict[str, Any],
+        log: Any,
+    ) -> dict[Target, Any]:
+        """Guidance from the request or config, and per-request ``<node>.<input>`` values."""
+        options = dict(request.backend_opts)
+        guidance = options.pop("guidance", self.guidance)
+        if guidance is not None:
+            if isinstance(guidance, bool) or not isinstance(guidance, int | float):
+                raise PermanentBackendError(
+                    f"backend_opts.guidance: must be a number, got {guidance!r}"
+                )
+            values["guidance"] = float(guidance)
+        extra: dict[Target, Any] = {}
+        for key, value in options.items():
+            try:
+                target = parse_target(key)
+            except ValueError:
+                log.info(f"ComfyUI: backend_opts.{key} is not '<node id>.<input name>'; ignored")
+                continue
+            problem = workflow.check_target(target)
+            if problem:
+                raise PermanentBackendError(f"backend_opts.{key}: {problem}")
+            extra[target] = value
+        return extra
+
+    def _run(
+        self,
+        client: ComfyUIClient,
+        workflow: Workflow,
+        graph: dict[str, Any],
+        context: GenerationContext,
+        deadline: float,
+    ) -> tuple[Submitted, dict[str, Any]]:
+        """Adopt an earlier attempt's prompt or submit this attempt's, then wait for it."""
+        log = context.log
+        client_id = client_id_for(context)
+        active = prompt_id_for(context, context.attempt)
+        socket = client.open_socket(client_id)
+        if socket is None:
+            log.info(f"ComfyUI {self.url}: no event socket; following the prompt via /history")
+        watch: PromptWatch | None = None
+        try:
+            submitted, finished = self._adopt(client, context)
+            if submitted is None:
+                submitted = client.submit(graph, active, client_id)
+                log.info(
+                    f"ComfyUI prompt {submitted.prompt_id} queued on {self.url}"
+                    + (" (recovered after a lost response)" if submitted.recovered else "")
+                )
+            active = submitted.prompt_id
+            if finished is not None:
+                return submitted, finished
+            watch = PromptWatch(
+                client,
+                prompt_id=active,
+                client_id=client_id,
+                socket=socket,
+                class_types={node: workflow.class_type(node) for node in graph},
+                settings=WatchSettings(
+                    poll_interval_s=self.poll_interval_s,
+                    check_interval_s=self.check_interval_s,
+                    reconnect_grace_s=self.reconnect_grace_s,
+                    timeout_s=self.timeout_s,
+                ),
+                deadline=deadline,
+                log=log,
+            )
+            socket = None
+            return submitted, watch.wait()
+        except ImagenError:
+            raise
+        except BaseException:
+            outcome = client.cancel(active)
+            log.warning(f"ComfyUI prompt {active}: run stopped; {outcome}")
+            raise
+        finally:
+            if watch is not None:
+                watch.close()
+            if socket is not None:
+                socket.close()
+
+    def _adopt(
+        self, client: ComfyUIClient, context: GenerationContext
+    ) -> tuple[Submitted | None, dict[str, Any] | None]:
+        """An earlier attempt's prompt that is still queued or finished well, if any."""
+        for attempt in range(context.attempt - 1, -1, -1):
+            prompt_id = prompt_id_for(context, attempt)
+            location = client.locate(prompt_id)
+            if location.where in (Where.RUNNING, Where.PENDING):
+                context.log.info(
+                    f"ComfyUI prompt {prompt_id} of attempt {attempt + 1} is still "
+                    f"{location.where.value}; following it instead of submitting another"
+                )
+                return Submitted(prompt_id, None, recovered=True), None
+            entry = location.entry
+            status = (entry or {}).get("status") or {}
+            if entry is not None and status.get("status_str") != "error":
+                context.log.info(
+                    f"ComfyUI prompt {prompt_id} of attempt {attempt + 1} already finished; "
+                    "using its image"
+                )
+                return Submitted(prompt_id, None, recovered=True), entry
+        return None, None
+
+    # -- check -------------------------------------------------------------------------------
+
+    def check(self) -> BackendCheck:
+        """``/system_stats`` (reachable, version, VRAM) and the workflow's model files."""
+        try:
+            workflow = self.load()
+        except ConfigError as error:
+            return BackendCheck(
+                reachable=None, credentials=None, model_present=None, detail=str(error)
+            )
+        with ComfyUIClient(
+            self.url, self.request_timeout_s, logging.getLogger("imagen.comfyui")
+        ) as client:
+            try:
+                stats = client.system_stats()
+            except BackendError as error:
+                return BackendCheck(
+                    reachable=False, credentials=None, model_present=None, detail=str(error)
+                )
+            summary = describe_system(stats)
+            try:
+                problems = client.missing_model_files(workflow.model_files())
+            except BackendError as error:
+                return BackendCheck(
+                    reachable=True,
+                    credentials=None,
+                    model_present=None,
+                    detail=f"{summary}; model check failed: {error}",
+                )
+        if problems:
+            return BackendCheck(
+                reachable=True,
+                credentials=None,
+                model_present=False,
+                detail=f"{summary}; " + "; ".join(problems),
+            )
+        return BackendCheck(
+            reachable=True,
+            credentials=None,
+            model_present=True,
+            detail=f"{summary}; model {workflow.model_file() or workflow.name} present",
+        )
+
+
+def describe_system(stats: dict[str, Any]) -> str:
+    """``ComfyUI 0.3.43, NVIDIA ... 12.3 of 16.0 GiB VRAM free`` from ``/system_stats``."""
+    system = stats.get("system") or {}
+    parts = [f"ComfyUI {system.get('comfyui_version') or 'unknown version'}"]
+    for device in stats.get("devices") or []:
+        total, free = device.get("vram_total"), device.get("vram_free")
+        name = device.get("name") or device.get("type") or "device"
+        if isinstance(total, int | float) and isinstance(free, int | float) and total > 0:
+            parts.append(f"{name}: {free / GIB:.1f} of {total / GIB:.1f} GiB VRAM free")
+        else:
+            parts.append(str(name))
+    return ", ".join(parts)

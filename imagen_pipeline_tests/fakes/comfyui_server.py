@@ -1,0 +1,1048 @@
+"""A loopback fake of ComfyUI's HTTP and websocket API, written from ComfyUI's server.py and
+execution.py.
+
+It serves ``POST /prompt`` (client-chosen ``prompt_id``; validation with ComfyUI's 400 body:
+``error`` plus ``node_errors`` by node with ``class_type`` and ``extra_info.input_name``),
+``GET /queue``, ``POST /queue`` (``delete``), ``POST /interrupt`` (targeted by ``prompt_id``),
+``GET /history/{id}``, ``GET /view``, ``GET /object_info/{class}``, ``GET /system_stats`` and
+``/ws?clientId=``. One executor runs the queue in order and sends the real event sequence to
+the prompt's client: ``execution_start``, ``execution_cached``, ``executing`` per node,
+``progress`` per sampler step with binary preview frames in between, ``executed``,
+``execution_success`` (or ``execution_error`` / ``execution_interrupted``), then
+``executing`` with node null after the history entry is written. SaveImage writes real PNGs.
+
+Tests script it with plain attributes (``step_delay_s``, ``hold_at_step``, ``fail_class``,
+``drop_sockets_at_step``, ``restart_at_step``, ``prompt_replies``, ...) and read
+``received`` to assert what the adapter sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import io
+import json
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
+
+PREVIEW_IMAGE = 1
+"""Binary event type of a preview frame (``BinaryEventTypes.PREVIEW_IMAGE``)."""
+JPEG = 1
+"""Image type inside a preview frame."""
+
+DROP_BEFORE_QUEUE = "drop-before-queue"
+"""``prompt_replies`` entry: close the connection without queueing or answering."""
+DROP_AFTER_QUEUE = "drop-after-queue"
+"""``prompt_replies`` entry: queue the prompt, then close without answering."""
+
+FOREIGN_CLIENT = "someone-else"
+"""client_id of prompts the tests queue as another user of the server."""
+
+SAMPLER_NAMES = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "uni_pc"]
+SCHEDULERS = ["normal", "karras", "exponential", "simple", "ddim_uniform", "beta"]
+INT_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+def _int(default: int, low: int, high: int, step: int = 1) -> list[Any]:
+    return ["INT", {"default": default, "min": low, "max": high, "step": step}]
+
+
+def _float(default: float, low: float, high: float) -> list[Any]:
+    return ["FLOAT", {"default": default, "min": low, "max": high, "step": 0.01}]
+
+
+def object_infos(
+    models: dict[str, list[str]], combo_style: str = "legacy"
+) -> dict[str, dict[str, Any]]:
+    """``/object_info`` entries of the node classes the fake knows. Model lists are combos in
+    the legacy style (``[[files...]]``) or, with ``combo_style="v3"``, as V3 nodes describe them
+    (``["COMBO", {"options": [files...]}]``)."""
+
+    def files(folder: str) -> list[Any]:
+        if combo_style == "v3":
+            return ["COMBO", {"options": list(models[folder])}]
+        return [list(models[folder])]
+
+    def node(
+        required: dict[str, Any], output: list[str], *, optional: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        inputs: dict[str, Any] = {"required": required}
+        if optional:
+            inputs["optional"] = optional
+        return {
+            "input": inputs,
+            "input_order": {key: list(value) for key, value in inputs.items()},
+            "output": output,
+            "output_is_list": [False] * len(output),
+            "output_name": output,
+            "output_node": False,
+            "category": "fake",
+            "description": "",
+            "python_module": "nodes",
+        }
+
+    infos = {
+        "UNETLoader": node(
+            {
+                "unet_name": files("diffusion_models"),
+                "weight_dtype": [["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]],
+            },
+            ["MODEL"],
+        ),
+        "DualCLIPLoader": node(
+            {
+                "clip_name1": files("text_encoders"),
+                "clip_name2": files("text_encoders"),
+                "type": [["sdxl", "sd3", "flux", "hunyuan_video"]],
+            },
+            ["CLIP"],
+            optional={"device": [["default", "cpu"], {"advanced": True}]},
+        ),
+        "VAELoader": node({"vae_name": files("vae")}, ["VAE"]),
+        "CheckpointLoaderSimple": node(
+            {"ckpt_name": files("checkpoints")}, ["MODEL", "CLIP", "VAE"]
+        ),
+        "CLIPTextEncode": node(
+            {"text": ["STRING", {"multiline": True, "dynamicPrompts": True}], "clip": ["CLIP"]},
+            ["CONDITIONING"],
+        ),
+        "FluxGuidance": node(
+            {"conditioning": ["CONDITIONING"], "guidance": _float(3.5, 0.0, 100.0)},
+            ["CONDITIONING"],
+        ),
+        "BasicGuider": node({"model": ["MODEL"], "conditioning": ["CONDITIONING"]}, ["GUIDER"]),
+        "KSamplerSelect": node({"sampler_name": [SAMPLER_NAMES]}, ["SAMPLER"]),
+        "BasicScheduler": node(
+            {
+                "model": ["MODEL"],
+                "scheduler": [SCHEDULERS],
+                "steps": _int(20, 1, 10000),
+                "denoise": _float(1.0, 0.0, 1.0),
+            },
+            ["SIGMAS"],
+        ),
+        "RandomNoise": node({"noise_seed": _int(0, 0, INT_MAX)}, ["NOISE"]),
+        "EmptySD3LatentImage": node(
+            {
+                "width": _int(1024, 16, 16384, 16),
+                "height": _int(1024, 16, 16384, 16),
+                "batch_size": _int(1, 1, 4096),
+            },
+            ["LATENT"],
+        ),
+        "EmptyLatentImage": node(
+            {
+                "width": _int(512, 16, 16384, 8),
+                "height": _int(512, 16, 16384, 8),
+                "batch_size": _int(1, 1, 4096),
+            },
+            ["LATENT"],
+        ),
+        "ModelSamplingFlux": node(
+            {
+                "model": ["MODEL"],
+                "max_shift": _float(1.15, 0.0, 100.0),
+                "base_shift": _float(0.5, 0.0, 100.0),
+                "width": _int(1024, 16, 16384, 8),
+                "height": _int(1024, 16, 16384, 8),
+            },
+            ["MODEL"],
+        ),
+        "SamplerCustomAdvanced": node(
+            {
+                "noise": ["NOISE"],
+                "guider": ["GUIDER"],
+                "sampler": ["SAMPLER"],
+                "sigmas": ["SIGMAS"],
+                "latent_image": ["LATENT"],
+            },
+            ["LATENT", "LATENT"],
+        ),
+        "KSampler": node(
+            {
+                "model": ["MODEL"],
+                "seed": _int(0, 0, INT_MAX),
+                "steps": _int(20, 1, 10000),
+                "cfg": _float(8.0, 0.0, 100.0),
+                "sampler_name": [SAMPLER_NAMES],
+                "scheduler": [SCHEDULERS],
+                "positive": ["CONDITIONING"],
+                "negative": ["CONDITIONING"],
+                "latent_image": ["LATENT"],
+                "denoise": _float(1.0, 0.0, 1.0),
+            },
+            ["LATENT"],
+        ),
+        "VAEDecode": node({"samples": ["LATENT"], "vae": ["VAE"]}, ["IMAGE"]),
+        "SaveImage": node(
+            {"images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}, []
+        ),
+    }
+    infos["SaveImage"]["output_node"] = True
+    for name, info in infos.items():
+        info["name"] = info["display_name"] = name
+    return infos
+
+
+DEFAULT_MODELS: dict[str, list[str]] = {
+    "diffusion_models": ["flux1-dev.safetensors", "flux1-schnell.safetensors"],
+    "text_encoders": ["clip_l.safetensors", "t5xxl_fp8_e4m3fn.safetensors"],
+    "vae": ["ae.safetensors"],
+    "checkpoints": ["flux1-dev-fp8.safetensors"],
+}
+CLASSIC_WORKFLOW: dict[str, Any] = {
+    "3": {
+        "class_type": "KSampler",
+        "inputs": {
+            "seed": 156680208700286,
+            "steps": 20,
+            "cfg": 8.0,
+            "sampler_name": "euler",
+            "scheduler": "normal",
+            "denoise": 1.0,
+            "model": ["4", 0],
+            "positive": ["6", 0],
+            "negative": ["7", 0],
+            "latent_image": ["5", 0],
+        },
+    },
+    "4": {
+        "class_type": "CheckpointLoaderSimple",
+        "inputs": {"ckpt_name": "flux1-dev-fp8.safetensors"},
+    },
+    "5": {
+        "class_type": "EmptyLatentImage",
+        "inputs": {"width": 512, "height": 512, "batch_size": 1},
+    },
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a bottle", "clip": ["4", 1]}},
+    "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "text, watermark", "clip": ["4", 1]}},
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+    "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
+}
+"""ComfyUI's default workflow in API format (ids as "Export (API)" writes them)."""
+
+SAMPLER_CLASSES = ("SamplerCustomAdvanced", "KSampler")
+LATENT_CLASSES = ("EmptySD3LatentImage", "EmptyLatentImage")
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the fake received it (``WS`` for websocket connects)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+
+
+@dataclass
+class Reply:
+    """A canned response returned instead of the normal one."""
+
+    status: int
+    body: dict[str, Any] | str
+
+
+@dataclass
+class _Item:
+    number: float
+    prompt_id: str
+    prompt: dict[str, Any]
+    extra_data: dict[str, Any]
+    outputs: list[str]
+
+    def as_list(self) -> list[Any]:
+        return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
+
+
+@dataclass
+class _Run:
+    item: _Item
+    interrupted: bool = False
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class _PromptInterruptedError(Exception):
+    pass
+
+
+class _ServerRestartedError(Exception):
+    pass
+
+
+class FakeComfyUI:
+    """The fake's state, its scripting knobs and the requests it received."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.models = {key: list(value) for key, value in DEFAULT_MODELS.items()}
+        self.version = "0.3.43"
+        self.combo_style = "legacy"
+        """How ``/object_info`` lists model files: "legacy" or "v3" (COMBO with options)."""
+        self.step_delay_s = 0.0
+        """Seconds per sampler step."""
+        self.preview_frames = True
+        self.accept_sockets = True
+        """Refuse websocket handshakes (503) while False: the adapter must poll /history."""
+        """Send a binary JPEG preview frame after each step (the adapter must skip them)."""
+        self.paused = False
+        """Leave queued prompts pending (nothing starts) while True."""
+        self.hold_at_step: int | None = None
+        """Running prompts stop at this step until ``release()`` or an interrupt."""
+        self.fail_class: str | None = None
+        """Fail the first node of this class with ``fail_exception`` (execution_error)."""
+        self.fail_exception = ("RuntimeError", "mat1 and mat2 shapes cannot be multiplied")
+        self.drop_sockets_at_step: int | None = None
+        """Close every websocket at this step; the prompt goes on."""
+        self.restart_at_step: int | None = None
+        """At this step lose the queue, the running prompt and the history, as a restart does."""
+        self.prompt_replies: list[Reply | str] = []
+        self.history_replies: list[Reply] = []
+        self.held = threading.Event()
+        """Set while a prompt waits at ``hold_at_step``."""
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._lock = threading.RLock()
+        self._queue: list[_Item] = []
+        self._running: _Run | None = None
+        self._history: dict[str, dict[str, Any]] = {}
+        self._files: dict[tuple[str, str, str], bytes] = {}
+        self._sockets: dict[str, web.WebSocketResponse] = {}
+        self._counter = 0
+        self._number = 0
+        self._last_prompt: dict[str, Any] = {}
+        self._wake: asyncio.Event | None = None
+        self._restarting = False
+        self.executor_task: asyncio.Task[None] | None = None
+
+    # -- test helpers ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def requests(self, method: str | None = None, path: str | None = None) -> list[Received]:
+        """Received requests, optionally filtered by method and exact path."""
+        with self._lock:
+            return [
+                item
+                for item in self.received
+                if (method is None or item.method == method) and (path is None or item.path == path)
+            ]
+
+    def submitted(self) -> list[dict[str, Any]]:
+        """Bodies of every ``POST /prompt``."""
+        return [item.body for item in self.requests("POST", "/prompt")]
+
+    def history_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._history)
+
+    def history_entry(self, prompt_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self._history.get(prompt_id)
+            return copy.deepcopy(entry) if entry else None
+
+    def running_id(self) -> str | None:
+        with self._lock:
+            return self._running.item.prompt_id if self._running else None
+
+    def pending_ids(self) -> list[str]:
+        with self._lock:
+            return [item.prompt_id for item in sorted(self._queue, key=lambda i: i.number)]
+
+    def release(self) -> None:
+        """Let a prompt held at ``hold_at_step`` go on."""
+        self.hold_at_step = None
+        self._call(self._release)
+
+    def resume(self) -> None:
+        """Start queued prompts again after ``paused``."""
+        self.paused = False
+        self._call(self._kick)
+
+    def queue_foreign(self, graph: dict[str, Any]) -> str:
+        """Queue a prompt of another client, as someone else using the GPU box."""
+        prompt_id = str(uuid.uuid4())
+        self._call(self._enqueue, graph, prompt_id, {"client_id": FOREIGN_CLIENT}, None)
+        return prompt_id
+
+    def restart(self) -> None:
+        """Lose everything in memory and drop every socket, as a ComfyUI restart does."""
+        self._call(self._restart)
+
+    def shut_down(self) -> None:
+        """Stop answering for good: sockets and connections close, new ones are refused."""
+        self._call(self._shut_down)
+
+    async def _shut_down(self) -> None:
+        if self._runner is None:
+            return
+        runner, self._runner = self._runner, None
+        for ws in list(self._sockets.values()):
+            await ws.close()
+        await runner.cleanup()
+
+    def _call(self, function: Any, *args: Any) -> Any:
+        assert self._loop is not None
+
+        async def run() -> Any:
+            result = function(*args)
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=5)
+
+    # -- app ------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._record])
+        app.add_routes(
+            [
+                web.get("/ws", self._websocket),
+                web.post("/prompt", self._post_prompt),
+                web.get("/queue", self._get_queue),
+                web.post("/queue", self._post_queue),
+                web.post("/interrupt", self._post_interrupt),
+                web.get("/history/{prompt_id}", self._get_history),
+                web.get("/view", self._view),
+                web.get("/object_info/{node_class}", self._object_info),
+                web.get("/system_stats", self._system_stats),
+            ]
+        )
+        return app
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        body: Any = None
+        if request.method == "POST" and request.can_read_body:
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw
+        method = "WS" if request.path == "/ws" else request.method
+        with self._lock:
+            self.received.append(Received(method, request.path, dict(request.query), body))
+        return await handler(request)
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        if not self.accept_sockets:
+            return web.Response(status=503, text="503: Service Unavailable")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        sid = request.query.get("clientId", "") or uuid.uuid4().hex
+        self._sockets[sid] = ws
+        try:
+            await self._send("status", {"status": self._queue_info(), "sid": sid}, sid)
+            async for message in ws:
+                if message.type == WSMsgType.ERROR:
+                    break
+        finally:
+            if self._sockets.get(sid) is ws:
+                self._sockets.pop(sid, None)
+        return ws
+
+    async def _post_prompt(self, request: web.Request) -> web.StreamResponse:
+        reply = self.prompt_replies.pop(0) if self.prompt_replies else None
+        if isinstance(reply, Reply):
+            return _respond(reply)
+        if reply == DROP_BEFORE_QUEUE:
+            return await _drop(request)
+        data = await request.json()
+        if "prompt" not in data:
+            error = {
+                "type": "no_prompt",
+                "message": "No prompt provided",
+                "details": "No prompt provided",
+                "extra_info": {},
+            }
+            return web.json_response({"error": error, "node_errors": {}}, status=400)
+        prompt_id = str(data.get("prompt_id") or uuid.uuid4())
+        valid, error, outputs, node_errors = self._validate(data["prompt"])
+        if not valid:
+            return web.json_response({"error": error, "node_errors": node_errors}, status=400)
+        extra = dict(data.get("extra_data") or {})
+        if "client_id" in data:
+            extra["client_id"] = data["client_id"]
+        number = self._enqueue(data["prompt"], prompt_id, extra, outputs)
+        if reply == DROP_AFTER_QUEUE:
+            return await _drop(request)
+        return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+
+    async def _get_queue(self, request: web.Request) -> web.StreamResponse:
+        running = [self._running.item.as_list()] if self._running else []
+        pending = [item.as_list() for item in sorted(self._queue, key=lambda i: i.number)]
+        return web.json_response({"queue_running": running, "queue_pending": pending})
+
+    async def _post_queue(self, request: web.Request) -> web.StreamResponse:
+        data = await request.json()
+        if data.get("clear"):
+            self._queue.clear()
+        for prompt_id in data.get("delete") or []:
+            self._queue = [item for item in self._queue if item.prompt_id != prompt_id]
+        await self._queue_updated()
+        return web.Response(status=200)
+
+    async def _post_interrupt(self, request: web.Request) -> web.StreamResponse:
+        try:
+            data = await request.json()
+        except ValueError:
+            data = {}
+        prompt_id = data.get("prompt_id")
+        run = self._running
+        if run is not None and (not prompt_id or run.item.prompt_id == prompt_id):
+            run.interrupted = True
+            run.released.set()
+        return web.Response(status=200)
+
+    async def _get_history(self, request: web.Request) -> web.StreamResponse:
+        if self.history_replies:
+            return _respond(self.history_replies.pop(0))
+        prompt_id = request.match_info["prompt_id"]
+        entry = self._history.get(prompt_id)
+        return web.json_response({prompt_id: entry} if entry else {})
+
+    async def _view(self, request: web.Request) -> web.StreamResponse:
+        filename = request.query.get("filename", "")
+        if not filename or filename.startswith("/") or ".." in filename:
+            return web.Response(status=400)
+        key = (request.query.get("type", "output"), request.query.get("subfolder", ""), filename)
+        data = self._files.get(key)
+        if data is None:
+            return web.Response(status=404)
+        return web.Response(
+            body=data,
+            content_type="image/png",
+            headers={"Content-Disposition": f'filename="{filename}"'},
+        )
+
+    async def _object_info(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["node_class"]
+        info = object_infos(self.models, self.combo_style).get(name)
+        return web.json_response({name: info} if info else {})
+
+    async def _system_stats(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {
+                "system": {
+                    "os": "posix",
+                    "ram_total": 67_000_000_000,
+                    "ram_free": 40_000_000_000,
+                    "comfyui_version": self.version,
+                    "python_version": "3.12.3 (main)",
+                    "pytorch_version": "2.7.1+cu128",
+                    "embedded_python": False,
+                    "argv": ["main.py", "--listen", "0.0.0.0"],
+                },
+                "devices": [
+                    {
+                        "name": "cuda:0 NVIDIA GeForce RTX 4070 Ti SUPER : cudaMallocAsync",
+                        "type": "cuda",
+                        "index": 0,
+                        "vram_total": 17_170_956_288,
+                        "vram_free": 12_884_901_888,
+                        "torch_vram_total": 0,
+                        "torch_vram_free": 0,
+                    }
+                ],
+            }
+        )
+
+    # -- validation (execution.validate_prompt) ------------------------------------------------
+
+    def _validate(
+        self, prompt: Any
+    ) -> tuple[bool, dict[str, Any] | None, list[str], dict[str, Any]]:
+        infos = object_infos(self.models)
+        if not isinstance(prompt, dict):
+            return False, _prompt_error("invalid_prompt", "Invalid prompt", ""), [], {}
+        outputs = []
+        for node_id, node in prompt.items():
+            class_type = node.get("class_type") if isinstance(node, dict) else None
+            if class_type is None:
+                error = _prompt_error(
+                    "invalid_prompt",
+                    "Cannot execute because a node is missing the class_type property.",
+                    f"Node ID '#{node_id}'",
+                )
+                return False, error, [], {}
+            if class_type not in infos:
+                error = _prompt_error(
+                    "missing_node_type",
+                    f"Node '{class_type}' not found. The custom node may not be installed.",
+                    f"Node ID '#{node_id}'",
+                )
+                error["extra_info"] = {
+                    "node_id": node_id,
+                    "class_type": class_type,
+                    "node_title": class_type,
+                }
+                return False, error, [], {}
+            if infos[class_type]["output_node"]:
+                outputs.append(node_id)
+        if not outputs:
+            return False, _prompt_error("prompt_no_outputs", "Prompt has no outputs", ""), [], {}
+        node_errors: dict[str, Any] = {}
+        for node_id, node in prompt.items():
+            errors = _input_errors(node["inputs"], infos[node["class_type"]]["input"])
+            if errors:
+                node_errors[node_id] = {
+                    "errors": errors,
+                    "dependent_outputs": outputs,
+                    "class_type": node["class_type"],
+                }
+        if node_errors:
+            details = "\n".join(
+                f"{error['message']}: {error['details']}"
+                for info in node_errors.values()
+                for error in info["errors"]
+            )
+            error = _prompt_error(
+                "prompt_outputs_failed_validation", "Prompt outputs failed validation", details
+            )
+            return False, error, [], node_errors
+        return True, None, outputs, {}
+
+    # -- queue and executor ----------------------------------------------------------------
+
+    def _enqueue(
+        self,
+        prompt: dict[str, Any],
+        prompt_id: str,
+        extra: dict[str, Any],
+        outputs: list[str] | None,
+    ) -> int:
+        number = self._number
+        self._number += 1
+        if outputs is None:
+            outputs = [key for key, node in prompt.items() if node["class_type"] == "SaveImage"]
+        with self._lock:
+            self._queue.append(_Item(number, prompt_id, prompt, extra, outputs))
+        self._kick()
+        asyncio.get_running_loop().create_task(self._queue_updated())
+        return number
+
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _release(self) -> None:
+        if self._running is not None:
+            self._running.released.set()
+
+    def _queue_info(self) -> dict[str, Any]:
+        remaining = len(self._queue) + (1 if self._running else 0)
+        return {"exec_info": {"queue_remaining": remaining}}
+
+    async def _queue_updated(self) -> None:
+        await self._broadcast("status", {"status": self._queue_info()})
+
+    async def _send(self, event: str, data: dict[str, Any], sid: str | None) -> None:
+        ws = self._sockets.get(sid) if sid else None
+        if ws is not None and not ws.closed:
+            with suppress(ConnectionError):
+                await ws.send_str(json.dumps({"type": event, "data": data}))
+
+    async def _send_bytes(self, data: bytes, sid: str | None) -> None:
+        ws = self._sockets.get(sid) if sid else None
+        if ws is not None and not ws.closed:
+            with suppress(ConnectionError):
+                await ws.send_bytes(data)
+
+    async def _broadcast(self, event: str, data: dict[str, Any]) -> None:
+        for sid in list(self._sockets):
+            await self._send(event, data, sid)
+
+    async def _restart(self) -> None:
+        with self._lock:
+            self._queue.clear()
+            self._history.clear()
+            if self._running is not None:
+                self._running.released.set()
+        self._restarting = True
+        for ws in list(self._sockets.values()):
+            await ws.close()
+        self._sockets.clear()
+
+    async def executor(self) -> None:
+        """ComfyUI's prompt_worker: one prompt at a time, lowest number first."""
+        self._wake = asyncio.Event()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue and not self.paused:
+                with self._lock:
+                    item = min(self._queue, key=lambda i: i.number)
+                    self._queue.remove(item)
+                    self._running = _Run(item)
+                    self._restarting = False
+                await self._queue_updated()
+                await self._execute(self._running)
+                with self._lock:
+                    self._running = None
+                await self._queue_updated()
+
+    async def _execute(self, run: _Run) -> None:
+        item = run.item
+        sid = item.extra_data.get("client_id")
+        messages: list[list[Any]] = []
+        executed: list[str] = []
+
+        async def message(event: str, data: dict[str, Any], broadcast: bool = False) -> None:
+            data = {**data, "timestamp": int(time.time() * 1000)}
+            messages.append([event, data])
+            if broadcast:
+                await self._broadcast(event, data)
+            else:
+                await self._send(event, data, sid)
+
+        await message("execution_start", {"prompt_id": item.prompt_id})
+        order = _execution_order(item.prompt, item.outputs)
+        cached = [
+            node_id
+            for node_id in order
+            if _is_loader(item.prompt[node_id])
+            and self._last_prompt.get(node_id) == item.prompt[node_id]
+        ]
+        await message("execution_cached", {"nodes": cached, "prompt_id": item.prompt_id})
+        outputs: dict[str, Any] = {}
+        try:
+            for node_id in order:
+                if node_id in cached:
+                    continue
+                node = item.prompt[node_id]
+                await self._send(
+                    "executing",
+                    {"node": node_id, "display_node": node_id, "prompt_id": item.prompt_id},
+                    sid,
+                )
+                if node["class_type"] == self.fail_class:
+                    exception_type, exception_message = self.fail_exception
+                    await message(
+                        "execution_error",
+                        {
+                            "prompt_id": item.prompt_id,
+                            "node_id": node_id,
+                            "node_type": node["class_type"],
+                            "executed": list(executed),
+                            "exception_message": exception_message,
+                            "exception_type": exception_type,
+                            "traceback": ['  File "execution.py", line 496, in execute\n'],
+                            "current_inputs": {},
+                            "current_outputs": [],
+                        },
+                    )
+                    self._finish(item, outputs, messages, success=False)
+                    return
+                if node["class_type"] in SAMPLER_CLASSES:
+                    await self._sample(run, node_id, _steps(item.prompt, node_id), sid)
+                if node["class_type"] == "SaveImage":
+                    images = self._save(item, node_id)
+                    outputs[node_id] = {"images": images}
+                    await self._send(
+                        "executed",
+                        {
+                            "node": node_id,
+                            "display_node": node_id,
+                            "output": {"images": images},
+                            "prompt_id": item.prompt_id,
+                        },
+                        sid,
+                    )
+                executed.append(node_id)
+        except _PromptInterruptedError:
+            await message(
+                "execution_interrupted",
+                {
+                    "prompt_id": item.prompt_id,
+                    "node_id": node_id,
+                    "node_type": item.prompt[node_id]["class_type"],
+                    "executed": list(executed),
+                },
+                broadcast=True,
+            )
+            self._finish(item, outputs, messages, success=False)
+            return
+        except _ServerRestartedError:
+            return
+        self._last_prompt = copy.deepcopy(item.prompt)
+        await message("execution_success", {"prompt_id": item.prompt_id})
+        self._finish(item, outputs, messages, success=True)
+        await self._send("executing", {"node": None, "prompt_id": item.prompt_id}, sid)
+
+    async def _sample(self, run: _Run, node_id: str, steps: int, sid: str | None) -> None:
+        prompt_id = run.item.prompt_id
+        for step in range(1, steps + 1):
+            if self.restart_at_step == step:
+                self.restart_at_step = None
+                await self._restart()
+            if self._restarting:
+                raise _ServerRestartedError
+            if run.interrupted:
+                raise _PromptInterruptedError
+            if self.drop_sockets_at_step == step:
+                self.drop_sockets_at_step = None
+                for ws in list(self._sockets.values()):
+                    await ws.close()
+            if self.hold_at_step == step:
+                self.held.set()
+                await run.released.wait()
+                self.held.clear()
+                if self._restarting:
+                    raise _ServerRestartedError
+                if run.interrupted:
+                    raise _PromptInterruptedError
+            if self.step_delay_s:
+                await asyncio.sleep(self.step_delay_s)
+            await self._send(
+                "progress",
+                {"value": step, "max": steps, "prompt_id": prompt_id, "node": node_id},
+                sid,
+            )
+            if self.preview_frames:
+                frame = struct.pack(">I", PREVIEW_IMAGE) + struct.pack(">I", JPEG) + _preview()
+                await self._send_bytes(frame, sid)
+
+    def _save(self, item: _Item, node_id: str) -> list[dict[str, str]]:
+        prefix = str(item.prompt[node_id]["inputs"].get("filename_prefix", "ComfyUI"))
+        subfolder, _, name = prefix.rpartition("/")
+        self._counter += 1
+        filename = f"{name}_{self._counter:05}_.png"
+        self._files[("output", subfolder, filename)] = _render(item.prompt)
+        return [{"filename": filename, "subfolder": subfolder, "type": "output"}]
+
+    def _finish(
+        self,
+        item: _Item,
+        outputs: dict[str, Any],
+        messages: list[list[Any]],
+        *,
+        success: bool,
+    ) -> None:
+        with self._lock:
+            self._history[item.prompt_id] = {
+                "prompt": item.as_list(),
+                "outputs": outputs,
+                "status": {
+                    "status_str": "success" if success else "error",
+                    "completed": success,
+                    "messages": messages,
+                },
+                "meta": {
+                    node_id: {
+                        "node_id": node_id,
+                        "display_node": node_id,
+                        "parent_node": None,
+                        "real_node_id": node_id,
+                    }
+                    for node_id in outputs
+                },
+            }
+
+
+def _prompt_error(kind: str, message: str, details: str) -> dict[str, Any]:
+    return {"type": kind, "message": message, "details": details, "extra_info": {}}
+
+
+def _input_errors(inputs: dict[str, Any], spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """ComfyUI's validate_inputs for literal values: missing, type, min/max, combo lists."""
+    errors = []
+    for name, info in (spec.get("required") or {}).items():
+        if name not in inputs:
+            errors.append(
+                {
+                    "type": "required_input_missing",
+                    "message": "Required input is missing",
+                    "details": name,
+                    "extra_info": {"input_name": name},
+                }
+            )
+            continue
+        value = inputs[name]
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+            continue
+        kind = info[0]
+        options = info[1] if len(info) > 1 and isinstance(info[1], dict) else {}
+        if kind in ("INT", "FLOAT"):
+            try:
+                number = int(value) if kind == "INT" else float(value)
+            except (TypeError, ValueError) as error:
+                errors.append(
+                    {
+                        "type": "invalid_input_type",
+                        "message": f"Failed to convert an input value to a {kind} value",
+                        "details": f"{name}, {value}, {error}",
+                        "extra_info": {
+                            "input_name": name,
+                            "input_config": info,
+                            "received_value": value,
+                            "exception_message": str(error),
+                        },
+                    }
+                )
+                continue
+            if "min" in options and number < options["min"]:
+                errors.append(_range_error(name, info, number, "smaller than min", options["min"]))
+            elif "max" in options and number > options["max"]:
+                errors.append(_range_error(name, info, number, "bigger than max", options["max"]))
+            continue
+        choices = kind if isinstance(kind, list) else options.get("options")
+        if isinstance(choices, list) and value not in choices:
+            listing = f"(list of length {len(choices)})" if len(choices) > 20 else str(choices)
+            errors.append(
+                {
+                    "type": "value_not_in_list",
+                    "message": "Value not in list",
+                    "details": f"{name}: '{value}' not in {listing}",
+                    "extra_info": {
+                        "input_name": name,
+                        "input_config": info if len(choices) <= 20 else None,
+                        "received_value": value,
+                    },
+                }
+            )
+    return errors
+
+
+def _range_error(name: str, info: Any, value: float, what: str, limit: float) -> dict[str, Any]:
+    kind = "value_smaller_than_min" if what.startswith("smaller") else "value_bigger_than_max"
+    return {
+        "type": kind,
+        "message": f"Value {value} {what} of {limit}",
+        "details": name,
+        "extra_info": {"input_name": name, "input_config": info, "received_value": value},
+    }
+
+
+def _execution_order(prompt: dict[str, Any], outputs: list[str]) -> list[str]:
+    order: list[str] = []
+
+    def visit(node_id: str) -> None:
+        if node_id in order:
+            return
+        for value in prompt[node_id]["inputs"].values():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                visit(value[0])
+        order.append(node_id)
+
+    for node_id in outputs:
+        visit(node_id)
+    return order
+
+
+def _is_loader(node: dict[str, Any]) -> bool:
+    return not any(isinstance(value, list) and len(value) == 2 for value in node["inputs"].values())
+
+
+def _steps(prompt: dict[str, Any], sampler_id: str) -> int:
+    inputs = prompt[sampler_id]["inputs"]
+    if "steps" in inputs:
+        return int(inputs["steps"])
+    sigmas = inputs.get("sigmas")
+    if isinstance(sigmas, list):
+        return int(prompt[sigmas[0]]["inputs"].get("steps", 20))
+    return 20
+
+
+def _preview() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 90, 90)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _render(prompt: dict[str, Any]) -> bytes:
+    """A PNG of the latent's size, coloured by the prompt text and seed, with the graph in a
+    ``prompt`` text chunk like ComfyUI's SaveImage."""
+    width = height = 1024
+    for node in prompt.values():
+        if node["class_type"] in LATENT_CLASSES:
+            width = int(node["inputs"]["width"]) // 8 * 8
+            height = int(node["inputs"]["height"]) // 8 * 8
+    texts = [str(n["inputs"].get("text")) for n in prompt.values() if "text" in n["inputs"]]
+    seeds = [
+        str(n["inputs"].get(key))
+        for n in prompt.values()
+        for key in ("noise_seed", "seed")
+        if key in n["inputs"]
+    ]
+    digest = hashlib.sha256("|".join(texts + seeds).encode()).digest()
+    image = Image.new("RGB", (width, height), tuple(digest[:3]))
+    ImageDraw.Draw(image).rectangle(
+        (width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=tuple(digest[3:6])
+    )
+    info = PngInfo()
+    info.add_text("prompt", json.dumps(prompt))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=1)
+    return buffer.getvalue()
+
+
+def _respond(reply: Reply) -> web.Response:
+    if isinstance(reply.body, str):
+        return web.Response(status=reply.status, text=reply.body)
+    return web.json_response(reply.body, status=reply.status)
+
+
+async def _drop(request: web.Request) -> web.StreamResponse:
+    """Close the connection without an answer (a response lost on the way back)."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    raise asyncio.CancelledError
+
+
+@contextmanager
+def running_fake_comfyui() -> Iterator[FakeComfyUI]:
+    """Serve a :class:`FakeComfyUI` on an ephemeral loopback port for the block."""
+    fake = FakeComfyUI()
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    runner = web.AppRunner(fake.app(), handle_signals=False, access_log=None, shutdown_timeout=0.1)
+
+    async def start() -> None:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        fake.port = runner.addresses[0][1]
+        fake.executor_task = loop.create_task(fake.executor())
+        started.set()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        loop.run_forever()
+
+    fake._loop = loop
+    fake._runner = runner
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    started.wait(timeout=10)
+    try:
+        yield fake
+    finally:
+        fake.hold_at_step = None
+        asyncio.run_coroutine_threadsafe(_stop(fake), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+async def _stop(fake: FakeComfyUI) -> None:
+    await fake._shut_down()
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.cancel()
