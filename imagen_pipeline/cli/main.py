@@ -10,6 +10,7 @@ from imagen_pipeline.cli.config_cmd import config
 from imagen_pipeline.cli.db_cmd import db
 from imagen_pipeline.cli.generate import generate
 from imagen_pipeline.cli.queue_cmd import queue
+from imagen_pipeline.cli.usage_cmd import usage
 
 
 @click.group()
@@ -23,3 +24,4 @@ cli.add_command(config)
 cli.add_command(backends)
 cli.add_command(db)
 cli.add_command(queue)
+cli.add_command(usage)

@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import psycopg
 from psycopg.types.json import Jsonb
 
+from imagen_pipeline.cloud.sync import StorageLocation
 from imagen_pipeline.output.store import StoredImage
 
 
-@dataclass(frozen=True)
-class StorageLocation:
-    """Where the image lives in Supabase Storage (absent when Storage is not configured)."""
-
-    bucket: str
-    path: str
-    url: str | None
-
-
 def upsert_image_row(
-    conn: psycopg.Connection,
+    cursor: psycopg.Cursor,
     stored: StoredImage,
     owner_user_id: str | None,
     location: StorageLocation | None,
     run_id: str,
 ) -> int:
-    """Insert or complete the row for ``stored`` and link its job; returns the row id.
+    """Insert or complete the row for ``stored``; returns the row id.
 
     The generating run id is unique per image, so a retried step or a re-executed run
-    updates the same row instead of adding one. With a job, ``imagen.jobs.image_id`` is set
-    in the same transaction, only while ``run_id`` owns the job.
+    updates the same row instead of adding one. Runs inside the caller's transaction.
     """
     generated = stored.generated
     plan = generated.plan
@@ -64,26 +53,44 @@ def upsert_image_row(
                 "negative": plan.request.negative,
                 "extra": meta.extra,
                 "written_by_run_id": run_id,
+                "storage_sidecar_path": location.sidecar_path if location else None,
+                "url_mode": location.url_mode if location else None,
+                "url_expires_at": (
+                    location.url_expires_at.isoformat()
+                    if location and location.url_expires_at
+                    else None
+                ),
             }
         ),
     }
     columns = ", ".join(values)
     placeholders = ", ".join(f"%({name})s" for name in values)
     updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in values if name != "run_id")
-    with conn.transaction(), conn.cursor() as cursor:
-        cursor.execute(
-            f"""
-            INSERT INTO imagen.images ({columns}) VALUES ({placeholders})
-            ON CONFLICT (run_id) DO UPDATE SET {updates}
-            RETURNING id
-            """,
-            values,
-        )
-        row = cursor.fetchone()
-        image_id = int(row[0]) if row else 0
-        if plan.spec.job_id is not None:
-            cursor.execute(
-                "UPDATE imagen.jobs SET image_id = %s WHERE id = %s AND run_id = %s",
-                (image_id, plan.spec.job_id, run_id),
-            )
-    return image_id
+    cursor.execute(
+        f"""
+        INSERT INTO imagen.images ({columns}) VALUES ({placeholders})
+        ON CONFLICT (run_id) DO UPDATE SET {updates}
+        RETURNING id
+        """,
+        values,
+    )
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("INSERT ... RETURNING id returned no row")
+    return int(row[0])
+
+
+def image_run_holding(
+    conn: psycopg.Connection, bucket: str | None, path: str | None, job_id: int | None
+) -> str | None:
+    """The run id of the row that already holds this object path or job, if any."""
+    row = conn.execute(
+        """
+        SELECT run_id FROM imagen.images
+         WHERE (storage_bucket = %(bucket)s AND storage_path = %(path)s) OR job_id = %(job)s
+         LIMIT 1
+        """,
+        {"bucket": bucket, "path": path, "job": job_id},
+    ).fetchone()
+    conn.commit()
+    return str(row[0]) if row else None

@@ -6,10 +6,21 @@ Backend blocks stay raw dicts here: each adapter validates its own block
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from imagen_pipeline.cloud.paths import DEFAULT_PATH_TEMPLATE, validate_path_template
+from imagen_pipeline.config.secrets import is_env_var_name
+from imagen_pipeline.errors import ConfigError
 from imagen_pipeline.output.naming import DEFAULT_NAMING, validate_template
 
 DEFAULT_BACKENDS: dict[str, dict[str, Any]] = {"mock": {"type": "mock"}}
@@ -36,6 +47,106 @@ class OutputConfig(BaseModel):
         return value
 
 
+class CloudConfig(BaseModel):
+    """Supabase Storage upload of each image (``cloud:``); absent means local files only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url_env: str = Field(
+        default="SUPABASE_URL",
+        description="NAME of the env var holding the project URL (https://<ref>.supabase.co).",
+    )
+    key_env: str = Field(
+        default="SUPABASE_SERVICE_ROLE_KEY",
+        description="NAME of the env var holding the service role (or secret) key.",
+    )
+    bucket: str = Field(description="Storage bucket the images go to; it must exist.")
+    path_template: str = Field(
+        default=DEFAULT_PATH_TEMPLATE,
+        description="Object path inside the bucket; must end with {filename}.",
+    )
+    url_mode: Literal["public", "signed"] = Field(
+        default="signed",
+        description="URL stored with the image: 'public' (public bucket) or 'signed' (expires).",
+    )
+    signed_url_expires_s: int = Field(
+        default=7 * 24 * 3600, ge=60, description="Lifetime of signed URLs in seconds."
+    )
+    owner_user_id: str | None = Field(
+        default=None,
+        description="Owner (auth user uuid) of images whose request names none.",
+    )
+    cache_control_s: int = Field(
+        default=365 * 24 * 3600, ge=0, description="Cache-Control max-age of image objects."
+    )
+    upload_sidecar: bool = Field(
+        default=True, description="Upload <image>.json next to the image object."
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="Timeout of each Storage request.")
+
+    @field_validator("url_env", "key_env")
+    @classmethod
+    def _check_env_name(cls, value: str, info: ValidationInfo) -> str:
+        if not is_env_var_name(value):
+            # ConfigError passes through pydantic unchanged, so the value is never echoed.
+            raise ConfigError(
+                f"cloud.{info.field_name}: must be the NAME of an environment variable "
+                "(A-Z, 0-9, _), never the URL or key itself"
+            )
+        return value
+
+    @field_validator("bucket")
+    @classmethod
+    def _check_bucket(cls, value: str) -> str:
+        if not value.strip() or "/" in value:
+            raise ValueError("must be a bucket name without '/'")
+        return value
+
+    @field_validator("path_template")
+    @classmethod
+    def _check_path_template(cls, value: str) -> str:
+        validate_path_template(value)
+        return value
+
+    @field_validator("owner_user_id")
+    @classmethod
+    def _check_owner(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError(
+                "must be a user uuid such as 00000000-0000-4000-8000-000000000001"
+            ) from None
+
+
+class BackendBudget(BaseModel):
+    """Spending limit of one backend instance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily_usd: float = Field(ge=0, description="Most this instance may spend per UTC day.")
+
+
+class BudgetConfig(BaseModel):
+    """Daily spending limits (``budget:``), checked before each backend call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily_usd: float | None = Field(
+        default=None, ge=0, description="Most all backends together may spend per UTC day."
+    )
+    backends: dict[str, BackendBudget] = Field(
+        default_factory=dict, description="Per-instance limits: instance name -> {daily_usd}."
+    )
+
+    @property
+    def configured(self) -> bool:
+        """True when any limit is set."""
+        return self.daily_usd is not None or bool(self.backends)
+
+
 class ImagenConfig(BaseModel):
     """The whole ``imagen.yaml``."""
 
@@ -49,3 +160,17 @@ class ImagenConfig(BaseModel):
         default_factory=lambda: {name: dict(block) for name, block in DEFAULT_BACKENDS.items()},
         description="Backend instances: name -> {type, ...adapter fields}.",
     )
+    cloud: CloudConfig | None = Field(
+        default=None, description="Supabase Storage upload; absent: images stay local."
+    )
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+
+    @model_validator(mode="after")
+    def _check_budget_backends(self) -> ImagenConfig:
+        unknown = sorted(set(self.budget.backends) - set(self.backends))
+        if unknown:
+            raise ConfigError(
+                f"budget.backends.{unknown[0]}: not a configured backend; "
+                f"configured backends: {', '.join(sorted(self.backends))}"
+            )
+        return self

@@ -14,16 +14,23 @@ import dagster as dg
 from pydantic import Field
 
 from imagen_pipeline.backends.contract import GenerationContext
-from imagen_pipeline.cloud.sync import SyncOutcome, sync_image
+from imagen_pipeline.cloud.errors import database_errors
+from imagen_pipeline.cloud.sync import SyncOutcome, resolve_owner, sync_image
+from imagen_pipeline.config.models import CloudConfig
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
-from imagen_pipeline.errors import ImagenError, TransientBackendError
+from imagen_pipeline.errors import BackendError, ImagenError, TransientBackendError
 from imagen_pipeline.generation import GeneratedImage, run_generation
 from imagen_pipeline.output.preview import preview_markdown
 from imagen_pipeline.output.store import StoredImage, store_image
 from imagen_pipeline.planning import GenerationPlan, ImageSpec, plan_generation
 from imagen_pipeline.prompts.styles import load_styles
 from imagen_pipeline.queue.repository import take_ownership
-from imagen_pipeline.usage.recorder import UsageOutcome, record_generation
+from imagen_pipeline.usage.budget import check_budget
+from imagen_pipeline.usage.recorder import (
+    UsageOutcome,
+    record_failed_generation,
+    record_generation,
+)
 
 IMAGE_ASSET_KEY = dg.AssetKey(["imagen", "image"])
 GENERATE_MAX_RETRIES = 3
@@ -148,6 +155,19 @@ def generate_image_for(
         instance = loaded.backend(plan.backend)
     except ImagenError as error:
         raise _failure(error) from None
+    try:
+        budget_note = check_budget(
+            loaded.config.budget,
+            plan.backend,
+            instance.backend.estimate_cost_usd(plan.request),
+            imagen_db.connect if imagen_db.configured() else None,
+        )
+    except ImagenError as error:
+        if error.transient:
+            raise
+        raise _failure(error) from None
+    if budget_note:
+        context.log.info(budget_note)
     generation_context = GenerationContext(
         run_id=context.run_id,
         attempt=context.retry_number,
@@ -158,6 +178,7 @@ def generate_image_for(
     try:
         generated = run_generation(plan, instance, generation_context, loaded.output_dir)
     except TransientBackendError as error:
+        _record_failed_call(context, plan, error, imagen_db, loaded.config.cloud)
         context.log.warning(
             f"{label}transient failure on attempt {context.retry_number + 1}: {error}"
         )
@@ -167,6 +188,8 @@ def generate_image_for(
             ) from error
         raise
     except ImagenError as error:
+        if isinstance(error, BackendError):
+            _record_failed_call(context, plan, error, imagen_db, loaded.config.cloud)
         raise _failure(error, label) from None
     except Exception as error:
         raise _failure(f"unexpected {type(error).__name__}: {error}", label) from error
@@ -176,6 +199,23 @@ def generate_image_for(
         f"{meta.latency_s:.2f}s, ${meta.cost_usd:.4f}"
     )
     return generated
+
+
+def _record_failed_call(
+    context: dg.OpExecutionContext,
+    plan: GenerationPlan,
+    error: BackendError,
+    imagen_db: ImagenDatabaseResource,
+    cloud: CloudConfig | None,
+) -> None:
+    """A ``failed`` usage row for a backend call that failed, when a database is configured."""
+    if imagen_db.configured():
+        owner = resolve_owner(plan.spec, cloud)
+        context.log.info(
+            record_failed_generation(
+                imagen_db.connect, plan, context.run_id, context.retry_number, error, owner
+            )
+        )
 
 
 def _generate_op(kind: str, pool: str) -> dg.OpDefinition:
@@ -228,19 +268,38 @@ def write_files(
 
 @dg.op(tags={"kind": "cloud"})
 def cloud_sync(
-    context: dg.OpExecutionContext, stored: StoredImage, imagen_db: ImagenDatabaseResource
+    context: dg.OpExecutionContext,
+    stored: StoredImage,
+    imagen: ImagenResource,
+    imagen_db: ImagenDatabaseResource,
 ) -> SyncOutcome:
-    """Record ``imagen.images`` (linking the job) and upload to Storage, when configured."""
-    plan = stored.generated.plan
-    _own_job(context, plan, imagen_db)
+    """Upload the image and its sidecar to Supabase Storage, when ``cloud:`` is configured.
+
+    Unreachable Storage is retried by the retry policy; a missing bucket, a rejected key or
+    a path held by another image fails at once with the reason.
+    """
+    _own_job(context, stored.generated.plan, imagen_db)
     try:
-        if imagen_db.configured():
-            with imagen_db.connect() as conn:
-                outcome = sync_image(stored, conn, context.run_id)
-        else:
-            outcome = sync_image(stored, None, context.run_id)
+        outcome = sync_image(stored, imagen.load().config.cloud)
     except ImagenError as error:
+        if error.transient:
+            raise
         raise _failure(error) from None
+    if outcome.location is not None:
+        base = image_materialization(stored)
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=IMAGE_ASSET_KEY,
+                description=base.description,
+                metadata={
+                    **base.metadata,
+                    "url": dg.MetadataValue.url(outcome.location.url),
+                    "storage_object": dg.MetadataValue.text(
+                        f"{outcome.location.bucket}/{outcome.location.path}"
+                    ),
+                },
+            )
+        )
     context.log.info(outcome.detail)
     return outcome
 
@@ -252,15 +311,19 @@ def record_usage(
     synced: SyncOutcome,
     imagen_db: ImagenDatabaseResource,
 ) -> UsageOutcome:
-    """Record the cost in ``mai.imagen_usage`` and finish the job row, when configured."""
+    """In one transaction: the ``imagen.images`` row, the ``mai.imagen_usage`` row and, for
+    a queued job, its ``done`` (when a database is configured)."""
     _own_job(context, stored.generated.plan, imagen_db)
     try:
-        if imagen_db.configured():
-            with imagen_db.connect() as conn:
-                outcome = record_generation(conn, stored, synced.image_id, context.run_id)
-        else:
-            outcome = record_generation(None, stored, synced.image_id, context.run_id)
+        with database_errors("recording the image and usage rows", imagen_db.url_env):
+            if imagen_db.configured():
+                with imagen_db.connect() as conn:
+                    outcome = record_generation(conn, stored, synced, context.run_id)
+            else:
+                outcome = record_generation(None, stored, synced, context.run_id)
     except ImagenError as error:
+        if error.transient:
+            raise
         raise _failure(error) from None
     context.log.info(outcome.detail)
     return outcome

@@ -1,30 +1,51 @@
-"""Rows of ``mai.imagen_usage``: what each generation that reached a backend cost."""
+"""Rows of ``mai.imagen_usage`` (what each backend call cost) and the one transaction that
+records a finished image: its ``imagen.images`` row, its usage row and its job's ``done``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import psycopg
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict
 
+from imagen_pipeline.cloud.errors import CloudSyncError, database_errors
+from imagen_pipeline.cloud.images import image_run_holding, upsert_image_row
+from imagen_pipeline.cloud.sync import SyncOutcome
+from imagen_pipeline.errors import BackendError
 from imagen_pipeline.output.store import StoredImage
+from imagen_pipeline.planning import GenerationPlan
 from imagen_pipeline.queue.repository import finish
+
+ERROR_MAX_CHARS = 2000
 
 
 class UsageOutcome(BaseModel):
-    """What usage recording did for one generation."""
+    """What recording did for one image."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     status: Literal["recorded", "not_configured"]
     detail: str
     cost_usd: float
+    image_id: int | None = None
 
 
 def generation_key(run_id: str, attempt: int) -> str:
     """Identifies one backend call: the generating run and its attempt."""
     return f"{run_id}:{attempt}"
+
+
+_INSERT_USAGE = """
+    INSERT INTO mai.imagen_usage (
+        generation_key, backend_instance, backend_type, model, cost_usd, currency,
+        latency_s, steps, tokens, owner_user_id, job_id, run_id, status, error, image_id)
+    VALUES (%(key)s, %(instance)s, %(type)s, %(model)s, %(cost)s, 'USD',
+            %(latency)s, %(steps)s, %(tokens)s, %(owner)s, %(job_id)s, %(run_id)s,
+            %(status)s, %(error)s, %(image_id)s)
+    ON CONFLICT (generation_key) DO NOTHING
+"""
 
 
 def insert_usage_row(
@@ -37,16 +58,9 @@ def insert_usage_row(
     generated = stored.generated
     plan = generated.plan
     meta = generated.metadata
+    usage = meta.extra.get("usage")
     cursor.execute(
-        """
-        INSERT INTO mai.imagen_usage (
-            generation_key, backend_instance, backend_type, model, cost_usd, currency,
-            latency_s, steps, tokens, owner_user_id, job_id, run_id, status, image_id)
-        VALUES (%(key)s, %(instance)s, %(type)s, %(model)s, %(cost)s, 'USD',
-                %(latency)s, %(steps)s, %(tokens)s, %(owner)s, %(job_id)s, %(run_id)s,
-                'succeeded', %(image_id)s)
-        ON CONFLICT (generation_key) DO NOTHING
-        """,
+        _INSERT_USAGE,
         {
             "key": generation_key(generated.run_id, generated.attempt),
             "instance": plan.backend,
@@ -55,10 +69,12 @@ def insert_usage_row(
             "cost": meta.cost_usd,
             "latency": meta.latency_s,
             "steps": meta.steps,
-            "tokens": Jsonb(meta.extra.get("usage")) if meta.extra.get("usage") else None,
+            "tokens": Jsonb(usage) if usage else None,
             "owner": owner_user_id,
             "job_id": plan.spec.job_id,
             "run_id": generated.run_id,
+            "status": "succeeded",
+            "error": None,
             "image_id": image_id,
         },
     )
@@ -66,25 +82,96 @@ def insert_usage_row(
 
 
 def record_generation(
-    conn: psycopg.Connection | None, stored: StoredImage, image_id: int | None, run_id: str
+    conn: psycopg.Connection | None, stored: StoredImage, synced: SyncOutcome, run_id: str
 ) -> UsageOutcome:
-    """Write the usage row and, for a queued job, mark it done, in one transaction."""
-    cost = stored.generated.metadata.cost_usd
-    backend = stored.generated.plan.backend
+    """In one transaction: the image row, the usage row and, for a queued job, its ``done``.
+
+    Either all three are written or none, so a failure here leaves nothing half-recorded and
+    a retry (or re-execution from this step) writes them once: the image row is keyed by the
+    generating run, the usage row by run and attempt.
+    """
+    generated = stored.generated
+    cost = generated.metadata.cost_usd
+    backend = generated.plan.backend
     if conn is None:
         return UsageOutcome(
             status="not_configured",
-            detail=f"usage tracking not configured (IMAGEN_DATABASE_URL is not set); "
+            detail="image and usage rows not recorded (IMAGEN_DATABASE_URL is not set); "
             f"this image cost ${cost:.4f} on {backend}",
             cost_usd=cost,
         )
-    job_id = stored.generated.plan.spec.job_id
-    owner = stored.generated.plan.spec.owner_user_id
-    with conn.transaction(), conn.cursor() as cursor:
-        inserted = insert_usage_row(cursor, stored, owner, image_id)
-        if job_id is not None:
-            finish(conn, job_id, run_id, image_id)
-    state = "recorded" if inserted else "already recorded"
+    job_id = generated.plan.spec.job_id
+    owner = synced.owner_user_id
+    location = synced.location
+    try:
+        with conn.transaction(), conn.cursor() as cursor:
+            image_id = upsert_image_row(cursor, stored, owner, location, run_id)
+            inserted = insert_usage_row(cursor, stored, owner, image_id)
+            finished = finish(conn, job_id, run_id, image_id) if job_id is not None else None
+    except psycopg.errors.UniqueViolation:
+        holder = image_run_holding(
+            conn, location.bucket if location else None, location.path if location else None, job_id
+        )
+        what = (
+            f"object {location.bucket}/{location.path}" if location else f"imagen.jobs row {job_id}"
+        )
+        raise CloudSyncError(
+            f"imagen.images already has a row for {what} from run {holder or 'unknown'}; "
+            "nothing was recorded. Make object paths unique per image "
+            "(add {run_id} to cloud.path_template)"
+        ) from None
+    usage = "recorded" if inserted else "already recorded"
+    job = ""
+    if finished is not None:
+        job = f"; imagen.jobs row {job_id} " + (
+            "done" if finished else "was no longer running for this run and is left as it is"
+        )
     return UsageOutcome(
-        status="recorded", detail=f"usage {state}: ${cost:.4f} on {backend}", cost_usd=cost
+        status="recorded",
+        detail=f"imagen.images row {image_id}; usage {usage}: ${cost:.4f} on {backend}{job}",
+        cost_usd=cost,
+        image_id=image_id,
     )
+
+
+def record_failed_generation(
+    connect: Callable[[], psycopg.Connection],
+    plan: GenerationPlan,
+    run_id: str,
+    attempt: int,
+    error: BackendError,
+    owner_user_id: str | None,
+) -> str:
+    """Usage row (status ``failed``, cost 0) for a backend call that failed; returns a note.
+
+    Never raises for database problems: the backend's error is what the run must report.
+    """
+    try:
+        with (
+            database_errors("recording a failed generation"),
+            connect() as conn,
+            conn.transaction(),
+            conn.cursor() as cursor,
+        ):
+            cursor.execute(
+                _INSERT_USAGE,
+                {
+                    "key": generation_key(run_id, attempt),
+                    "instance": plan.backend,
+                    "type": plan.backend_type,
+                    "model": plan.model,
+                    "cost": 0,
+                    "latency": None,
+                    "steps": plan.request.steps,
+                    "tokens": None,
+                    "owner": owner_user_id,
+                    "job_id": plan.spec.job_id,
+                    "run_id": run_id,
+                    "status": "failed",
+                    "error": str(error)[:ERROR_MAX_CHARS],
+                    "image_id": None,
+                },
+            )
+    except (CloudSyncError, psycopg.Error) as db_error:
+        return f"usage of the failed call not recorded: {db_error}"
+    return f"usage of the failed call recorded (attempt {attempt + 1})"

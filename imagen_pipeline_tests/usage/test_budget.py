@@ -1,0 +1,237 @@
+"""The budget guard: real Postgres spend, real runs, the job row's error via the sensor."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from imagen_pipeline.config.loader import parse_config
+from imagen_pipeline.config.models import BudgetConfig
+from imagen_pipeline.db.connection import connect
+from imagen_pipeline.defs.jobs import build_generate_image_job
+from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
+from imagen_pipeline.defs.run_errors import run_step_failure
+from imagen_pipeline.defs.sensors import build_imagen_jobs_sensor
+from imagen_pipeline.errors import ConfigError
+from imagen_pipeline.usage.budget import BudgetExceededError, check_budget
+
+OWNER = "00000000-0000-4000-8000-0000000000b1"
+NOON = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def sql(url: str, statement: str, params: Any = None) -> list[dict[str, Any]]:
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def spend(url: str, instance: str, cost: float, at: datetime | None = None) -> None:
+    """A usage row as an earlier generation would have left it."""
+    sql(
+        url,
+        """
+        INSERT INTO mai.imagen_usage (generation_key, backend_instance, backend_type, model,
+                                      cost_usd, run_id, status, created_at)
+        VALUES (gen_random_uuid()::text, %s, 'replicate', 'flux', %s, 'earlier-run',
+                'succeeded', %s)
+        """,
+        (instance, cost, at or datetime.now(UTC)),
+    )
+
+
+def calls(tmp_path: Path) -> int:
+    log = tmp_path / "calls.jsonl"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.fixture
+def budget_config(write_config: Callable[..., Path], tmp_path: Path) -> Callable[..., Path]:
+    """imagen.yaml with a mock ``mock`` costing $0.25 per image and the given budget."""
+
+    def write(budget: dict[str, Any]) -> Path:
+        mock = {"type": "mock", "cost_usd": 0.25, "calls_log": str(tmp_path / "calls.jsonl")}
+        return write_config({"backends": {"mock": mock}, "budget": budget})
+
+    return write
+
+
+def failure(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult) -> str:
+    """The failure text as a job row would get it."""
+    return run_step_failure(instance, result.run_id) or ""
+
+
+def execute(instance: dg.DagsterInstance, config_file: Path) -> dg.ExecuteInProcessResult:
+    return build_generate_image_job(retry_delay_s=0).execute_in_process(
+        run_config={
+            "ops": {"enrich_prompt": {"config": {"prompt": "a fox", "width": 64, "height": 64}}},
+            "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def test_a_call_over_the_instance_budget_stops_before_the_backend(
+    migrated_database_url: str,
+    budget_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    tmp_path: Path,
+) -> None:
+    spend(migrated_database_url, "mock", 1.9)
+    spend(migrated_database_url, "other", 50.0)
+    result = execute(dagster_instance, budget_config({"backends": {"mock": {"daily_usd": 2.0}}}))
+    assert not result.success
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert failure(dagster_instance, result) == (
+        "budget.backends.mock.daily_usd = $2.00 per UTC day would be exceeded: today's spend "
+        f"({today} UTC) on 'mock' is $1.9000 and this image is estimated at $0.2500; backend "
+        "'mock' was not called"
+    )
+    assert calls(tmp_path) == 0
+    generate = [e for e in result.all_events if e.step_key == "generate_cloud"]
+    assert [e.event_type_value for e in generate if e.is_step_failure] == ["STEP_FAILURE"]
+    assert not [e for e in generate if e.event_type_value == "STEP_UP_FOR_RETRY"]
+
+
+def test_the_global_budget_counts_every_backend(
+    migrated_database_url: str,
+    budget_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    tmp_path: Path,
+) -> None:
+    spend(migrated_database_url, "other", 4.9)
+    config_file = budget_config({"daily_usd": 5.0, "backends": {"mock": {"daily_usd": 1.0}}})
+    result = execute(dagster_instance, config_file)
+    assert not result.success
+    assert failure(dagster_instance, result).startswith(
+        "budget.daily_usd = $5.00 per UTC day would be exceeded: today's spend "
+    )
+    assert "on all backends is $4.9000" in failure(dagster_instance, result)
+    assert calls(tmp_path) == 0
+
+
+def test_a_call_within_budget_runs_and_its_cost_counts_next_time(
+    migrated_database_url: str,
+    budget_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    tmp_path: Path,
+) -> None:
+    spend(migrated_database_url, "mock", 1.5)
+    config_file = budget_config({"backends": {"mock": {"daily_usd": 2.0}}})
+    first = execute(dagster_instance, config_file)
+    assert first.success
+    messages = [entry.user_message for entry in dagster_instance.all_logs(first.run_id)]
+    assert any(
+        re.fullmatch(
+            r"budget ok \(\d{4}-\d\d-\d\d UTC\): budget\.backends\.mock\.daily_usd: "
+            r"\$1\.5000 of \$2\.00 spent on 'mock'",
+            message,
+        )
+        for message in messages
+    )
+    second = execute(dagster_instance, config_file)
+    assert second.success, "1.50 + 0.25 + 0.25 = 2.00 does not exceed 2.00"
+    third = execute(dagster_instance, config_file)
+    assert not third.success
+    assert "on 'mock' is $2.0000" in failure(dagster_instance, third)
+    assert calls(tmp_path) == 2
+
+
+def test_a_job_row_refused_by_the_budget_says_why(
+    migrated_database_url: str,
+    budget_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    tmp_path: Path,
+) -> None:
+    spend(migrated_database_url, "mock", 3.0)
+    config_file = budget_config({"daily_usd": 3.0})
+    [job] = sql(
+        migrated_database_url,
+        "INSERT INTO imagen.jobs (owner_user_id, prompt, width, height) "
+        "VALUES (%s, 'a fox', 64, 64) RETURNING id",
+        (OWNER,),
+    )
+
+    def tick() -> dg.SensorResult:
+        context = dg.build_sensor_context(
+            instance=dagster_instance,
+            resources={
+                "imagen": ImagenResource(config_path=str(config_file)),
+                "imagen_db": ImagenDatabaseResource(),
+            },
+        )
+        result = build_imagen_jobs_sensor()(context)
+        assert isinstance(result, dg.SensorResult)
+        return result
+
+    [request] = tick().run_requests or []
+    run_config = request.run_config
+    run_config["resources"] = {"imagen": {"config": {"config_path": str(config_file)}}}
+    result = build_generate_image_job(retry_delay_s=0).execute_in_process(
+        run_config=run_config, tags=request.tags, instance=dagster_instance, raise_on_error=False
+    )
+    assert not result.success
+    assert calls(tmp_path) == 0
+    tick()
+    [row] = sql(migrated_database_url, "SELECT * FROM imagen.jobs WHERE id = %s", (job["id"],))
+    assert row["status"] == "failed"
+    assert row["error"].startswith(
+        "budget.daily_usd = $3.00 per UTC day would be exceeded: today's spend "
+    )
+    assert "on all backends is $3.0000 and this image is estimated at $0.2500" in row["error"]
+    assert sql(migrated_database_url, "SELECT * FROM imagen.images") == []
+
+
+def test_a_budget_without_a_database_cannot_be_checked(
+    budget_config: Callable[..., Path], dagster_instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    result = execute(dagster_instance, budget_config({"daily_usd": 10.0}))
+    assert not result.success
+    assert failure(dagster_instance, result) == (
+        "budget.daily_usd is set but IMAGEN_DATABASE_URL is not: today's spend is unknown, "
+        "so the budget cannot be checked"
+    )
+    assert calls(tmp_path) == 0
+
+
+def test_today_is_the_utc_day(migrated_database_url: str) -> None:
+    spend(migrated_database_url, "flux", 0.75, NOON - timedelta(hours=12, seconds=1))
+    spend(migrated_database_url, "flux", 0.5, NOON - timedelta(hours=12))
+    spend(migrated_database_url, "flux", 0.25, NOON + timedelta(hours=11, minutes=59))
+    budget = BudgetConfig.model_validate({"backends": {"flux": {"daily_usd": 1.0}}})
+
+    def opener() -> psycopg.Connection:
+        return connect(migrated_database_url)
+
+    note = check_budget(budget, "flux", 0.25, opener, now=NOON)
+    assert note == (
+        "budget ok (2026-11-24 UTC): budget.backends.flux.daily_usd: $0.7500 of $1.00 spent "
+        "on 'flux'"
+    )
+    with pytest.raises(BudgetExceededError, match=r"today's spend \(2026-11-24 UTC\) on 'flux'"):
+        check_budget(budget, "flux", 0.26, opener, now=NOON)
+    past_midnight_in_berlin = datetime(2026, 11, 25, 0, 30, tzinfo=timezone(timedelta(hours=1)))
+    with pytest.raises(BudgetExceededError, match=r"\(2026-11-24 UTC\) on 'flux' is \$0\.7500"):
+        check_budget(budget, "flux", 0.26, opener, now=past_midnight_in_berlin)
+    assert check_budget(budget, "flux", 1.0, opener, now=NOON + timedelta(hours=12)) is not None
+    assert check_budget(budget, "other", 99.0, opener, now=NOON) is None
+
+
+def test_the_budget_block_is_validated() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"budget\.backends\.replicate: not a configured backend; configured backends: mock",
+    ):
+        parse_config({"budget": {"backends": {"replicate": {"daily_usd": 2}}}})
+    with pytest.raises(ConfigError, match=r"budget\.daily_usd: Input should be greater than"):
+        parse_config({"budget": {"daily_usd": -1}})
+    with pytest.raises(ConfigError, match=r"budget\.backends\.mock\.dayly_usd: unknown key"):
+        parse_config({"budget": {"backends": {"mock": {"dayly_usd": 1}}}})
