@@ -64,7 +64,8 @@ def test_unknown_top_level_key_lists_allowed_keys(tmp_path: Path) -> None:
         load_config(path)
     message = str(error.value)
     assert str(path) in message
-    assert "outptu: unknown key; allowed keys: backends, budget, cloud, default_backend, output" in message
+    allowed = "backends, budget, cloud, default_backend, output"
+    assert f"outptu: unknown key; allowed keys: {allowed}" in message
 
 
 def test_wrong_type_names_key_path(tmp_path: Path) -> None:
