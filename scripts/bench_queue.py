@@ -3,7 +3,7 @@
 Usage:
     .venv/bin/python scripts/bench_queue.py [--sequential 30] [--burst 100] [--serial 20]
         [--serial-latency 2.0] [--fast-path] [--max-concurrent-runs N]
-        [--compute-logs local|noop]
+        [--compute-logs local|noop] [--stock-storage]
         [--server-url postgresql://postgres@127.0.0.1/postgres]
 
 A count of 0 skips that part.
@@ -16,7 +16,8 @@ instance (scripts/dagster.postgres.yaml) and, with --fast-path, `dagster-webserv
 - burst: N rows inserted at once, time until all are done, rows per minute;
 - serial: N jobs on a mock that holds one GPU lock for --serial-latency seconds per image;
   total time against the ideal N x latency (does the GPU wait for Dagster?);
-- peak RSS of every process the stack started (daemon, code servers, runs, webserver).
+- peak RSS of every process the stack started (daemon, code servers, runs, webserver);
+- import_dagster_s: how long ``import dagster`` takes here, to compare machines and days.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class Stack:
         serial_latency: float,
         max_concurrent_runs: int | None,
         compute_logs: str | None,
+        stock_storage: bool,
     ) -> None:
         self.url = url
         self.workdir = workdir
@@ -128,6 +130,10 @@ class Stack:
             }
         elif compute_logs == "local":
             instance.pop("compute_logs", None)
+        if stock_storage:
+            # dagster-postgres as shipped: a new connection for every query.
+            instance["storage"] = {"postgres": instance["storage"]["custom"]["config"]}
+        self.storage = "stock postgres" if stock_storage else "pooled postgres"
         self.compute_logs = (
             "noop" if "NoOp" in str(instance.get("compute_logs", {})) else "local (default)"
         )
@@ -157,6 +163,9 @@ class Stack:
             "IMAGEN_CONFIG": str(workdir / "imagen.yaml"),
             "IMAGEN_WEBSERVER_URL": f"http://127.0.0.1:{self.port}",
         }
+        # A deployed package has its bytecode cached; without this every run worker would
+        # compile imagen_pipeline anew where the environment sets PYTHONDONTWRITEBYTECODE.
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, name: str, args: list[str]) -> None:
@@ -174,6 +183,13 @@ class Stack:
 
     def start(self) -> None:
         workspace = str(REPO_ROOT / "workspace.yaml")
+        # As docs/deployment.md says for a new instance: cloud generations run in parallel.
+        subprocess.run(
+            [str(BIN / "dagster"), "instance", "concurrency", "set", "imagen_cloud", "8"],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
         self.spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace])
         if self.fast_path:
             self.spawn(
@@ -289,6 +305,7 @@ def bench_burst(stack: Stack, count: int) -> dict[str, Any]:
         "jobs": count,
         "total_s": round(elapsed, 1),
         "rows_per_min": round(count / elapsed * 60, 1),
+        "median_phases_s": stack.phases(rows),
     }
 
 
@@ -314,6 +331,19 @@ def bench_serial(stack: Stack, count: int, latency_s: float) -> dict[str, Any]:
     }
 
 
+def import_dagster_s(repeats: int = 5) -> float:
+    """Median wall time of ``python -c "import dagster"``: how fast this machine is today.
+
+    A run worker starts with that import, so figures from two days compare through it.
+    """
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import dagster"], check=True)
+        times.append(time.perf_counter() - started)
+    return round(statistics.median(times), 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -328,9 +358,18 @@ def main() -> None:
     parser.add_argument(
         "--compute-logs", choices=["local", "noop"], help="override the compute log manager"
     )
+    parser.add_argument(
+        "--stock-storage",
+        action="store_true",
+        help="dagster-postgres' own storage (NullPool) instead of PooledPostgresStorage",
+    )
     args = parser.parse_args()
 
-    results: dict[str, Any] = {"fast_path": args.fast_path, "cpus": os.cpu_count()}
+    results: dict[str, Any] = {
+        "fast_path": args.fast_path,
+        "cpus": os.cpu_count(),
+        "import_dagster_s": import_dagster_s(),
+    }
     with (
         throwaway_database(args.server_url) as url,
         tempfile.TemporaryDirectory(prefix="imagen-bench-") as tmp,
@@ -342,9 +381,11 @@ def main() -> None:
             args.serial_latency,
             args.max_concurrent_runs,
             args.compute_logs,
+            args.stock_storage,
         )
         results["max_concurrent_runs"] = stack.max_concurrent_runs
         results["compute_logs"] = stack.compute_logs
+        results["storage"] = stack.storage
         stack.start()
         sampler = RssSampler([p.pid for p in stack.processes])
         sampler.start()
