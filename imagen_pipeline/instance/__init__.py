@@ -1,0 +1,1 @@
+"""Dagster instance plumbing for production: storage classes named in dagster.yaml."""
