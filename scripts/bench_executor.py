@@ -20,8 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from imagen_pipeline.defs.jobs import generate_image_graph
-from imagen_pipeline.defs.resources import ImagenResource
+from imagen_pipeline.defs.jobs import generate_image, generate_image_graph
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +30,7 @@ def in_process_job() -> dg.JobDefinition:
     return generate_image_graph.to_job(
         name="generate_image",
         executor_def=dg.in_process_executor,
-        resource_defs={"imagen": ImagenResource()},
+        resource_defs=generate_image.resource_defs,
     )
 
 
@@ -40,7 +39,7 @@ def multiprocess_job() -> dg.JobDefinition:
     return generate_image_graph.to_job(
         name="generate_image",
         executor_def=dg.multiprocess_executor,
-        resource_defs={"imagen": ImagenResource()},
+        resource_defs=generate_image.resource_defs,
     )
 
 

@@ -1,0 +1,52 @@
+"""The benchmark scripts stay runnable as the pipeline changes (their timings are not tested)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import dagster as dg
+import yaml
+
+from imagen_pipeline.defs.jobs import generate_image
+from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_executor_variants_are_the_shipped_job_with_another_executor() -> None:
+    bench = load_script("bench_executor")
+    for variant in (bench.in_process_job(), bench.multiprocess_job()):
+        assert set(variant.resource_defs) == set(generate_image.resource_defs)
+        assert variant.graph.name == generate_image.graph.name
+    result = bench.in_process_job().execute_in_process(
+        run_config={
+            "ops": {"enrich_prompt": {"config": {"prompt": "a lighthouse"}}},
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    assert Path(result.output_for_node("write_files").image_path).is_file()
+
+
+def test_bench_queue_writes_an_instance_config_for_either_storage(tmp_path: Path) -> None:
+    bench = load_script("bench_queue")
+    for stock in (False, True):
+        workdir = tmp_path / ("stock" if stock else "pooled")
+        workdir.mkdir()
+        stack = bench.Stack("postgresql://unused/db", workdir, False, 2.0, 3, "noop", stock)
+        config = yaml.safe_load((workdir / "dagster_home" / "dagster.yaml").read_text())
+        assert config["concurrency"]["runs"]["max_concurrent_runs"] == 3
+        assert "NoOpComputeLogManager" in str(config["compute_logs"])
+        if stock:
+            assert config["storage"] == {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}
+        else:
+            assert config["storage"]["custom"]["class"] == "PooledPostgresStorage"
+        assert stack.env["DAGSTER_PG_URL"] == "postgresql://unused/db"
