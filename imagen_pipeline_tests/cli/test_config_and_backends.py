@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +11,15 @@ import pytest
 from click.testing import CliRunner
 
 from imagen_pipeline.cli.main import cli
+from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
+from imagen_pipeline_tests.fakes.openai_server import running_fake_openai
+from imagen_pipeline_tests.fakes.replicate_server import running_fake_replicate
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def test_sample_validates_and_is_commented(tmp_path: Path) -> None:
@@ -51,3 +62,67 @@ def test_backends_lists_instances_with_credential_status(
     assert lines[1].split()[:3] == ["a", "mock", "mock-v1"]
     assert lines[2].split()[:3] == ["b*", "mock", "m2"]
     assert "none needed" in lines[1]
+
+
+def test_backends_check_probes_every_instance_over_http(
+    write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replicate_token = "r8_ImagenCliCheckToken0123456789abcdefgh"
+    openai_key = "sk-proj-ImagenCliCheckKey0123456789abcdefghijkl"
+    monkeypatch.setenv("IMAGEN_TEST_REPLICATE_TOKEN", replicate_token)
+    monkeypatch.setenv("IMAGEN_TEST_OPENAI_KEY", openai_key)
+    monkeypatch.delenv("IMAGEN_TEST_UNSET_KEY", raising=False)
+    with (
+        running_fake_comfyui() as comfyui,
+        running_fake_replicate(replicate_token) as replicate,
+        running_fake_openai(openai_key) as openai,
+    ):
+        path = write_config(
+            {
+                "default_backend": "gpu",
+                "backends": {
+                    "gpu": {"type": "comfyui", "url": comfyui.url},
+                    "gpu-off": {"type": "comfyui", "url": f"http://127.0.0.1:{closed_port()}"},
+                    "flux": {
+                        "type": "replicate",
+                        "model": "black-forest-labs/flux-schnell",
+                        "api_token_env": "IMAGEN_TEST_REPLICATE_TOKEN",
+                        "base_url": replicate.base_url,
+                    },
+                    "oai": {
+                        "type": "openai",
+                        "api_key_env": "IMAGEN_TEST_OPENAI_KEY",
+                        "base_url": openai.base_url,
+                    },
+                    "oai-nokey": {
+                        "type": "openai",
+                        "api_key_env": "IMAGEN_TEST_UNSET_KEY",
+                        "base_url": openai.base_url,
+                    },
+                },
+            }
+        )
+        result = CliRunner().invoke(cli, ["backends", "--check", "--config", str(path)])
+        probes = {
+            "comfyui": [r.path for r in comfyui.requests("GET")],
+            "replicate": [r.path for r in replicate.requests("GET")],
+            "openai": [(r.method, r.path) for r in openai.received],
+        }
+    assert result.exit_code == 0, result.output
+    header, *lines, footer = result.output.splitlines()
+    assert re.split(r"\s{2,}", header) == [
+        "NAME", "TYPE", "MODEL", "CREDENTIALS", "REACHABLE", "MODEL OK", "DETAIL",
+    ]  # fmt: skip
+    rows = {cells[0]: cells[3:] for cells in (re.split(r"\s{2,}", line) for line in lines)}
+    assert rows["gpu*"][:3] == ["none needed", "yes", "yes"]
+    assert rows["gpu*"][3].startswith("ComfyUI 0.3.43")
+    assert rows["gpu-off"][:2] == ["none needed", "NO"]
+    assert "cannot reach" in rows["gpu-off"][-1]
+    assert rows["flux"][:3] == ["set (IMAGEN_TEST_REPLICATE_TOKEN)", "yes", "yes"]
+    assert rows["oai"][:3] == ["set (IMAGEN_TEST_OPENAI_KEY)", "yes", "yes"]
+    assert rows["oai-nokey"] == ["missing IMAGEN_TEST_UNSET_KEY", "-", "-", "credentials missing"]
+    assert footer.startswith("(* default backend; config: ")
+    assert "/system_stats" in probes["comfyui"]
+    assert probes["replicate"] == ["/v1/models/black-forest-labs/flux-schnell"]
+    assert probes["openai"] == [("GET", "/v1/models/gpt-image-1")]
+    assert replicate_token not in result.output and openai_key not in result.output
