@@ -21,16 +21,17 @@ import io
 import json
 import math
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from PIL import Image, ImageDraw
+
+from imagen_pipeline_tests.fakes.loopback_http import serving
 
 BLOCKED_WORD = "forbidden-subject"
 """A prompt containing this is refused by the fake's safety system."""
@@ -399,45 +400,8 @@ class FakeOpenAI:
         handler.wfile.write(payload)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep test output quiet."""
-
-    def do_GET(self) -> None:
-        self.server.fake.handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self.server.fake.handle(self, "POST")
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, fake: FakeOpenAI) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.fake = fake
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients that hang up early (timeouts under test) are expected; others are not."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
 @contextmanager
 def running_fake_openai(key: str) -> Iterator[FakeOpenAI]:
     """Serve a :class:`FakeOpenAI` on an ephemeral loopback port for the block."""
-    fake = FakeOpenAI(key)
-    server = _Server(fake)
-    fake.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
+    with serving(FakeOpenAI(key)) as fake:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

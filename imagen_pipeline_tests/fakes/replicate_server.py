@@ -19,18 +19,19 @@ import hashlib
 import io
 import json
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from PIL import Image, ImageDraw
+
+from imagen_pipeline_tests.fakes.loopback_http import serving
 
 FLUX_RATIOS: dict[str, tuple[int, int]] = {
     "1:1": (1024, 1024),
@@ -717,45 +718,8 @@ class FakeReplicate:
         handler.wfile.write(payload)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep test output quiet."""
-
-    def do_GET(self) -> None:
-        self.server.fake.handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self.server.fake.handle(self, "POST")
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, fake: FakeReplicate) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.fake = fake
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients that hang up early (timeouts under test) are expected; others are not."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
 @contextmanager
 def running_fake_replicate(token: str) -> Iterator[FakeReplicate]:
     """Serve a :class:`FakeReplicate` on an ephemeral loopback port for the block."""
-    fake = FakeReplicate(token)
-    server = _Server(fake)
-    fake.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
+    with serving(FakeReplicate(token)) as fake:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

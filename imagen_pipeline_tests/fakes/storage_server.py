@@ -21,16 +21,17 @@ import email.parser
 import email.policy
 import json
 import secrets
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from imagen_pipeline_tests.fakes.loopback_http import serving
 
 PREFIX = "/storage/v1"
 
@@ -417,48 +418,8 @@ class FakeStorage:
         handler.wfile.write(payload)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep test output quiet."""
-
-    def do_GET(self) -> None:
-        self.server.fake.handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self.server.fake.handle(self, "POST")
-
-    def do_PUT(self) -> None:
-        self.server.fake.handle(self, "PUT")
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, fake: FakeStorage) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.fake = fake
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Connections the fake drops on purpose are expected; other errors are not."""
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-
 @contextmanager
 def running_fake_storage(key: str) -> Iterator[FakeStorage]:
     """Serve a :class:`FakeStorage` on an ephemeral loopback port for the block."""
-    fake = FakeStorage(key)
-    server = _Server(fake)
-    fake.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
+    with serving(FakeStorage(key)) as fake:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

@@ -1,0 +1,75 @@
+"""Serving a fake API on an ephemeral loopback port, shared by the HTTP fakes.
+
+A fake is any object with a ``port`` attribute and a ``handle(handler, method)`` method that
+answers one request; this module runs the threaded HTTP/1.1 server around it.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol, TypeVar
+
+
+class HttpFake(Protocol):
+    """What :func:`serving` needs of a fake."""
+
+    port: int
+
+    def handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        """Answer one request."""
+
+
+FakeT = TypeVar("FakeT", bound=HttpFake)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep test output quiet."""
+
+    def do_GET(self) -> None:
+        self.server.fake.handle(self, "GET")
+
+    def do_POST(self) -> None:
+        self.server.fake.handle(self, "POST")
+
+    def do_PUT(self) -> None:
+        self.server.fake.handle(self, "PUT")
+
+    def do_DELETE(self) -> None:
+        self.server.fake.handle(self, "DELETE")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, fake: HttpFake) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.fake = fake
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up early and connections a fake drops on purpose are expected."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
+@contextmanager
+def serving(fake: FakeT) -> Iterator[FakeT]:
+    """Serve ``fake`` on an ephemeral loopback port (set as ``fake.port``) for the block."""
+    server = _Server(fake)
+    fake.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
