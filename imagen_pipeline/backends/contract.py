@@ -9,13 +9,18 @@ into a :class:`GenerationResult` and classifies its failures as
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import dagster as dg
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
+
+from imagen_pipeline.errors import PermanentBackendError
 
 MAX_SEED = 2**32 - 1
 """Largest seed accepted everywhere (fits every backend's seed field)."""
@@ -76,6 +81,28 @@ class GenerationContext:
     attempt: int = 0
     instance_name: str = ""
     log: logging.Logger | Any = field(default_factory=lambda: logging.getLogger("imagen"))
+
+
+def derived_seed(context: GenerationContext) -> int:
+    """A seed in 1..MAX_SEED fixed by the run and instance, so every retry sends the same
+    input and renders the same image (0 is never chosen: FLUX on Replicate reads it as
+    "pick a random seed")."""
+    key = f"{context.run_id}\x00{context.instance_name}".encode()
+    return 1 + int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % MAX_SEED
+
+
+def image_mime_type(data: bytes, source: str) -> str:
+    """MIME type of image bytes a server sent, after Pillow verified them.
+
+    Anything else is a permanent error naming ``source`` (e.g. "Replicate output").
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image_format = image.format or ""
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise PermanentBackendError(f"{source} is not an image: {error}") from None
+    return Image.MIME.get(image_format, "application/octet-stream")
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import math
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
 import httpx
-from PIL import Image, UnidentifiedImageError
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from imagen_pipeline.backends.contract import (
@@ -35,7 +31,9 @@ from imagen_pipeline.backends.contract import (
     GenerationRequest,
     GenerationResult,
     ImageBackend,
+    image_mime_type,
 )
+from imagen_pipeline.backends.http_transport import USER_AGENT, retry_after_header_s
 from imagen_pipeline.config.secrets import resolve_secret
 from imagen_pipeline.errors import (
     BackendError,
@@ -46,7 +44,6 @@ from imagen_pipeline.errors import (
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-image-1"
-USER_AGENT = "imagen-pipeline"
 
 Family = Literal["gpt-image", "dall-e-3", "dall-e-2"]
 FamilySetting = Literal["auto", "gpt-image", "dall-e-3", "dall-e-2"]
@@ -235,20 +232,9 @@ def retry_after_s(response: httpx.Response, message: str) -> float | None:
             return max(0.0, float(milliseconds) / 1000)
         except ValueError:
             pass
-    value = response.headers.get("retry-after", "").strip()
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            when = None
-        if when is not None:
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=UTC)
-            return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    from_header = retry_after_header_s(response.headers.get("retry-after", ""))
+    if from_header is not None:
+        return from_header
     match = TRY_AGAIN.search(message)
     if match is None:
         return None
@@ -296,17 +282,6 @@ def parse_api_error(response: httpx.Response) -> ApiError:
         )
     message = " ".join(response.text.split())[:300] or response.reason_phrase
     return ApiError(message=message, type=None, code=None, param=None)
-
-
-def image_mime_type(data: bytes) -> str:
-    """MIME type of encoded image bytes after Pillow verified them; refuses anything else."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format or ""
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise PermanentBackendError(f"OpenAI images: b64_json is not an image: {error}") from None
-    return Image.MIME.get(image_format, "application/octet-stream")
 
 
 def usage_cost_usd(usage: dict[str, Any], prices: dict[str, float]) -> float:
@@ -560,7 +535,7 @@ class OpenAIImagesBackend(ImageBackend):
         latency = time.monotonic() - started
         payload, image_data = self._image_payload(response)
         image = self._decode(image_data)
-        mime_type = image_mime_type(image)
+        mime_type = image_mime_type(image, "OpenAI images: b64_json")
         usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
         cost, cost_source = self._cost(prepared, request, usage)
         if cost_source == "unpriced":

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import io
 import math
 import re
 import time
@@ -21,22 +19,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
 import httpx
-from PIL import Image, UnidentifiedImageError
 from pydantic import Field, field_validator
 
 from imagen_pipeline.backends.contract import (
-    MAX_SEED,
     BackendCheck,
     GenerationContext,
     GenerationMetadata,
     GenerationRequest,
     GenerationResult,
     ImageBackend,
+    derived_seed,
+    image_mime_type,
+)
+from imagen_pipeline.backends.http_transport import (
+    LOST_RESPONSE_ERRORS,
+    USER_AGENT,
+    retry_after_header_s,
 )
 from imagen_pipeline.config.secrets import resolve_secret
 from imagen_pipeline.errors import (
@@ -48,7 +50,6 @@ from imagen_pipeline.errors import (
 )
 
 DEFAULT_BASE_URL = "https://api.replicate.com/v1"
-USER_AGENT = "imagen-pipeline"
 
 DEFAULT_PRICES_USD: dict[str, float] = {
     "black-forest-labs/flux-schnell": 0.003,
@@ -99,15 +100,6 @@ CONTENT_POLICY_MARKERS = ("nsfw", "flagged as sensitive", "(e005)", "content mod
 TRANSIENT_FAILURE_MARKERS = ("e1000", "e6716", "prediction interrupted", "please retry")
 """Lower-case fragments of failures a new prediction may not hit (transient)."""
 
-LOST_RESPONSE_ERRORS = (
-    httpx.ReadTimeout,
-    httpx.WriteTimeout,
-    httpx.ReadError,
-    httpx.WriteError,
-    httpx.RemoteProtocolError,
-)
-"""Transport errors after which a create request may have reached Replicate."""
-
 VERSION_ID = re.compile(r"^[0-9a-f]{64}$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RATE_LIMIT_RESET = re.compile(r"resets in ~?(\d+(?:\.\d+)?)\s*s")
@@ -147,15 +139,6 @@ def resolve_input_style(ref: ModelRef, configured: InputStyle) -> InputStyle:
         return configured
     short_name = (ref.name or "").rpartition("/")[2]
     return AUTO_STYLES.get(short_name, "generic")
-
-
-def derived_seed(context: GenerationContext) -> int:
-    """A seed in 1..MAX_SEED fixed by the run, so every retry sends the same input.
-
-    FLUX on Replicate treats seed 0 as "pick a random seed", so 0 is never chosen.
-    """
-    key = f"{context.run_id}\x00{context.instance_name}".encode()
-    return 1 + int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % MAX_SEED
 
 
 def flux_size(width: int, height: int) -> tuple[dict[str, str], tuple[int, int]]:
@@ -266,32 +249,11 @@ def problem_detail(response: httpx.Response) -> str:
 
 def retry_after_s(response: httpx.Response, detail: str) -> float | None:
     """Seconds to wait from ``Retry-After`` (seconds or HTTP date), else from the 429 body."""
-    value = response.headers.get("Retry-After", "").strip()
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            when = None
-        if when is not None:
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=UTC)
-            return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    from_header = retry_after_header_s(response.headers.get("Retry-After", ""))
+    if from_header is not None:
+        return from_header
     match = RATE_LIMIT_RESET.search(detail)
     return float(match.group(1)) if match else None
-
-
-def image_mime_type(data: bytes) -> str:
-    """MIME type of encoded image bytes; refuses anything Pillow cannot identify."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format or ""
-    except (UnidentifiedImageError, OSError) as error:
-        raise PermanentBackendError(f"Replicate output is not an image: {error}") from None
-    return Image.MIME.get(image_format, "application/octet-stream")
 
 
 class ReplicateBackend(ImageBackend):
@@ -414,7 +376,7 @@ class ReplicateBackend(ImageBackend):
         sent_seed = data.get("seed")
         return GenerationResult(
             image=image,
-            mime_type=image_mime_type(image),
+            mime_type=image_mime_type(image, "Replicate output"),
             metadata=GenerationMetadata(
                 model=self.model,
                 seed=sent_seed if isinstance(sent_seed, int) else None,

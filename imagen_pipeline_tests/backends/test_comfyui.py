@@ -21,9 +21,14 @@ import pytest
 from PIL import Image
 
 from imagen_pipeline.backends.comfyui import ComfyUIBackend
-from imagen_pipeline.backends.comfyui.backend import client_id_for, derived_seed, prompt_id_for
+from imagen_pipeline.backends.comfyui.backend import client_id_for, prompt_id_for
 from imagen_pipeline.backends.comfyui.slots import QueueSlots, default_state_dir
-from imagen_pipeline.backends.contract import MAX_SEED, GenerationContext, GenerationRequest
+from imagen_pipeline.backends.contract import (
+    MAX_SEED,
+    GenerationContext,
+    GenerationRequest,
+    derived_seed,
+)
 from imagen_pipeline.backends.registry import build_backend
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.errors import PermanentBackendError, TransientBackendError

@@ -9,8 +9,6 @@ mapping and the error table.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
 import time
@@ -19,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from PIL import Image, UnidentifiedImageError
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -34,13 +31,14 @@ from imagen_pipeline.backends.comfyui.workflow import (
     parse_target,
 )
 from imagen_pipeline.backends.contract import (
-    MAX_SEED,
     BackendCheck,
     GenerationContext,
     GenerationMetadata,
     GenerationRequest,
     GenerationResult,
     ImageBackend,
+    derived_seed,
+    image_mime_type,
 )
 from imagen_pipeline.errors import (
     BackendError,
@@ -64,22 +62,6 @@ def prompt_id_for(context: GenerationContext, attempt: int) -> str:
 def client_id_for(context: GenerationContext) -> str:
     """The websocket client id of this run: events of every attempt's prompt come to it."""
     return uuid.uuid5(ID_NAMESPACE, f"client\x00{context.run_id}\x00{context.instance_name}").hex
-
-
-def derived_seed(context: GenerationContext) -> int:
-    """A seed in 1..MAX_SEED fixed by the run, so every retry renders the same image."""
-    key = f"{context.run_id}\x00{context.instance_name}".encode()
-    return 1 + int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % MAX_SEED
-
-
-def image_mime_type(data: bytes) -> str:
-    """MIME type of encoded image bytes; refuses anything Pillow cannot identify."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format or ""
-    except (UnidentifiedImageError, OSError) as error:
-        raise PermanentBackendError(f"ComfyUI output is not an image: {error}") from None
-    return Image.MIME.get(image_format, "application/octet-stream")
 
 
 def pick_image(entry: dict[str, Any], preferred_nodes: list[str]) -> dict[str, Any] | None:
@@ -256,7 +238,7 @@ class ComfyUIBackend(ImageBackend):
         steps = workflow.value_at(graph, "steps")
         return GenerationResult(
             image=image,
-            mime_type=image_mime_type(image),
+            mime_type=image_mime_type(image, "ComfyUI output"),
             metadata=GenerationMetadata(
                 model=workflow.model_file() or Path(workflow.name).stem,
                 seed=seed if "seed" in workflow.inputs else None,

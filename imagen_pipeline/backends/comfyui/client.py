@@ -19,21 +19,12 @@ from websockets.exceptions import InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from imagen_pipeline.backends.comfyui.workflow import ModelFile
+from imagen_pipeline.backends.http_transport import LOST_RESPONSE_ERRORS, USER_AGENT
 from imagen_pipeline.errors import BackendError, PermanentBackendError, TransientBackendError
 
-USER_AGENT = "imagen-pipeline"
 WEBSOCKET_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest websocket frame accepted (unencoded preview images can be large)."""
 MAX_LISTED_FILES = 20
-
-LOST_RESPONSE_ERRORS = (
-    httpx.ReadTimeout,
-    httpx.WriteTimeout,
-    httpx.ReadError,
-    httpx.WriteError,
-    httpx.RemoteProtocolError,
-)
-"""Transport errors after which a submitted prompt may have been queued."""
 
 
 class Where(enum.Enum):
