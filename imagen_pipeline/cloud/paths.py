@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 
-from imagen_pipeline.output.naming import safe_component, template_fields
+from imagen_pipeline.output.naming import check_relative_template, render_template
 
 DEFAULT_PATH_TEMPLATE = "{owner}/{date}/{filename}"
 PATH_FIELDS: dict[str, str] = {
@@ -27,28 +27,13 @@ def validate_path_template(template: str) -> None:
     """Raise ``ValueError`` naming the problem and the allowed fields."""
     if not template.endswith("{filename}"):
         raise ValueError("path template must end with {filename} (it carries the extension)")
-    if "\x00" in template or "\\" in template or template.startswith("/"):
-        raise ValueError("path template must be relative, without NUL or backslashes")
-    if any(part in ("", ".", "..") for part in template.split("/")):
-        raise ValueError("path template must not contain empty, '.' or '..' path components")
-    try:
-        names = template_fields(template)
-    except ValueError as error:
-        raise ValueError(f"path template is not valid: {error}") from None
-    unknown = [name for name in names if name not in PATH_FIELDS]
-    if unknown:
-        raise ValueError(
-            f"unknown path field {{{unknown[0]}}}; allowed fields: "
-            + ", ".join(f"{{{name}}}" for name in PATH_FIELDS)
-        )
+    check_relative_template(template, "path", PATH_FIELDS, "the bucket")
 
 
 def render_object_path(template: str, fields: Mapping[str, object]) -> str:
     """The object path for ``fields``; every component is reduced to ``[A-Za-z0-9._-]``."""
     validate_path_template(template)
-    values = {name: safe_component(str(fields.get(name, ""))) for name in PATH_FIELDS}
-    rendered = template.format(**values)
-    return str(PurePosixPath(*(safe_component(part) for part in rendered.split("/"))))
+    return str(render_template(template, fields, PATH_FIELDS))
 
 
 def sidecar_object_path(image_path: str) -> str:

@@ -51,27 +51,43 @@ def template_fields(template: str) -> list[str]:
     return names
 
 
-def validate_template(template: str) -> None:
-    """Raise ``ValueError`` naming the problem and the allowed fields if ``template`` is unsafe."""
+def check_relative_template(
+    template: str, kind: str, allowed: Mapping[str, str], base: str
+) -> None:
+    """Raise ``ValueError`` if ``template`` could leave ``base`` or names a field not in
+    ``allowed``; ``kind`` ("naming", "path") names the template in the message."""
     if not template.strip():
-        raise ValueError("naming template must not be empty")
+        raise ValueError(f"{kind} template must not be empty")
     if "\x00" in template or "\\" in template:
-        raise ValueError("naming template must not contain NUL or backslashes")
+        raise ValueError(f"{kind} template must not contain NUL or backslashes")
     if template.startswith("/") or re.match(r"^[A-Za-z]:", template):
-        raise ValueError("naming template must be relative to output.directory")
-    parts = template.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise ValueError("naming template must not contain empty, '.' or '..' path components")
+        raise ValueError(f"{kind} template must be relative to {base}")
+    if any(part in ("", ".", "..") for part in template.split("/")):
+        raise ValueError(f"{kind} template must not contain empty, '.' or '..' path components")
     try:
         names = template_fields(template)
     except ValueError as error:
-        raise ValueError(f"naming template is not valid: {error}") from None
-    unknown = [name for name in names if name not in NAMING_FIELDS]
+        raise ValueError(f"{kind} template is not valid: {error}") from None
+    unknown = [name for name in names if name not in allowed]
     if unknown:
         raise ValueError(
-            f"unknown naming field {{{unknown[0]}}}; allowed fields: "
-            + ", ".join(f"{{{name}}}" for name in NAMING_FIELDS)
+            f"unknown {kind} field {{{unknown[0]}}}; allowed fields: "
+            + ", ".join(f"{{{name}}}" for name in allowed)
         )
+
+
+def render_template(
+    template: str, fields: Mapping[str, object], allowed: Mapping[str, str]
+) -> PurePosixPath:
+    """``template`` (already checked) rendered with ``fields``; every component made safe."""
+    values = {name: safe_component(str(fields.get(name, ""))) for name in allowed}
+    rendered = template.format(**values)
+    return PurePosixPath(*(safe_component(part) for part in rendered.split("/")))
+
+
+def validate_template(template: str) -> None:
+    """Raise ``ValueError`` naming the problem and the allowed fields if ``template`` is unsafe."""
+    check_relative_template(template, "naming", NAMING_FIELDS, "output.directory")
 
 
 def slug_for(prompt: str) -> str:
@@ -94,9 +110,7 @@ def safe_component(value: str) -> str:
 def render_name(template: str, fields: Mapping[str, object]) -> PurePosixPath:
     """Render ``template`` into a relative path; every component is made safe."""
     validate_template(template)
-    values = {name: safe_component(str(fields.get(name, ""))) for name in NAMING_FIELDS}
-    rendered = template.format(**values)
-    return PurePosixPath(*(safe_component(part) for part in rendered.split("/")))
+    return render_template(template, fields, NAMING_FIELDS)
 
 
 def resolve_inside(directory: Path, relative: PurePosixPath) -> Path:
