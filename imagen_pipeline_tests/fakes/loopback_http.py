@@ -1,4 +1,5 @@
-"""Serving a fake API on an ephemeral loopback port, shared by the HTTP fakes.
+"""What the HTTP fakes share: the requests they record, canned replies, and serving a fake
+on an ephemeral loopback port.
 
 A fake is any object with a ``port`` attribute and a ``handle(handler, method)`` method that
 answers one request; this module runs the threaded HTTP/1.1 server around it.
@@ -6,12 +7,52 @@ answers one request; this module runs the threaded HTTP/1.1 server around it.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as a fake received it (path unquoted, header names lower-cased)."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+    @classmethod
+    def read(cls, handler: BaseHTTPRequestHandler, method: str) -> Received:
+        """Read the request ``handler`` is answering, body included."""
+        parts = urlsplit(handler.path)
+        length = int(handler.headers.get("Content-Length") or 0)
+        return cls(
+            method=method,
+            path=unquote(parts.path),
+            query=parse_qs(parts.query),
+            headers={key.lower(): value for key, value in handler.headers.items()},
+            body=handler.rfile.read(length) if length else b"",
+        )
+
+    def json(self) -> Any:
+        """The body parsed as JSON (None when empty)."""
+        return json.loads(self.body) if self.body else None
+
+
+@dataclass
+class Reply:
+    """A canned response a fake returns instead of the normal one."""
+
+    status: int
+    body: dict[str, Any] | str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class HttpFake(Protocol):

@@ -25,13 +25,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from PIL import Image, ImageDraw
 
-from imagen_pipeline_tests.fakes.loopback_http import serving
+from imagen_pipeline_tests.fakes.loopback_http import Received, Reply, serving
 
 BLOCKED_WORD = "forbidden-subject"
 """A prompt containing this is refused by the fake's safety system."""
@@ -127,28 +126,6 @@ CONTENT_POLICY_MESSAGE = (
 )
 
 
-@dataclass(frozen=True)
-class Received:
-    """One request as the fake received it (header names lower-cased)."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
-
-
-@dataclass
-class Reply:
-    """A canned response returned instead of the normal one."""
-
-    status: int
-    body: dict[str, Any] | str
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 def error_body(message: str, param: str | None, code: str | None) -> dict[str, Any]:
     """OpenAI's error object for an invalid request."""
     return {
@@ -216,13 +193,7 @@ class FakeOpenAI:
     # -- HTTP -------------------------------------------------------------------------
 
     def handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        received = Received(
-            method=method,
-            path=handler.path.partition("?")[0],
-            headers={key.lower(): value for key, value in handler.headers.items()},
-            body=handler.rfile.read(length) if length else b"",
-        )
+        received = Received.read(handler, method)
         with self._lock:
             self.received.append(received)
         request_id = f"req_{secrets.token_hex(16)}"

@@ -23,15 +23,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from PIL import Image, ImageDraw
 
-from imagen_pipeline_tests.fakes.loopback_http import serving
+from imagen_pipeline_tests.fakes.loopback_http import Received, Reply, serving
 
 FLUX_RATIOS: dict[str, tuple[int, int]] = {
     "1:1": (1024, 1024),
@@ -170,29 +170,6 @@ SDXL = FakeModel(
     },
 )
 MODELS = (FLUX_SCHNELL, FLUX_DEV, FLUX_PRO, SDXL)
-
-
-@dataclass(frozen=True)
-class Received:
-    """One request as the fake received it (header names lower-cased)."""
-
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
-
-
-@dataclass
-class Reply:
-    """A canned response returned instead of the normal one."""
-
-    status: int
-    body: dict[str, Any] | str
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 DROP_BEFORE_CREATE = "drop-before-create"
@@ -388,15 +365,7 @@ class FakeReplicate:
 
     def handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         parts = urlsplit(handler.path)
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length) if length else b""
-        received = Received(
-            method=method,
-            path=parts.path,
-            query=parse_qs(parts.query),
-            headers={key.lower(): value for key, value in handler.headers.items()},
-            body=body,
-        )
+        received = Received.read(handler, method)
         with self._lock:
             self.received.append(received)
         if parts.path.startswith("/pbxt/"):

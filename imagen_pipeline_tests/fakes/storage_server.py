@@ -29,9 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
-from imagen_pipeline_tests.fakes.loopback_http import serving
+from imagen_pipeline_tests.fakes.loopback_http import Received, Reply, serving
 
 PREFIX = "/storage/v1"
 
@@ -78,28 +77,6 @@ INVALID_API_KEY = {
 
 DROP_AFTER_STORE = "drop-after-store"
 """``upload_replies`` entry: store the object, then close the connection without answering."""
-
-
-@dataclass(frozen=True)
-class Received:
-    """One request as the fake received it (header names lower-cased)."""
-
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
-
-
-@dataclass
-class Reply:
-    """A canned response returned instead of the normal one."""
-
-    status: int
-    body: dict[str, Any] | str
 
 
 @dataclass
@@ -219,16 +196,7 @@ class FakeStorage:
     # -- HTTP -------------------------------------------------------------------------
 
     def handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
-        parts = urlsplit(handler.path)
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length) if length else b""
-        received = Received(
-            method=method,
-            path=unquote(parts.path),
-            query=parse_qs(parts.query),
-            headers={key.lower(): value for key, value in handler.headers.items()},
-            body=body,
-        )
+        received = Received.read(handler, method)
         with self._lock:
             self.received.append(received)
         if not received.path.startswith(PREFIX + "/"):
