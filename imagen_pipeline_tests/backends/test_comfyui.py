@@ -6,7 +6,6 @@ import _thread
 import io
 import json
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from imagen_pipeline_tests.fakes.comfyui_server import (
     Reply,
     running_fake_comfyui,
 )
+from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fixtures.imagen import step_failure_text
 
 LOGGER = "imagen.test.comfyui"
@@ -96,12 +96,6 @@ def sent_graph(fake: FakeComfyUI, index: int = 0) -> dict[str, Any]:
 def value(graph: dict[str, Any], target: str) -> Any:
     node_id, _, input_name = target.rpartition(".")
     return graph[node_id]["inputs"][input_name]
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:

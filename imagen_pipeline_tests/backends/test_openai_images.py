@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import logging
-import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -27,6 +26,7 @@ from imagen_pipeline.errors import (
     PermanentBackendError,
     TransientBackendError,
 )
+from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fakes.openai_server import (
     BLOCKED_WORD,
     DROP,
@@ -88,12 +88,6 @@ def decoded(data: bytes) -> Image.Image:
 
 def sent_body(fake: FakeOpenAI, index: int = 0) -> dict[str, Any]:
     return fake.generations()[index].json()
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def assert_no_key(*texts: str) -> None:

@@ -6,7 +6,6 @@ import _thread
 import io
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from imagen_pipeline.errors import (
     PermanentBackendError,
     TransientBackendError,
 )
+from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fakes.replicate_server import (
     DROP_AFTER_CREATE,
     DROP_BEFORE_CREATE,
@@ -101,12 +101,6 @@ def create_body(fake: FakeReplicate, index: int = 0) -> dict[str, Any]:
 
 def listings(fake: FakeReplicate) -> list[Received]:
     return [item for item in fake.requests("GET") if item.path == "/v1/predictions"]
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def assert_no_token(*texts: str) -> None:

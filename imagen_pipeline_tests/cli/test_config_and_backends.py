@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,14 +11,9 @@ from click.testing import CliRunner
 
 from imagen_pipeline.cli.main import cli
 from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
+from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fakes.openai_server import running_fake_openai
 from imagen_pipeline_tests.fakes.replicate_server import running_fake_replicate
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_sample_validates_and_is_commented(tmp_path: Path) -> None:

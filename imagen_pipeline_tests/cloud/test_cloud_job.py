@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResourc
 from imagen_pipeline.defs.run_errors import run_step_failure
 from imagen_pipeline.defs.sensors import build_imagen_jobs_sensor
 from imagen_pipeline_tests.cloud.conftest import BUCKET, FALLBACK_OWNER, KEY, OWNER
+from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fakes.storage_server import DROP_AFTER_STORE, FakeStorage
 from imagen_pipeline_tests.fixtures.imagen import step_failure_text
 
@@ -59,12 +59,6 @@ def sql(url: str, statement: str, params: Any = None) -> list[dict[str, Any]]:
 def backend_calls(tmp_path: Path) -> int:
     log = tmp_path / "calls.jsonl"
     return len(log.read_text().splitlines()) if log.exists() else 0
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def image_uploads(storage: FakeStorage) -> list[str]:

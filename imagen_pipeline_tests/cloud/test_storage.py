@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 
 import httpx
 import pytest
@@ -13,6 +12,7 @@ from imagen_pipeline.cloud.storage import SupabaseStorage
 from imagen_pipeline.config.models import CloudConfig
 from imagen_pipeline.errors import ConfigError, MissingCredentialError
 from imagen_pipeline_tests.cloud.conftest import BUCKET, KEY
+from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fakes.storage_server import (
     ACCESS_DENIED,
     DROP_AFTER_STORE,
@@ -25,12 +25,6 @@ DATA = bytes(range(256)) * 64
 
 def client(fake: FakeStorage, key: str = KEY) -> SupabaseStorage:
     return SupabaseStorage(fake.url, key, "SUPABASE_SERVICE_ROLE_KEY", timeout_s=5)
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def failure(action: object) -> CloudSyncError:
