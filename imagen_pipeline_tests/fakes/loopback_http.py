@@ -26,6 +26,23 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def send(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    payload: bytes,
+    content_type: str,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Answer with ``payload`` (Content-Type and Content-Length set) plus ``headers``."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(payload)))
+    for key, value in (headers or {}).items():
+        handler.send_header(key, value)
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
 @dataclass(frozen=True)
 class Received:
     """One request as a fake received it (path unquoted, header names lower-cased)."""

@@ -30,7 +30,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from imagen_pipeline_tests.fakes.loopback_http import Received, Reply, serving
+from imagen_pipeline_tests.fakes.loopback_http import Received, Reply, send, serving
 
 BLOCKED_WORD = "forbidden-subject"
 """A prompt containing this is refused by the fake's safety system."""
@@ -360,15 +360,13 @@ class FakeOpenAI:
             payload, content_type = body.encode(), "text/html; charset=utf-8"
         else:
             payload, content_type = json.dumps(body).encode(), "application/json"
-        handler.send_response(status)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(payload)))
-        handler.send_header("x-request-id", request_id)
-        handler.send_header("openai-processing-ms", "42")
-        for key, value in (headers or {}).items():
-            handler.send_header(key, value)
-        handler.end_headers()
-        handler.wfile.write(payload)
+        send(
+            handler,
+            status,
+            payload,
+            content_type,
+            {"x-request-id": request_id, "openai-processing-ms": "42", **(headers or {})},
+        )
 
 
 @contextmanager

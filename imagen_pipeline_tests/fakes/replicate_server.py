@@ -31,7 +31,7 @@ from urllib.parse import urlencode, urlsplit
 
 from PIL import Image, ImageDraw
 
-from imagen_pipeline_tests.fakes.loopback_http import Received, Reply, serving
+from imagen_pipeline_tests.fakes.loopback_http import Received, Reply, send, serving
 
 FLUX_RATIOS: dict[str, tuple[int, int]] = {
     "1:1": (1024, 1024),
@@ -678,13 +678,7 @@ class FakeReplicate:
         else:
             payload = json.dumps(body).encode()
             content_type = "application/problem+json" if status >= 400 else "application/json"
-        handler.send_response(status)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(payload)))
-        for key, value in (headers or {}).items():
-            handler.send_header(key, value)
-        handler.end_headers()
-        handler.wfile.write(payload)
+        send(handler, status, payload, content_type, headers)
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from imagen_pipeline_tests.fakes.loopback_http import Received, Reply, serving
+from imagen_pipeline_tests.fakes.loopback_http import Received, Reply, send, serving
 
 PREFIX = "/storage/v1"
 
@@ -366,12 +366,9 @@ class FakeStorage:
             self._send_bytes(handler, stored)
 
     def _send_bytes(self, handler: BaseHTTPRequestHandler, stored: StoredObject) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", stored.content_type)
-        handler.send_header("Cache-Control", stored.cache_control)
-        handler.send_header("Content-Length", str(len(stored.data)))
-        handler.end_headers()
-        handler.wfile.write(stored.data)
+        send(
+            handler, 200, stored.data, stored.content_type, {"Cache-Control": stored.cache_control}
+        )
 
     @staticmethod
     def _send(handler: BaseHTTPRequestHandler, status: int, body: dict[str, Any] | str) -> None:
@@ -379,11 +376,7 @@ class FakeStorage:
             payload, content_type = body.encode(), "text/html; charset=utf-8"
         else:
             payload, content_type = json.dumps(body).encode(), "application/json; charset=utf-8"
-        handler.send_response(status)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(payload)))
-        handler.end_headers()
-        handler.wfile.write(payload)
+        send(handler, status, payload, content_type)
 
 
 @contextmanager
