@@ -229,10 +229,10 @@ class Stack:
             ).fetchall()
         return [row[0] for row in rows]
 
-    def phases(self, rows: dict[int, dict[str, Any]]) -> dict[str, float]:
-        """Median time per phase: insert -> run created -> run started -> run ended -> done."""
+    def spans(self, rows: dict[int, dict[str, Any]]) -> dict[int, dict[str, float]]:
+        """Per row: insert -> run created (pickup) -> run started -> run ended (run)."""
         os.environ.update({k: self.env[k] for k in ("DAGSTER_HOME", "DAGSTER_PG_URL")})
-        spans: dict[str, list[float]] = {"pickup": [], "queue_and_launch": [], "run": []}
+        spans = {}
         with dg.DagsterInstance.get() as instance:
             for row in rows.values():
                 [record] = instance.get_run_records(
@@ -240,10 +240,19 @@ class Stack:
                 )
                 assert record.start_time is not None and record.end_time is not None
                 created = record.create_timestamp.timestamp()
-                spans["pickup"].append(created - float(row["created"]))
-                spans["queue_and_launch"].append(record.start_time - created)
-                spans["run"].append(record.end_time - record.start_time)
-        return {name: round(statistics.median(values), 2) for name, values in spans.items()}
+                spans[row["id"]] = {
+                    "pickup": round(created - float(row["created"]), 2),
+                    "queue_and_launch": round(record.start_time - created, 2),
+                    "run": round(record.end_time - record.start_time, 2),
+                }
+        return spans
+
+    def phases(self, rows: dict[int, dict[str, Any]]) -> dict[str, float]:
+        """Median time per phase over ``rows`` (see :meth:`spans`)."""
+        spans = list(self.spans(rows).values())
+        return {
+            name: round(statistics.median(span[name] for span in spans), 2) for name in spans[0]
+        }
 
     def wait_done(self, ids: list[int], timeout_s: float) -> dict[int, dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
@@ -320,6 +329,7 @@ def bench_serial(stack: Stack, count: int, latency_s: float) -> dict[str, Any]:
     ]
     ideal = count * latency_s
     first_call = min(datetime.fromisoformat(c["at"]).timestamp() for c in calls)
+    first_row = rows[min(rows)]
     return {
         "jobs": count,
         "latency_s": latency_s,
@@ -328,6 +338,8 @@ def bench_serial(stack: Stack, count: int, latency_s: float) -> dict[str, Any]:
         "ideal_s": ideal,
         "ratio": round((finished - started) / ideal, 3),
         "first_call_to_last_done_s": round(finished - first_call, 1),
+        "insert_to_first_call_s": round(first_call - float(first_row["created"]), 2),
+        "first_job_phases_s": stack.spans({first_row["id"]: first_row})[first_row["id"]],
     }
 
 

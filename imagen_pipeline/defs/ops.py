@@ -193,6 +193,10 @@ def generate_image_for(
         raise _failure(error, label) from None
     except Exception as error:
         raise _failure(f"unexpected {type(error).__name__}: {error}", label) from error
+    except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
+        # Dagster retries an interrupted step that has a retry policy, so a terminated run
+        # would start the generation again; an interrupt is a request to stop.
+        raise _failure("interrupted (the run was terminated); not retried", label) from None
     meta = generated.metadata
     context.log.info(
         f"{label}{meta.model}, seed {meta.seed}, {generated.width}x{generated.height}, "

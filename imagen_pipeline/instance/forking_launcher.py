@@ -25,6 +25,7 @@ Configure it in ``dagster.yaml`` (scripts/dagster.postgres.yaml)::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ import psutil
 
 # A run launcher is configured by class in dagster.yaml; Dagster exports neither the base
 # class nor the types it is called with at the top level (dagster is pinned to one version).
+from dagster._core.instance import DagsterInstance, InstanceRef
 from dagster._core.launcher import (
     CheckRunHealthResult,
     LaunchRunContext,
@@ -56,6 +58,7 @@ from dagster._utils import get_run_crash_explanation
 PID_TAG = "imagen/worker_pid"
 PID_CREATED_TAG = "imagen/worker_created"
 HOST_TAG = "imagen/worker_host"
+FORKSERVER_MODULE = "imagen_pipeline.instance.forkserver"
 DEFAULT_START_TIMEOUT_S = 180
 FORK_TIMEOUT_S = 30
 
@@ -68,21 +71,67 @@ class ForkserverError(Exception):
 
 @dataclass
 class Forkserver:
-    """One running forkserver process and the launches waiting for its answers."""
+    """One running forkserver process, the launches waiting for it, and its reader thread."""
 
     process: subprocess.Popen[str]
-    key: tuple[str, str]
+    key: tuple[str, ...]
+    instance_ref: InstanceRef
     lock: threading.Lock = field(default_factory=threading.Lock)
     ready: threading.Event = field(default_factory=threading.Event)
     failure: str | None = None
     started: dict[str, int] = field(default_factory=dict)
     waiting: dict[str, threading.Event] = field(default_factory=dict)
+    instance: DagsterInstance | None = None
+
+    @classmethod
+    def start(
+        cls, origin: JobPythonOrigin, key: tuple[str, ...], instance_ref: InstanceRef
+    ) -> Forkserver:
+        """Start a forkserver for ``origin``'s code location and its reader thread."""
+        pointer = origin.repository_origin.code_pointer
+        working_directory = getattr(pointer, "working_directory", None) or str(Path.cwd())
+        process = subprocess.Popen(
+            [origin.executable_path or sys.executable, "-m", FORKSERVER_MODULE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=working_directory,
+            text=True,
+            bufsize=1,
+        )
+        forkserver = cls(process=process, key=key, instance_ref=instance_ref)
+        init = {
+            "instance_ref": serialize_value(instance_ref),
+            "job_origin": serialize_value(origin),
+        }
+        forkserver.stdin.write(json.dumps(init) + "\n")
+        forkserver.stdin.flush()
+        threading.Thread(
+            target=forkserver.read_answers, name=f"forkserver-{process.pid}", daemon=True
+        ).start()
+        logger.info("started forkserver %s in %s", process.pid, working_directory)
+        return forkserver
 
     @property
     def stdin(self) -> IO[str]:
         """The forkserver's command stream."""
         assert self.process.stdin is not None
         return self.process.stdin
+
+    @property
+    def usable(self) -> bool:
+        """Still running and not failed to load the code."""
+        return self.process.poll() is None and self.failure is None
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until the code location is loaded; raise if it is not."""
+        if not self.ready.wait(timeout_s):
+            self.close()
+            raise ForkserverError(
+                f"forkserver {self.process.pid} did not load the code location within "
+                f"{timeout_s:.0f}s"
+            )
+        if self.failure is not None:
+            raise ForkserverError(f"forkserver could not load the code location:\n{self.failure}")
 
     def request(self, run_id: str, timeout_s: float) -> int:
         """Ask for a worker for ``run_id``; returns its pid."""
@@ -105,6 +154,87 @@ class Forkserver:
         """Stop it forking; it exits once its workers have."""
         with contextlib.suppress(OSError):
             self.stdin.close()
+
+    def read_answers(self) -> None:
+        """Handle the forkserver's messages until it exits."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            message = json.loads(line)
+            event = message["event"]
+            if event == "ready":
+                self.ready.set()
+            elif event == "failed":
+                self.failure = message["message"]
+                self.ready.set()
+            elif event == "started":
+                self.started[message["run_id"]] = message["pid"]
+                self.waiting.pop(message["run_id"], threading.Event()).set()
+            elif event == "exited":
+                self.worker_exited(message["run_id"], message["exit_code"])
+        if self.failure is None and not self.ready.is_set():
+            self.failure = f"forkserver exited with code {self.process.wait()}"
+        self.ready.set()
+        for done in self.waiting.values():
+            done.set()
+        if self.instance is not None:
+            self.instance.dispose()
+
+    def worker_exited(self, run_id: str, exit_code: int) -> None:
+        """Fail the run if its worker exited without finishing it (as the code server does)."""
+        try:
+            if self.instance is None:
+                self.instance = DagsterInstance.from_ref(self.instance_ref)
+            run = self.instance.get_run_by_id(run_id)
+            if run is None or run.is_finished:
+                return
+            message = get_run_crash_explanation(
+                prefix=f"Run execution process for {run_id}", exit_code=exit_code
+            )
+            self.instance.report_engine_event(message, run, cls=ForkingRunLauncher)
+            self.instance.report_run_failed(run)
+        except Exception:
+            logger.exception("could not check run %s after its worker exited", run_id)
+
+
+class ForkserverPool:
+    """The forkservers of this process, one per code location (shared by all launchers).
+
+    Dagster builds more than one instance, and so more than one launcher, in a daemon; they
+    all use the same warm processes.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.forkservers: dict[str, Forkserver] = {}
+
+    def get(
+        self,
+        origin: JobPythonOrigin,
+        generation: str,
+        instance_ref: InstanceRef,
+        timeout_s: float,
+    ) -> Forkserver:
+        """The ready forkserver for this code location generation, started if needed.
+
+        A forkserver is replaced when the code server generation, the instance or this
+        process's environment (which its workers inherit) has changed since it started.
+        """
+        location_key = serialize_value(origin.repository_origin)
+        environment = hashlib.sha256(repr(sorted(os.environ.items())).encode()).hexdigest()
+        key = (location_key, generation, serialize_value(instance_ref), environment)
+        with self.lock:
+            current = self.forkservers.get(location_key)
+            if current is not None and (current.key != key or not current.usable):
+                current.close()
+                current = None
+            if current is None:
+                current = Forkserver.start(origin, key, instance_ref)
+                self.forkservers[location_key] = current
+        current.wait_ready(timeout_s)
+        return current
+
+
+FORKSERVERS = ForkserverPool()
 
 
 def process_created(pid: int) -> float | None:
@@ -132,8 +262,6 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
     ) -> None:
         self._inst_data = inst_data
         self.start_timeout_s = start_timeout_seconds
-        self._lock = threading.Lock()
-        self._forkservers: dict[str, Forkserver] = {}
         super().__init__()
 
     @property
@@ -175,7 +303,9 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
             )
             location = context.workspace.get_code_location(location_name)
             generation = str(getattr(location, "server_id", "") or "")
-        forkserver = self._forkserver_for(origin, generation)
+        forkserver = FORKSERVERS.get(
+            origin, generation, self._instance.get_ref(), self.start_timeout_s
+        )
         pid = forkserver.request(run.run_id, FORK_TIMEOUT_S)
         created = process_created(pid)
         self._instance.add_run_tags(
@@ -223,14 +353,6 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
             )
         return CheckRunHealthResult(WorkerStatus.RUNNING)
 
-    def dispose(self) -> None:
-        """Close every forkserver; running workers finish on their own."""
-        with self._lock:
-            forkservers = list(self._forkservers.values())
-            self._forkservers.clear()
-        for forkserver in forkservers:
-            forkserver.close()
-
     def _live_worker_pid(self, run: dg.DagsterRun) -> int | None:
         """The run's worker pid if that very process (same creation time) still lives."""
         try:
@@ -242,92 +364,3 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         if actual is None or abs(actual - created) > 1.0:
             return None
         return pid
-
-    def _forkserver_for(self, origin: JobPythonOrigin, generation: str) -> Forkserver:
-        """The ready forkserver for this code location generation, started if needed."""
-        location_key = serialize_value(origin.repository_origin)
-        key = (location_key, generation)
-        with self._lock:
-            current = self._forkservers.get(location_key)
-            if current is not None and (
-                current.key != key or current.process.poll() is not None or current.failure
-            ):
-                current.close()
-                current = None
-            if current is None:
-                current = self._start_forkserver(origin, key)
-                self._forkservers[location_key] = current
-        if not current.ready.wait(self.start_timeout_s):
-            current.close()
-            raise ForkserverError(
-                f"forkserver {current.process.pid} did not load the code location within "
-                f"{self.start_timeout_s}s"
-            )
-        if current.failure is not None:
-            raise ForkserverError(
-                f"forkserver could not load the code location:\n{current.failure}"
-            )
-        return current
-
-    def _start_forkserver(self, origin: JobPythonOrigin, key: tuple[str, str]) -> Forkserver:
-        """Start a forkserver for ``origin``'s code location and its reader thread."""
-        loadable = origin.repository_origin.code_pointer
-        working_directory = getattr(loadable, "working_directory", None) or str(Path.cwd())
-        process = subprocess.Popen(
-            [origin.executable_path or sys.executable, "-m", "imagen_pipeline.instance.forkserver"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=working_directory,
-            text=True,
-            bufsize=1,
-        )
-        forkserver = Forkserver(process=process, key=key)
-        init = {
-            "instance_ref": serialize_value(self._instance.get_ref()),
-            "job_origin": serialize_value(origin),
-        }
-        forkserver.stdin.write(json.dumps(init) + "\n")
-        forkserver.stdin.flush()
-        threading.Thread(
-            target=self._read_answers,
-            args=(forkserver,),
-            name=f"forkserver-{process.pid}",
-            daemon=True,
-        ).start()
-        logger.info("started forkserver %s in %s", process.pid, working_directory)
-        return forkserver
-
-    def _read_answers(self, forkserver: Forkserver) -> None:
-        """Handle a forkserver's messages until it exits."""
-        assert forkserver.process.stdout is not None
-        for line in forkserver.process.stdout:
-            message = json.loads(line)
-            event = message["event"]
-            if event == "ready":
-                forkserver.ready.set()
-            elif event == "failed":
-                forkserver.failure = message["message"]
-                forkserver.ready.set()
-            elif event == "started":
-                forkserver.started[message["run_id"]] = message["pid"]
-                forkserver.waiting.pop(message["run_id"], threading.Event()).set()
-            elif event == "exited":
-                self._worker_exited(message["run_id"], message["exit_code"])
-        if forkserver.failure is None and not forkserver.ready.is_set():
-            forkserver.failure = f"forkserver exited with code {forkserver.process.wait()}"
-        forkserver.ready.set()
-        for done in forkserver.waiting.values():
-            done.set()
-
-    def _worker_exited(self, run_id: str, exit_code: int) -> None:
-        """Fail the run if its worker exited without finishing it (as the code server does)."""
-        if not self.has_instance:
-            return
-        run = self._instance.get_run_by_id(run_id)
-        if run is None or run.is_finished:
-            return
-        message = get_run_crash_explanation(
-            prefix=f"Run execution process for {run_id}", exit_code=exit_code
-        )
-        self._instance.report_engine_event(message, run, cls=self.__class__)
-        self._instance.report_run_failed(run)

@@ -1,0 +1,14 @@
+"""A reconstructable ``generate_image`` for tests that launch runs in other processes.
+
+Dagster re-imports it from its file path in the run worker, so it imports nothing from the
+test package.
+"""
+
+import dagster as dg
+
+from imagen_pipeline.defs.jobs import build_generate_image_job
+
+
+def generate_image_job() -> dg.JobDefinition:
+    """The deployed job without retry backoff."""
+    return build_generate_image_job(retry_delay_s=0)
