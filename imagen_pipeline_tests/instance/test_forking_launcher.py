@@ -165,7 +165,7 @@ def test_terminate_from_another_process_cancels_the_running_worker(
     run = wait_for_status(instance, run_id, {dg.DagsterRunStatus.STARTED})
     process = worker(run)
     assert process.ppid() in forkserver_pids()
-    assert instance.run_launcher.check_run_worker_health(run).status .name == "RUNNING"
+    assert instance.run_launcher.check_run_worker_health(run).status.name == "RUNNING"
 
     # As the webserver or the jobs sensor would: another process, the same instance.
     terminate = (
@@ -201,7 +201,7 @@ def test_a_killed_worker_fails_its_run_at_once(
     failed = wait_for_status(instance, run_id, {dg.DagsterRunStatus.FAILURE}, timeout_s=15)
     assert any("was terminated by signal 9" in m for m in engine_messages(instance, run_id))
     health = instance.run_launcher.check_run_worker_health(failed)
-    assert health.status .name == "FAILED"
+    assert health.status.name == "FAILED"
     assert run.tags[PID_TAG] in health.msg
 
 
