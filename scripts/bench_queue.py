@@ -183,13 +183,14 @@ class Stack:
 
     def start(self) -> None:
         workspace = str(REPO_ROOT / "workspace.yaml")
-        # As docs/deployment.md says for a new instance: cloud generations run in parallel.
-        subprocess.run(
-            [str(BIN / "dagster"), "instance", "concurrency", "set", "imagen_cloud", "8"],
-            env=self.env,
-            check=True,
-            capture_output=True,
-        )
+        # As docs/deployment.md says for a new instance: explicit limits for both pools.
+        for pool, limit in (("imagen_gpu", "2"), ("imagen_cloud", "8")):
+            subprocess.run(
+                [str(BIN / "dagster"), "instance", "concurrency", "set", pool, limit],
+                env=self.env,
+                check=True,
+                capture_output=True,
+            )
         self.spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace])
         if self.fast_path:
             self.spawn(
