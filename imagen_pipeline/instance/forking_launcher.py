@@ -108,7 +108,6 @@ class Forkserver:
         threading.Thread(
             target=forkserver.read_answers, name=f"forkserver-{process.pid}", daemon=True
         ).start()
-        logger.info("started forkserver %s in %s", process.pid, working_directory)
         return forkserver
 
     @property
@@ -308,6 +307,11 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         )
         pid = forkserver.request(run.run_id, FORK_TIMEOUT_S)
         created = process_created(pid)
+        self._instance.report_engine_event(
+            f"Forked run worker (pid: {pid}) from forkserver (pid: {forkserver.process.pid}).",
+            run,
+            cls=self.__class__,
+        )
         self._instance.add_run_tags(
             run.run_id,
             {

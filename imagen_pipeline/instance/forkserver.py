@@ -24,10 +24,10 @@ import json
 import os
 import random
 import select
+import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
 from typing import IO, Any
 
 # Dagster has no public API for executing an existing run in this process; these are the
@@ -65,17 +65,15 @@ class LineReader:
         self.buffer = b""
         self.closed = False
 
-    def read_lines(self) -> Iterator[str]:
-        """Read what is available and yield every complete line; sets ``closed`` at EOF."""
+    def read_lines(self) -> list[str]:
+        """Read what is available and return every complete line; sets ``closed`` at EOF."""
         chunk = os.read(self.fd, 65536)
         if not chunk:
             self.closed = True
-            return
+            return []
         self.buffer += chunk
         *lines, self.buffer = self.buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                yield line.decode()
+        return [line.decode() for line in lines if line.strip()]
 
 
 def preload(instance_ref: InstanceRef, job_origin: JobPythonOrigin) -> None:
@@ -111,7 +109,7 @@ def fork_worker(run_id: str, instance_ref: InstanceRef, protocol_fd: int) -> int
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
-        gc.unfreeze()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         random.seed()
         exit_code = run_worker(run_id, instance_ref)
     except BaseException:
@@ -142,17 +140,17 @@ def serve(protocol_fd: int) -> None:
     """Read the init message, preload, then fork a worker per requested run until stdin closes."""
     protocol = ProtocolWriter(os.fdopen(protocol_fd, "w", buffering=1, closefd=False))
     commands = LineReader(sys.stdin.fileno())
-    init: dict[str, Any] | None = None
-    while init is None:
+    lines: list[str] = []
+    while not lines:
         select.select([commands.fd], [], [])
-        for line in commands.read_lines():
-            init = json.loads(line)
-            break
-        if commands.closed and init is None:
+        lines = commands.read_lines()
+        if commands.closed and not lines:
             return
+    init, *requests = lines
     try:
-        instance_ref = deserialize_value(init["instance_ref"], InstanceRef)
-        preload(instance_ref, deserialize_value(init["job_origin"], JobPythonOrigin))
+        settings = json.loads(init)
+        instance_ref = deserialize_value(settings["instance_ref"], InstanceRef)
+        preload(instance_ref, deserialize_value(settings["job_origin"], JobPythonOrigin))
         if threading.active_count() != 1:
             raise RuntimeError(
                 f"{threading.active_count()} threads after loading the code location; "
@@ -161,28 +159,32 @@ def serve(protocol_fd: int) -> None:
     except Exception:
         protocol.send("failed", message=traceback.format_exc(limit=20))
         return
+    # Objects that exist now live as long as the process: keep the collector away from
+    # them, so workers do not copy the pages they are on.
     gc.freeze()
     protocol.send("ready", pid=os.getpid())
     workers: dict[int, str] = {}
-    while not commands.closed or workers:
-        if commands.closed:
-            readable: list[int] = []
-            select.select([], [], [], POLL_INTERVAL_S)
-        else:
-            readable, _, _ = select.select([commands.fd], [], [], POLL_INTERVAL_S)
-        if readable:
-            for line in commands.read_lines():
-                run_id = json.loads(line)["run_id"]
-                pid = fork_worker(run_id, instance_ref, protocol_fd)
-                workers[pid] = run_id
-                protocol.send("started", run_id=run_id, pid=pid)
+    while True:
+        for line in requests:
+            run_id = json.loads(line)["run_id"]
+            pid = fork_worker(run_id, instance_ref, protocol_fd)
+            workers[pid] = run_id
+            protocol.send("started", run_id=run_id, pid=pid)
         reap(workers, protocol)
+        if commands.closed and not workers:
+            return
+        watched = [] if commands.closed else [commands.fd]
+        readable, _, _ = select.select(watched, [], [], POLL_INTERVAL_S)
+        requests = commands.read_lines() if readable else []
 
 
 def main() -> None:
     """Entry point: keep the original stdout for the protocol, send all output to stderr."""
     protocol_fd = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    # Ctrl-C in a terminal reaches the whole process group; the workers handle it, and this
+    # process goes on reaping them until the launcher closes stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     serve(protocol_fd)
 
 

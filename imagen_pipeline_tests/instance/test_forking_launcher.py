@@ -146,14 +146,18 @@ def test_runs_execute_in_forks_of_one_warm_forkserver(
 
     pids = {int(run.tags[PID_TAG]) for run in runs}
     assert len(pids) == 3
-    for run in runs:
-        # The run reports the process it executed in; it is the fork the launcher recorded.
-        assert f"Started process for run (pid: {run.tags[PID_TAG]})." in engine_messages(
-            instance, run.run_id
-        )
     [forkserver] = forkserver_pids() - earlier_forkservers
     assert psutil.Process(forkserver).is_running()
-    assert forkserver not in pids
+    for run in runs:
+        pid = run.tags[PID_TAG]
+        messages = engine_messages(instance, run.run_id)
+        forked = (
+            f"[ForkingRunLauncher] Forked run worker (pid: {pid}) "
+            f"from forkserver (pid: {forkserver})."
+        )
+        assert forked in messages
+        # The run reports the process it executed in: the fork the launcher recorded.
+        assert f"Started process for run (pid: {pid})." in messages
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
 
 
