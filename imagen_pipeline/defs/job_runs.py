@@ -6,10 +6,12 @@ from __future__ import annotations
 import dagster as dg
 
 from imagen_pipeline.defs.ops import (
+    POOLS,
     TAG_BACKEND,
     TAG_JOB_ATTEMPT,
     TAG_JOB_ID,
     TAG_OWNER,
+    TAG_POOL,
     TAG_STYLE,
     GenerateImageConfig,
 )
@@ -31,6 +33,7 @@ def run_tags_for(row: JobRow, plan: GenerationPlan) -> dict[str, str]:
         TAG_JOB_ATTEMPT: str(row.attempts),
         TAG_BACKEND: plan.backend,
         TAG_STYLE: plan.request.style,
+        TAG_POOL: POOLS[plan.pool],
         TAG_SOURCE: "imagen.jobs",
     }
     if row.owner_user_id:

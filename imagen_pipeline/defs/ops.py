@@ -39,6 +39,8 @@ TAG_STYLE = "imagen/style"
 TAG_JOB_ID = "imagen/job_id"
 TAG_JOB_ATTEMPT = "imagen/job_attempt"
 TAG_OWNER = "imagen/owner"
+# The Dagster pool of the run's generate step; the run queue limits GPU runs by it.
+TAG_POOL = "imagen/pool"
 
 
 class GenerateImageConfig(dg.Config):
@@ -129,7 +131,7 @@ def enrich_prompt(
     except ImagenError as error:
         raise _failure(error) from None
     _own_job(context, plan, imagen_db)
-    tags = {TAG_BACKEND: plan.backend, TAG_STYLE: plan.request.style}
+    tags = {TAG_BACKEND: plan.backend, TAG_STYLE: plan.request.style, TAG_POOL: POOLS[plan.pool]}
     if plan.spec.job_id is not None:
         tags[TAG_JOB_ID] = str(plan.spec.job_id)
     new_tags = {key: value for key, value in tags.items() if context.run.tags.get(key) != value}

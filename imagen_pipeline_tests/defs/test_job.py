@@ -74,6 +74,7 @@ def test_only_prompt_needed_image_sidecar_chunks_and_lineage(
     tags = dagster_instance.get_run_by_id(result.run_id).tags
     assert tags["imagen/backend"] == "mock"
     assert tags["imagen/style"] == "watercolor"
+    assert tags["imagen/pool"] == "imagen_cloud"
 
 
 def test_transient_failures_are_retried_into_one_image(

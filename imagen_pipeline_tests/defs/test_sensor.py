@@ -97,6 +97,7 @@ def test_pending_rows_become_one_run_request_each(migrated_database_url: str, ti
         "imagen/job_attempt": "1",
         "imagen/backend": "mock",
         "imagen/style": "watercolor",
+        "imagen/pool": "imagen_cloud",
         "imagen/source": "imagen.jobs",
         "imagen/owner": OWNER,
     }
