@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -287,7 +288,13 @@ def check_all_done(rows: dict[int, dict[str, Any]]) -> None:
 
 
 def bench_sequential(stack: Stack, count: int) -> dict[str, Any]:
-    """Insert one job at a time and wait for it: insert -> done latency."""
+    """Insert one job at a time and wait for it: insert -> done latency.
+
+    Jobs arrive after a random pause: with a fixed one, the insert-to-done cycle locks in
+    phase with the daemon's 1 s run queue loop and the median moves by up to a second
+    from one run of the script to the next.
+    """
+    pauses = random.Random(0)
     latencies, all_rows = [], {}
     for _ in range(count):
         rows = stack.wait_done(stack.insert(1), 120)
@@ -295,7 +302,7 @@ def bench_sequential(stack: Stack, count: int) -> dict[str, Any]:
         all_rows.update(rows)
         (row,) = rows.values()
         latencies.append(float(row["finished"] - row["created"]))
-        time.sleep(0.3)
+        time.sleep(pauses.uniform(0.3, 1.3))
     return {
         "jobs": len(latencies),
         "p50_s": round(statistics.median(latencies), 2),

@@ -2,8 +2,8 @@
 
 Dagster's ``DefaultRunLauncher`` asks the code server to start each run, and the code server
 spawns a fresh interpreter that imports Dagster, the storage and the code location before
-the first op runs: about 1.5 CPU-seconds per run, which on a two-core host caps the queue
-near 25 runs a minute (docs/benchmarks.md). ``ForkingRunLauncher`` keeps one warm
+the first op runs: about three quarters of a run's CPU, which on a two-core host held the
+queue at 23 to 40 runs a minute (docs/benchmarks.md). ``ForkingRunLauncher`` keeps one warm
 :mod:`~imagen_pipeline.instance.forkserver` per code location (per code server
 generation, so a reloaded location gets a fresh one) and forks a worker per run from it.
 The run itself is unchanged: created, queued and shown exactly as before, executed by the
@@ -44,7 +44,7 @@ import psutil
 
 # A run launcher is configured by class in dagster.yaml; Dagster exports neither the base
 # class nor the types it is called with at the top level (dagster is pinned to one version).
-from dagster._core.instance import DagsterInstance, InstanceRef
+from dagster._core.instance import InstanceRef
 from dagster._core.launcher import (
     CheckRunHealthResult,
     LaunchRunContext,
@@ -81,7 +81,7 @@ class Forkserver:
     failure: str | None = None
     started: dict[str, int] = field(default_factory=dict)
     waiting: dict[str, threading.Event] = field(default_factory=dict)
-    instance: DagsterInstance | None = None
+    instance: dg.DagsterInstance | None = None
 
     @classmethod
     def start(
@@ -182,7 +182,7 @@ class Forkserver:
         """Fail the run if its worker exited without finishing it (as the code server does)."""
         try:
             if self.instance is None:
-                self.instance = DagsterInstance.from_ref(self.instance_ref)
+                self.instance = dg.DagsterInstance.from_ref(self.instance_ref)
             run = self.instance.get_run_by_id(run_id)
             if run is None or run.is_finished:
                 return

@@ -30,10 +30,12 @@ import threading
 import traceback
 from typing import IO, Any
 
+import dagster as dg
+
 # Dagster has no public API for executing an existing run in this process; these are the
 # functions `dagster api execute_run` itself calls (dagster is pinned to one version).
 from dagster._cli.api import _execute_run_command_body
-from dagster._core.instance import DagsterInstance, InstanceRef
+from dagster._core.instance import InstanceRef
 from dagster._core.origin import JobPythonOrigin
 from dagster._serdes import deserialize_value
 from dagster._utils.hosted_user_process import recon_job_from_origin
@@ -92,7 +94,7 @@ def preload(instance_ref: InstanceRef, job_origin: JobPythonOrigin) -> None:
 
 def run_worker(run_id: str, instance_ref: InstanceRef) -> int:
     """Execute ``run_id`` in this (forked) process as ``dagster api execute_run`` would."""
-    with capture_interrupts(), DagsterInstance.from_ref(instance_ref) as instance:
+    with capture_interrupts(), dg.DagsterInstance.from_ref(instance_ref) as instance:
         return _execute_run_command_body(
             run_id, instance, lambda event: None, set_exit_code_on_failure=False
         )
