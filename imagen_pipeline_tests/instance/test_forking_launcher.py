@@ -25,10 +25,8 @@ from imagen_pipeline.instance.forking_launcher import (
     ForkingRunLauncher,
     ForkserverError,
 )
-from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT, subprocess_env
+from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE, REPO_ROOT, subprocess_env
 from imagen_pipeline_tests.instance.launch_target import generate_image_job
-
-PRODUCTION_INSTANCE = REPO_ROOT / "scripts" / "dagster.postgres.yaml"
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ import pytest
 import yaml
 
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT
-
-PRODUCTION_INSTANCE = REPO_ROOT / "scripts" / "dagster.postgres.yaml"
+from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE
 
 
 def write_instance(home: Path, stock: bool) -> None:
