@@ -150,7 +150,7 @@ def test_canceling_a_running_job_terminates_its_run(daemon_stack: DaemonStack) -
 def test_a_killed_run_worker_is_noticed_and_the_job_still_ends_with_one_image(
     daemon_stack: DaemonStack,
 ) -> None:
-    """Dagster's default launcher cannot see a dead worker; the sensor notices the silence."""
+    """The launcher that forked the worker sees it die; the run is retried into one image."""
     daemon_stack.env["IMAGEN_RUN_STALLED_AFTER_S"] = "8"
     daemon_stack.start()
     job_id = daemon_stack.insert_job("a steady tortoise", backend="steady", width=64, height=64)
@@ -166,3 +166,23 @@ def test_a_killed_run_worker_is_noticed_and_the_job_still_ends_with_one_image(
     [images] = images_by_job(daemon_stack).values()
     assert len(images) == 1 and images[0]["run_id"] == rows[job_id]["run_id"]
     assert len(list(daemon_stack.output_dir.glob("*.png"))) == 1
+
+
+def test_a_batch_of_gpu_jobs_leaves_run_slots_for_cloud_jobs(daemon_stack: DaemonStack) -> None:
+    gpu_jobs = [
+        daemon_stack.insert_job(f"a slow heron {i}", backend="gpu_slow", width=64, height=64)
+        for i in range(7)
+    ]
+    cloud_job = daemon_stack.insert_job("a quick swift", width=64, height=64)
+    daemon_stack.start()
+    rows = daemon_stack.wait_for(lambda rows: rows[cloud_job]["status"] == "done", 120)
+
+    # Seven GPU runs would fill all six run slots; three may be in flight, so the cloud
+    # job ran beside them while the GPU jobs still wait.
+    with dg.DagsterInstance.from_config(str(daemon_stack.home)) as instance:
+        gpu_runs = instance.get_run_records(
+            filters=dg.RunsFilter(tags={"imagen/pool": "imagen_gpu"})
+        )
+    started = [r for r in gpu_runs if r.dagster_run.status != dg.DagsterRunStatus.QUEUED]
+    assert len(started) == 3, [r.dagster_run.status for r in gpu_runs]
+    assert all(rows[job_id]["status"] != "done" for job_id in gpu_jobs)
