@@ -1,27 +1,46 @@
 """Error types shared by every layer.
 
-Every error carries a message that is safe to show: it never contains a credential value.
-``transient`` tells the Dagster layer whether a retry can help.
+Every error carries a message that is safe to show to the operator: it never contains a
+credential value. ``transient`` tells the Dagster layer whether a retry can help.
+
+``public`` is what a web user who queued the job may read in ``imagen.jobs.error``: one
+sentence with no class names, no server paths and none of the server's configuration. Errors
+about the user's own request say what is wrong with it; errors the user cannot fix say what
+went wrong in general terms, and the full message stays in the Dagster run.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+SEE_THE_RUN = "the operators can see the details in the job's Dagster run"
 
 
 class ImagenError(Exception):
     """Base class for expected, user-facing errors."""
 
     transient: bool = False
+    public_summary: ClassVar[str | None] = None
+    """What a web user is told; None: the message itself is safe to show."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, public: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self._public = public
 
     def __str__(self) -> str:
         return self.message
 
+    @property
+    def public(self) -> str:
+        """The error as a web user may read it (see the module docstring)."""
+        return self._public or self.public_summary or self.message
+
 
 class ConfigError(ImagenError):
     """`imagen.yaml` is missing a value, has a wrong one, or names something unknown."""
+
+    public_summary = f"the server is not set up for this request; {SEE_THE_RUN}"
 
 
 class MissingCredentialError(ConfigError):
@@ -37,11 +56,16 @@ class MissingCredentialError(ConfigError):
 
 
 class InvalidRequestError(ImagenError):
-    """A generation request has a field outside its allowed values."""
+    """A generation request has a field outside its allowed values.
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+    The message names the field and what is allowed; ``detail`` is extra context for the
+    operator only (such as where the server's config lives), left out of ``public``.
+    """
+
+    def __init__(self, field: str, message: str, *, detail: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" + (f" ({detail})" if detail else ""))
         self.field = field
+        self._public = f"{field}: {message}"
 
 
 class BackendError(ImagenError):
@@ -52,6 +76,10 @@ class TransientBackendError(BackendError):
     """The backend failed in a way a later attempt may not (timeouts, 429, 5xx, restarts)."""
 
     transient = True
+    public_summary = (
+        "the image backend did not answer or was overloaded, even after retries; "
+        "retry the job later"
+    )
 
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
@@ -59,8 +87,16 @@ class TransientBackendError(BackendError):
 
 
 class PermanentBackendError(BackendError):
-    """The backend rejected the request; retrying the same request cannot succeed."""
+    """The backend rejected the request; retrying the same request cannot succeed.
+
+    Pass ``public`` when the rejection is about the request itself (content policy, an
+    option the model does not take), so the web user learns what to change.
+    """
+
+    public_summary = f"the image backend could not make this image; {SEE_THE_RUN}"
 
 
 class OutputError(ImagenError):
     """An image or sidecar could not be written where the config says."""
+
+    public_summary = f"the server could not save the image; {SEE_THE_RUN}"

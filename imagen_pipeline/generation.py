@@ -3,6 +3,11 @@
 The staged file lives in ``<output dir>/.imagen-staging/`` (same filesystem as the final
 image, so moving it is cheap) and is what the Dagster op hands to the next step: a path,
 never image bytes, so "re-execute from failure" reuses it without calling the backend.
+
+For a run of an ``imagen.jobs`` row, ``job-<id>.json`` beside it records the generation
+until the job is done, so a later run of the same job (a retried job, a row requeued after
+a lost run) re-uses the image instead of calling the backend again
+(:func:`imagen_pipeline.output.store.find_job_generation`).
 """
 
 from __future__ import annotations
@@ -50,6 +55,18 @@ def staging_dir(output_dir: Path) -> Path:
     return output_dir / STAGING_DIRNAME
 
 
+def job_record_path(output_dir: Path, job_id: int) -> Path:
+    """Where the generation of job ``job_id`` is recorded until the job is done."""
+    return staging_dir(output_dir) / f"job-{job_id}.json"
+
+
+def discard_job_record(generated: GeneratedImage) -> None:
+    """Forget the generation of a job that is done."""
+    if generated.plan.spec.job_id is not None:
+        output_dir = Path(generated.staged_path).parent.parent
+        job_record_path(output_dir, generated.plan.spec.job_id).unlink(missing_ok=True)
+
+
 def inspect_image(data: bytes) -> tuple[str, int, int]:
     """(Pillow format, width, height) of encoded image bytes; refuses non-images."""
     try:
@@ -85,7 +102,7 @@ def run_generation(
         )
     staged = staging_dir(output_dir) / f"{context.run_id}{EXTENSIONS[fmt]}"
     write_atomic(staged, result.image)
-    return GeneratedImage(
+    generated = GeneratedImage(
         plan=plan,
         staged_path=str(staged),
         mime_type=MIME_TYPES[fmt],
@@ -99,3 +116,8 @@ def run_generation(
         attempt=context.attempt,
         generated_at=datetime.now(UTC),
     )
+    if plan.spec.job_id is not None:
+        write_atomic(
+            job_record_path(output_dir, plan.spec.job_id), generated.model_dump_json().encode()
+        )
+    return generated

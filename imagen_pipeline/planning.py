@@ -6,6 +6,8 @@ bad field is rejected with the same message wherever it comes from.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +24,14 @@ MIN_SIZE, MAX_SIZE = 64, 4096
 MAX_STEPS = 200
 MAX_PROMPT_CHARS = 8000
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# backend_opts: the same rules as the database's imagen.valid_backend_opts() (migration
+# 20261202090000_imagen_jobs_client_rules.sql; imagen_pipeline_tests/db/test_job_rules.py
+# checks that both agree). Keys starting with "_" are refused everywhere: Dagster's
+# serializer reads keys such as "__class__" in run config as structure.
+MAX_OPTS_BYTES = 16384
+MAX_OPTS_DEPTH = 4
+MAX_OPTS_NUMBER = 2**53 - 1
+_OPTION_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX\u00d7]\s*(\d+)\s*$")
 
 
@@ -84,22 +94,91 @@ def _check_range(field: str, value: int | None, low: int, high: int, multiple: i
         raise InvalidRequestError(field, f"must be between {low} and {high}{step} (got {value})")
 
 
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    return "a number" if isinstance(value, int | float) else type(value).__name__
+
+
+def _opts_problem(value: object, path: str, level: int) -> str | None:
+    """Why ``value`` (at ``path``, nested ``level`` deep) breaks the backend_opts rules."""
+    if level > MAX_OPTS_DEPTH:
+        return f"{path}: nested more than {MAX_OPTS_DEPTH} levels deep"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not _OPTION_KEY.fullmatch(key):
+                return (
+                    f"{path}: key {key!r} is not allowed; keys are 1-100 letters, digits, "
+                    "'_', '.', ':' or '-' and do not start with '_'"
+                )
+            problem = _opts_problem(item, f"{path}.{key}", level + 1)
+            if problem:
+                return problem
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            problem = _opts_problem(item, f"{path}[{index}]", level + 1)
+            if problem:
+                return problem
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value) or abs(value) > MAX_OPTS_NUMBER:
+            return f"{path}: numbers must be between -{MAX_OPTS_NUMBER} and {MAX_OPTS_NUMBER}"
+    elif value is not None and not isinstance(value, str | bool):
+        return f"{path}: {type(value).__name__} is not a JSON value"
+    return None
+
+
+def check_backend_opts(value: object) -> None:
+    """Raise :class:`InvalidRequestError` unless ``value`` is a JSON object within the rules
+    the database also applies (size, nesting, key names, number range)."""
+    if not isinstance(value, dict):
+        raise InvalidRequestError(
+            "backend_opts", f"must be a JSON object (got {_json_type(value)})"
+        )
+    problem = _opts_problem(value, "backend_opts", 0)
+    if problem:
+        field, _, message = problem.partition(": ")
+        raise InvalidRequestError(field, message)
+    size = len(json.dumps(value, ensure_ascii=False).encode())
+    if size > MAX_OPTS_BYTES:
+        raise InvalidRequestError(
+            "backend_opts", f"must be at most {MAX_OPTS_BYTES} bytes as JSON (got {size})"
+        )
+
+
+def parse_backend_opts(text: str) -> dict[str, Any]:
+    """``backend_opts`` given as JSON text (a row's column, run config) as a checked mapping."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise InvalidRequestError("backend_opts", f"is not usable JSON ({error})") from None
+    check_backend_opts(value)
+    return value
+
+
 def validate_spec(spec: ImageSpec, config: LoadedConfig) -> None:
     """Raise :class:`InvalidRequestError` for the first field outside its allowed values."""
     _check_text("prompt", spec.prompt, required=True)
     _check_text("negative", spec.negative, required=False)
     get_style(spec.style)
     backend = spec.backend or config.config.default_backend
-    if backend not in config.backends:
+    configured = config.backends
+    if backend not in configured:
         raise InvalidRequestError(
             "backend",
-            f"{backend!r} is not configured in {config.source_label}; "
-            f"configured backends: {', '.join(sorted(config.backends))}",
+            f"{backend!r} is not a backend this server offers; leave it empty for the default",
+            detail=f"{config.source_label}; configured backends: {', '.join(sorted(configured))}",
         )
     _check_range("width", spec.width, MIN_SIZE, MAX_SIZE, multiple=8)
     _check_range("height", spec.height, MIN_SIZE, MAX_SIZE, multiple=8)
     _check_range("steps", spec.steps, 1, MAX_STEPS)
     _check_range("seed", spec.seed, 0, MAX_SEED)
+    check_backend_opts(spec.backend_opts)
 
 
 def plan_generation(spec: ImageSpec, config: LoadedConfig) -> GenerationPlan:

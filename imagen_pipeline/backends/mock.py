@@ -64,7 +64,8 @@ class MockBackend(ImageBackend):
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         self._log_call(request, context, seed)
         if self.fail_permanent:
-            raise PermanentBackendError(f"mock backend rejected the request: {self.fail_permanent}")
+            message = f"mock backend rejected the request: {self.fail_permanent}"
+            raise PermanentBackendError(message, public=message)
         if context.attempt < self.fail_transient_attempts:
             raise TransientBackendError(
                 f"mock backend simulated a transient failure (attempt {context.attempt + 1} "

@@ -507,7 +507,9 @@ class OpenAIImagesBackend(ImageBackend):
             body[name] = value
         problems.extend(combination_problems(body) if family == "gpt-image" else [])
         if problems:
-            raise PermanentBackendError("OpenAI images: " + "; ".join(problems))
+            raise PermanentBackendError(
+                "OpenAI images: " + "; ".join(problems), public="; ".join(problems)
+            )
         return PreparedRequest(family=family, body=body, requested_size=requested)
 
     def generate(self, request: GenerationRequest, context: GenerationContext) -> GenerationResult:
@@ -674,7 +676,8 @@ class OpenAIImagesBackend(ImageBackend):
             )
         if error.code in CONTENT_POLICY_CODES:
             return PermanentBackendError(
-                f"{label}: rejected by OpenAI's safety system: {message}{where}"
+                f"{label}: rejected by OpenAI's safety system: {message}{where}",
+                public=f"OpenAI's safety system rejected the request: {message}",
             )
         if status == 401:
             return PermanentBackendError(

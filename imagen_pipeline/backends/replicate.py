@@ -528,7 +528,10 @@ class ReplicateApi:
         if status == 404:
             return PermanentBackendError(f"Replicate {what}: not found (404): {detail}")
         if status == 422:
-            return PermanentBackendError(f"Replicate {what}: invalid request (422): {detail}")
+            return PermanentBackendError(
+                f"Replicate {what}: invalid request (422): {detail}",
+                public=f"the backend refused the request as invalid: {detail}",
+            )
         return PermanentBackendError(f"Replicate {what}: HTTP {status}: {detail}")
 
     def prediction_json(self, response: httpx.Response, what: str) -> dict[str, Any]:
@@ -694,7 +697,10 @@ class ReplicateApi:
         if status == "failed":
             lowered = message.lower()
             if any(marker in lowered for marker in CONTENT_POLICY_MARKERS):
-                raise PermanentBackendError(f"{label}: rejected by content policy: {message}")
+                raise PermanentBackendError(
+                    f"{label}: rejected by content policy: {message}",
+                    public=f"the backend's content policy rejected the request: {message}",
+                )
             if any(marker in lowered for marker in TRANSIENT_FAILURE_MARKERS):
                 raise TransientBackendError(f"{label}: {message}")
             raise PermanentBackendError(f"{label}: {message or 'no error message'}")

@@ -16,6 +16,7 @@ from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
 from imagen_pipeline.cli.instance import cli_instance
 from imagen_pipeline.config.loader import load_config
 from imagen_pipeline.defs.jobs import build_generate_image_job
+from imagen_pipeline.defs.ops import GenerateImageConfig
 from imagen_pipeline.defs.run_errors import step_failure_text
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.output.store import StoredImage
@@ -41,7 +42,11 @@ def _parse_opts(pairs: tuple[str, ...]) -> dict[str, Any]:
 def run_generate_job(spec: ImageSpec, config_path: str | None, verbose: bool) -> StoredImage:
     """Execute ``generate_image`` in this process, recorded in the CLI's Dagster instance."""
     run_config: dict[str, Any] = {
-        "ops": {"enrich_prompt": {"config": spec.model_dump(exclude_none=True)}},
+        "ops": {
+            "enrich_prompt": {
+                "config": GenerateImageConfig.from_spec(spec).model_dump(exclude_none=True)
+            }
+        },
         "loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}},
     }
     if config_path:

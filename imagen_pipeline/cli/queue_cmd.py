@@ -9,13 +9,15 @@ import threading
 from types import FrameType
 
 import click
+import psycopg
 
-from imagen_pipeline.cli.errors import CliError
+from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
 from imagen_pipeline.config.loader import load_config
-from imagen_pipeline.db.connection import DATABASE_URL_ENV, database_url
+from imagen_pipeline.db.connection import DATABASE_URL_ENV, connect, database_url
 from imagen_pipeline.defs.run_submission import GraphQLRunSubmitter
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.queue.listener import listen
+from imagen_pipeline.queue.repository import retry
 
 WEBSERVER_URL_ENV = "IMAGEN_WEBSERVER_URL"
 
@@ -57,3 +59,28 @@ def listen_command(webserver_url: str, dsn: str | None, config_path: str | None)
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     listen(dsn, lambda: load_config(config_path), submitter, stop)
+
+
+@queue.command("retry")
+@click.argument("job_ids", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.option("--dsn", help=f"libpq URL of the imagen database; default: ${DATABASE_URL_ENV}.")
+def retry_command(job_ids: tuple[int, ...], dsn: str | None) -> None:
+    """Put failed jobs back in the queue (failed -> pending) while they have attempts left.
+
+    The next run of a job re-uses the image an earlier attempt already generated, when the
+    failure came after generation; only a job with nothing to re-use is generated afresh.
+    Exits 1 if any job could not be retried.
+    """
+    refused = 0
+    try:
+        with connect(dsn) as conn:
+            for job_id in job_ids:
+                outcome = retry(conn, job_id)
+                click.echo(outcome.explanation(job_id))
+                refused += not outcome.retried
+    except ImagenError as error:
+        raise CliError(str(error)) from None
+    except psycopg.Error as error:
+        raise CliError(f"imagen database: {error}".strip(), EXIT_FAILED) from None
+    if refused:
+        raise CliError(f"{refused} of {len(job_ids)} jobs not retried", EXIT_FAILED)

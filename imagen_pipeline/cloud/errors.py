@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import psycopg
 
 from imagen_pipeline.db.connection import DATABASE_URL_ENV
-from imagen_pipeline.errors import ImagenError
+from imagen_pipeline.errors import SEE_THE_RUN, ImagenError
 
 
 class CloudSyncError(ImagenError):
@@ -21,6 +21,13 @@ class CloudSyncError(ImagenError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+
+    @property
+    def public(self) -> str:
+        """The image was made; what a web user may read about why it was not stored."""
+        if self.transient:
+            return "the image was made but could not be stored right now; retry the job later"
+        return f"the image was made but could not be stored; {SEE_THE_RUN}"
 
 
 @contextmanager

@@ -41,14 +41,16 @@ def run_tags_for(row: JobRow, plan: GenerationPlan) -> dict[str, str]:
     return tags
 
 
-def run_config_for(row: JobRow) -> dg.RunConfig:
-    """Run config of the row's request (the launchpad shows the same fields)."""
-    spec = row.to_spec()
-    return dg.RunConfig(ops={"enrich_prompt": GenerateImageConfig(**spec.model_dump())})
+def run_config_for(plan: GenerationPlan) -> dg.RunConfig:
+    """Run config of the row's validated request (the launchpad shows the same fields).
+
+    Built from the plan, never from the raw row: only checked, typed values reach Dagster.
+    """
+    return dg.RunConfig(ops={"enrich_prompt": GenerateImageConfig.from_spec(plan.spec)})
 
 
 def run_request_for(row: JobRow, plan: GenerationPlan) -> dg.RunRequest:
     """The sensor's request for one claimed row."""
     return dg.RunRequest(
-        run_key=run_key_for(row), run_config=run_config_for(row), tags=run_tags_for(row, plan)
+        run_key=run_key_for(row), run_config=run_config_for(plan), tags=run_tags_for(row, plan)
     )

@@ -6,6 +6,7 @@ module, turns expected errors into ``dagster.Failure`` and logs lineage. Ops pas
 pydantic values and file paths, never image bytes.
 """
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,17 @@ from imagen_pipeline.cloud.errors import database_errors
 from imagen_pipeline.cloud.sync import SyncOutcome, resolve_owner, sync_image
 from imagen_pipeline.config.models import CloudConfig
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
+from imagen_pipeline.defs.run_errors import PUBLIC_ERROR_KEY
 from imagen_pipeline.errors import BackendError, ImagenError, TransientBackendError
-from imagen_pipeline.generation import GeneratedImage, run_generation
+from imagen_pipeline.generation import GeneratedImage, discard_job_record, run_generation
 from imagen_pipeline.output.preview import preview_markdown
-from imagen_pipeline.output.store import StoredImage, store_image
-from imagen_pipeline.planning import GenerationPlan, ImageSpec, plan_generation
+from imagen_pipeline.output.store import StoredImage, find_job_generation, store_image
+from imagen_pipeline.planning import (
+    GenerationPlan,
+    ImageSpec,
+    parse_backend_opts,
+    plan_generation,
+)
 from imagen_pipeline.prompts.styles import load_styles
 from imagen_pipeline.queue.repository import take_ownership
 from imagen_pipeline.usage.budget import check_budget
@@ -59,8 +66,10 @@ class GenerateImageConfig(dg.Config):
     height: int | None = Field(default=None, description="Height in pixels; empty: style default.")
     steps: int | None = Field(default=None, description="Sampling steps; empty: backend default.")
     seed: int | None = Field(default=None, description="Seed; empty: the backend picks one.")
-    backend_opts: dict[str, Any] = Field(
-        default_factory=dict, description="Adapter-specific options, passed through unchanged."
+    backend_opts: str = Field(
+        default="{}",
+        description='Adapter-specific options as a JSON object, e.g. {"guidance": 3.5}; '
+        "passed to the backend unchanged.",
     )
     job_id: int | None = Field(
         default=None, description="imagen.jobs row id; set by the jobs sensor, leave empty."
@@ -69,23 +78,61 @@ class GenerateImageConfig(dg.Config):
         default=None, description="Owner (auth user uuid); set by the jobs sensor, leave empty."
     )
 
+    @classmethod
+    def from_spec(cls, spec: ImageSpec) -> "GenerateImageConfig":
+        """The run config of a request.
+
+        ``backend_opts`` travels as JSON text, so Dagster's config system and serializer
+        never read what a user wrote as structure (keys such as ``__class__``, null values).
+        """
+        return cls(**{**spec.model_dump(), "backend_opts": json.dumps(spec.backend_opts)})
+
     def to_spec(self) -> ImageSpec:
-        """The plain-Python request this config describes."""
-        return ImageSpec(**self.model_dump())
+        """The plain-Python request this config describes; raises for bad ``backend_opts``."""
+        return ImageSpec(
+            **{**self.model_dump(), "backend_opts": parse_backend_opts(self.backend_opts)}
+        )
 
 
 def _failure(error: ImagenError | Exception | str, prefix: str = "") -> dg.Failure:
-    """A failure that the retry policy does not retry."""
-    return dg.Failure(description=f"{prefix}{error}", allow_retries=False)
+    """A failure that the retry policy does not retry.
+
+    Its description is the full message (operators); its metadata carries the sentence a web
+    user may read in ``imagen.jobs.error`` (:mod:`imagen_pipeline.defs.run_errors`).
+    """
+    public = error.public if isinstance(error, ImagenError) else None
+    return dg.Failure(
+        description=f"{prefix}{error}",
+        metadata={PUBLIC_ERROR_KEY: public} if public else None,
+        allow_retries=False,
+    )
+
+
+def _retry_or_fail(context: dg.OpExecutionContext, error: ImagenError, prefix: str = "") -> None:
+    """Let the retry policy retry a transient error; after the last retry, fail with it."""
+    if context.retry_number >= GENERATE_MAX_RETRIES:
+        raise _failure(error, prefix) from None
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after:
+        raise dg.RetryRequested(
+            max_retries=GENERATE_MAX_RETRIES, seconds_to_wait=retry_after
+        ) from error
+    raise error
 
 
 def _own_job(
-    context: dg.OpExecutionContext, plan: GenerationPlan, imagen_db: ImagenDatabaseResource
+    context: dg.OpExecutionContext,
+    plan: GenerationPlan,
+    imagen_db: ImagenDatabaseResource,
+    *,
+    finished_work: bool = False,
 ) -> None:
     """For a run of an imagen.jobs row: mark it running for this run, or stop this run.
 
     Called by every op that acts on the row's behalf, so a superseded run (a newer attempt,
-    a canceled or finished row) stops before it can make a second image.
+    a canceled or finished row) stops before it can make a second image. A re-execution
+    that takes the row over from its parent run gets the job's tags, so it is found by
+    them like any other run of the job. ``finished_work``: see :func:`take_ownership`.
     """
     job_id = plan.spec.job_id
     if job_id is None:
@@ -100,9 +147,15 @@ def _own_job(
             int(attempt) if attempt else None,
             context.run_id,
             context.run.parent_run_id,
+            finished_work=finished_work,
         )
-    if not ownership.owned:
+    if not ownership.owned or ownership.row is None:
         raise _failure(ownership.refusal(job_id, context.run_id))
+    if context.run.tags.get(TAG_JOB_ID) != str(job_id):
+        context.instance.add_run_tags(
+            context.run_id,
+            {TAG_JOB_ID: str(job_id), TAG_JOB_ATTEMPT: str(ownership.row.attempts)},
+        )
 
 
 POOLS = {"gpu": "imagen_gpu", "cloud": "imagen_cloud"}
@@ -157,6 +210,13 @@ def generate_image_for(
         instance = loaded.backend(plan.backend)
     except ImagenError as error:
         raise _failure(error) from None
+    previous = find_job_generation(plan, loaded.output_dir, loaded.config.output.naming)
+    if previous is not None:
+        context.log.info(
+            f"re-using the image run {previous.run_id} generated for imagen.jobs row "
+            f"{plan.spec.job_id} ({previous.staged_path}); the backend is not called again"
+        )
+        return previous
     try:
         budget_note = check_budget(
             loaded.config.budget,
@@ -166,7 +226,7 @@ def generate_image_for(
         )
     except ImagenError as error:
         if error.transient:
-            raise
+            _retry_or_fail(context, error)
         raise _failure(error) from None
     if budget_note:
         context.log.info(budget_note)
@@ -184,10 +244,7 @@ def generate_image_for(
         context.log.warning(
             f"{label}transient failure on attempt {context.retry_number + 1}: {error}"
         )
-        if error.retry_after_s:
-            raise dg.RetryRequested(
-                max_retries=GENERATE_MAX_RETRIES, seconds_to_wait=error.retry_after_s
-            ) from error
+        _retry_or_fail(context, error, label)
         raise
     except ImagenError as error:
         if isinstance(error, BackendError):
@@ -284,12 +341,12 @@ def cloud_sync(
     Unreachable Storage is retried by the retry policy; a missing bucket, a rejected key or
     a path held by another image fails at once with the reason.
     """
-    _own_job(context, stored.generated.plan, imagen_db)
+    _own_job(context, stored.generated.plan, imagen_db, finished_work=True)
     try:
         outcome = sync_image(stored, imagen.load().config.cloud)
     except ImagenError as error:
         if error.transient:
-            raise
+            _retry_or_fail(context, error)
         raise _failure(error) from None
     if outcome.location is not None:
         base = image_materialization(stored)
@@ -319,7 +376,8 @@ def record_usage(
 ) -> UsageOutcome:
     """In one transaction: the ``imagen.images`` row, the ``mai.imagen_usage`` row and, for
     a queued job, its ``done`` (when a database is configured)."""
-    _own_job(context, stored.generated.plan, imagen_db)
+    plan = stored.generated.plan
+    _own_job(context, plan, imagen_db, finished_work=True)
     try:
         with database_errors("recording the image and usage rows", imagen_db.url_env):
             if imagen_db.configured():
@@ -329,8 +387,10 @@ def record_usage(
                 outcome = record_generation(None, stored, synced, context.run_id)
     except ImagenError as error:
         if error.transient:
-            raise
+            _retry_or_fail(context, error)
         raise _failure(error) from None
+    if outcome.job_done:
+        discard_job_record(stored.generated)
     context.log.info(outcome.detail)
     return outcome
 

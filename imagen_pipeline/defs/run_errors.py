@@ -1,4 +1,10 @@
-"""The error text of a failed run, as a person should read it (job rows, CLI stderr)."""
+"""The error text of a failed run, as a person should read it.
+
+Two readers: the operator (CLI stderr, the Dagster UI), who gets the full message, and the
+web user who queued the job (``imagen.jobs.error``), who gets the failure's public sentence
+(:attr:`imagen_pipeline.errors.ImagenError.public`, carried in the ``Failure``'s metadata
+under :data:`PUBLIC_ERROR_KEY`) and never a class name, a server path or configuration.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +12,61 @@ from collections.abc import Iterable
 
 import dagster as dg
 
+from imagen_pipeline.errors import SEE_THE_RUN
+
+PUBLIC_ERROR_KEY = "imagen/public_error"
+OWN_MODULES = "imagen_pipeline."
+
+
+def _step_failures(events: Iterable[dg.DagsterEvent]) -> Iterable[dg.DagsterEvent]:
+    return (event for event in events if event.is_step_failure and event.step_failure_data)
+
+
+def _error_message(error: dg.SerializableErrorInfo) -> str:
+    """The root cause's message: ``Class: text``, or just the text for an own error (its
+    message is written to be read on its own; the module path is never shown)."""
+    while error.cause is not None:
+        error = error.cause
+    message = error.message.strip()
+    head, separator, text = message.partition(": ")
+    if separator and head.rsplit(".", 1)[-1] == error.cls_name:
+        return text if head.startswith(OWN_MODULES) else f"{error.cls_name}: {text}"
+    return message
+
 
 def step_failure_text(events: Iterable[dg.DagsterEvent]) -> str | None:
-    """The first step failure's description (``Failure``) or the user error's message."""
-    for event in events:
-        if not (event.is_step_failure and event.step_failure_data):
-            continue
+    """The first step failure's description (``Failure``) or its error's message."""
+    for event in _step_failures(events):
         data = event.step_failure_data
         if data.user_failure_data and data.user_failure_data.description:
             return data.user_failure_data.description
         if data.error:
-            error = data.error
-            while error.cause is not None:
-                error = error.cause
-            return f"{error.cls_name}: {error.message.strip()}" if error.cls_name else error.message
+            return _error_message(data.error)
     return None
+
+
+def public_failure_text(events: Iterable[dg.DagsterEvent]) -> str | None:
+    """The first step failure as a web user may read it."""
+    for event in _step_failures(events):
+        data = event.step_failure_data
+        if data.user_failure_data:
+            public = data.user_failure_data.metadata.get(PUBLIC_ERROR_KEY)
+            if public is not None and isinstance(public.value, str):
+                return public.value
+        return f"step {event.step_key} failed unexpectedly; {SEE_THE_RUN}"
+    return None
+
+
+def _stored_failures(instance: dg.DagsterInstance, run_id: str) -> list[dg.DagsterEvent]:
+    entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    return [entry.dagster_event for entry in entries if entry.dagster_event]
 
 
 def run_step_failure(instance: dg.DagsterInstance, run_id: str) -> str | None:
     """:func:`step_failure_text` of a stored run."""
-    entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
-    return step_failure_text(entry.dagster_event for entry in entries if entry.dagster_event)
+    return step_failure_text(_stored_failures(instance, run_id))
+
+
+def run_public_failure(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """:func:`public_failure_text` of a stored run."""
+    return public_failure_text(_stored_failures(instance, run_id))

@@ -45,6 +45,6 @@ class GraphQLRunSubmitter:
             JOB_NAME,
             repository_location_name=LOCATION_NAME,
             repository_name=REPOSITORY_NAME,
-            run_config=run_config_for(row).to_config_dict(),
+            run_config=run_config_for(plan).to_config_dict(),
             tags=tags,
         )

@@ -17,22 +17,28 @@ from imagen_pipeline.defs.job_runs import run_request_for
 from imagen_pipeline.defs.jobs import generate_image
 from imagen_pipeline.defs.ops import TAG_JOB_ATTEMPT, TAG_JOB_ID
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
-from imagen_pipeline.defs.run_errors import run_step_failure
-from imagen_pipeline.errors import ConfigError, ImagenError
-from imagen_pipeline.planning import plan_generation
+from imagen_pipeline.defs.run_errors import run_public_failure
+from imagen_pipeline.errors import ConfigError
 from imagen_pipeline.queue import repository
+from imagen_pipeline.queue.intake import take_batch
 from imagen_pipeline.queue.reconcile import Decision, RunFacts, decide
-from imagen_pipeline.queue.rows import JobRow
+from imagen_pipeline.queue.rows import MAX_ATTEMPTS, JobRow
 
 INTERVAL_ENV = "IMAGEN_SENSOR_INTERVAL_S"
 DEFAULT_INTERVAL_S = 1
 CLAIM_BATCH = 50
 RECONCILE_BATCH = 200
-MAX_ATTEMPTS = 3
 STALE_AFTER = timedelta(minutes=2)
 STALLED_AFTER_ENV = "IMAGEN_RUN_STALLED_AFTER_S"
 DEFAULT_STALLED_AFTER = timedelta(minutes=30)
 WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on failed runs it will retry
+LIVE_STATUSES = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
 @dataclass(frozen=True)
@@ -70,28 +76,87 @@ def idle_seconds(instance: dg.DagsterInstance, run_id: str, now: float) -> float
     return now - records[0].timestamp if records else None
 
 
-def newest_runs(
+def speaking_runs(instance: dg.DagsterInstance, rows: list[JobRow]) -> dict[int, dg.RunRecord]:
+    """The run that speaks for each row.
+
+    For a row a run owns (``run_id``): that run, unless it has finished and a re-execution
+    of it (from failure or all; launched from the UI, the API, the CLI or by run retries) is
+    still unfinished; then that re-execution, which will take the row over. Re-executions
+    are found through their parent run, so they need not carry the job's tags. For a row no
+    run owns yet: the newest run created for its current attempt (by tags).
+    """
+    if not rows:
+        return {}
+    tagged = instance.get_run_records(
+        filters=dg.RunsFilter(tags={TAG_JOB_ID: [str(row.id) for row in rows]})
+    )
+    by_id = {record.dagster_run.run_id: record for record in tagged}
+    owners = sorted({row.run_id for row in rows if row.run_id})
+    missing = [run_id for run_id in owners if run_id not in by_id]
+    if missing:
+        by_id.update(
+            (record.dagster_run.run_id, record)
+            for record in instance.get_run_records(filters=dg.RunsFilter(run_ids=missing))
+        )
+    live_children = live_reexecutions(
+        instance, [by_id[i] for i in owners if i in by_id and by_id[i].dagster_run.is_finished]
+    )
+    speaking: dict[int, dg.RunRecord] = {}
+    for row in rows:
+        if row.run_id:
+            record = live_children.get(row.run_id) or by_id.get(row.run_id)
+        else:
+            attempt = [
+                r
+                for r in tagged
+                if r.dagster_run.tags.get(TAG_JOB_ID) == str(row.id)
+                and r.dagster_run.tags.get(TAG_JOB_ATTEMPT) == str(row.attempts)
+            ]
+            record = max(attempt, key=lambda r: r.create_timestamp, default=None)
+        if record is not None:
+            speaking[row.id] = record
+    return speaking
+
+
+def live_reexecutions(
+    instance: dg.DagsterInstance, finished: list[dg.RunRecord]
+) -> dict[str, dg.RunRecord]:
+    """Unfinished re-executions of the ``finished`` runs, by parent run id.
+
+    One query over the unfinished runs created since the earliest of those runs ended (a
+    re-execution is created after its parent finished), so the work stays bounded by how
+    many runs are in flight, whatever the size of the run history.
+    """
+    if not finished:
+        return {}
+    since = min(record.end_time or record.create_timestamp.timestamp() for record in finished)
+    parents = {record.dagster_run.run_id for record in finished}
+    candidates = instance.get_run_records(
+        filters=dg.RunsFilter(
+            statuses=LIVE_STATUSES, created_after=datetime.fromtimestamp(since - 1, UTC)
+        )
+    )
+    children: dict[str, dg.RunRecord] = {}
+    for record in sorted(candidates, key=lambda r: r.create_timestamp):
+        parent = record.dagster_run.parent_run_id
+        if parent in parents:
+            children[parent] = record
+    return children
+
+
+def run_facts(
     instance: dg.DagsterInstance, rows: list[JobRow], stalled: timedelta
 ) -> dict[int, RunFacts]:
-    """The newest run of each row's current attempt (retries and re-executions included).
+    """What reconciliation needs to know about each row's speaking run.
 
     Runs started longer than ``stalled`` ago also get their idle time (one event-log query
     each), so a run whose worker died can be told from a slow one.
     """
-    if not rows:
-        return {}
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(tags={TAG_JOB_ID: [str(row.id) for row in rows]})
-    )
-    attempts = {row.id: str(row.attempts) for row in rows}
     facts: dict[int, RunFacts] = {}
-    for record in sorted(records, key=lambda r: r.create_timestamp, reverse=True):
+    now = time.time()
+    for job_id, record in speaking_runs(instance, rows).items():
         run = record.dagster_run
-        job_id = int(run.tags[TAG_JOB_ID])
-        if job_id in facts or run.tags.get(TAG_JOB_ATTEMPT) != attempts.get(job_id):
-            continue
         failed = run.status == dg.DagsterRunStatus.FAILURE
-        now = time.time()
         long_running = (
             run.status == dg.DagsterRunStatus.STARTED
             and record.start_time is not None
@@ -101,7 +166,7 @@ def newest_runs(
             run_id=run.run_id,
             status=run.status.value,
             will_retry=run.tags.get(WILL_RETRY_TAG) == "true",
-            step_failure=run_step_failure(instance, run.run_id) if failed else None,
+            step_failure=run_public_failure(instance, run.run_id) if failed else None,
             idle_s=idle_seconds(instance, run.run_id, now) if long_running else None,
         )
     return facts
@@ -139,7 +204,7 @@ def reconcile(
     """Reconcile one batch of unsettled rows; returns the id to continue after (0: wrap)."""
     rows = repository.unsettled_jobs(conn, after_id, RECONCILE_BATCH)
     stalled = stalled_after()
-    runs = newest_runs(instance, rows, stalled)
+    runs = run_facts(instance, rows, stalled)
     now = datetime.now(UTC)
     for row in rows:
         decision = decide(row, runs.get(row.id), now, STALE_AFTER, MAX_ATTEMPTS, stalled)
@@ -192,17 +257,14 @@ def evaluate_queue(
         return dg.SkipReason(f"{imagen_db.url_env} is not set; the imagen.jobs queue is off")
     config = imagen.load()
     cursor = QueueCursor.parse(context.cursor)
-    requests: list[dg.RunRequest] = []
     with imagen_db.connect() as conn:
         next_after = reconcile(conn, context.instance, cursor.reconcile_after, context.log)
-        for row in repository.claim_pending(conn, CLAIM_BATCH):
-            try:
-                plan = plan_generation(row.to_spec(), config)
-            except ImagenError as error:
-                repository.fail(conn, row.id, str(error))
-                context.log.warning(f"imagen.jobs row {row.id} rejected: {error}")
-                continue
-            requests.append(run_request_for(row, plan))
+        batch = take_batch(conn, CLAIM_BATCH, config)
+    for job_id in batch.exhausted:
+        context.log.warning(f"imagen.jobs row {job_id} failed: no attempts left")
+    for refused in batch.refused:
+        context.log.warning(f"imagen.jobs row {refused.row.id} rejected: {refused.detail}")
+    requests = [run_request_for(item.row, item.plan) for item in batch.admitted]
     new_cursor = QueueCursor(reconcile_after=next_after).dump()
     if not requests:
         return dg.SensorResult(skip_reason="no pending imagen.jobs rows", cursor=new_cursor)

@@ -2,14 +2,15 @@
 
 Idempotent: if an earlier attempt already wrote this generation (same generating run and
 source hash) under one of the candidate names, that file is reused instead of writing a
-second image.
+second image. :func:`find_job_generation` uses the same rule to tell whether a job's earlier
+generation can still be re-used.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from imagen_pipeline.errors import OutputError
-from imagen_pipeline.generation import GeneratedImage
+from imagen_pipeline.generation import GeneratedImage, job_record_path
 from imagen_pipeline.output.files import sha256_file, write_atomic
 from imagen_pipeline.output.naming import render_name, resolve_inside, slug_for
 from imagen_pipeline.output.png_text import add_text_chunks, is_png
@@ -27,6 +28,7 @@ from imagen_pipeline.output.sidecar import (
     sidecar_bytes,
     sidecar_path_for,
 )
+from imagen_pipeline.planning import GenerationPlan
 
 MAX_NAME_ATTEMPTS = 10_000
 
@@ -101,6 +103,57 @@ def _final_bytes(generated: GeneratedImage) -> bytes:
     return data
 
 
+def _candidates(base: Path, extension: str) -> Iterator[Path]:
+    """The image names ``output.naming`` allows for one image, in the order they are tried."""
+    for number in range(1, MAX_NAME_ATTEMPTS + 1):
+        stem = base.name if number == 1 else f"{base.name}-{number}"
+        yield base.parent / f"{stem}{extension}"
+    raise OutputError(f"no free file name for {base} after {MAX_NAME_ATTEMPTS} tries")
+
+
+def _base_path(generated: GeneratedImage, output_dir: Path, naming: str) -> Path:
+    relative = render_name(naming, naming_fields(generated))
+    try:
+        return resolve_inside(output_dir, relative)
+    except ValueError as error:
+        raise OutputError(f"cannot place {relative} in the output folder: {error}") from None
+
+
+def stored_copy(generated: GeneratedImage, output_dir: Path, naming: str) -> Path | None:
+    """The file an earlier attempt wrote for this very generation, if there is one."""
+    for image_path in _candidates(_base_path(generated, output_dir, naming), generated.extension):
+        if image_path.exists():
+            if _written_by(image_path, generated):
+                return image_path
+        elif not sidecar_path_for(image_path).exists():
+            return None
+    return None
+
+
+def find_job_generation(
+    plan: GenerationPlan, output_dir: Path, naming: str
+) -> GeneratedImage | None:
+    """The image an earlier run of the same ``imagen.jobs`` row generated for the same
+    request, if it is still on disk (staged, or already stored under its final name)."""
+    if plan.spec.job_id is None:
+        return None
+    try:
+        previous = GeneratedImage.model_validate_json(
+            job_record_path(output_dir, plan.spec.job_id).read_bytes()
+        )
+    except (OSError, ValueError):
+        return None
+    if previous.plan.backend != plan.backend or previous.plan.request != plan.request:
+        return None
+    staged = Path(previous.staged_path)
+    if staged.is_file() and sha256_file(staged) == previous.sha256:
+        return previous
+    try:
+        return previous if stored_copy(previous, output_dir, naming) else None
+    except OutputError:
+        return None
+
+
 def store_image(
     generated: GeneratedImage,
     output_dir: Path,
@@ -109,19 +162,14 @@ def store_image(
     run_id: str,
 ) -> StoredImage:
     """Write the staged image under a unique name from ``naming``, plus its sidecar."""
-    relative = render_name(naming, naming_fields(generated))
+    base = _base_path(generated, output_dir, naming)
     try:
-        base = resolve_inside(output_dir, relative)
         base.parent.mkdir(parents=True, exist_ok=True)
-    except (ValueError, OSError) as error:
-        raise OutputError(f"cannot create output folder for {relative}: {error}") from None
+    except OSError as error:
+        raise OutputError(f"cannot create output folder for {base}: {error}") from None
     written_at = datetime.now(UTC)
     data: bytes | None = None
-    for number in itertools.count(1):
-        if number > MAX_NAME_ATTEMPTS:
-            raise OutputError(f"no free file name for {base} after {MAX_NAME_ATTEMPTS} tries")
-        stem = base.name if number == 1 else f"{base.name}-{number}"
-        image_path = base.parent / f"{stem}{generated.extension}"
+    for image_path in _candidates(base, generated.extension):
         sidecar_path = sidecar_path_for(image_path)
         if image_path.exists():
             if _written_by(image_path, generated):

@@ -22,11 +22,13 @@ import psycopg
 from imagen_pipeline.config.loader import LoadedConfig
 from imagen_pipeline.db.connection import connect
 from imagen_pipeline.errors import ImagenError
-from imagen_pipeline.planning import GenerationPlan, plan_generation
+from imagen_pipeline.planning import GenerationPlan
 from imagen_pipeline.queue import repository
+from imagen_pipeline.queue.intake import Refused, admit
 from imagen_pipeline.queue.rows import JobRow
 
 CHANNEL = "imagen_jobs"
+RELEASED = "waiting for the pipeline: the fast path could not start a run; the sensor will"
 RECONNECT_DELAYS_S = (0.5, 1, 2, 5, 10, 30)
 
 logger = logging.getLogger("imagen.queue.listener")
@@ -53,16 +55,22 @@ def handle_notification(
     if row is None:
         return f"row {job_id} already claimed or not pending"
     try:
-        plan = plan_generation(row.to_spec(), load_config())
+        config = load_config()
     except ImagenError as error:
-        repository.fail(conn, row.id, str(error))
-        return f"row {job_id} rejected: {error}"
+        repository.release_claim(conn, row.id, row.attempts, RELEASED)
+        return f"row {job_id}: imagen.yaml cannot be loaded, left for the sensor: {error}"
+    outcome = admit(conn, row, config)
+    if isinstance(outcome, Refused):
+        return f"row {job_id} rejected: {outcome.detail}"
+    plan = outcome.plan
     try:
         run_id = submitter.submit(row, plan)
     except Exception as error:
-        reason = f"run submission failed, left for the sensor: {type(error).__name__}: {error}"
-        repository.release_claim(conn, row.id, row.attempts, reason[:2000])
-        return f"row {job_id}: {reason}"
+        repository.release_claim(conn, row.id, row.attempts, RELEASED)
+        return (
+            f"row {job_id}: run submission failed, left for the sensor: "
+            f"{type(error).__name__}: {error}"
+        )
     return f"row {job_id}: submitted run {run_id} (attempt {row.attempts})"
 
 

@@ -68,7 +68,12 @@ def decide(
         last_change = row.updated_at or row.created_at or now
         if now - last_change < grace:
             return Decision("leave")
-        return _retry_or_fail(row, f"no run was started for attempt {row.attempts}", max_attempts)
+        return _retry_or_fail(
+            row,
+            f"no run was started for attempt {row.attempts}; the operators can see why in "
+            "the imagen_jobs_sensor's ticks",
+            max_attempts,
+        )
 
     if (
         run.status == "STARTED"

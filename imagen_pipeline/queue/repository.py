@@ -4,12 +4,20 @@ Every transition is one atomic statement guarded by the row's current state, so 
 callers (the sensor, the NOTIFY fast path, run workers, a user cancelling in the web UI)
 can never both win:
 
-- ``claim``: pending -> queued, ``attempts`` + 1 (``FOR UPDATE SKIP LOCKED``);
+- ``claim``: pending -> queued, ``attempts`` + 1 (``FOR UPDATE SKIP LOCKED``), only for rows
+  with attempts left; ``fail_exhausted`` fails pending rows without any;
 - ``take_ownership``: queued (this attempt) -> running with this run's id, or hand a
   running/failed row from a run to its retry or re-execution (``parent_run_id``);
 - ``finish``: running -> done, only by the owning run;
 - ``fail`` / ``requeue`` / ``close_cancel``: used by the sensor's reconciliation;
-- ``release_claim``: queued -> pending when the NOTIFY listener could not submit the run.
+- ``release_claim``: queued -> pending when the NOTIFY listener could not submit the run;
+- ``retry``: failed -> pending while attempts are left (``imagen queue retry``; a web client
+  does the same with an UPDATE, checked by the database's ``jobs_client_transition``).
+
+No statement here can fail because of what a client wrote into a row: the database's rules
+keep every column in range (``attempts + 1`` cannot overflow), ``backend_opts`` is read as
+text and parsed per row (:mod:`imagen_pipeline.queue.rows`), and error texts are cut to
+``ERROR_MAX_CHARS``.
 """
 
 from __future__ import annotations
@@ -20,31 +28,53 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import dict_row
 
-from imagen_pipeline.queue.rows import JOB_COLUMNS, JobRow
+from imagen_pipeline.queue.rows import ERROR_MAX_CHARS, MAX_ATTEMPTS, JobRow, job_columns
 
 INFLIGHT_STATUSES = ("queued", "running")
+JOB_COLUMNS = job_columns()
 
 
 def _rows(cursor: psycopg.Cursor) -> list[JobRow]:
     return sorted((JobRow.from_db(record) for record in cursor.fetchall()), key=lambda r: r.id)
 
 
+def _error_text(text: str) -> str:
+    return text if len(text) <= ERROR_MAX_CHARS else text[: ERROR_MAX_CHARS - 1] + "\u2026"
+
+
+def fail_exhausted(conn: psycopg.Connection) -> list[int]:
+    """Fail pending rows that have no attempts left (set so by hand); returns their ids."""
+    with conn.transaction(), conn.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE imagen.jobs
+               SET status = 'failed', finished_at = now(),
+                   error = 'attempts: all ' || attempts || ' attempts are used; '
+                           || 'this job cannot run again'
+             WHERE status = 'pending' AND attempts >= %(max)s
+            RETURNING id
+            """,
+            {"max": MAX_ATTEMPTS},
+        )
+        return sorted(row[0] for row in cursor.fetchall())
+
+
 def claim_pending(conn: psycopg.Connection, limit: int) -> list[JobRow]:
-    """Move up to ``limit`` oldest pending rows to queued and return them."""
+    """Move up to ``limit`` oldest pending rows with attempts left to queued; return them."""
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
         cursor.execute(
             f"""
             UPDATE imagen.jobs AS j
                SET status = 'queued', attempts = j.attempts + 1, run_id = NULL
               FROM (SELECT id FROM imagen.jobs
-                     WHERE status = 'pending'
+                     WHERE status = 'pending' AND attempts < %(max)s
                      ORDER BY id
                      LIMIT %(limit)s
                      FOR UPDATE SKIP LOCKED) AS claimed
              WHERE j.id = claimed.id
-            RETURNING {", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))}
+            RETURNING {job_columns("j")}
             """,
-            {"limit": limit},
+            {"limit": limit, "max": MAX_ATTEMPTS},
         )
         return _rows(cursor)
 
@@ -57,11 +87,11 @@ def claim_job(conn: psycopg.Connection, job_id: int) -> JobRow | None:
             UPDATE imagen.jobs
                SET status = 'queued', attempts = attempts + 1, run_id = NULL
              WHERE id = (SELECT id FROM imagen.jobs
-                          WHERE id = %(id)s AND status = 'pending'
+                          WHERE id = %(id)s AND status = 'pending' AND attempts < %(max)s
                           FOR UPDATE SKIP LOCKED)
             RETURNING {JOB_COLUMNS}
             """,
-            {"id": job_id},
+            {"id": job_id, "max": MAX_ATTEMPTS},
         )
         rows = _rows(cursor)
     return rows[0] if rows else None
@@ -99,27 +129,45 @@ def take_ownership(
     attempt: int | None,
     run_id: str,
     parent_run_id: str | None,
+    *,
+    finished_work: bool = False,
 ) -> Ownership:
     """Mark the row running for ``run_id`` if this run may work on it.
 
     Allowed when the row is queued for this ``attempt``, already owned by ``run_id``, or owned
-    (running or failed) by ``parent_run_id``: a run retry or a re-execution from the UI takes
-    over from its parent. Anything else (a newer attempt, done, canceled) is refused, which
-    is what keeps a job at one image.
+    (running or failed) by ``parent_run_id``: a run retry or a re-execution takes over from
+    its parent. Anything else (a newer attempt, done, canceled) is refused, which is what
+    keeps a job at one image.
+
+    ``finished_work``: the caller only repeats work that is idempotent once the image exists
+    (storing, recording). Such a step of a re-execution may also take over a row its parent
+    already marked done (the parent's worker died after the commit), so the row and the run
+    that completed it agree; the row stays done.
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
         cursor.execute(
             f"""
             UPDATE imagen.jobs
-               SET status = 'running', run_id = %(run_id)s, error = NULL,
-                   started_at = coalesce(started_at, now()), finished_at = NULL
+               SET status = CASE WHEN status = 'done' THEN 'done' ELSE 'running' END,
+                   run_id = %(run_id)s,
+                   error = CASE WHEN status = 'done' THEN error END,
+                   started_at = coalesce(started_at, now()),
+                   finished_at = CASE WHEN status = 'done' THEN finished_at END
              WHERE id = %(id)s
                AND (   (status = 'queued' AND attempts = %(attempt)s)
                     OR (status = 'running' AND run_id = %(run_id)s)
-                    OR (status IN ('running', 'failed') AND run_id = %(parent)s))
+                    OR (status IN ('running', 'failed') AND run_id = %(parent)s)
+                    OR (%(finished_work)s AND status = 'done'
+                        AND run_id IN (%(run_id)s, %(parent)s)))
             RETURNING {JOB_COLUMNS}
             """,
-            {"id": job_id, "attempt": attempt, "run_id": run_id, "parent": parent_run_id},
+            {
+                "id": job_id,
+                "attempt": attempt,
+                "run_id": run_id,
+                "parent": parent_run_id,
+                "finished_work": finished_work,
+            },
         )
         rows = _rows(cursor)
     if rows:
@@ -128,18 +176,61 @@ def take_ownership(
 
 
 def finish(conn: psycopg.Connection, job_id: int, run_id: str, image_id: int | None) -> bool:
-    """running -> done for the owning run, linking the image row when there is one."""
+    """running -> done for the owning run (again, if it is already done), linking the image."""
     with conn.transaction(), conn.cursor() as cursor:
         cursor.execute(
             """
             UPDATE imagen.jobs
                SET status = 'done', image_id = coalesce(%(image_id)s, image_id),
-                   finished_at = now(), error = NULL
-             WHERE id = %(id)s AND run_id = %(run_id)s AND status = 'running'
+                   finished_at = coalesce(finished_at, now()), error = NULL
+             WHERE id = %(id)s AND run_id = %(run_id)s AND status IN ('running', 'done')
             """,
             {"id": job_id, "run_id": run_id, "image_id": image_id},
         )
         return cursor.rowcount == 1
+
+
+@dataclass(frozen=True)
+class RetryOutcome:
+    """Outcome of :func:`retry`: whether the row went back to pending, and why not."""
+
+    retried: bool
+    row: JobRow | None
+
+    def explanation(self, job_id: int) -> str:
+        """One sentence on what happened."""
+        if self.row is None:
+            return f"imagen.jobs row {job_id} does not exist"
+        if self.retried:
+            return (
+                f"imagen.jobs row {job_id} is pending again "
+                f"(attempt {self.row.attempts + 1} of {MAX_ATTEMPTS} comes next)"
+            )
+        if self.row.status != "failed":
+            return f"imagen.jobs row {job_id} is {self.row.status}; only a failed job is retried"
+        return f"imagen.jobs row {job_id} has used all {MAX_ATTEMPTS} attempts"
+
+
+def retry(conn: psycopg.Connection, job_id: int) -> RetryOutcome:
+    """failed -> pending while attempts are left; the next claim starts attempt + 1.
+
+    The run of that attempt re-uses an image an earlier attempt already generated
+    (:mod:`imagen_pipeline.generation`), so a job that failed after generation is not
+    generated twice.
+    """
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(
+            f"""
+            UPDATE imagen.jobs SET status = 'pending', finished_at = NULL
+             WHERE id = %(id)s AND status = 'failed' AND attempts < %(max)s
+            RETURNING {JOB_COLUMNS}
+            """,
+            {"id": job_id, "max": MAX_ATTEMPTS},
+        )
+        rows = _rows(cursor)
+    if rows:
+        return RetryOutcome(retried=True, row=rows[0])
+    return RetryOutcome(retried=False, row=get_job(conn, job_id))
 
 
 def fail(
@@ -155,7 +246,7 @@ def fail(
             UPDATE imagen.jobs SET status = 'failed', error = %(error)s, finished_at = now()
              WHERE id = %(id)s AND status = ANY(%(statuses)s)
             """,
-            {"id": job_id, "error": error, "statuses": list(from_statuses)},
+            {"id": job_id, "error": _error_text(error), "statuses": list(from_statuses)},
         )
         return cursor.rowcount == 1
 
@@ -168,7 +259,7 @@ def requeue(conn: psycopg.Connection, job_id: int, attempt: int, reason: str) ->
             UPDATE imagen.jobs SET status = 'pending', run_id = NULL, error = %(reason)s
              WHERE id = %(id)s AND attempts = %(attempt)s AND status IN ('queued', 'running')
             """,
-            {"id": job_id, "attempt": attempt, "reason": reason},
+            {"id": job_id, "attempt": attempt, "reason": _error_text(reason)},
         )
         return cursor.rowcount == 1
 
@@ -183,7 +274,7 @@ def release_claim(conn: psycopg.Connection, job_id: int, attempt: int, reason: s
              WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'queued'
                AND run_id IS NULL
             """,
-            {"id": job_id, "attempt": attempt, "reason": reason},
+            {"id": job_id, "attempt": attempt, "reason": _error_text(reason)},
         )
         return cursor.rowcount == 1
 

@@ -1,20 +1,54 @@
-"""A row of ``imagen.jobs`` and the request it describes."""
+"""A row of ``imagen.jobs`` and the request it describes.
+
+Every request column is written by a web client and so is untrusted: :class:`JobRow` holds
+the columns as the database returns them (``backend_opts`` as JSON text, parsed only here),
+and :meth:`JobRow.to_spec` turns them into a validated request or raises
+:class:`~imagen_pipeline.errors.InvalidRequestError` naming the field. Reading a row never
+raises for its content, so one bad row cannot stop a batch.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from imagen_pipeline.planning import ImageSpec
+from imagen_pipeline.planning import ImageSpec, parse_backend_opts
 
 JobStatus = Literal["pending", "queued", "running", "done", "failed", "canceled"]
-JOB_COLUMNS = (
-    "id, owner_user_id, prompt, negative, style, backend, width, height, steps, seed, "
-    "backend_opts, status, error, run_id, image_id, attempts, created_at, updated_at, "
-    "started_at, finished_at"
+MAX_ATTEMPTS = 3
+"""How many runs a row may be handed to; equals the database's ``imagen.max_attempts()``."""
+ERROR_MAX_CHARS = 2000
+"""Longest text stored in ``imagen.jobs.error``."""
+_COLUMNS = (
+    "id",
+    "owner_user_id",
+    "prompt",
+    "negative",
+    "style",
+    "backend",
+    "width",
+    "height",
+    "steps",
+    "seed",
+    "backend_opts::text AS backend_opts_json",
+    "status",
+    "error",
+    "run_id",
+    "image_id",
+    "attempts",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
 )
+
+
+def job_columns(alias: str = "") -> str:
+    """The select list that :meth:`JobRow.from_db` reads, optionally qualified by ``alias``."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f"{prefix}{column}" for column in _COLUMNS)
 
 
 class JobRow(BaseModel):
@@ -32,7 +66,7 @@ class JobRow(BaseModel):
     height: int | None = None
     steps: int | None = None
     seed: int | None = None
-    backend_opts: dict[str, Any] = Field(default_factory=dict)
+    backend_opts_json: str = "{}"
     status: JobStatus
     error: str | None = None
     run_id: str | None = None
@@ -45,14 +79,14 @@ class JobRow(BaseModel):
 
     @classmethod
     def from_db(cls, record: dict[str, Any]) -> JobRow:
-        """Build from a psycopg dict row (uuid values become strings)."""
+        """Build from a psycopg dict row of :func:`job_columns` (uuid values become strings)."""
         values = dict(record)
         if values.get("owner_user_id") is not None:
             values["owner_user_id"] = str(values["owner_user_id"])
         return cls.model_validate(values)
 
     def to_spec(self) -> ImageSpec:
-        """The generation request this row asks for."""
+        """The generation request this row asks for; raises for a malformed column."""
         return ImageSpec(
             prompt=self.prompt,
             negative=self.negative or "",
@@ -62,7 +96,7 @@ class JobRow(BaseModel):
             height=self.height,
             steps=self.steps,
             seed=self.seed,
-            backend_opts=dict(self.backend_opts or {}),
+            backend_opts=parse_backend_opts(self.backend_opts_json),
             job_id=self.id,
             owner_user_id=self.owner_user_id,
         )

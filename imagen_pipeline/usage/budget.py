@@ -22,6 +22,10 @@ from imagen_pipeline.errors import ConfigError, ImagenError
 class BudgetExceededError(ImagenError):
     """The call would push today's spend over a configured daily budget (not retried)."""
 
+    public_summary = (
+        "today's image budget for this backend is used up; retry the job tomorrow (UTC)"
+    )
+
 
 @dataclass(frozen=True)
 class BudgetLimit:

@@ -30,6 +30,8 @@ class UsageOutcome(BaseModel):
     detail: str
     cost_usd: float
     image_id: int | None = None
+    job_done: bool = False
+    """True when this recording marked the run's imagen.jobs row done."""
 
 
 def generation_key(run_id: str, attempt: int) -> str:
@@ -131,6 +133,7 @@ def record_generation(
         detail=f"imagen.images row {image_id}; usage {usage}: ${cost:.4f} on {backend}{job}",
         cost_usd=cost,
         image_id=image_id,
+        job_done=bool(finished),
     )
 
 

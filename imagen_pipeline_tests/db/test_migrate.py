@@ -22,14 +22,19 @@ def _history(url: str) -> list[tuple[str, str, list[str]]]:
 
 def test_shipped_files_follow_the_supabase_cli_naming() -> None:
     migrations = shipped_migrations()
-    assert [m.name for m in migrations] == ["imagen_jobs", "imagen_images", "mai_imagen_usage"]
+    assert [m.name for m in migrations] == [
+        "imagen_jobs",
+        "imagen_images",
+        "mai_imagen_usage",
+        "imagen_jobs_client_rules",
+    ]
     assert all(len(m.version) == 14 and m.version.isdigit() for m in migrations)
 
 
 def test_migrate_applies_everything_once_and_records_cli_history(fresh_database_url: str) -> None:
     first = migrate(fresh_database_url, bootstrap=True)
     second = migrate(fresh_database_url)
-    assert len(first.applied) == 3 and first.already_applied == []
+    assert len(first.applied) == len(shipped_migrations()) and first.already_applied == []
     assert second.applied == [] and second.already_applied == first.applied
     history = _history(fresh_database_url)
     assert [(v, n) for v, n, _ in history] == [(m.version, m.name) for m in shipped_migrations()]
@@ -81,7 +86,7 @@ def test_versions_applied_by_the_supabase_cli_are_not_reapplied(fresh_database_u
         )
     report = migrate(fresh_database_url)
     assert report.already_applied == [f"{first.version}_{first.name}"]
-    assert len(report.applied) == 2
+    assert len(report.applied) == len(shipped_migrations()) - 1
 
 
 def test_cli_migrate_reports_what_it_did(fresh_database_url: str) -> None:
@@ -89,10 +94,11 @@ def test_cli_migrate_reports_what_it_did(fresh_database_url: str) -> None:
     result = runner.invoke(cli, ["db", "migrate", "--dsn", fresh_database_url, "--bootstrap"])
     assert result.exit_code == 0, result.output
     assert "applied 20261124090000_imagen_jobs" in result.output
-    assert result.output.strip().endswith("3 applied, 0 already up to date")
+    count = len(shipped_migrations())
+    assert result.output.strip().endswith(f"{count} applied, 0 already up to date")
     again = runner.invoke(cli, ["db", "migrate", "--dsn", fresh_database_url])
     assert again.exit_code == 0
-    assert again.output.strip() == "0 applied, 3 already up to date"
+    assert again.output.strip() == f"0 applied, {count} already up to date"
 
 
 def test_cli_migrate_without_a_database_names_the_variable(

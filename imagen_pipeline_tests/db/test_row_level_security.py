@@ -121,10 +121,11 @@ def test_a_user_cannot_mark_their_job_done_or_change_other_columns(
     migrated_database_url: str, seeded: dict[str, int]
 ) -> None:
     with (
-        pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"),
+        pytest.raises(psycopg.errors.CheckViolation, match="a client may set canceled") as error,
         as_role(migrated_database_url, "authenticated", USER_A) as cursor,
     ):
         cursor.execute("UPDATE imagen.jobs SET status = 'done' WHERE id = %s", (seeded["job_a"],))
+    assert error.value.diag.constraint_name == "jobs_client_transition"
     with (
         pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"),
         as_role(migrated_database_url, "authenticated", USER_A) as cursor,

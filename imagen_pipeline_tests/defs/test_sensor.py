@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -131,8 +133,11 @@ def test_a_tick_claims_a_bounded_batch_oldest_first(migrated_database_url: str, 
     ("fields", "message"),
     [
         ({"style": "vaporwave"}, "style: unknown style 'vaporwave'; known styles: "),
-        ({"backend": "dalle9"}, "backend: 'dalle9' is not configured in "),
-        ({"width": 1001, "height": 512}, "width: must be between 64 and 4096"),
+        (
+            {"backend": "dalle9"},
+            "backend: 'dalle9' is not a backend this server offers; leave it empty for the default",
+        ),
+        ({"prompt": " \t "}, "prompt: must not be empty"),
     ],
 )
 def test_an_invalid_row_fails_with_the_reason_and_gets_no_run(
@@ -144,7 +149,8 @@ def test_an_invalid_row_fails_with_the_reason_and_gets_no_run(
     assert [r.tags["imagen/job_id"] for r in requests] == [str(good)]
     row = sql(migrated_database_url, "SELECT status, error FROM imagen.jobs WHERE id = %s", (bad,))
     assert row[0]["status"] == "failed"
-    assert message in row[0]["error"]
+    assert row[0]["error"].startswith(message)
+    assert "imagen.yaml" not in row[0]["error"] and "mock" not in row[0]["error"]
 
 
 def test_without_a_database_the_sensor_skips_and_says_why(tick: Tick) -> None:
@@ -205,7 +211,8 @@ def test_a_claimed_row_whose_run_never_started_is_requeued_then_failed(
     row = sql(migrated_database_url, "SELECT status, error FROM imagen.jobs")[0]
     assert row["status"] == "failed"
     assert row["error"] == (
-        f"no run was started for attempt {MAX_ATTEMPTS} (after {MAX_ATTEMPTS} attempts)"
+        f"no run was started for attempt {MAX_ATTEMPTS}; the operators can see why in the "
+        f"imagen_jobs_sensor's ticks (after {MAX_ATTEMPTS} attempts)"
     )
 
 
@@ -236,3 +243,78 @@ def test_the_interval_comes_from_the_environment_with_a_clear_error() -> None:
     assert build_imagen_jobs_sensor(2).minimum_interval_seconds == 2
     with pytest.raises(ConfigError, match=r"IMAGEN_SENSOR_INTERVAL_S: must be whole seconds"):
         sensor_interval_s({"IMAGEN_SENSOR_INTERVAL_S": "0.5"})
+
+
+def test_a_reexecution_from_failure_keeps_its_row_and_ends_done_with_one_image(
+    migrated_database_url: str,
+    write_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Through the Dagster API, as the UI does it: the re-execution carries no job tags of its
+    own, takes the row over from its parent, and the sensor leaves it alone while it runs."""
+    log = tmp_path / "calls.jsonl"
+    config_file = write_config({"backends": {"mock": {"type": "mock", "fail_permanent": "no"}}})
+    monkeypatch.setenv("IMAGEN_CONFIG", str(config_file))
+
+    def tick() -> None:
+        with dg.build_sensor_context(
+            instance=dagster_instance,
+            resources={"imagen": ImagenResource(), "imagen_db": ImagenDatabaseResource()},
+        ) as context:
+            assert isinstance(build_imagen_jobs_sensor()(context), dg.SensorResult)
+
+    [job_id] = insert_jobs(migrated_database_url, 1, width=64, height=64)
+    with dg.build_sensor_context(
+        instance=dagster_instance,
+        resources={"imagen": ImagenResource(), "imagen_db": ImagenDatabaseResource()},
+    ) as context:
+        [request] = requests_of(build_imagen_jobs_sensor()(context))
+    job = dg.build_reconstructable_job(
+        "imagen_pipeline.defs.jobs",
+        "build_generate_image_job",
+        reconstructable_kwargs={"retry_delay_s": 0},
+    )
+    with dg.execute_job(
+        job, dagster_instance, run_config=request.run_config, tags=request.tags
+    ) as parent:
+        assert not parent.success
+    tick()
+    row = sql(migrated_database_url, "SELECT * FROM imagen.jobs")[0]
+    assert (row["status"], row["run_id"]) == ("failed", parent.run_id)
+
+    # The backend works again, slowly enough for sensor ticks to happen during the run.
+    write_config({"backends": {"mock": {"type": "mock", "latency_s": 3, "calls_log": str(log)}}})
+    options = dg.ReexecutionOptions.from_failure(parent.run_id, dagster_instance)
+    outcome: dict[str, Any] = {}
+
+    def reexecute() -> None:
+        with dg.execute_job(job, dagster_instance, reexecution_options=options) as result:
+            outcome["success"], outcome["run_id"] = result.success, result.run_id
+
+    worker = threading.Thread(target=reexecute)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and log.read_text()):
+            assert time.monotonic() < deadline, "the re-execution never called the backend"
+            time.sleep(0.05)
+        owned = sql(migrated_database_url, "SELECT * FROM imagen.jobs")[0]
+        assert owned["status"] == "running" and owned["run_id"] != parent.run_id
+        tick()
+        tick()
+        during = sql(migrated_database_url, "SELECT * FROM imagen.jobs")[0]
+        assert (during["status"], during["run_id"]) == ("running", owned["run_id"])
+    finally:
+        worker.join(120)
+    assert outcome == {"success": True, "run_id": owned["run_id"]}
+    tick()
+    row = sql(migrated_database_url, "SELECT * FROM imagen.jobs")[0]
+    [image] = sql(migrated_database_url, "SELECT * FROM imagen.images")
+    assert (row["status"], row["run_id"], row["image_id"]) == ("done", owned["run_id"], image["id"])
+    assert len(log.read_text().splitlines()) == 1
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+    reexecution = dagster_instance.get_run_by_id(owned["run_id"])
+    assert reexecution is not None and reexecution.parent_run_id == parent.run_id
+    assert reexecution.tags["imagen/job_id"] == str(job_id), "found by the job's tag from now on"

@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 
 from imagen_pipeline.config.loader import LoadedConfig, load_config
 from imagen_pipeline.planning import GenerationPlan
-from imagen_pipeline.queue.listener import handle_notification, listen
+from imagen_pipeline.queue.listener import RELEASED, handle_notification, listen
 from imagen_pipeline.queue.rows import JobRow
 
 
@@ -81,9 +81,10 @@ def test_a_failed_submission_releases_the_claim_for_the_sensor(
     with psycopg.connect(migrated_database_url) as conn:
         outcome = handle_notification(conn, str(job_id), config_loader, submitter)
     assert "run submission failed, left for the sensor" in outcome
+    assert "ConnectionError: webserver refused the connection" in outcome
     row = job(migrated_database_url, job_id)
     assert (row["status"], row["attempts"]) == ("pending", 0)
-    assert "ConnectionError: webserver refused the connection" in row["error"]
+    assert row["error"] == RELEASED
 
 
 def test_an_invalid_row_fails_with_its_reason_and_launches_nothing(

@@ -41,7 +41,7 @@ def test_rows_reach_done_failed_with_errors_and_links(daemon_stack: DaemonStack)
         "a red kite over the dunes", style="watercolor", width=256, height=192
     )
     bad_style = daemon_stack.insert_job("a blue kite", style="vaporwave")
-    bad_size = daemon_stack.insert_job("a green kite", width=1001, height=512)
+    blank = daemon_stack.insert_job("   ")
     broken = daemon_stack.insert_job("a kite", backend="broken", width=64, height=64)
     daemon_stack.start()
     rows = daemon_stack.wait_for(all_settled)
@@ -64,11 +64,7 @@ def test_rows_reach_done_failed_with_errors_and_links(daemon_stack: DaemonStack)
 
     assert rows[bad_style]["status"] == "failed"
     assert "style: unknown style 'vaporwave'; known styles:" in rows[bad_style]["error"]
-    assert rows[bad_size]["status"] == "failed"
-    assert (
-        "width: must be between 64 and 4096 and a multiple of 8 (got 1001)"
-        in rows[bad_size]["error"]
-    )
+    assert (rows[blank]["status"], rows[blank]["error"]) == ("failed", "prompt: must not be empty")
     assert rows[broken]["status"] == "failed"
     assert "mock backend rejected the request: nope" in rows[broken]["error"]
 
@@ -78,7 +74,7 @@ def test_rows_reach_done_failed_with_errors_and_links(daemon_stack: DaemonStack)
         for record in runs:
             by_job.setdefault(record.dagster_run.tags.get("imagen/job_id"), []).append(record)
     assert len(by_job[str(good)]) == 1
-    assert str(bad_style) not in by_job and str(bad_size) not in by_job
+    assert str(bad_style) not in by_job and str(blank) not in by_job
     run = by_job[str(good)][0].dagster_run
     assert run.run_id == done["run_id"]
     assert run.tags["imagen/owner"] == "00000000-0000-0000-0000-0000000000a1"

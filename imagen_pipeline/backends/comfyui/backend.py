@@ -272,9 +272,8 @@ class ComfyUIBackend(ImageBackend):
         guidance = options.pop("guidance", self.guidance)
         if guidance is not None:
             if isinstance(guidance, bool) or not isinstance(guidance, int | float):
-                raise PermanentBackendError(
-                    f"backend_opts.guidance: must be a number, got {guidance!r}"
-                )
+                message = f"backend_opts.guidance: must be a number, got {guidance!r}"
+                raise PermanentBackendError(message, public=message)
             values["guidance"] = float(guidance)
         extra: dict[Target, Any] = {}
         for key, value in options.items():
@@ -285,7 +284,8 @@ class ComfyUIBackend(ImageBackend):
                 continue
             problem = workflow.check_target(target)
             if problem:
-                raise PermanentBackendError(f"backend_opts.{key}: {problem}")
+                message = f"backend_opts.{key}: {problem}"
+                raise PermanentBackendError(message, public=message)
             extra[target] = value
         return extra
 
