@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import random
 from pathlib import Path
 from types import ModuleType
 
 import dagster as dg
+import pytest
 import yaml
 
+from imagen_pipeline.config.loader import parse_config
 from imagen_pipeline.defs.jobs import generate_image
+from imagen_pipeline.errors import ImagenError
+from imagen_pipeline.planning import plan_generation
+from imagen_pipeline.queue.rows import JobRow
 from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT
 
 
@@ -50,3 +57,27 @@ def test_bench_queue_writes_an_instance_config_for_either_storage(tmp_path: Path
         else:
             assert config["storage"]["custom"]["class"] == "PooledPostgresStorage"
         assert stack.env["DAGSTER_PG_URL"] == "postgresql://unused/db"
+
+
+def test_fuzz_queue_knows_which_rows_the_pipeline_must_accept() -> None:
+    """The fuzz script's oracle agrees with the pipeline's checks (so its mismatch count is
+    about the queue, not about the script)."""
+    fuzz = load_script("fuzz_queue")
+    config = parse_config({"backends": {"mock": {"type": "mock"}}})
+    rng = random.Random(7)
+    seen = {True: 0, False: 0}
+    for number in range(300):
+        values, valid = fuzz.make_row(rng, with_attempts=False)
+        row = JobRow(
+            id=number + 1,
+            status="queued",
+            **{key: value for key, value in values.items() if key != "backend_opts"},
+            backend_opts_json=json.dumps(values["backend_opts"]),
+        )
+        seen[valid] += 1
+        if valid:
+            plan_generation(row.to_spec(), config)
+        else:
+            with pytest.raises(ImagenError):
+                plan_generation(row.to_spec(), config)
+    assert min(seen.values()) > 100

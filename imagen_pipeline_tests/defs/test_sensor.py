@@ -318,3 +318,50 @@ def test_a_reexecution_from_failure_keeps_its_row_and_ends_done_with_one_image(
     reexecution = dagster_instance.get_run_by_id(owned["run_id"])
     assert reexecution is not None and reexecution.parent_run_id == parent.run_id
     assert reexecution.tags["imagen/job_id"] == str(job_id), "found by the job's tag from now on"
+
+
+def test_a_done_row_passes_to_a_rerun_recording_step_but_never_to_a_second_generation(
+    migrated_database_url: str,
+    write_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """What run retries do after a worker died between marking the row done and reporting
+    success: re-run the recording step, which takes the done row over, so the row names a
+    run that succeeded. Re-executing every step is refused: one image per job."""
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv(
+        "IMAGEN_CONFIG",
+        str(write_config({"backends": {"mock": {"type": "mock", "calls_log": str(log)}}})),
+    )
+    insert_jobs(migrated_database_url, 1, width=64, height=64)
+    with dg.build_sensor_context(
+        instance=dagster_instance,
+        resources={"imagen": ImagenResource(), "imagen_db": ImagenDatabaseResource()},
+    ) as context:
+        [request] = requests_of(build_imagen_jobs_sensor()(context))
+    job = dg.build_reconstructable_job(
+        "imagen_pipeline.defs.jobs",
+        "build_generate_image_job",
+        reconstructable_kwargs={"retry_delay_s": 0},
+    )
+    with dg.execute_job(
+        job, dagster_instance, run_config=request.run_config, tags=request.tags
+    ) as first:
+        assert first.success
+    recording = dg.ReexecutionOptions(parent_run_id=first.run_id, step_selection=["record_usage"])
+    with dg.execute_job(job, dagster_instance, reexecution_options=recording) as again:
+        assert again.success
+    [row] = sql(migrated_database_url, "SELECT * FROM imagen.jobs")
+    [image] = sql(migrated_database_url, "SELECT * FROM imagen.images")
+    assert (row["status"], row["run_id"], row["image_id"]) == ("done", again.run_id, image["id"])
+
+    everything = dg.ReexecutionOptions(parent_run_id=again.run_id)
+    with dg.execute_job(job, dagster_instance, reexecution_options=everything) as whole:
+        assert not whole.success
+    assert len(log.read_text().splitlines()) == 1
+    assert len(sql(migrated_database_url, "SELECT * FROM imagen.images")) == 1
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+    [row] = sql(migrated_database_url, "SELECT * FROM imagen.jobs")
+    assert (row["status"], row["run_id"]) == ("done", again.run_id)
