@@ -12,8 +12,10 @@ import dagster as dg
 import httpx
 import psycopg
 import pytest
+from click.testing import CliRunner
 from psycopg.rows import dict_row
 
+from imagen_pipeline.cli.main import cli
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.defs.ops import IMAGE_ASSET_KEY
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
@@ -321,3 +323,69 @@ def test_a_jobs_owner_wins_and_the_job_row_links_the_uploaded_image(
     assert str(image["owner_user_id"]) == OWNER
     assert image["storage_path"].startswith(f"{OWNER}/")
     assert (BUCKET, image["storage_path"]) in cloud_env.objects
+
+
+def test_a_queued_job_whose_upload_failed_is_retried_into_one_call_one_file_one_object(
+    migrated_database_url: str,
+    cloud_env: FakeStorage,
+    cloud_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The image was generated and written, the upload failed: the retried job re-uses the
+    file under its final name (no second backend call, no second file)."""
+    config_file = cloud_config()
+    monkeypatch.setenv("IMAGEN_CONFIG", str(config_file))
+    monkeypatch.setenv("SUPABASE_URL", f"http://127.0.0.1:{closed_port()}")
+    [job] = sql(
+        migrated_database_url,
+        "INSERT INTO imagen.jobs (owner_user_id, prompt, width, height) "
+        "VALUES (%s, 'a fox', 64, 64) RETURNING id",
+        (OWNER,),
+    )
+
+    def tick() -> list[dg.RunRequest]:
+        with dg.build_sensor_context(
+            instance=dagster_instance,
+            resources={
+                "imagen": ImagenResource(config_path=str(config_file)),
+                "imagen_db": ImagenDatabaseResource(),
+            },
+        ) as context:
+            result = build_imagen_jobs_sensor()(context)
+        assert isinstance(result, dg.SensorResult)
+        return list(result.run_requests or [])
+
+    def run(request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+        return build_generate_image_job(retry_delay_s=0).execute_in_process(
+            run_config=request.run_config,
+            tags=request.tags,
+            instance=dagster_instance,
+            raise_on_error=False,
+        )
+
+    [request] = tick()
+    first = run(request)
+    assert not first.success
+    tick()
+    [row] = sql(migrated_database_url, "SELECT * FROM imagen.jobs")
+    assert (row["status"], row["error"]) == (
+        "failed",
+        "the image was made but could not be stored right now; retry the job later",
+    )
+    detail = run_step_failure(dagster_instance, first.run_id) or ""
+    assert "is unreachable (reading bucket 'images')" in detail
+    assert "CloudSyncError" not in detail, "the class name is not repeated in the message"
+
+    retried = CliRunner().invoke(cli, ["queue", "retry", str(job["id"])])
+    assert retried.exit_code == 0, retried.output
+    monkeypatch.setenv("SUPABASE_URL", cloud_env.url)
+    [request] = tick()
+    assert run(request).success
+    assert backend_calls(tmp_path) == 1
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+    assert len(image_uploads(cloud_env)) == 1
+    [image] = sql(migrated_database_url, "SELECT * FROM imagen.images")
+    [row] = sql(migrated_database_url, "SELECT * FROM imagen.jobs")
+    assert (row["status"], row["image_id"]) == ("done", image["id"])
