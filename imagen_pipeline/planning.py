@@ -32,6 +32,7 @@ MAX_OPTS_BYTES = 16384
 MAX_OPTS_DEPTH = 4
 MAX_OPTS_NUMBER = 2**53 - 1
 _OPTION_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX\u00d7]\s*(\d+)\s*$")
 
 
@@ -128,7 +129,10 @@ def _opts_problem(value: object, path: str, level: int) -> str | None:
     elif isinstance(value, int | float) and not isinstance(value, bool):
         if not math.isfinite(value) or abs(value) > MAX_OPTS_NUMBER:
             return f"{path}: numbers must be between -{MAX_OPTS_NUMBER} and {MAX_OPTS_NUMBER}"
-    elif value is not None and not isinstance(value, str | bool):
+    elif isinstance(value, str):
+        if "\x00" in value or _SURROGATE.search(value):
+            return f"{path}: text must not contain U+0000 or unpaired surrogates"
+    elif value is not None and not isinstance(value, bool):
         return f"{path}: {type(value).__name__} is not a JSON value"
     return None
 

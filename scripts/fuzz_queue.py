@@ -41,18 +41,11 @@ from bench_queue import Stack, import_dagster_s, throwaway_database
 STYLES = ["none", "photo", "watercolor", "blog-header", "cinematic", "minimal", "illustration"]
 CLIENT = "0f0f0f0f-0000-4000-8000-00000000000f"
 TERMINAL = {"done", "failed", "canceled"}
-REQUEST_RULES = (
-    "jobs_prompt_check",
-    "jobs_negative_check",
-    "jobs_style_check",
-    "jobs_backend_check",
-    "jobs_width_check",
-    "jobs_height_check",
-    "jobs_steps_check",
-    "jobs_seed_check",
-    "jobs_backend_opts_check",
-    "jobs_attempts_check",
-)
+# The request rules of migration 20261202090000 (every CHECK but the status lifecycle).
+REQUEST_RULES = """
+    SELECT conname FROM pg_constraint
+     WHERE conrelid = 'imagen.jobs'::regclass AND contype = 'c' AND conname <> 'jobs_status_check'
+"""
 CLASS_NAME = re.compile(r"\b[A-Z][A-Za-z]+(Error|Exception)\b")
 
 
@@ -186,7 +179,7 @@ def main() -> None:
     ):
         if args.without_rules:
             with psycopg.connect(url, autocommit=True) as conn:
-                for name in REQUEST_RULES:
+                for (name,) in conn.execute(REQUEST_RULES).fetchall():
                     conn.execute(f"ALTER TABLE imagen.jobs DROP CONSTRAINT {name}")
         stack = Stack(url, Path(tmp), False, 0.1, None, None, False)
         stack.start()

@@ -18,19 +18,12 @@ from psycopg.rows import dict_row
 from imagen_pipeline.cli.main import cli
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.defs.ops import IMAGE_ASSET_KEY
-from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.defs.run_errors import run_step_failure
-from imagen_pipeline.defs.sensors import build_imagen_jobs_sensor
 from imagen_pipeline_tests.cloud.conftest import BUCKET, FALLBACK_OWNER, KEY, OWNER
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fakes.storage_server import DROP_AFTER_STORE, FakeStorage
 from imagen_pipeline_tests.fixtures.imagen import step_failure_text
-
-RECONSTRUCTABLE_JOB = dg.build_reconstructable_job(
-    "imagen_pipeline.defs.jobs",
-    "build_generate_image_job",
-    reconstructable_kwargs={"retry_delay_s": 0},
-)
+from imagen_pipeline_tests.fixtures.queue import RECONSTRUCTABLE_JOB, run_requests
 
 
 def run_config(config_file: Path, **op_config: Any) -> dict[str, Any]:
@@ -302,16 +295,7 @@ def test_a_jobs_owner_wins_and_the_job_row_links_the_uploaded_image(
         "VALUES (%s, 'a fox', 64, 64) RETURNING id",
         (OWNER,),
     )
-    context = dg.build_sensor_context(
-        instance=dagster_instance,
-        resources={
-            "imagen": ImagenResource(config_path=str(config_file)),
-            "imagen_db": ImagenDatabaseResource(),
-        },
-    )
-    tick = build_imagen_jobs_sensor()(context)
-    assert isinstance(tick, dg.SensorResult)
-    [request] = tick.run_requests or []
+    [request] = run_requests(dagster_instance, config_file)
     result = build_generate_image_job(retry_delay_s=0).execute_in_process(
         run_config=request.run_config, tags=request.tags, instance=dagster_instance
     )
@@ -346,16 +330,7 @@ def test_a_queued_job_whose_upload_failed_is_retried_into_one_call_one_file_one_
     )
 
     def tick() -> list[dg.RunRequest]:
-        with dg.build_sensor_context(
-            instance=dagster_instance,
-            resources={
-                "imagen": ImagenResource(config_path=str(config_file)),
-                "imagen_db": ImagenDatabaseResource(),
-            },
-        ) as context:
-            result = build_imagen_jobs_sensor()(context)
-        assert isinstance(result, dg.SensorResult)
-        return list(result.run_requests or [])
+        return run_requests(dagster_instance, config_file)
 
     def run(request: dg.RunRequest) -> dg.ExecuteInProcessResult:
         return build_generate_image_job(retry_delay_s=0).execute_in_process(

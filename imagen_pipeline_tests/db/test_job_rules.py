@@ -7,9 +7,6 @@ repair of rows written before the rules existed.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import hypothesis.strategies as st
@@ -23,29 +20,17 @@ from imagen_pipeline.db import migrate as migrate_module
 from imagen_pipeline.errors import InvalidRequestError
 from imagen_pipeline.planning import check_backend_opts
 from imagen_pipeline.queue.rows import MAX_ATTEMPTS
+from imagen_pipeline_tests.fixtures.queue import web_session
 
 USER = "0a0a0a0a-0000-4000-8000-00000000000a"
 OTHER = "0b0b0b0b-0000-4000-8000-00000000000b"
-
-
-@contextmanager
-def as_client(url: str, user: str = USER) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
-    """A cursor in a transaction as PostgREST runs a signed-in user's request."""
-    with psycopg.connect(url, row_factory=dict_row) as conn, conn.transaction():
-        cursor = conn.cursor()
-        cursor.execute("SET LOCAL ROLE authenticated")
-        cursor.execute(
-            "SELECT set_config('request.jwt.claims', %s, true)",
-            (json.dumps({"role": "authenticated", "sub": user}),),
-        )
-        yield cursor
 
 
 def client_insert(url: str, **fields: Any) -> int:
     values = {"prompt": "a lighthouse", **fields}
     if "backend_opts" in values:
         values["backend_opts"] = Jsonb(values["backend_opts"])
-    with as_client(url) as cursor:
+    with web_session(url, USER) as cursor:
         row = cursor.execute(
             f"INSERT INTO imagen.jobs ({', '.join(values)}) "
             f"VALUES ({', '.join(['%s'] * len(values))}) RETURNING id",
@@ -145,7 +130,7 @@ def seed_job(url: str, status: str, attempts: int, owner: str = USER) -> int:
 
 
 def client_set_status(url: str, job_id: int, status: str) -> int:
-    with as_client(url) as cursor:
+    with web_session(url, USER) as cursor:
         return cursor.execute(
             "UPDATE imagen.jobs SET status = %s WHERE id = %s", (status, job_id)
         ).rowcount
@@ -236,8 +221,9 @@ json_values = st.recursive(
     | st.booleans()
     | st.integers(min_value=-(2**60), max_value=2**60)
     | st.floats(allow_nan=False, allow_infinity=False, width=32)
-    # PostgreSQL's jsonb cannot hold U+0000 at all (refused before any rule is checked).
-    | st.text(st.characters(blacklist_characters="\x00"), max_size=8),
+    # jsonb cannot hold U+0000 or unpaired surrogates at all (refused before any rule is
+    # checked); the pipeline refuses them too (test below).
+    | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8),
     lambda children: (
         st.lists(children, max_size=3)
         | st.dictionaries(
@@ -266,3 +252,10 @@ def test_the_pipeline_and_the_database_agree_on_backend_opts(
         migrated_database_url, "SELECT imagen.valid_backend_opts(%s) AS ok", (Jsonb(value),)
     )
     assert row["ok"] == pipeline_accepts, value
+
+
+@pytest.mark.parametrize("text", ["\x00", "a\ud800", "\udfff b"])
+def test_text_the_database_cannot_store_is_refused_by_the_pipeline_too(text: str) -> None:
+    with pytest.raises(InvalidRequestError, match="U\\+0000 or unpaired surrogates") as error:
+        check_backend_opts({"a": [text]})
+    assert error.value.field == "backend_opts.a[0]"

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import psycopg
 import pytest
-from psycopg.rows import dict_row
+
+from imagen_pipeline_tests.fixtures.queue import web_session
 
 USER_A = "0a0a0a0a-0000-4000-8000-00000000000a"
 USER_B = "0b0b0b0b-0000-4000-8000-00000000000b"
-
-
-@contextmanager
-def as_role(url: str, role: str, user: str | None = None) -> Iterator[psycopg.Cursor]:
-    """A cursor inside a transaction running as ``role`` with the claims PostgREST would set."""
-    with psycopg.connect(url, row_factory=dict_row) as conn, conn.transaction():
-        cursor = conn.cursor()
-        cursor.execute(f"SET LOCAL ROLE {role}")
-        claims = {"role": role, **({"sub": user} if user else {})}
-        cursor.execute("SELECT set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
-        yield cursor
 
 
 @pytest.fixture
@@ -58,7 +44,7 @@ def seeded(migrated_database_url: str) -> dict[str, int]:
 def test_a_user_sees_only_their_own_rows(
     migrated_database_url: str, seeded: dict[str, int]
 ) -> None:
-    with as_role(migrated_database_url, "authenticated", USER_A) as cursor:
+    with web_session(migrated_database_url, USER_A) as cursor:
         jobs = cursor.execute("SELECT id FROM imagen.jobs").fetchall()
         images = cursor.execute("SELECT job_id FROM imagen.images").fetchall()
         usage = cursor.execute("SELECT run_id FROM mai.imagen_usage").fetchall()
@@ -70,7 +56,7 @@ def test_a_user_sees_only_their_own_rows(
 def test_a_user_inserts_pending_jobs_owned_by_themselves_by_default(
     migrated_database_url: str, seeded: dict[str, int]
 ) -> None:
-    with as_role(migrated_database_url, "authenticated", USER_A) as cursor:
+    with web_session(migrated_database_url, USER_A) as cursor:
         row = cursor.execute(
             "INSERT INTO imagen.jobs (prompt, style) VALUES ('mine', 'photo') "
             "RETURNING owner_user_id::text AS owner, status"
@@ -83,7 +69,7 @@ def test_a_user_cannot_insert_a_job_for_someone_else(
 ) -> None:
     with (
         pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"),
-        as_role(migrated_database_url, "authenticated", USER_A) as cursor,
+        web_session(migrated_database_url, USER_A) as cursor,
     ):
         cursor.execute(
             "INSERT INTO imagen.jobs (owner_user_id, prompt) VALUES (%s, 'not mine')", (USER_B,)
@@ -95,7 +81,7 @@ def test_a_user_cannot_set_pipeline_columns_on_insert(
 ) -> None:
     with (
         pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"),
-        as_role(migrated_database_url, "authenticated", USER_A) as cursor,
+        web_session(migrated_database_url, USER_A) as cursor,
     ):
         cursor.execute("INSERT INTO imagen.jobs (prompt, status) VALUES ('x', 'done')")
 
@@ -103,7 +89,7 @@ def test_a_user_cannot_set_pipeline_columns_on_insert(
 def test_a_user_can_cancel_only_their_own_unfinished_jobs(
     migrated_database_url: str, seeded: dict[str, int]
 ) -> None:
-    with as_role(migrated_database_url, "authenticated", USER_A) as cursor:
+    with web_session(migrated_database_url, USER_A) as cursor:
         other = cursor.execute(
             "UPDATE imagen.jobs SET status = 'canceled' WHERE id = %s", (seeded["job_b"],)
         )
@@ -122,13 +108,13 @@ def test_a_user_cannot_mark_their_job_done_or_change_other_columns(
 ) -> None:
     with (
         pytest.raises(psycopg.errors.CheckViolation, match="a client may set canceled") as error,
-        as_role(migrated_database_url, "authenticated", USER_A) as cursor,
+        web_session(migrated_database_url, USER_A) as cursor,
     ):
         cursor.execute("UPDATE imagen.jobs SET status = 'done' WHERE id = %s", (seeded["job_a"],))
     assert error.value.diag.constraint_name == "jobs_client_transition"
     with (
         pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"),
-        as_role(migrated_database_url, "authenticated", USER_A) as cursor,
+        web_session(migrated_database_url, USER_A) as cursor,
     ):
         cursor.execute("UPDATE imagen.jobs SET prompt = 'x' WHERE id = %s", (seeded["job_a"],))
 
@@ -143,7 +129,7 @@ def test_a_user_cannot_write_images_or_usage(
     ):
         with (
             pytest.raises(psycopg.errors.InsufficientPrivilege),
-            as_role(migrated_database_url, "authenticated", USER_A) as cursor,
+            web_session(migrated_database_url, USER_A) as cursor,
         ):
             cursor.execute(statement)
 
@@ -154,7 +140,7 @@ def test_anon_cannot_touch_the_schemas(
 ) -> None:
     with (
         pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for schema"),
-        as_role(migrated_database_url, "anon") as cursor,
+        web_session(migrated_database_url, None, "anon") as cursor,
     ):
         cursor.execute(f"SELECT * FROM {table}")
 
@@ -162,7 +148,7 @@ def test_anon_cannot_touch_the_schemas(
 def test_the_service_role_sees_and_writes_everything(
     migrated_database_url: str, seeded: dict[str, int]
 ) -> None:
-    with as_role(migrated_database_url, "service_role") as cursor:
+    with web_session(migrated_database_url, None, "service_role") as cursor:
         jobs = cursor.execute("SELECT count(*) AS n FROM imagen.jobs").fetchone()
         images = cursor.execute("SELECT count(*) AS n FROM imagen.images").fetchone()
         usage = cursor.execute("SELECT count(*) AS n FROM mai.imagen_usage").fetchone()

@@ -13,6 +13,7 @@ from PIL import Image
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.defs.ops import IMAGE_ASSET_KEY
 from imagen_pipeline_tests.fixtures.imagen import step_failure_text
+from imagen_pipeline_tests.fixtures.queue import RECONSTRUCTABLE_JOB
 
 
 def run_config(config_file: Path, **op_config: Any) -> dict[str, Any]:
@@ -138,11 +139,7 @@ def test_reexecute_from_failure_reuses_generated_image(
     )
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "blocked").write_text("a file where a folder should be")
-    job = dg.build_reconstructable_job(
-        "imagen_pipeline.defs.jobs",
-        "build_generate_image_job",
-        reconstructable_kwargs={"retry_delay_s": 0},
-    )
+    job = RECONSTRUCTABLE_JOB
     with dg.execute_job(
         job, instance=dagster_instance, run_config=run_config(config_file)
     ) as first:

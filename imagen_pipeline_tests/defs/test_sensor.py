@@ -14,7 +14,6 @@ import pytest
 from psycopg.rows import dict_row
 
 from imagen_pipeline.defs.jobs import generate_image
-from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.defs.sensors import (
     CLAIM_BATCH,
     MAX_ATTEMPTS,
@@ -24,6 +23,7 @@ from imagen_pipeline.defs.sensors import (
     sensor_interval_s,
 )
 from imagen_pipeline.errors import ConfigError
+from imagen_pipeline_tests.fixtures.queue import RECONSTRUCTABLE_JOB, run_requests, sensor_tick
 
 OWNER = "00000000-0000-4000-8000-0000000000c1"
 Tick = Callable[..., dg.SensorResult | dg.SkipReason]
@@ -41,15 +41,7 @@ def tick(
     """Evaluate one sensor tick with the given cursor."""
 
     def evaluate(cursor: str | None = None) -> dg.SensorResult | dg.SkipReason:
-        context = dg.build_sensor_context(
-            cursor=cursor,
-            instance=dagster_instance,
-            resources={
-                "imagen": ImagenResource(config_path=str(config_file)),
-                "imagen_db": ImagenDatabaseResource(),
-            },
-        )
-        return build_imagen_jobs_sensor()(context)
+        return sensor_tick(dagster_instance, config_file, cursor)
 
     return evaluate
 
@@ -259,23 +251,11 @@ def test_a_reexecution_from_failure_keeps_its_row_and_ends_done_with_one_image(
     monkeypatch.setenv("IMAGEN_CONFIG", str(config_file))
 
     def tick() -> None:
-        with dg.build_sensor_context(
-            instance=dagster_instance,
-            resources={"imagen": ImagenResource(), "imagen_db": ImagenDatabaseResource()},
-        ) as context:
-            assert isinstance(build_imagen_jobs_sensor()(context), dg.SensorResult)
+        run_requests(dagster_instance)
 
     [job_id] = insert_jobs(migrated_database_url, 1, width=64, height=64)
-    with dg.build_sensor_context(
-        instance=dagster_instance,
-        resources={"imagen": ImagenResource(), "imagen_db": ImagenDatabaseResource()},
-    ) as context:
-        [request] = requests_of(build_imagen_jobs_sensor()(context))
-    job = dg.build_reconstructable_job(
-        "imagen_pipeline.defs.jobs",
-        "build_generate_image_job",
-        reconstructable_kwargs={"retry_delay_s": 0},
-    )
+    [request] = run_requests(dagster_instance)
+    job = RECONSTRUCTABLE_JOB
     with dg.execute_job(
         job, dagster_instance, run_config=request.run_config, tags=request.tags
     ) as parent:
@@ -336,16 +316,8 @@ def test_a_done_row_passes_to_a_rerun_recording_step_but_never_to_a_second_gener
         str(write_config({"backends": {"mock": {"type": "mock", "calls_log": str(log)}}})),
     )
     insert_jobs(migrated_database_url, 1, width=64, height=64)
-    with dg.build_sensor_context(
-        instance=dagster_instance,
-        resources={"imagen": ImagenResource(), "imagen_db": ImagenDatabaseResource()},
-    ) as context:
-        [request] = requests_of(build_imagen_jobs_sensor()(context))
-    job = dg.build_reconstructable_job(
-        "imagen_pipeline.defs.jobs",
-        "build_generate_image_job",
-        reconstructable_kwargs={"retry_delay_s": 0},
-    )
+    [request] = run_requests(dagster_instance)
+    job = RECONSTRUCTABLE_JOB
     with dg.execute_job(
         job, dagster_instance, run_config=request.run_config, tags=request.tags
     ) as first:

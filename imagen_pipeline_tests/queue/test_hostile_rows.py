@@ -12,7 +12,6 @@ nothing stays pending.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,27 +29,14 @@ from psycopg.types.json import Jsonb
 from imagen_pipeline.config.loader import LoadedConfig, load_config
 from imagen_pipeline.defs.job_runs import run_config_for
 from imagen_pipeline.defs.jobs import generate_image
-from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
-from imagen_pipeline.defs.sensors import build_imagen_jobs_sensor
 from imagen_pipeline.planning import GenerationPlan
 from imagen_pipeline.prompts.styles import load_styles
 from imagen_pipeline.queue.listener import handle_notification
 from imagen_pipeline.queue.rows import JobRow
+from imagen_pipeline_tests.fixtures.queue import sensor_tick, web_session
 
 CLIENT = "0c0c0c0c-0000-4000-8000-00000000000c"
 BACKENDS = ("mock", "gpu_box")
-REQUEST_RULES = (
-    "jobs_prompt_check",
-    "jobs_negative_check",
-    "jobs_style_check",
-    "jobs_backend_check",
-    "jobs_width_check",
-    "jobs_height_check",
-    "jobs_steps_check",
-    "jobs_seed_check",
-    "jobs_backend_opts_check",
-    "jobs_attempts_check",
-)
 CLASS_NAME = re.compile(r"\b[A-Z][A-Za-z]+(Error|Exception)\b")
 
 
@@ -194,31 +180,21 @@ class Harness:
             f"INSERT INTO imagen.jobs ({', '.join(values)}) "
             f"VALUES ({', '.join(['%s'] * len(values))}) RETURNING id"
         )
-        with psycopg.connect(self.url, row_factory=dict_row) as conn:
-            try:
-                with conn.transaction():
-                    if as_client:
-                        conn.execute("SET LOCAL ROLE authenticated")
-                        conn.execute(
-                            "SELECT set_config('request.jwt.claims', %s, true)",
-                            (json.dumps({"role": "authenticated", "sub": CLIENT}),),
-                        )
+        try:
+            if as_client:
+                with web_session(self.url, CLIENT) as cursor:
+                    row = cursor.execute(statement, list(values.values())).fetchone()
+            else:
+                with self.connect() as conn:
                     row = conn.execute(statement, list(values.values())).fetchone()
-            except psycopg.errors.CheckViolation as error:
-                spec.refused_by = error.diag.constraint_name
-                return
+        except psycopg.errors.CheckViolation as error:
+            spec.refused_by = error.diag.constraint_name
+            return
         assert row is not None
         spec.job_id = int(row["id"])
 
     def sensor_tick(self) -> dg.SensorResult:
-        with dg.build_sensor_context(
-            instance=self.instance,
-            resources={
-                "imagen": ImagenResource(config_path=str(self.config_file)),
-                "imagen_db": ImagenDatabaseResource(),
-            },
-        ) as context:
-            result = build_imagen_jobs_sensor()(context)
+        result = sensor_tick(self.instance, self.config_file)
         assert isinstance(result, dg.SensorResult), result
         for request in result.run_requests or []:
             # What the daemon does with the tick's result: read it back, create the run.
@@ -265,7 +241,7 @@ def check_batch(h: Harness, specs: list[RowSpec], *, as_client: bool, listener: 
         if spec.job_id is None:
             assert as_client, "only the database's rules may refuse an insert"
             assert not spec.valid, f"a valid row was refused by {spec.refused_by}"
-            assert spec.refused_by in REQUEST_RULES
+            assert spec.refused_by and spec.refused_by.startswith("jobs_"), spec.refused_by
     requested: set[int] = set()
     if listener:
         for spec in inserted:
@@ -291,11 +267,19 @@ def check_batch(h: Harness, specs: list[RowSpec], *, as_client: bool, listener: 
             assert str(h.config_file) not in error and "configured backends" not in error
 
 
+DROPPABLE_RULES = """
+    SELECT conname FROM pg_constraint
+     WHERE conrelid = 'imagen.jobs'::regclass AND contype = 'c' AND conname <> 'jobs_status_check'
+"""
+
+
 @pytest.fixture
 def rules_dropped(migrated_database_url: str) -> str:
     """The same database without its request rules: only the pipeline's checks remain."""
     with psycopg.connect(migrated_database_url, autocommit=True) as conn:
-        for name in REQUEST_RULES:
+        names = [row[0] for row in conn.execute(DROPPABLE_RULES)]
+        assert len(names) == 10
+        for name in names:
             conn.execute(f"ALTER TABLE imagen.jobs DROP CONSTRAINT {name}")
     return migrated_database_url
 

@@ -19,10 +19,9 @@ from psycopg.rows import dict_row
 
 from imagen_pipeline.cli.main import cli
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
-from imagen_pipeline.defs.sensors import build_imagen_jobs_sensor
 from imagen_pipeline.generation import job_record_path
 from imagen_pipeline.queue.rows import MAX_ATTEMPTS
+from imagen_pipeline_tests.fixtures.queue import run_requests, web_session
 
 OWNER = "0d0d0d0d-0000-4000-8000-00000000000d"
 
@@ -42,16 +41,7 @@ class Queue:
         self.instance = instance
 
     def tick(self) -> list[dg.RunRequest]:
-        with dg.build_sensor_context(
-            instance=self.instance,
-            resources={
-                "imagen": ImagenResource(config_path=str(self.config_file)),
-                "imagen_db": ImagenDatabaseResource(),
-            },
-        ) as context:
-            result = build_imagen_jobs_sensor()(context)
-        assert isinstance(result, dg.SensorResult)
-        return list(result.run_requests or [])
+        return run_requests(self.instance, self.config_file)
 
     def run(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
         return build_generate_image_job(retry_delay_s=0).execute_in_process(
@@ -166,13 +156,8 @@ def test_a_client_retry_with_nothing_to_reuse_generates_afresh(
     queue.tick()
     assert queue.row(job_id)["error"] == "mock backend rejected the request: no"
 
-    with psycopg.connect(migrated_database_url) as conn, conn.transaction():
-        conn.execute("SET LOCAL ROLE authenticated")
-        conn.execute(
-            "SELECT set_config('request.jwt.claims', %s, true)",
-            (json.dumps({"role": "authenticated", "sub": OWNER}),),
-        )
-        conn.execute("UPDATE imagen.jobs SET status = 'pending' WHERE id = %s", (job_id,))
+    with web_session(migrated_database_url, OWNER) as cursor:
+        cursor.execute("UPDATE imagen.jobs SET status = 'pending' WHERE id = %s", (job_id,))
     # The backend takes the request now (the same imagen.yaml, edited).
     write_config({"backends": {"mock": {"type": "mock", "calls_log": str(log)}}})
     [request] = queue.tick()

@@ -17,11 +17,10 @@ from imagen_pipeline.config.loader import parse_config
 from imagen_pipeline.config.models import BudgetConfig
 from imagen_pipeline.db.connection import connect
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.defs.run_errors import run_step_failure
-from imagen_pipeline.defs.sensors import build_imagen_jobs_sensor
 from imagen_pipeline.errors import ConfigError
 from imagen_pipeline.usage.budget import BudgetExceededError, check_budget
+from imagen_pipeline_tests.fixtures.queue import run_requests
 
 OWNER = "00000000-0000-4000-8000-0000000000b1"
 NOON = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -160,19 +159,10 @@ def test_a_job_row_refused_by_the_budget_says_why(
         (OWNER,),
     )
 
-    def tick() -> dg.SensorResult:
-        context = dg.build_sensor_context(
-            instance=dagster_instance,
-            resources={
-                "imagen": ImagenResource(config_path=str(config_file)),
-                "imagen_db": ImagenDatabaseResource(),
-            },
-        )
-        result = build_imagen_jobs_sensor()(context)
-        assert isinstance(result, dg.SensorResult)
-        return result
+    def tick() -> list[dg.RunRequest]:
+        return run_requests(dagster_instance, config_file)
 
-    [request] = tick().run_requests or []
+    [request] = tick()
     run_config = request.run_config
     run_config["resources"] = {"imagen": {"config": {"config_path": str(config_file)}}}
     result = build_generate_image_job(retry_delay_s=0).execute_in_process(
