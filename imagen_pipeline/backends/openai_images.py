@@ -33,11 +33,15 @@ from imagen_pipeline.backends.contract import (
     ImageBackend,
     image_mime_type,
 )
-from imagen_pipeline.backends.http_transport import USER_AGENT, retry_after_header_s
+from imagen_pipeline.backends.http_transport import (
+    USER_AGENT,
+    is_transient_status,
+    probe_model,
+    retry_after_header_s,
+)
 from imagen_pipeline.config.secrets import resolve_secret
 from imagen_pipeline.errors import (
     BackendError,
-    MissingCredentialError,
     PermanentBackendError,
     TransientBackendError,
 )
@@ -154,7 +158,8 @@ DEFAULT_IMAGE_PRICES: dict[str, dict[str, float]] = {
 """US dollars per DALL·E image by ``"<quality> <size>"``; ``image_prices`` overrides them."""
 
 CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
-TRANSIENT_STATUSES = frozenset({408, 409, 429})
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+"""4xx answers worth a retry (every 5xx is)."""
 SNAPSHOT_DATE = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 IMAGE_PRICE_KEY = re.compile(r"^[a-z]+ \d+x\d+$")
 API_KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_*\-]{4,}")
@@ -580,51 +585,18 @@ class OpenAIImagesBackend(ImageBackend):
 
     def check(self) -> BackendCheck:
         """GET ``/models/{model}`` with the key: reachable, key valid, model available."""
-        try:
-            key = resolve_secret(self.api_key_env, "api_key_env")
-        except MissingCredentialError as error:
-            return BackendCheck(
-                reachable=None, credentials=False, model_present=None, detail=str(error)
-            )
-        try:
-            response = httpx.get(
-                f"{self.base_url}/models/{quote(self.model, safe='')}",
-                headers=self._headers(key),
-                timeout=self.request_timeout_s,
-            )
-        except httpx.HTTPError as error:
-            return BackendCheck(
-                reachable=False,
-                credentials=None,
-                model_present=None,
-                detail=f"cannot reach {self.base_url}: {type(error).__name__}: "
-                f"{redact(str(error), key)}",
-            )
-        detail = redact(parse_api_error(response).message, key)
-        status = response.status_code
-        if status == 200:
-            return BackendCheck(
-                reachable=True,
-                credentials=True,
-                model_present=True,
-                detail=f"model {self.model} available",
-            )
-        if status in (401, 403):
-            return BackendCheck(
-                reachable=True,
-                credentials=False,
-                model_present=None,
-                detail=f"key in ${self.api_key_env} refused ({status}): {detail}",
-            )
-        if status == 404:
-            return BackendCheck(
-                reachable=True,
-                credentials=True,
-                model_present=False,
-                detail=f"model {self.model} not found: {detail}",
-            )
-        return BackendCheck(
-            reachable=True, credentials=None, model_present=None, detail=f"HTTP {status}: {detail}"
+        return probe_model(
+            self.base_url,
+            f"/models/{quote(self.model, safe='')}",
+            secret_env=self.api_key_env,
+            secret_field="api_key_env",
+            headers=self._headers,
+            timeout_s=self.request_timeout_s,
+            error_detail=lambda response: parse_api_error(response).message,
+            redact=redact,
+            model=self.model,
+            found=f"model {self.model} available",
+            refused=f"key in ${self.api_key_env} refused",
         )
 
     def _headers(self, key: str) -> dict[str, str]:
@@ -670,7 +642,7 @@ class OpenAIImagesBackend(ImageBackend):
         label = f"OpenAI images ({', '.join(tags)})"
         if status == 429 and "insufficient_quota" in (error.code, error.type):
             return PermanentBackendError(f"{label}: quota exhausted: {message}{where}")
-        if status in TRANSIENT_STATUSES or status >= 500:
+        if is_transient_status(status, RETRYABLE_STATUSES):
             return TransientBackendError(
                 f"{label}: {message}{where}", retry_after_s=retry_after_s(response, message)
             )

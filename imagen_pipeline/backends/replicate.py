@@ -38,13 +38,14 @@ from imagen_pipeline.backends.contract import (
 from imagen_pipeline.backends.http_transport import (
     LOST_RESPONSE_ERRORS,
     USER_AGENT,
+    probe_model,
     retry_after_header_s,
+    status_error,
 )
 from imagen_pipeline.config.secrets import resolve_secret
 from imagen_pipeline.errors import (
     BackendError,
     ImagenError,
-    MissingCredentialError,
     PermanentBackendError,
     TransientBackendError,
 )
@@ -90,6 +91,11 @@ FLUX_STEPS: dict[str, tuple[int, int]] = {"flux-schnell": (4, 4), "flux-dev": (5
 """Style -> (largest ``num_inference_steps`` accepted, the model's default)."""
 
 FLUX_PRO_MIN_SIDE, FLUX_PRO_MAX_SIDE, FLUX_PRO_MULTIPLE = 256, 1440, 32
+
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+"""4xx answers of the API worth a retry (every 5xx is)."""
+DOWNLOAD_RETRYABLE_STATUSES = frozenset({429})
+"""4xx answers of an output download worth a retry (every 5xx is)."""
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
 NOT_ADOPTABLE_STATUSES = frozenset({"failed", "canceled", "aborted"})
@@ -245,6 +251,11 @@ def problem_detail(response: httpx.Response) -> str:
             return "; ".join(lines)
     text = " ".join(response.text.split())
     return text[:300] or response.reason_phrase
+
+
+def redact(text: str, token: str) -> str:
+    """``text`` with the token blanked out (defence in depth for echoed bodies)."""
+    return text.replace(token, "***")
 
 
 def retry_after_s(response: httpx.Response, detail: str) -> float | None:
@@ -413,12 +424,6 @@ class ReplicateBackend(ImageBackend):
 
     def check(self) -> BackendCheck:
         """Read the model (or version) with the token: reachable, token valid, model present."""
-        try:
-            token = resolve_secret(self.api_token_env, "api_token_env")
-        except MissingCredentialError as error:
-            return BackendCheck(
-                reachable=None, credentials=False, model_present=None, detail=str(error)
-            )
         ref = parse_model_ref(self.model)
         if ref.name is None:
             path = "/account"
@@ -426,47 +431,19 @@ class ReplicateBackend(ImageBackend):
             path = f"/models/{ref.name}"
         else:
             path = f"/models/{ref.name}/versions/{ref.version}"
-        try:
-            response = httpx.get(
-                self.base_url + path,
-                headers={"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT},
-                timeout=self.request_timeout_s,
-            )
-        except httpx.HTTPError as error:
-            detail = str(error).replace(token, "***")
-            return BackendCheck(
-                reachable=False,
-                credentials=None,
-                model_present=None,
-                detail=f"cannot reach {self.base_url}: {type(error).__name__}: {detail}",
-            )
-        detail = problem_detail(response).replace(token, "***")
-        if response.status_code == 200:
-            present = None if ref.name is None else True
-            found = "token valid" if ref.name is None else f"model {self.model} found"
-            return BackendCheck(
-                reachable=True, credentials=True, model_present=present, detail=found
-            )
-        if response.status_code in (401, 403):
-            return BackendCheck(
-                reachable=True,
-                credentials=False,
-                model_present=None,
-                detail=f"token in ${self.api_token_env} rejected ({response.status_code}): "
-                f"{detail}",
-            )
-        if response.status_code == 404:
-            return BackendCheck(
-                reachable=True,
-                credentials=True,
-                model_present=False,
-                detail=f"model {self.model} not found: {detail}",
-            )
-        return BackendCheck(
-            reachable=True,
-            credentials=None,
-            model_present=None,
-            detail=f"HTTP {response.status_code}: {detail}",
+        return probe_model(
+            self.base_url,
+            path,
+            secret_env=self.api_token_env,
+            secret_field="api_token_env",
+            headers=lambda token: {"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT},
+            timeout_s=self.request_timeout_s,
+            error_detail=problem_detail,
+            redact=redact,
+            model=self.model,
+            found="token valid" if ref.name is None else f"model {self.model} found",
+            refused=f"token in ${self.api_token_env} rejected",
+            model_present=None if ref.name is None else True,
         )
 
     @contextmanager
@@ -498,7 +475,7 @@ class ReplicateApi:
 
     def redact(self, text: str) -> str:
         """``text`` with the token blanked out (defence in depth for echoed bodies)."""
-        return text.replace(self._token, "***")
+        return redact(text, self._token)
 
     def api_url(self, candidate: Any, fallback_path: str) -> str:
         """``candidate`` if it lies under the base URL, else base URL + ``fallback_path``.
@@ -513,26 +490,25 @@ class ReplicateApi:
         """The transient or permanent error for a non-success API response."""
         status = response.status_code
         detail = self.redact(problem_detail(response))
+        public = None
         if status == 429:
-            return TransientBackendError(
-                f"Replicate {what}: rate limited (429): {detail}",
-                retry_after_s=retry_after_s(response, detail),
-            )
-        if status >= 500 or status in (408, 409, 425):
-            return TransientBackendError(f"Replicate {what}: HTTP {status}: {detail}")
-        if status in (401, 403):
-            return PermanentBackendError(
-                f"Replicate {what}: the token in ${self.settings.api_token_env} was refused "
-                f"({status}): {detail}"
-            )
-        if status == 404:
-            return PermanentBackendError(f"Replicate {what}: not found (404): {detail}")
-        if status == 422:
-            return PermanentBackendError(
-                f"Replicate {what}: invalid request (422): {detail}",
-                public=f"the backend refused the request as invalid: {detail}",
-            )
-        return PermanentBackendError(f"Replicate {what}: HTTP {status}: {detail}")
+            reason = "rate limited (429)"
+        elif status in (401, 403):
+            reason = f"the token in ${self.settings.api_token_env} was refused ({status})"
+        elif status == 404:
+            reason = "not found (404)"
+        elif status == 422:
+            reason = "invalid request (422)"
+            public = f"the backend refused the request as invalid: {detail}"
+        else:
+            reason = f"HTTP {status}"
+        return status_error(
+            status,
+            f"Replicate {what}: {reason}: {detail}",
+            retryable=RETRYABLE_STATUSES,
+            retry_after_s=retry_after_s(response, detail) if status == 429 else None,
+            public=public,
+        )
 
     def prediction_json(self, response: httpx.Response, what: str) -> dict[str, Any]:
         """The prediction in a success response; a malformed one is transient."""
@@ -770,12 +746,12 @@ class ReplicateApi:
 
     def _download_error(self, response: httpx.Response) -> BackendError:
         status = response.status_code
-        message = f"Replicate output download: HTTP {status}"
-        if status == 429:
-            return TransientBackendError(message, retry_after_s=retry_after_s(response, ""))
-        if status >= 500:
-            return TransientBackendError(message)
-        return PermanentBackendError(message)
+        return status_error(
+            status,
+            f"Replicate output download: HTTP {status}",
+            retryable=DOWNLOAD_RETRYABLE_STATUSES,
+            retry_after_s=retry_after_s(response, "") if status == 429 else None,
+        )
 
     def _too_large(self, size: int) -> PermanentBackendError:
         return PermanentBackendError(

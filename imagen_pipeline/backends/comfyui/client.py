@@ -19,12 +19,18 @@ from websockets.exceptions import InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from imagen_pipeline.backends.comfyui.workflow import ModelFile
-from imagen_pipeline.backends.http_transport import LOST_RESPONSE_ERRORS, USER_AGENT
+from imagen_pipeline.backends.http_transport import (
+    LOST_RESPONSE_ERRORS,
+    USER_AGENT,
+    status_error,
+)
 from imagen_pipeline.errors import BackendError, PermanentBackendError, TransientBackendError
 
 WEBSOCKET_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest websocket frame accepted (unencoded preview images can be large)."""
 MAX_LISTED_FILES = 20
+RETRYABLE_STATUSES = frozenset({408, 429})
+"""4xx answers worth a retry (every 5xx is)."""
 
 
 class Where(enum.Enum):
@@ -140,9 +146,9 @@ class ComfyUIClient:
         """The classified error of a non-success response."""
         status = response.status_code
         text = " ".join(response.text.split())[:300] or response.reason_phrase
-        if status >= 500 or status in (408, 429):
-            return TransientBackendError(f"ComfyUI {what}: HTTP {status}: {text}")
-        return PermanentBackendError(f"ComfyUI {what}: HTTP {status}: {text}")
+        return status_error(
+            status, f"ComfyUI {what}: HTTP {status}: {text}", retryable=RETRYABLE_STATUSES
+        )
 
     def call(
         self,
