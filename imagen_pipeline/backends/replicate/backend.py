@@ -1,0 +1,204 @@
+"""The Replicate adapter: the ``type: replicate`` block and one generation.
+
+One generation creates a prediction with ``Prefer: wait`` (sync mode), polls ``urls.get``
+until it ends, downloads the output file with a size cap and a timeout, and classifies every
+failure as transient or permanent. A create whose response is lost is recovered by listing
+recent predictions instead of creating a second one; a terminated run cancels its
+prediction. docs/backends.md (section "Replicate") has the config block, the input mapping,
+the price table and the error table.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+
+from imagen_pipeline.backends.contract import (
+    BackendCheck,
+    GenerationContext,
+    GenerationMetadata,
+    GenerationRequest,
+    GenerationResult,
+    ImageBackend,
+    derived_seed,
+    image_mime_type,
+)
+from imagen_pipeline.backends.http_transport import USER_AGENT, probe_model
+from imagen_pipeline.backends.replicate.client import ReplicateApi, problem_detail, redact
+from imagen_pipeline.backends.replicate.inputs import build_input
+from imagen_pipeline.backends.replicate.models import (
+    InputStyle,
+    parse_model_ref,
+    price_usd,
+    resolve_input_style,
+)
+from imagen_pipeline.config.secrets import resolve_secret
+from imagen_pipeline.errors import ImagenError
+
+DEFAULT_BASE_URL = "https://api.replicate.com/v1"
+
+
+class ReplicateBackend(ImageBackend):
+    """Images from a model on Replicate (official FLUX models or any version id); costs money."""
+
+    credential_fields: ClassVar[tuple[str, ...]] = ("api_token_env",)
+
+    api_token_env: str = Field(
+        default="REPLICATE_API_TOKEN",
+        description="Name of the environment variable holding the Replicate API token.",
+    )
+    model: str = Field(
+        description="Official model 'owner/name' (e.g. black-forest-labs/flux-schnell), "
+        "'owner/name:<version id>' or a 64-hex version id."
+    )
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL, description="API root; change only for a proxy or a test server."
+    )
+    input_style: InputStyle = Field(
+        default="auto",
+        description="How requests map to model inputs: flux-schnell, flux-dev, flux-pro, generic "
+        "(width/height/negative_prompt), or auto (from the model name).",
+    )
+    output_format: Literal["png", "webp", "jpg"] = Field(
+        default="png", description="output_format asked of FLUX models."
+    )
+    guidance: float | None = Field(
+        default=None, ge=0, le=10, description="FLUX dev guidance; empty: the model's default."
+    )
+    extra_input: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra model inputs sent with every prediction (e.g. go_fast, "
+        "safety_tolerance); a request's backend_opts override them.",
+    )
+    prices: dict[str, float] = Field(
+        default_factory=dict,
+        description="US dollars per image by model or version id; overrides the built-in "
+        "estimates.",
+    )
+    sync_wait_s: int = Field(
+        default=60, ge=0, le=60, description="Seconds for 'Prefer: wait'; 0 creates async."
+    )
+    poll_interval_s: float = Field(default=1.0, gt=0, description="Seconds between polls.")
+    timeout_s: float = Field(
+        default=300.0, gt=0, description="Longest wait for one prediction; then it is canceled."
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="Timeout of each API request (plus sync_wait_s on create)."
+    )
+    download_timeout_s: float = Field(
+        default=60.0, gt=0, description="Longest time to download the output file."
+    )
+    max_download_bytes: int = Field(
+        default=50_000_000, gt=0, description="Largest output file accepted, in bytes."
+    )
+    recovery_window_s: float = Field(
+        default=1800.0,
+        gt=0,
+        le=3600,
+        description="How far back a retry looks for this run's prediction before creating one.",
+    )
+    recovery_max_pages: int = Field(
+        default=5, ge=1, description="Pages of 100 recent predictions a retry looks through."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        parse_model_ref(value)
+        return value.strip()
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http(s) URL such as https://api.replicate.com/v1")
+        return value.rstrip("/")
+
+    def generate(self, request: GenerationRequest, context: GenerationContext) -> GenerationResult:
+        """Create (or recover) a prediction, wait for it and download its image."""
+        field_path = (
+            f"backends.{context.instance_name}.api_token_env"
+            if context.instance_name
+            else "api_token_env"
+        )
+        token = resolve_secret(self.api_token_env, field_path)
+        ref = parse_model_ref(self.model)
+        style = resolve_input_style(ref, self.input_style)
+        seed = request.seed if request.seed is not None else derived_seed(context)
+        data, steps = build_input(
+            request,
+            seed=seed,
+            style=style,
+            output_format=self.output_format,
+            guidance=self.guidance,
+            log=context.log,
+        )
+        data.update(self.extra_input)
+        data.update(request.backend_opts)
+        started = time.monotonic()
+        with ReplicateApi(self, token, context.log) as api:
+            prediction = api.find_existing(ref, data) if context.attempt > 0 else None
+            recovered = prediction is not None
+            if prediction is None:
+                prediction, recovered = api.create(ref, data)
+            context.log.info(
+                f"Replicate prediction {prediction['id']} for {self.model}: "
+                f"{'recovered, ' if recovered else ''}status {prediction['status']}"
+            )
+            try:
+                prediction = api.wait(prediction, started + self.timeout_s)
+                api.raise_for_outcome(prediction)
+                image = api.download(api.output_url(prediction))
+            except ImagenError:
+                raise
+            except BaseException:
+                api.cancel(prediction)
+                raise
+        metrics = prediction.get("metrics")
+        sent_seed = data.get("seed")
+        return GenerationResult(
+            image=image,
+            mime_type=image_mime_type(image, "Replicate output"),
+            metadata=GenerationMetadata(
+                model=self.model,
+                seed=sent_seed if isinstance(sent_seed, int) else None,
+                steps=steps,
+                latency_s=round(time.monotonic() - started, 4),
+                cost_usd=price_usd(self.model, self.prices),
+                extra={
+                    "prediction_id": prediction["id"],
+                    "model_version": prediction.get("version"),
+                    "replicate_model": prediction.get("model"),
+                    "predict_time_s": (
+                        metrics.get("predict_time") if isinstance(metrics, dict) else None
+                    ),
+                    "recovered_prediction": recovered,
+                    "input": data,
+                },
+            ),
+        )
+
+    def estimate_cost_usd(self, request: GenerationRequest) -> float:
+        """The per-image price estimate for the configured model."""
+        return price_usd(self.model, self.prices)
+
+    def check(self) -> BackendCheck:
+        """Read the model (or version) with the token: reachable, token valid, model present."""
+        ref = parse_model_ref(self.model)
+        return probe_model(
+            self.base_url,
+            ref.check_path,
+            secret_env=self.api_token_env,
+            secret_field="api_token_env",
+            headers=lambda token: {"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT},
+            timeout_s=self.request_timeout_s,
+            error_detail=problem_detail,
+            redact=redact,
+            model=self.model,
+            found="token valid" if ref.name is None else f"model {self.model} found",
+            refused=f"token in ${self.api_token_env} rejected",
+            model_present=None if ref.name is None else True,
+        )

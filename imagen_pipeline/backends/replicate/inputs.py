@@ -1,0 +1,123 @@
+"""A generation request as the input of a Replicate model, per input style."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from imagen_pipeline.backends.contract import GenerationRequest
+from imagen_pipeline.backends.replicate.models import InputStyle
+
+FLUX_ASPECT_RATIOS: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "16:9": (1344, 768),
+    "21:9": (1536, 640),
+    "3:2": (1216, 832),
+    "2:3": (832, 1216),
+    "4:5": (896, 1088),
+    "5:4": (1088, 896),
+    "3:4": (896, 1152),
+    "4:3": (1152, 896),
+    "9:16": (768, 1344),
+    "9:21": (640, 1536),
+}
+"""FLUX schnell/dev ``aspect_ratio`` choices and the 1-megapixel size each renders."""
+
+QUARTER_MEGAPIXEL_MAX_AREA = 512 * 1024
+"""Requests up to this many pixels use ``megapixels: "0.25"`` (half width and height)."""
+
+FLUX_STEPS: dict[str, tuple[int, int]] = {"flux-schnell": (4, 4), "flux-dev": (50, 28)}
+"""Style -> (largest ``num_inference_steps`` accepted, the model's default)."""
+
+FLUX_PRO_MIN_SIDE, FLUX_PRO_MAX_SIDE, FLUX_PRO_MULTIPLE = 256, 1440, 32
+
+
+def flux_size(width: int, height: int) -> tuple[dict[str, str], tuple[int, int]]:
+    """FLUX schnell/dev inputs closest to ``width`` x ``height``, and the size they render."""
+    target = math.log(width / height)
+    ratio = min(
+        FLUX_ASPECT_RATIOS,
+        key=lambda key: abs(
+            math.log(FLUX_ASPECT_RATIOS[key][0] / FLUX_ASPECT_RATIOS[key][1]) - target
+        ),
+    )
+    out_width, out_height = FLUX_ASPECT_RATIOS[ratio]
+    fields = {"aspect_ratio": ratio}
+    if width * height <= QUARTER_MEGAPIXEL_MAX_AREA:
+        fields["megapixels"] = "0.25"
+        out_width, out_height = out_width // 2, out_height // 2
+    return fields, (out_width, out_height)
+
+
+def flux_pro_size(width: int, height: int) -> tuple[int, int]:
+    """``width``/``height`` for ``aspect_ratio: custom``: 256..1440, multiples of 32."""
+    scale = min(1.0, FLUX_PRO_MAX_SIDE / max(width, height))
+    scale = max(scale, FLUX_PRO_MIN_SIDE / min(width, height))
+
+    def fit(side: int) -> int:
+        rounded = round(side * scale / FLUX_PRO_MULTIPLE) * FLUX_PRO_MULTIPLE
+        return min(FLUX_PRO_MAX_SIDE, max(FLUX_PRO_MIN_SIDE, rounded))
+
+    return fit(width), fit(height)
+
+
+def build_input(
+    request: GenerationRequest,
+    *,
+    seed: int,
+    style: InputStyle,
+    output_format: str,
+    guidance: float | None,
+    log: Any,
+) -> tuple[dict[str, Any], int | None]:
+    """The prediction ``input`` for ``request`` and the steps the model will run (if known).
+
+    Fields a model has no input for are left out and logged as ignored.
+    """
+    data: dict[str, Any] = {"prompt": request.prompt}
+    steps = request.steps
+    size = f"{request.width}x{request.height}"
+    if style in FLUX_STEPS:
+        fields, rendered = flux_size(request.width, request.height)
+        data.update(fields)
+        if rendered != (request.width, request.height):
+            log.info(
+                f"Replicate {style} renders fixed sizes: {size} requested, sending "
+                f"{', '.join(f'{k} {v}' for k, v in fields.items())} "
+                f"({rendered[0]}x{rendered[1]})"
+            )
+        most, default = FLUX_STEPS[style]
+        if steps is None:
+            steps = default
+        else:
+            if steps > most:
+                log.warning(f"Replicate {style} accepts at most {most} steps; sending {most}")
+                steps = most
+            data["num_inference_steps"] = steps
+    elif style == "flux-pro":
+        width, height = flux_pro_size(request.width, request.height)
+        data.update(aspect_ratio="custom", width=width, height=height)
+        if (width, height) != (request.width, request.height):
+            log.info(f"Replicate flux-pro: {size} requested, sending {width}x{height}")
+        if steps is not None:
+            log.info("Replicate flux-pro has no steps input; ignored the requested steps")
+            steps = None
+    else:
+        data.update(width=request.width, height=request.height)
+        if steps is not None:
+            data["num_inference_steps"] = steps
+        if request.negative:
+            data["negative_prompt"] = request.negative
+    if style != "generic":
+        data["output_format"] = output_format
+        if request.negative:
+            log.info(f"Replicate {style} has no negative prompt input; ignored the negative prompt")
+        if seed == 0:
+            log.warning("FLUX on Replicate treats seed 0 as random; the image is not reproducible")
+    if guidance is not None:
+        if style == "flux-dev":
+            data["guidance"] = guidance
+        else:
+            log.info(f"Replicate {style}: guidance applies to flux-dev only; ignored")
+    data["seed"] = seed
+    return data, steps
