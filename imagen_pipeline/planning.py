@@ -1,7 +1,10 @@
-"""From what a user asks for (:class:`ImageSpec`) to what a backend receives.
+"""From what a user asks for (:class:`ImageSpec`) to the one plan a run follows.
 
 The same validation serves the CLI, the Dagster launchpad and rows of ``imagen.jobs``, so a
-bad field is rejected with the same message wherever it comes from.
+bad field is rejected with the same message wherever it comes from. :func:`plan_generation`
+reads everything a run needs from ``imagen.yaml`` once (the backend's settings, output,
+cloud and budget settings, the owner); every later step of the run works from the plan, so
+an edit of ``imagen.yaml`` during a run applies to the next run.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ import json
 import math
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from imagen_pipeline.backends.contract import MAX_SEED, GenerationRequest
+from imagen_pipeline.backends.registry import BackendInstance, build_backend
 from imagen_pipeline.config.loader import LoadedConfig
+from imagen_pipeline.config.models import BudgetConfig, CloudConfig
 from imagen_pipeline.errors import InvalidRequestError
 from imagen_pipeline.prompts.styles import apply_style, get_style
 
@@ -51,21 +57,50 @@ class ImageSpec(BaseModel):
     seed: int | None = None
     backend_opts: dict[str, Any] = Field(default_factory=dict)
     job_id: int | None = None
+    job_attempt: int | None = None
     owner_user_id: str | None = None
 
 
+class OutputPlan(BaseModel):
+    """Where the run writes its image: ``output`` of imagen.yaml, the folder made absolute."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    directory: str
+    naming: str
+    write_metadata_json: bool
+
+    @property
+    def path(self) -> Path:
+        """The output folder."""
+        return Path(self.directory)
+
+
 class GenerationPlan(BaseModel):
-    """A validated spec bound to a backend instance, with the enriched request to send."""
+    """The one plan of a run: the validated request, the enriched request a backend gets, and
+    a snapshot of every setting of ``imagen.yaml`` the later steps need."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     spec: ImageSpec
     backend: str
     backend_type: str
+    backend_settings: dict[str, Any]
+    """The backend's block of imagen.yaml as validated (env var names, never secrets)."""
     model: str
     pool: str
     request: GenerationRequest
+    output: OutputPlan
+    cloud: CloudConfig | None
+    budget: BudgetConfig
+    owner_user_id: str | None
+    """The job's owner, else ``cloud.owner_user_id``, else nobody."""
+    config_source: str
     planned_at: datetime
+
+    def backend_instance(self) -> BackendInstance:
+        """The adapter, built from the snapshot (not from imagen.yaml as it is now)."""
+        return build_backend(self.backend, {"type": self.backend_type, **self.backend_settings})
 
 
 def parse_size(value: str) -> tuple[int, int]:
@@ -201,12 +236,24 @@ def plan_generation(spec: ImageSpec, config: LoadedConfig) -> GenerationPlan:
         style=preset.name,
         backend_opts=dict(spec.backend_opts),
     )
+    settings = config.config
+    cloud = settings.cloud
     return GenerationPlan(
         spec=spec,
         backend=instance.name,
         backend_type=instance.type_name,
+        backend_settings=instance.backend.model_dump(),
         model=instance.backend.model_name(),
         pool=instance.backend.pool,
         request=request,
+        output=OutputPlan(
+            directory=str(config.output_dir),
+            naming=settings.output.naming,
+            write_metadata_json=settings.output.write_metadata_json,
+        ),
+        cloud=cloud,
+        budget=settings.budget,
+        owner_user_id=spec.owner_user_id or (cloud.owner_user_id if cloud else None),
+        config_source=config.source_label,
         planned_at=datetime.now(UTC),
     )

@@ -12,7 +12,6 @@ from imagen_pipeline.output.store import StoredImage
 def upsert_image_row(
     cursor: psycopg.Cursor,
     stored: StoredImage,
-    owner_user_id: str | None,
     location: StorageLocation | None,
     run_id: str,
 ) -> int:
@@ -26,7 +25,7 @@ def upsert_image_row(
     meta = generated.metadata
     values = {
         "job_id": plan.spec.job_id,
-        "owner_user_id": owner_user_id,
+        "owner_user_id": plan.owner_user_id,
         "storage_bucket": location.bucket if location else None,
         "storage_path": location.path if location else None,
         "url": location.url if location else None,

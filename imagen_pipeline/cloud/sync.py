@@ -28,7 +28,6 @@ from imagen_pipeline.errors import OutputError
 from imagen_pipeline.output.files import write_atomic
 from imagen_pipeline.output.sidecar import sidecar_bytes
 from imagen_pipeline.output.store import StoredImage
-from imagen_pipeline.planning import ImageSpec
 
 SIDECAR_MIME = "application/json"
 SIDECAR_CACHE_CONTROL_S = 60
@@ -53,15 +52,7 @@ class SyncOutcome(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     location: StorageLocation | None = None
-    owner_user_id: str | None = None
     detail: str
-
-
-def resolve_owner(spec: ImageSpec, settings: CloudConfig | None) -> str | None:
-    """The job's owner wins; else the configured fallback; else nobody."""
-    if spec.owner_user_id:
-        return spec.owner_user_id
-    return settings.owner_user_id if settings else None
 
 
 def object_path(stored: StoredImage, template: str, owner: str | None) -> str:
@@ -165,14 +156,12 @@ def sync_image(
     stored: StoredImage, settings: CloudConfig | None, now: datetime | None = None
 ) -> SyncOutcome:
     """Upload the image and its sidecar and return where they are, when ``cloud:`` is set."""
-    owner = resolve_owner(stored.generated.plan.spec, settings)
     if settings is None:
         return SyncOutcome(
-            owner_user_id=owner,
             detail="cloud sync not configured (no cloud: block in imagen.yaml); "
             f"the image stays local at {stored.image_path}",
         )
-    path = object_path(stored, settings.path_template, owner)
+    path = object_path(stored, settings.path_template, stored.generated.plan.owner_user_id)
     sidecar = Path(stored.sidecar_path) if stored.sidecar_path else None
     with SupabaseStorage.from_config(settings) as storage:
         _check_bucket(storage.bucket(settings.bucket), settings, stored)
@@ -207,6 +196,5 @@ def sync_image(
     until = f", valid until {expires_at.isoformat(timespec='seconds')}" if expires_at else ""
     return SyncOutcome(
         location=location,
-        owner_user_id=owner,
         detail=f"{how} {settings.bucket}/{path}{with_sidecar}; {settings.url_mode} URL{until}",
     )

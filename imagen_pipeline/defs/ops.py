@@ -16,8 +16,7 @@ from pydantic import Field
 
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.cloud.errors import database_errors
-from imagen_pipeline.cloud.sync import SyncOutcome, resolve_owner, sync_image
-from imagen_pipeline.config.models import CloudConfig
+from imagen_pipeline.cloud.sync import SyncOutcome, sync_image
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.defs.run_errors import PUBLIC_ERROR_KEY
 from imagen_pipeline.errors import BackendError, ImagenError, TransientBackendError
@@ -73,6 +72,9 @@ class GenerateImageConfig(dg.Config):
     )
     job_id: int | None = Field(
         default=None, description="imagen.jobs row id; set by the jobs sensor, leave empty."
+    )
+    job_attempt: int | None = Field(
+        default=None, description="Attempt of that row; set by the jobs sensor, leave empty."
     )
     owner_user_id: str | None = Field(
         default=None, description="Owner (auth user uuid); set by the jobs sensor, leave empty."
@@ -139,12 +141,11 @@ def _own_job(
         return
     if not imagen_db.configured():
         raise _failure(f"run is for imagen.jobs row {job_id} but {imagen_db.url_env} is not set")
-    attempt = context.run.tags.get(TAG_JOB_ATTEMPT)
     with imagen_db.connect() as conn:
         ownership = take_ownership(
             conn,
             job_id,
-            int(attempt) if attempt else None,
+            plan.spec.job_attempt,
             context.run_id,
             context.run.parent_run_id,
             finished_work=finished_work,
@@ -198,19 +199,15 @@ def enrich_prompt(
 
 
 def generate_image_for(
-    context: dg.OpExecutionContext,
-    plan: GenerationPlan,
-    imagen: ImagenResource,
-    imagen_db: ImagenDatabaseResource,
+    context: dg.OpExecutionContext, plan: GenerationPlan, imagen_db: ImagenDatabaseResource
 ) -> GeneratedImage:
     """Call the backend and stage the image; transient errors are retried, others are not."""
     _own_job(context, plan, imagen_db)
     try:
-        loaded = imagen.load()
-        instance = loaded.backend(plan.backend)
+        instance = plan.backend_instance()
     except ImagenError as error:
         raise _failure(error) from None
-    previous = find_job_generation(plan, loaded.output_dir, loaded.config.output.naming)
+    previous = find_job_generation(plan, plan.output.path, plan.output.naming)
     if previous is not None:
         context.log.info(
             f"re-using the image run {previous.run_id} generated for imagen.jobs row "
@@ -219,7 +216,7 @@ def generate_image_for(
         return previous
     try:
         budget_note = check_budget(
-            loaded.config.budget,
+            plan.budget,
             plan.backend,
             instance.backend.estimate_cost_usd(plan.request),
             imagen_db.connect if imagen_db.configured() else None,
@@ -238,9 +235,9 @@ def generate_image_for(
     )
     label = f"backend {plan.backend!r} ({plan.backend_type}): "
     try:
-        generated = run_generation(plan, instance, generation_context, loaded.output_dir)
+        generated = run_generation(plan, instance, generation_context, plan.output.path)
     except TransientBackendError as error:
-        _record_failed_call(context, plan, error, imagen_db, loaded.config.cloud)
+        _record_failed_call(context, plan, error, imagen_db)
         context.log.warning(
             f"{label}transient failure on attempt {context.retry_number + 1}: {error}"
         )
@@ -248,7 +245,7 @@ def generate_image_for(
         raise
     except ImagenError as error:
         if isinstance(error, BackendError):
-            _record_failed_call(context, plan, error, imagen_db, loaded.config.cloud)
+            _record_failed_call(context, plan, error, imagen_db)
         raise _failure(error, label) from None
     except Exception as error:
         raise _failure(f"unexpected {type(error).__name__}: {error}", label) from error
@@ -269,14 +266,12 @@ def _record_failed_call(
     plan: GenerationPlan,
     error: BackendError,
     imagen_db: ImagenDatabaseResource,
-    cloud: CloudConfig | None,
 ) -> None:
     """A ``failed`` usage row for a backend call that failed, when a database is configured."""
     if imagen_db.configured():
-        owner = resolve_owner(plan.spec, cloud)
         context.log.info(
             record_failed_generation(
-                imagen_db.connect, plan, context.run_id, context.retry_number, error, owner
+                imagen_db.connect, plan, context.run_id, context.retry_number, error
             )
         )
 
@@ -289,12 +284,9 @@ def _generate_op(kind: str, pool: str) -> dg.OpDefinition:
         description=f"Generate with a backend of the {kind!r} pool (Dagster pool {pool}).",
     )
     def generate(
-        context: dg.OpExecutionContext,
-        plan: GenerationPlan,
-        imagen: ImagenResource,
-        imagen_db: ImagenDatabaseResource,
+        context: dg.OpExecutionContext, plan: GenerationPlan, imagen_db: ImagenDatabaseResource
     ) -> GeneratedImage:
-        return generate_image_for(context, plan, imagen, imagen_db)
+        return generate_image_for(context, plan, imagen_db)
 
     return generate
 
@@ -304,23 +296,16 @@ generate_cloud = _generate_op("cloud", POOLS["cloud"])
 
 
 @dg.op(tags={"kind": "files"}, ins={"generated": dg.In(list[GeneratedImage])})
-def write_files(
-    context: dg.OpExecutionContext, generated: list[GeneratedImage], imagen: ImagenResource
-) -> StoredImage:
+def write_files(context: dg.OpExecutionContext, generated: list[GeneratedImage]) -> StoredImage:
     """Move the staged image to its final name, write the sidecar, record the materialization.
 
     ``generated`` is the fan-in of both generate steps; exactly one of them ran.
     """
     (image,) = generated
+    output = image.plan.output
     try:
-        loaded = imagen.load()
-        output = loaded.config.output
         stored = store_image(
-            image,
-            loaded.output_dir,
-            output.naming,
-            output.write_metadata_json,
-            context.run_id,
+            image, output.path, output.naming, output.write_metadata_json, context.run_id
         )
     except ImagenError as error:
         raise _failure(error) from None
@@ -333,7 +318,6 @@ def write_files(
 def cloud_sync(
     context: dg.OpExecutionContext,
     stored: StoredImage,
-    imagen: ImagenResource,
     imagen_db: ImagenDatabaseResource,
 ) -> SyncOutcome:
     """Upload the image and its sidecar to Supabase Storage, when ``cloud:`` is configured.
@@ -343,7 +327,7 @@ def cloud_sync(
     """
     _own_job(context, stored.generated.plan, imagen_db, finished_work=True)
     try:
-        outcome = sync_image(stored, imagen.load().config.cloud)
+        outcome = sync_image(stored, stored.generated.plan.cloud)
     except ImagenError as error:
         if error.transient:
             _retry_or_fail(context, error)

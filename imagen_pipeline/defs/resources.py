@@ -14,8 +14,9 @@ from imagen_pipeline.db.connection import connect
 class ImagenResource(dg.ConfigurableResource):
     """``imagen.yaml``: backend instances, output settings, cloud and budget settings.
 
-    The file is read on every use, so an edited config applies to the next run without
-    restarting the daemon or reloading the code location.
+    Read once per run, by the run's first step, which puts everything the later steps need
+    into the run's plan; the jobs sensor reads it once per tick. So an edited config applies
+    to the next run without restarting the daemon or reloading the code location.
     """
 
     config_path: str | None = Field(

@@ -98,5 +98,6 @@ class JobRow(BaseModel):
             seed=self.seed,
             backend_opts=parse_backend_opts(self.backend_opts_json),
             job_id=self.id,
+            job_attempt=self.attempts,
             owner_user_id=self.owner_user_id,
         )

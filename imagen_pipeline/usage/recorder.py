@@ -53,7 +53,6 @@ _INSERT_USAGE = """
 def insert_usage_row(
     cursor: psycopg.Cursor,
     stored: StoredImage,
-    owner_user_id: str | None,
     image_id: int | None,
 ) -> bool:
     """Insert the usage row of a successful generation; False if it was already recorded."""
@@ -72,7 +71,7 @@ def insert_usage_row(
             "latency": meta.latency_s,
             "steps": meta.steps,
             "tokens": Jsonb(usage) if usage else None,
-            "owner": owner_user_id,
+            "owner": plan.owner_user_id,
             "job_id": plan.spec.job_id,
             "run_id": generated.run_id,
             "status": "succeeded",
@@ -103,12 +102,11 @@ def record_generation(
             cost_usd=cost,
         )
     job_id = generated.plan.spec.job_id
-    owner = synced.owner_user_id
     location = synced.location
     try:
         with conn.transaction(), conn.cursor() as cursor:
-            image_id = upsert_image_row(cursor, stored, owner, location, run_id)
-            inserted = insert_usage_row(cursor, stored, owner, image_id)
+            image_id = upsert_image_row(cursor, stored, location, run_id)
+            inserted = insert_usage_row(cursor, stored, image_id)
             finished = finish(conn, job_id, run_id, image_id) if job_id is not None else None
     except psycopg.errors.UniqueViolation:
         holder = image_run_holding(
@@ -143,7 +141,6 @@ def record_failed_generation(
     run_id: str,
     attempt: int,
     error: BackendError,
-    owner_user_id: str | None,
 ) -> str:
     """Usage row (status ``failed``, cost 0) for a backend call that failed; returns a note.
 
@@ -167,7 +164,7 @@ def record_failed_generation(
                     "latency": None,
                     "steps": plan.request.steps,
                     "tokens": None,
-                    "owner": owner_user_id,
+                    "owner": plan.owner_user_id,
                     "job_id": plan.spec.job_id,
                     "run_id": run_id,
                     "status": "failed",

@@ -27,7 +27,12 @@ RUN_ID = "5d0c6c1e-0000-4000-8000-00000000abcd"
 
 
 def stored_image(tmp_path: Path, owner: str | None = None, sidecar: bool = True) -> StoredImage:
-    loaded = parse_config({"output": {"directory": str(tmp_path / "out")}})
+    loaded = parse_config(
+        {
+            "output": {"directory": str(tmp_path / "out")},
+            "cloud": {"bucket": BUCKET, "owner_user_id": FALLBACK_OWNER},
+        }
+    )
     spec = ImageSpec(
         prompt="a lighthouse at dusk", width=64, height=64, seed=3, owner_user_id=owner
     )
@@ -49,7 +54,7 @@ def test_image_and_sidecar_are_uploaded_and_the_sidecar_carries_the_signed_url(
     outcome = sync_image(stored, settings())
     location = outcome.location
     assert location is not None
-    assert outcome.owner_user_id == OWNER, "the job's owner wins over the fallback"
+    assert stored.generated.plan.owner_user_id == OWNER, "the job's owner wins over the fallback"
     date = stored.generated.generated_at.astimezone(UTC).strftime("%Y-%m-%d")
     assert location.path == f"{OWNER}/{date}/a-lighthouse-at-dusk.png"
     assert location.sidecar_path == f"{OWNER}/{date}/a-lighthouse-at-dusk.json"
@@ -76,7 +81,7 @@ def test_the_fallback_owner_and_a_public_url(cloud_env: FakeStorage, tmp_path: P
     cloud_env.buckets[BUCKET].public = True
     stored = stored_image(tmp_path, sidecar=False)
     outcome = sync_image(stored, settings(url_mode="public", path_template="{owner}/{filename}"))
-    assert outcome.owner_user_id == FALLBACK_OWNER
+    assert stored.generated.plan.owner_user_id == FALLBACK_OWNER
     assert outcome.location is not None
     assert outcome.location.url == (
         f"{cloud_env.url}/storage/v1/object/public/images/{FALLBACK_OWNER}/a-lighthouse-at-dusk.png"
@@ -154,7 +159,6 @@ def test_without_a_cloud_block_nothing_is_uploaded(tmp_path: Path) -> None:
     stored = stored_image(tmp_path, owner=OWNER)
     outcome = sync_image(stored, None)
     assert outcome.location is None
-    assert outcome.owner_user_id == OWNER
     assert outcome.detail == (
         "cloud sync not configured (no cloud: block in imagen.yaml); "
         f"the image stays local at {stored.image_path}"

@@ -202,3 +202,36 @@ def test_the_backends_pool_picks_the_generate_step(
 
     assert steps(on_gpu) == {"generate_gpu": "STEP_SUCCESS", "generate_cloud": "STEP_SKIPPED"}
     assert steps(in_cloud) == {"generate_cloud": "STEP_SUCCESS", "generate_gpu": "STEP_SKIPPED"}
+
+
+def test_later_steps_follow_the_runs_plan_not_an_edited_config(
+    dagster_instance: dg.DagsterInstance, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """imagen.yaml is read once per run, by enrich_prompt: editing it (even removing the
+    backend) changes nothing for the steps of a run that planned already."""
+    config_file = write_config(
+        {"output": {"directory": str(tmp_path / "out"), "naming": "blocked/{slug}"}}
+    )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "blocked").write_text("a file where a folder should be")
+    with dg.execute_job(
+        RECONSTRUCTABLE_JOB, instance=dagster_instance, run_config=run_config(config_file)
+    ) as first:
+        assert not first.success
+    write_config(
+        {
+            "default_backend": "other",
+            "backends": {"other": {"type": "mock", "model": "other-v2"}},
+            "output": {"directory": str(tmp_path / "elsewhere")},
+        }
+    )
+    (tmp_path / "out" / "blocked").unlink()
+    options = dg.ReexecutionOptions.from_failure(first.run_id, dagster_instance)
+    with dg.execute_job(
+        RECONSTRUCTABLE_JOB, instance=dagster_instance, reexecution_options=options
+    ) as second:
+        assert second.success
+        stored = second.output_for_node("write_files")
+    assert Path(stored.image_path).parent == tmp_path / "out" / "blocked"
+    assert stored.generated.plan.backend == "mock"
+    assert not (tmp_path / "elsewhere").exists()

@@ -246,9 +246,12 @@ def test_a_reexecution_from_failure_keeps_its_row_and_ends_done_with_one_image(
 ) -> None:
     """Through the Dagster API, as the UI does it: the re-execution carries no job tags of its
     own, takes the row over from its parent, and the sensor leaves it alone while it runs."""
-    log = tmp_path / "calls.jsonl"
-    config_file = write_config({"backends": {"mock": {"type": "mock", "fail_permanent": "no"}}})
-    monkeypatch.setenv("IMAGEN_CONFIG", str(config_file))
+    # The backend is slow enough for sensor ticks during the re-execution; the first run
+    # fails because a file stands where the backend's log folder should be.
+    (tmp_path / "logs").write_text("not a folder")
+    log = tmp_path / "logs" / "calls.jsonl"
+    config = {"backends": {"mock": {"type": "mock", "latency_s": 3, "calls_log": str(log)}}}
+    monkeypatch.setenv("IMAGEN_CONFIG", str(write_config(config)))
 
     def tick() -> None:
         run_requests(dagster_instance)
@@ -264,8 +267,7 @@ def test_a_reexecution_from_failure_keeps_its_row_and_ends_done_with_one_image(
     row = sql(migrated_database_url, "SELECT * FROM imagen.jobs")[0]
     assert (row["status"], row["run_id"]) == ("failed", parent.run_id)
 
-    # The backend works again, slowly enough for sensor ticks to happen during the run.
-    write_config({"backends": {"mock": {"type": "mock", "latency_s": 3, "calls_log": str(log)}}})
+    (tmp_path / "logs").unlink()
     options = dg.ReexecutionOptions.from_failure(parent.run_id, dagster_instance)
     outcome: dict[str, Any] = {}
 
