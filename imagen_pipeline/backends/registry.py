@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from imagen_pipeline.backends.comfyui import ComfyUIBackend
 from imagen_pipeline.backends.contract import ImageBackend
 from imagen_pipeline.backends.mock import MockBackend
-from imagen_pipeline.backends.openai_images import OpenAIImagesBackend
+from imagen_pipeline.backends.openai import OpenAIImagesBackend
 from imagen_pipeline.backends.replicate import ReplicateBackend
 from imagen_pipeline.config.secrets import is_env_var_name, resolve_secret
 from imagen_pipeline.config.validation import describe_validation_error

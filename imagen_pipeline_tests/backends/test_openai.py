@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from imagen_pipeline.backends.contract import GenerationContext, GenerationRequest
-from imagen_pipeline.backends.openai_images import OpenAIImagesBackend
+from imagen_pipeline.backends.openai import OpenAIImagesBackend
 from imagen_pipeline.backends.registry import build_backend
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.errors import (

@@ -1,0 +1,326 @@
+"""The OpenAI images adapter: the ``type: openai`` block and one generation.
+
+One generation is one JSON POST; the image comes back base64-encoded in the response (GPT
+image models always answer so, DALL·E models are asked for ``response_format: b64_json``).
+Every parameter is checked against the model family's allowed values before a request is
+sent, ``usage`` tokens become the cost, and failures are classified as transient or
+permanent. OpenAI documents no idempotency key for images, so a retry after a lost response
+sends the request again and may be billed twice; retries are bounded by the job's retry
+policy. docs/backends.md (section "OpenAI") has the config block, the size rule, the price
+tables and the error table.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from imagen_pipeline.backends.contract import (
+    BackendCheck,
+    GenerationContext,
+    GenerationMetadata,
+    GenerationRequest,
+    GenerationResult,
+    ImageBackend,
+    image_mime_type,
+)
+from imagen_pipeline.backends.http_transport import probe_model
+from imagen_pipeline.backends.openai.client import (
+    ImagesApi,
+    decode_image,
+    image_payload,
+    parse_api_error,
+    redact,
+)
+from imagen_pipeline.backends.openai.families import (
+    Family,
+    FamilySetting,
+    combination_problems,
+    model_family,
+    parameter_problem,
+)
+from imagen_pipeline.backends.openai.pricing import (
+    IMAGE_PRICE_KEY,
+    TOKEN_PRICE_KEYS,
+    ModelPrices,
+    cost_usd,
+    estimate_usd,
+    model_prices,
+)
+from imagen_pipeline.backends.openai.request import PreparedRequest, SizePolicy, prepare_request
+from imagen_pipeline.config.secrets import resolve_secret
+from imagen_pipeline.errors import PermanentBackendError
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-image-1"
+
+OPTION_FIELDS = (
+    "quality",
+    "background",
+    "output_format",
+    "output_compression",
+    "moderation",
+    "style",
+)
+"""Config fields sent as body parameters of the same name when set."""
+
+
+class OpenAIImagesBackend(ImageBackend):
+    """Images from OpenAI's image API (GPT image models, DALL·E); costs money, has no seed."""
+
+    credential_fields: ClassVar[tuple[str, ...]] = ("api_key_env",)
+
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        description="Name of the environment variable holding the OpenAI API key.",
+    )
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        description="Image model: gpt-image-1, gpt-image-1-mini, gpt-image-1.5, dall-e-3, "
+        "dall-e-2 or a dated snapshot of one of them.",
+    )
+    family: FamilySetting = Field(
+        default="auto",
+        validate_default=True,
+        description="Which model family's parameters apply: gpt-image, dall-e-3, dall-e-2, or "
+        "auto (from the model name; set it for a model name this version does not know).",
+    )
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL, description="API root; change only for a proxy or a test server."
+    )
+    organization: str | None = Field(
+        default=None, description="Organization id sent as OpenAI-Organization; empty: none."
+    )
+    project: str | None = Field(
+        default=None, description="Project id sent as OpenAI-Project; empty: none."
+    )
+    size_policy: SizePolicy = Field(
+        default="nearest",
+        description="A width x height the model does not render: 'nearest' sends the allowed "
+        "size with the closest aspect ratio (then pixel count), 'exact' fails.",
+    )
+    quality: str | None = Field(
+        default=None,
+        description="GPT image: low, medium, high, auto; dall-e-3: standard, hd; dall-e-2: "
+        "standard. Empty: the model's default.",
+    )
+    background: str | None = Field(
+        default=None, description="GPT image only: transparent, opaque or auto."
+    )
+    output_format: str | None = Field(
+        default=None, description="GPT image only: png, jpeg or webp (DALL·E returns png)."
+    )
+    output_compression: int | None = Field(
+        default=None, description="GPT image with jpeg or webp only: 0-100."
+    )
+    moderation: str | None = Field(
+        default=None, description="GPT image only: low (less restrictive) or auto."
+    )
+    style: str | None = Field(default=None, description="dall-e-3 only: vivid or natural.")
+    timeout_s: float = Field(
+        default=300.0, gt=0, description="Longest wait for the generation request's answer."
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="Connect timeout, and the timeout of the check() probe."
+    )
+    token_prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="US dollars per 1M tokens by model: {text_input, image_input, "
+        "image_output}; replaces the built-in prices of that model.",
+    )
+    image_prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="US dollars per DALL·E image by model and '<quality> <size>' (e.g. "
+        "'hd 1792x1024'); overrides the built-in table entry by entry.",
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        value = value.strip()
+        if not value or "/" in value or any(char.isspace() for char in value):
+            raise ValueError("must be an OpenAI model name such as gpt-image-1")
+        return value
+
+    @field_validator("family")
+    @classmethod
+    def _check_family(cls, value: FamilySetting, info: ValidationInfo) -> FamilySetting:
+        model = info.data.get("model")
+        if value == "auto" and isinstance(model, str) and model_family(model) is None:
+            raise ValueError(
+                f"cannot tell the parameter family of model {model!r}; "
+                "set family to gpt-image, dall-e-3 or dall-e-2"
+            )
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http(s) URL such as https://api.openai.com/v1")
+        return value.rstrip("/")
+
+    @field_validator(*OPTION_FIELDS)
+    @classmethod
+    def _check_option(cls, value: Any, info: ValidationInfo) -> Any:
+        model, family = info.data.get("model"), info.data.get("family")
+        if value is None or not isinstance(model, str) or family is None:
+            return value
+        resolved = model_family(model) if family == "auto" else family
+        if resolved is not None and info.field_name is not None:
+            problem = parameter_problem(resolved, model, info.field_name, value)
+            if problem:
+                raise ValueError(problem.partition(": ")[2])
+        return value
+
+    @field_validator("token_prices")
+    @classmethod
+    def _check_token_prices(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for model, prices in value.items():
+            if sorted(prices) != sorted(TOKEN_PRICE_KEYS) or min(prices.values()) < 0:
+                raise ValueError(
+                    f"{model}: needs exactly {', '.join(TOKEN_PRICE_KEYS)} "
+                    "(US dollars per 1M tokens, not negative)"
+                )
+        return value
+
+    @field_validator("image_prices")
+    @classmethod
+    def _check_image_prices(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for model, prices in value.items():
+            for key, price in prices.items():
+                if not IMAGE_PRICE_KEY.fullmatch(key) or price < 0:
+                    raise ValueError(
+                        f"{model}.{key}: keys are '<quality> <WxH>' such as 'hd 1792x1024', "
+                        "prices US dollars per image, not negative"
+                    )
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> OpenAIImagesBackend:
+        problems = combination_problems(self.configured_options())
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def resolved_family(self) -> Family:
+        """The family whose parameter rules apply to the configured model."""
+        if self.family != "auto":
+            return self.family
+        family = model_family(self.model)
+        if family is None:
+            raise PermanentBackendError(f"family: cannot tell the family of {self.model!r}")
+        return family
+
+    def configured_options(self) -> dict[str, Any]:
+        """Body parameters set in the config block."""
+        options = {name: getattr(self, name) for name in OPTION_FIELDS}
+        return {name: value for name, value in options.items() if value is not None}
+
+    def prepare(self, request: GenerationRequest, log: Any = None) -> PreparedRequest:
+        """The validated request body; any problem fails before a request is sent."""
+        return prepare_request(
+            request,
+            model=self.model,
+            family=self.resolved_family(),
+            size_policy=self.size_policy,
+            options=self.configured_options(),
+            log=log,
+        )
+
+    def generate(self, request: GenerationRequest, context: GenerationContext) -> GenerationResult:
+        """POST one generation, decode and verify its image and price it from ``usage``."""
+        field_path = (
+            f"backends.{context.instance_name}.api_key_env"
+            if context.instance_name
+            else "api_key_env"
+        )
+        key = resolve_secret(self.api_key_env, field_path)
+        prepared = self.prepare(request, context.log)
+        ignored = [
+            name
+            for name, value in (
+                ("seed", request.seed),
+                ("steps", request.steps),
+                ("negative prompt", request.negative or None),
+            )
+            if value is not None
+        ]
+        if ignored:
+            context.log.info(f"OpenAI images take no {', '.join(ignored)}; ignored")
+        started = time.monotonic()
+        response = self._api().generate(prepared.body, key)
+        latency = time.monotonic() - started
+        payload, image_data = image_payload(response)
+        image = decode_image(image_data)
+        mime_type = image_mime_type(image, "OpenAI images: b64_json")
+        usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
+        cost, cost_source = cost_usd(prepared, self._prices(), usage)
+        if cost_source == "unpriced":
+            context.log.warning(
+                f"OpenAI images: no price known for {self.model}; cost recorded as 0 "
+                "(set token_prices or image_prices)"
+            )
+        body = prepared.body
+        extra = {
+            "family": prepared.family,
+            "size": payload.get("size") or body["size"],
+            "requested_size": prepared.requested_size,
+            "quality": payload.get("quality") or body.get("quality"),
+            "output_format": payload.get("output_format") or body.get("output_format"),
+            "background": payload.get("background") or body.get("background"),
+            "style": body.get("style"),
+            "revised_prompt": image_data.get("revised_prompt"),
+            "request_id": response.headers.get("x-request-id"),
+            "created": payload.get("created"),
+            "usage": usage,
+            "cost_source": cost_source,
+        }
+        return GenerationResult(
+            image=image,
+            mime_type=mime_type,
+            metadata=GenerationMetadata(
+                model=self.model,
+                seed=None,
+                steps=None,
+                latency_s=round(latency, 4),
+                cost_usd=cost,
+                extra={name: value for name, value in extra.items() if value is not None},
+            ),
+        )
+
+    def estimate_cost_usd(self, request: GenerationRequest) -> float:
+        """Expected cost from the size/quality tables, before any request."""
+        return estimate_usd(self.prepare(request), self._prices())[0]
+
+    def check(self) -> BackendCheck:
+        """GET ``/models/{model}`` with the key: reachable, key valid, model available."""
+        return probe_model(
+            self.base_url,
+            f"/models/{quote(self.model, safe='')}",
+            secret_env=self.api_key_env,
+            secret_field="api_key_env",
+            headers=self._api().headers,
+            timeout_s=self.request_timeout_s,
+            error_detail=lambda response: parse_api_error(response).message,
+            redact=redact,
+            model=self.model,
+            found=f"model {self.model} available",
+            refused=f"key in ${self.api_key_env} refused",
+        )
+
+    def _api(self) -> ImagesApi:
+        return ImagesApi(
+            base_url=self.base_url,
+            key_env=self.api_key_env,
+            organization=self.organization,
+            project=self.project,
+            timeout_s=self.timeout_s,
+            request_timeout_s=self.request_timeout_s,
+        )
+
+    def _prices(self) -> ModelPrices:
+        return model_prices(self.model, self.token_prices, self.image_prices)

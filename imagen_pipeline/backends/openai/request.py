@@ -1,0 +1,87 @@
+"""One request body for ``/images/generations``, checked against the model family before
+anything is sent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from imagen_pipeline.backends.contract import GenerationRequest
+from imagen_pipeline.backends.openai.families import (
+    FAMILIES,
+    Family,
+    combination_problems,
+    nearest_size,
+    parameter_problem,
+)
+from imagen_pipeline.errors import PermanentBackendError
+
+SizePolicy = Literal["nearest", "exact"]
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """The validated body of one generation and what it was derived from."""
+
+    family: Family
+    body: dict[str, Any]
+    requested_size: str
+
+
+def prepare_request(
+    request: GenerationRequest,
+    *,
+    model: str,
+    family: Family,
+    size_policy: SizePolicy,
+    options: dict[str, Any],
+    log: Any = None,
+) -> PreparedRequest:
+    """The body of ``request`` for ``model``: the size the family renders, the configured
+    ``options``, then the request's ``backend_opts``, all checked against the family.
+
+    Any problem is a permanent error before a request is sent; ``log`` (if given) hears
+    about a size mapped to the nearest one the model renders.
+    """
+    rules = FAMILIES[family]
+    requested = f"{request.width}x{request.height}"
+    problems = []
+    if len(request.prompt) > rules.max_prompt_chars:
+        problems.append(
+            f"prompt: {len(request.prompt)} characters; {model} accepts at most "
+            f"{rules.max_prompt_chars}"
+        )
+    if requested in rules.sizes or "size" in request.backend_opts:
+        size = requested
+    elif size_policy == "exact":
+        size = requested
+        problems.append(
+            f"width x height: {requested} is not a size {model} renders; allowed "
+            f"sizes: {', '.join(rules.sizes)} (size_policy: nearest maps to the closest "
+            "aspect ratio)"
+        )
+    else:
+        size = nearest_size(rules.sizes, request.width, request.height)
+        if log is not None:
+            log.info(
+                f"OpenAI {model} renders fixed sizes: {requested} requested, sending size {size}"
+            )
+    body: dict[str, Any] = {"model": model, "prompt": request.prompt, "n": 1}
+    body["size"] = size
+    if family != "gpt-image":
+        body["response_format"] = "b64_json"
+    body.update(options)
+    for name, value in request.backend_opts.items():
+        if name in ("model", "prompt", "n"):
+            problems.append(f"backend_opts.{name}: set by the pipeline, not by backend_opts")
+            continue
+        problem = parameter_problem(family, model, name, value)
+        if problem:
+            problems.append(f"backend_opts.{problem}")
+        body[name] = value
+    problems.extend(combination_problems(body) if family == "gpt-image" else [])
+    if problems:
+        raise PermanentBackendError(
+            "OpenAI images: " + "; ".join(problems), public="; ".join(problems)
+        )
+    return PreparedRequest(family=family, body=body, requested_size=requested)
