@@ -1,7 +1,7 @@
 """The backend contract: what every adapter receives and returns.
 
-An adapter is a :class:`ImageBackend` subclass (a Dagster ``ConfigurableResource``) whose
-fields are the keys of its block in ``imagen.yaml``. It turns a :class:`GenerationRequest`
+An adapter is a :class:`ImageBackend` subclass (a frozen pydantic model) whose fields are
+the keys of its block in ``imagen.yaml``. It turns a :class:`GenerationRequest`
 into a :class:`GenerationResult` and classifies its failures as
 :class:`~imagen_pipeline.errors.TransientBackendError` or
 :class:`~imagen_pipeline.errors.PermanentBackendError`.
@@ -16,7 +16,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-import dagster as dg
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -115,12 +114,16 @@ class BackendCheck:
     detail: str = ""
 
 
-class ImageBackend(dg.ConfigurableResource, ABC):
+class ImageBackend(BaseModel, ABC):
     """Base class of all image backends.
 
     Subclasses declare their ``imagen.yaml`` fields as typed, described attributes and list
-    fields that hold env var *names* of secrets in ``credential_fields``.
+    fields that hold env var *names* of secrets in ``credential_fields``. An instance is
+    immutable once its block is validated; unknown keys are refused by the registry, which
+    names the allowed ones.
     """
+
+    model_config = ConfigDict(frozen=True)
 
     credential_fields: ClassVar[tuple[str, ...]] = ()
 
