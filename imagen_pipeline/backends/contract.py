@@ -59,12 +59,11 @@ class GenerationMetadata(BaseModel):
 
 
 class GenerationResult(BaseModel):
-    """The image an adapter produced, with its MIME type and metadata."""
+    """The image an adapter produced (encoded bytes) and its metadata."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     image: bytes
-    mime_type: str
     metadata: GenerationMetadata
 
 
@@ -90,18 +89,16 @@ def derived_seed(context: GenerationContext) -> int:
     return 1 + int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % MAX_SEED
 
 
-def image_mime_type(data: bytes, source: str) -> str:
-    """MIME type of image bytes a server sent, after Pillow verified them.
+def verify_image(data: bytes, source: str) -> None:
+    """Check with Pillow that a server sent a whole image.
 
     Anything else is a permanent error naming ``source`` (e.g. "Replicate output").
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format or ""
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise PermanentBackendError(f"{source} is not an image: {error}") from None
-    return Image.MIME.get(image_format, "application/octet-stream")
 
 
 @dataclass(frozen=True)

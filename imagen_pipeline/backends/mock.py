@@ -78,7 +78,6 @@ class MockBackend(ImageBackend):
         steps = request.steps or self.default_steps
         return GenerationResult(
             image=image,
-            mime_type="image/png",
             metadata=GenerationMetadata(
                 model=self.model,
                 seed=seed,

@@ -1,4 +1,4 @@
-"""Helpers of the backend contract: the seed a run derives, the MIME type of image bytes."""
+"""Helpers of the backend contract: the seed a run derives, the check of image bytes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from imagen_pipeline.backends.contract import (
     MAX_SEED,
     GenerationContext,
     derived_seed,
-    image_mime_type,
+    verify_image,
 )
 from imagen_pipeline.errors import PermanentBackendError
 
@@ -31,11 +31,9 @@ def test_derived_seed_is_fixed_per_run_and_instance_and_never_zero() -> None:
     assert all(1 <= value <= MAX_SEED for value in seeds)
 
 
-@pytest.mark.parametrize(
-    ("image_format", "mime"), [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")]
-)
-def test_mime_type_comes_from_the_bytes(image_format: str, mime: str) -> None:
-    assert image_mime_type(encoded(image_format), "Test output") == mime
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "WEBP"])
+def test_whole_images_pass(image_format: str) -> None:
+    verify_image(encoded(image_format), "Test output")
 
 
 @pytest.mark.parametrize(
@@ -43,4 +41,4 @@ def test_mime_type_comes_from_the_bytes(image_format: str, mime: str) -> None:
 )
 def test_what_is_not_a_whole_image_is_permanent_and_names_the_source(data: bytes) -> None:
     with pytest.raises(PermanentBackendError, match=r"^Replicate output is not an image: "):
-        image_mime_type(data, "Replicate output")
+        verify_image(data, "Replicate output")

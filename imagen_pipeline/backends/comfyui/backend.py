@@ -38,7 +38,7 @@ from imagen_pipeline.backends.contract import (
     GenerationResult,
     ImageBackend,
     derived_seed,
-    image_mime_type,
+    verify_image,
 )
 from imagen_pipeline.errors import (
     BackendError,
@@ -235,10 +235,10 @@ class ComfyUIBackend(ImageBackend):
                     "(does the workflow end in a SaveImage node?)"
                 )
             image = client.download(image_ref)
+        verify_image(image, "ComfyUI output")
         steps = workflow.value_at(graph, "steps")
         return GenerationResult(
             image=image,
-            mime_type=image_mime_type(image, "ComfyUI output"),
             metadata=GenerationMetadata(
                 model=workflow.model_file() or Path(workflow.name).stem,
                 seed=seed if "seed" in workflow.inputs else None,

@@ -25,7 +25,7 @@ from imagen_pipeline.backends.contract import (
     GenerationRequest,
     GenerationResult,
     ImageBackend,
-    image_mime_type,
+    verify_image,
 )
 from imagen_pipeline.backends.http_transport import probe_model
 from imagen_pipeline.backends.openai.client import (
@@ -256,7 +256,7 @@ class OpenAIImagesBackend(ImageBackend):
         latency = time.monotonic() - started
         payload, image_data = image_payload(response)
         image = decode_image(image_data)
-        mime_type = image_mime_type(image, "OpenAI images: b64_json")
+        verify_image(image, "OpenAI images: b64_json")
         usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
         cost, cost_source = cost_usd(prepared, self._prices(), usage)
         if cost_source == "unpriced":
@@ -281,7 +281,6 @@ class OpenAIImagesBackend(ImageBackend):
         }
         return GenerationResult(
             image=image,
-            mime_type=mime_type,
             metadata=GenerationMetadata(
                 model=self.model,
                 seed=None,

@@ -24,7 +24,7 @@ from imagen_pipeline.backends.contract import (
     GenerationResult,
     ImageBackend,
     derived_seed,
-    image_mime_type,
+    verify_image,
 )
 from imagen_pipeline.backends.http_transport import USER_AGENT, probe_model
 from imagen_pipeline.backends.replicate.client import ReplicateApi, problem_detail, redact
@@ -157,11 +157,11 @@ class ReplicateBackend(ImageBackend):
             except BaseException:
                 api.cancel(prediction)
                 raise
+        verify_image(image, "Replicate output")
         metrics = prediction.get("metrics")
         sent_seed = data.get("seed")
         return GenerationResult(
             image=image,
-            mime_type=image_mime_type(image, "Replicate output"),
             metadata=GenerationMetadata(
                 model=self.model,
                 seed=sent_seed if isinstance(sent_seed, int) else None,
