@@ -16,7 +16,7 @@ from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
 from imagen_pipeline.cli.instance import cli_instance
 from imagen_pipeline.config.loader import load_config
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline.defs.ops import GenerateImageConfig
+from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_errors import step_failure_text
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.output.store import StoredImage

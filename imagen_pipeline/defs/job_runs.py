@@ -5,20 +5,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from imagen_pipeline.defs.ops import (
-    POOLS,
-    TAG_BACKEND,
-    TAG_JOB_ATTEMPT,
-    TAG_JOB_ID,
-    TAG_OWNER,
-    TAG_POOL,
-    TAG_STYLE,
-    GenerateImageConfig,
-)
+from imagen_pipeline.defs.run_config import GenerateImageConfig
+from imagen_pipeline.defs.run_identity import TAG_SOURCE, run_tags
 from imagen_pipeline.planning import GenerationPlan
 from imagen_pipeline.queue.rows import JobRow
-
-TAG_SOURCE = "imagen/source"
 
 
 def run_key_for(row: JobRow) -> str:
@@ -26,19 +16,9 @@ def run_key_for(row: JobRow) -> str:
     return f"imagen-job-{row.id}-{row.attempts}"
 
 
-def run_tags_for(row: JobRow, plan: GenerationPlan) -> dict[str, str]:
-    """Tags that link the run to its row (used to find runs of a row)."""
-    tags = {
-        TAG_JOB_ID: str(row.id),
-        TAG_JOB_ATTEMPT: str(row.attempts),
-        TAG_BACKEND: plan.backend,
-        TAG_STYLE: plan.request.style,
-        TAG_POOL: POOLS[plan.pool],
-        TAG_SOURCE: "imagen.jobs",
-    }
-    if row.owner_user_id:
-        tags[TAG_OWNER] = row.owner_user_id
-    return tags
+def run_tags_for(plan: GenerationPlan, source: str = "imagen.jobs") -> dict[str, str]:
+    """Tags of a queued job's run: the plan's (which link it to its row) and its source."""
+    return {**run_tags(plan), TAG_SOURCE: source}
 
 
 def run_config_for(plan: GenerationPlan) -> dg.RunConfig:
@@ -52,5 +32,5 @@ def run_config_for(plan: GenerationPlan) -> dg.RunConfig:
 def run_request_for(row: JobRow, plan: GenerationPlan) -> dg.RunRequest:
     """The sensor's request for one claimed row."""
     return dg.RunRequest(
-        run_key=run_key_for(row), run_config=run_config_for(plan), tags=run_tags_for(row, plan)
+        run_key=run_key_for(row), run_config=run_config_for(plan), tags=run_tags_for(plan)
     )

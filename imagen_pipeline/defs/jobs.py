@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from imagen_pipeline.defs.failures import MAX_RETRIES
 from imagen_pipeline.defs.ops import (
-    GENERATE_MAX_RETRIES,
     cloud_sync,
     enrich_prompt,
     generate_cloud,
@@ -39,7 +39,7 @@ def build_generate_image_job(retry_delay_s: float = GENERATE_RETRY_DELAY_S) -> d
         name="generate_image",
         description="Generate one image with the configured backend and record its lineage.",
         op_retry_policy=dg.RetryPolicy(
-            max_retries=GENERATE_MAX_RETRIES,
+            max_retries=MAX_RETRIES,
             delay=retry_delay_s,
             backoff=dg.Backoff.EXPONENTIAL,
             jitter=dg.Jitter.PLUS_MINUS,

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from dagster_graphql import DagsterGraphQLClient
 
-from imagen_pipeline.defs.job_runs import TAG_SOURCE, run_config_for, run_tags_for
+from imagen_pipeline.defs.job_runs import run_config_for, run_tags_for
 from imagen_pipeline.planning import GenerationPlan
 from imagen_pipeline.queue.rows import JobRow
 
@@ -40,7 +40,7 @@ class GraphQLRunSubmitter:
 
     def submit(self, row: JobRow, plan: GenerationPlan) -> str:
         """Queue the row's run in the instance (the daemon's run queue starts it)."""
-        tags = {**run_tags_for(row, plan), TAG_SOURCE: SOURCE_LISTENER}
+        tags = run_tags_for(plan, SOURCE_LISTENER)
         return self.client.submit_job_execution(
             JOB_NAME,
             repository_location_name=LOCATION_NAME,

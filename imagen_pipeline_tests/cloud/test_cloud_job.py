@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 
 from imagen_pipeline.cli.main import cli
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline.defs.ops import IMAGE_ASSET_KEY
+from imagen_pipeline.defs.lineage import IMAGE_ASSET_KEY
 from imagen_pipeline.defs.run_errors import run_step_failure
 from imagen_pipeline_tests.cloud.conftest import BUCKET, FALLBACK_OWNER, KEY, OWNER
 from imagen_pipeline_tests.fakes.loopback_http import closed_port

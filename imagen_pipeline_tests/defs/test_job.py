@@ -11,7 +11,7 @@ import dagster as dg
 from PIL import Image
 
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline.defs.ops import IMAGE_ASSET_KEY
+from imagen_pipeline.defs.lineage import IMAGE_ASSET_KEY
 from imagen_pipeline_tests.fixtures.imagen import step_failure_text
 from imagen_pipeline_tests.fixtures.queue import RECONSTRUCTABLE_JOB
 

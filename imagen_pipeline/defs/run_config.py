@@ -1,0 +1,60 @@
+"""The run config of ``generate_image``: the request as the launchpad, ``dagster job execute
+-c`` and the jobs sensor give it (:class:`~imagen_pipeline.planning.ImageSpec` is the schema;
+``imagen_pipeline_tests/defs/test_run_config.py`` keeps the two in step)."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+from pydantic import Field
+
+from imagen_pipeline.planning import ImageSpec, parse_backend_opts
+from imagen_pipeline.prompts.styles import load_styles
+
+
+class GenerateImageConfig(dg.Config):
+    """What to generate. Only ``prompt`` is required."""
+
+    prompt: str = Field(description="What the image should show.")
+    negative: str = Field(default="", description="What it should not show.")
+    style: str = Field(
+        default="none",
+        description="Style preset: " + ", ".join(sorted(load_styles())) + ".",
+    )
+    backend: str = Field(
+        default="", description="Backend instance from imagen.yaml; empty: default_backend."
+    )
+    width: int | None = Field(default=None, description="Width in pixels; empty: style default.")
+    height: int | None = Field(default=None, description="Height in pixels; empty: style default.")
+    steps: int | None = Field(default=None, description="Sampling steps; empty: backend default.")
+    seed: int | None = Field(default=None, description="Seed; empty: the backend picks one.")
+    backend_opts: str = Field(
+        default="{}",
+        description='Adapter-specific options as a JSON object, e.g. {"guidance": 3.5}; '
+        "passed to the backend unchanged.",
+    )
+    job_id: int | None = Field(
+        default=None, description="imagen.jobs row id; set by the jobs sensor, leave empty."
+    )
+    job_attempt: int | None = Field(
+        default=None, description="Attempt of that row; set by the jobs sensor, leave empty."
+    )
+    owner_user_id: str | None = Field(
+        default=None, description="Owner (auth user uuid); set by the jobs sensor, leave empty."
+    )
+
+    @classmethod
+    def from_spec(cls, spec: ImageSpec) -> GenerateImageConfig:
+        """The run config of a request.
+
+        ``backend_opts`` travels as JSON text, so Dagster's config system and serializer
+        never read what a user wrote as structure (keys such as ``__class__``, null values).
+        """
+        return cls(**{**spec.model_dump(), "backend_opts": json.dumps(spec.backend_opts)})
+
+    def to_spec(self) -> ImageSpec:
+        """The plain-Python request this config describes; raises for bad ``backend_opts``."""
+        return ImageSpec(
+            **{**self.model_dump(), "backend_opts": parse_backend_opts(self.backend_opts)}
+        )

@@ -1,0 +1,86 @@
+"""Which ``imagen.jobs`` row a run works for, the tags that index it, and whether it may act
+for the row.
+
+The run's plan is the one source: its request carries the job id, the attempt and the owner
+(from the run config). Tags are an index derived from the plan, so the UI and the jobs
+sensor can find a job's runs; they are never read back as facts about the run.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from imagen_pipeline.defs.failures import failure
+from imagen_pipeline.defs.resources import ImagenDatabaseResource
+from imagen_pipeline.planning import GenerationPlan
+from imagen_pipeline.queue.repository import take_ownership
+
+TAG_BACKEND = "imagen/backend"
+TAG_STYLE = "imagen/style"
+TAG_JOB_ID = "imagen/job_id"
+TAG_JOB_ATTEMPT = "imagen/job_attempt"
+TAG_OWNER = "imagen/owner"
+TAG_POOL = "imagen/pool"
+"""The Dagster pool of the run's generate step; the run queue limits GPU runs by it."""
+TAG_SOURCE = "imagen/source"
+POOLS = {"gpu": "imagen_gpu", "cloud": "imagen_cloud"}
+"""The backend's ``pool`` setting -> the Dagster pool of the generate step."""
+
+
+def run_tags(plan: GenerationPlan) -> dict[str, str]:
+    """The tags a run of ``plan`` carries: backend, style, pool and, for a job, its row."""
+    tags = {
+        TAG_BACKEND: plan.backend,
+        TAG_STYLE: plan.request.style,
+        TAG_POOL: POOLS[plan.pool],
+    }
+    spec = plan.spec
+    if spec.job_id is not None:
+        tags[TAG_JOB_ID] = str(spec.job_id)
+        if spec.job_attempt is not None:
+            tags[TAG_JOB_ATTEMPT] = str(spec.job_attempt)
+        if spec.owner_user_id:
+            tags[TAG_OWNER] = spec.owner_user_id
+    return tags
+
+
+def tag_run(context: dg.OpExecutionContext, tags: dict[str, str]) -> None:
+    """Add the tags the run does not carry yet (a launchpad run, a re-execution)."""
+    missing = {key: value for key, value in tags.items() if context.run.tags.get(key) != value}
+    if missing:
+        context.instance.add_run_tags(context.run_id, missing)
+
+
+def own_job(
+    context: dg.OpExecutionContext,
+    plan: GenerationPlan,
+    imagen_db: ImagenDatabaseResource,
+    *,
+    finished_work: bool = False,
+) -> None:
+    """For a run of an imagen.jobs row: mark it running for this run, or stop this run.
+
+    Checked where it matters: before the backend is called (a superseded run, a newer
+    attempt, a canceled or finished row, never spends money or makes a second image) and in
+    the recording step, whose commit marks the row done. A re-execution takes the row over
+    from its parent there and gets the job's tags. ``finished_work``: see
+    :func:`~imagen_pipeline.queue.repository.take_ownership`.
+    """
+    job_id = plan.spec.job_id
+    if job_id is None:
+        return
+    if not imagen_db.configured():
+        raise failure(f"run is for imagen.jobs row {job_id} but {imagen_db.url_env} is not set")
+    with imagen_db.connect() as conn:
+        ownership = take_ownership(
+            conn,
+            job_id,
+            plan.spec.job_attempt,
+            context.run_id,
+            context.run.parent_run_id,
+            finished_work=finished_work,
+        )
+    if not ownership.owned or ownership.row is None:
+        raise failure(ownership.refusal(job_id, context.run_id))
+    if context.run.tags.get(TAG_JOB_ID) != str(job_id):
+        tag_run(context, {TAG_JOB_ID: str(job_id), TAG_JOB_ATTEMPT: str(ownership.row.attempts)})

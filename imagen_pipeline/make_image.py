@@ -1,0 +1,59 @@
+"""Making the image of a plan, once: re-use the image an earlier run of the same job made,
+else check today's budget, call the backend and stage the bytes.
+
+Plain Python (the generate op is a thin layer over :func:`make_image`): errors are the
+pipeline's own, each saying whether a retry can help.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+
+from imagen_pipeline.backends.contract import GenerationContext
+from imagen_pipeline.generation import GeneratedImage, run_generation
+from imagen_pipeline.output.store import find_job_generation
+from imagen_pipeline.planning import GenerationPlan
+from imagen_pipeline.usage.budget import check_budget
+
+
+@dataclass(frozen=True)
+class MadeImage:
+    """The staged image, and how it came to be (for the run's log)."""
+
+    image: GeneratedImage
+    reused: bool
+    budget_note: str | None = None
+
+    def describe(self, plan: GenerationPlan) -> str:
+        """One line for the run's log."""
+        if self.reused:
+            return (
+                f"re-using the image run {self.image.run_id} generated for imagen.jobs row "
+                f"{plan.spec.job_id} ({self.image.staged_path}); the backend is not called again"
+            )
+        meta = self.image.metadata
+        return (
+            f"{meta.model}, seed {meta.seed}, {self.image.width}x{self.image.height}, "
+            f"{meta.latency_s:.2f}s, ${meta.cost_usd:.4f}"
+        )
+
+
+def make_image(
+    plan: GenerationPlan,
+    context: GenerationContext,
+    connect: Callable[[], psycopg.Connection] | None,
+) -> MadeImage:
+    """The image of ``plan``, generated at most once per job (``connect``: the imagen
+    database, for the budget check; None when none is configured)."""
+    previous = find_job_generation(plan, plan.output.path, plan.output.naming)
+    if previous is not None:
+        return MadeImage(previous, reused=True)
+    instance = plan.backend_instance()
+    note = check_budget(
+        plan.budget, plan.backend, instance.backend.estimate_cost_usd(plan.request), connect
+    )
+    image = run_generation(plan, instance, context, plan.output.path)
+    return MadeImage(image, reused=False, budget_note=note)
