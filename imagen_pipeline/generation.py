@@ -13,14 +13,12 @@ a lost run) re-uses the image instead of calling the backend again
 from __future__ import annotations
 
 import hashlib
-import io
 from datetime import UTC, datetime
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict
 
-from imagen_pipeline.backends.contract import GenerationContext, GenerationMetadata
+from imagen_pipeline.backends.contract import GenerationContext, GenerationMetadata, ImageFacts
 from imagen_pipeline.backends.registry import BackendInstance
 from imagen_pipeline.errors import PermanentBackendError
 from imagen_pipeline.output.files import write_atomic
@@ -67,22 +65,14 @@ def discard_job_record(generated: GeneratedImage) -> None:
         job_record_path(output_dir, generated.plan.spec.job_id).unlink(missing_ok=True)
 
 
-def inspect_image(data: bytes) -> tuple[str, int, int]:
-    """(Pillow format, width, height) of encoded image bytes; refuses non-images."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-            fmt, (width, height) = image.format or "", image.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+def supported_format(facts: ImageFacts) -> str:
+    """The image's format if the pipeline stores it, else a permanent error."""
+    if facts.format not in EXTENSIONS:
         raise PermanentBackendError(
-            f"backend returned data that is not an image: {error}"
-        ) from None
-    if fmt not in EXTENSIONS:
-        raise PermanentBackendError(
-            f"backend returned a {fmt or 'unknown'} image; supported formats: "
+            f"backend returned a {facts.format or 'unknown'} image; supported formats: "
             + ", ".join(sorted(EXTENSIONS))
         )
-    return fmt, width, height
+    return facts.format
 
 
 def run_generation(
@@ -91,10 +81,15 @@ def run_generation(
     context: GenerationContext,
     output_dir: Path,
 ) -> GeneratedImage:
-    """Check credentials, call the backend, verify the bytes and stage them atomically."""
+    """Check credentials, call the backend and stage the image atomically.
+
+    The adapter verified the bytes (:func:`~imagen_pipeline.backends.contract.verify_image`)
+    and says what they are; they are not decoded again here.
+    """
     instance.require_credentials()
     result = instance.backend.generate(plan.request, context)
-    fmt, width, height = inspect_image(result.image)
+    fmt = supported_format(result.facts)
+    width, height = result.facts.width, result.facts.height
     if (width, height) != (plan.request.width, plan.request.height):
         context.log.warning(
             f"backend {plan.backend!r} returned {width}x{height}, "

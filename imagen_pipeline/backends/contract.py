@@ -58,12 +58,27 @@ class GenerationMetadata(BaseModel):
     )
 
 
+class ImageFacts(BaseModel):
+    """What Pillow read from an image's header: its format and size in pixels."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: str = Field(description="Pillow's format name: PNG, JPEG, WEBP, ...")
+    width: int
+    height: int
+
+
 class GenerationResult(BaseModel):
-    """The image an adapter produced (encoded bytes) and its metadata."""
+    """The image an adapter produced (encoded bytes), what it is, and its metadata.
+
+    ``facts`` come from :func:`verify_image` (or, for an image the adapter rendered itself,
+    from what it rendered), so the pipeline never decodes the bytes a second time.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     image: bytes
+    facts: ImageFacts
     metadata: GenerationMetadata
 
 
@@ -89,16 +104,19 @@ def derived_seed(context: GenerationContext) -> int:
     return 1 + int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % MAX_SEED
 
 
-def verify_image(data: bytes, source: str) -> None:
-    """Check with Pillow that a server sent a whole image.
+def verify_image(data: bytes, source: str) -> ImageFacts:
+    """Check with Pillow that a server sent a whole image; returns its format and size.
 
     Anything else is a permanent error naming ``source`` (e.g. "Replicate output").
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            facts = ImageFacts(format=image.format or "", width=width, height=height)
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise PermanentBackendError(f"{source} is not an image: {error}") from None
+    return facts
 
 
 @dataclass(frozen=True)

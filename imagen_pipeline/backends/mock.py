@@ -30,6 +30,7 @@ from imagen_pipeline.backends.contract import (
     GenerationRequest,
     GenerationResult,
     ImageBackend,
+    ImageFacts,
 )
 from imagen_pipeline.errors import PermanentBackendError, TransientBackendError
 
@@ -78,6 +79,7 @@ class MockBackend(ImageBackend):
         steps = request.steps or self.default_steps
         return GenerationResult(
             image=image,
+            facts=ImageFacts(format="PNG", width=request.width, height=request.height),
             metadata=GenerationMetadata(
                 model=self.model,
                 seed=seed,

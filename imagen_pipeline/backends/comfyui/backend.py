@@ -235,10 +235,11 @@ class ComfyUIBackend(ImageBackend):
                     "(does the workflow end in a SaveImage node?)"
                 )
             image = client.download(image_ref)
-        verify_image(image, "ComfyUI output")
+        facts = verify_image(image, "ComfyUI output")
         steps = workflow.value_at(graph, "steps")
         return GenerationResult(
             image=image,
+            facts=facts,
             metadata=GenerationMetadata(
                 model=workflow.model_file() or Path(workflow.name).stem,
                 seed=seed if "seed" in workflow.inputs else None,

@@ -256,7 +256,7 @@ class OpenAIImagesBackend(ImageBackend):
         latency = time.monotonic() - started
         payload, image_data = image_payload(response)
         image = decode_image(image_data)
-        verify_image(image, "OpenAI images: b64_json")
+        facts = verify_image(image, "OpenAI images: b64_json")
         usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
         cost, cost_source = cost_usd(prepared, self._prices(), usage)
         if cost_source == "unpriced":
@@ -281,6 +281,7 @@ class OpenAIImagesBackend(ImageBackend):
         }
         return GenerationResult(
             image=image,
+            facts=facts,
             metadata=GenerationMetadata(
                 model=self.model,
                 seed=None,

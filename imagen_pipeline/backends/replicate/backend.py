@@ -157,11 +157,12 @@ class ReplicateBackend(ImageBackend):
             except BaseException:
                 api.cancel(prediction)
                 raise
-        verify_image(image, "Replicate output")
+        facts = verify_image(image, "Replicate output")
         metrics = prediction.get("metrics")
         sent_seed = data.get("seed")
         return GenerationResult(
             image=image,
+            facts=facts,
             metadata=GenerationMetadata(
                 model=self.model,
                 seed=sent_seed if isinstance(sent_seed, int) else None,
