@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-
-import dagster as dg
 
 from imagen_pipeline.errors import MissingCredentialError
 
@@ -18,7 +17,7 @@ def is_env_var_name(value: str) -> bool:
 
 def resolve_secret(env_var: str, field_path: str) -> str:
     """Return the value of ``env_var`` or fail naming the variable (never a value)."""
-    value = dg.EnvVar(env_var).get_value()
+    value = os.environ.get(env_var)
     if not value:
         raise MissingCredentialError(env_var, field_path)
     return value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 import psycopg
 from pydantic import Field
@@ -44,7 +46,7 @@ class ImagenDatabaseResource(dg.ConfigurableResource):
 
     def configured(self) -> bool:
         """True when the env var is set."""
-        return bool(dg.EnvVar(self.url_env).get_value())
+        return bool(os.environ.get(self.url_env))
 
     def connect(self) -> psycopg.Connection:
         """A new connection (prepared statements off, for Supabase's transaction pooler)."""
