@@ -42,8 +42,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX\u00d7]\s*(\d+)\s*$")
 
 
-class ImageSpec(BaseModel):
-    """One image as a user asks for it, before enrichment and defaults."""
+class RequestFields(BaseModel):
+    """The request's fields that every entry point shares under the same names: the CLI,
+    the run config and the ``imagen.jobs`` columns (which hold ``backend_opts`` as jsonb)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -55,6 +56,17 @@ class ImageSpec(BaseModel):
     height: int | None = None
     steps: int | None = None
     seed: int | None = None
+
+    def request_fields(self) -> dict[str, Any]:
+        """These fields and their values."""
+        return {name: getattr(self, name) for name in RequestFields.model_fields}
+
+
+class ImageSpec(RequestFields):
+    """One image as a user asks for it, before enrichment and defaults: the one request
+    schema (the run config and the job row are checked against it,
+    ``imagen_pipeline_tests/defs/test_run_config.py``)."""
+
     backend_opts: dict[str, Any] = Field(default_factory=dict)
     job_id: int | None = None
     job_attempt: int | None = None

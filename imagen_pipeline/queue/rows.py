@@ -12,9 +12,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
-from imagen_pipeline.planning import ImageSpec, parse_backend_opts
+from imagen_pipeline.planning import ImageSpec, RequestFields, parse_backend_opts
 
 JobStatus = Literal["pending", "queued", "running", "done", "failed", "canceled"]
 MAX_ATTEMPTS = 3
@@ -51,21 +51,14 @@ def job_columns(alias: str = "") -> str:
     return ", ".join(f"{prefix}{column}" for column in _COLUMNS)
 
 
-class JobRow(BaseModel):
-    """One ``imagen.jobs`` row as the pipeline reads it."""
+class JobRow(RequestFields):
+    """One ``imagen.jobs`` row as the pipeline reads it: the request's columns and the
+    lifecycle columns the pipeline writes."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     id: int
     owner_user_id: str | None = None
-    prompt: str
-    negative: str = ""
-    style: str = "none"
-    backend: str = ""
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    seed: int | None = None
     backend_opts_json: str = "{}"
     status: JobStatus
     error: str | None = None
@@ -88,14 +81,7 @@ class JobRow(BaseModel):
     def to_spec(self) -> ImageSpec:
         """The generation request this row asks for; raises for a malformed column."""
         return ImageSpec(
-            prompt=self.prompt,
-            negative=self.negative or "",
-            style=self.style or "none",
-            backend=self.backend or "",
-            width=self.width,
-            height=self.height,
-            steps=self.steps,
-            seed=self.seed,
+            **{**self.request_fields(), "style": self.style or "none"},
             backend_opts=parse_backend_opts(self.backend_opts_json),
             job_id=self.id,
             job_attempt=self.attempts,
