@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import psycopg
 
 from imagen_pipeline.backends.contract import GenerationContext
+from imagen_pipeline.backends.pricing import describe_cost
 from imagen_pipeline.generation import GeneratedImage, run_generation
 from imagen_pipeline.output.store import find_job_generation
 from imagen_pipeline.planning import GenerationPlan
@@ -37,7 +38,7 @@ class MadeImage:
         meta = self.image.metadata
         return (
             f"{meta.model}, seed {meta.seed}, {self.image.width}x{self.image.height}, "
-            f"{meta.latency_s:.2f}s, ${meta.cost_usd:.4f}"
+            f"{meta.latency_s:.2f}s, {describe_cost(meta.cost_usd)} ({meta.price_note})"
         )
 
 
@@ -53,7 +54,7 @@ def make_image(
         return MadeImage(previous, reused=True)
     instance = plan.backend_instance()
     note = check_budget(
-        plan.budget, plan.backend, instance.backend.estimate_cost_usd(plan.request), connect
+        plan.budget, plan.backend, instance.backend.estimate_price(plan.request), connect
     )
     image = run_generation(plan, instance, context, plan.output.path)
     return MadeImage(image, reused=False, budget_note=note)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
+from imagen_pipeline.backends.pricing import FREE, Price, PriceSource
 from imagen_pipeline.errors import PermanentBackendError
 
 MAX_SEED = 2**32 - 1
@@ -51,7 +52,13 @@ class GenerationMetadata(BaseModel):
     seed: int | None = Field(description="Seed actually used; None if the backend has none.")
     steps: int | None = Field(default=None, description="Steps actually used, if known.")
     latency_s: float = Field(description="Wall time of the backend call in seconds.")
-    cost_usd: float = Field(default=0.0, description="Estimated cost in US dollars.")
+    cost_usd: float | None = Field(
+        default=0.0, description="Cost in US dollars; None when no price is known."
+    )
+    price_source: PriceSource = Field(
+        default="free", description="Where the price came from: config, built_in, free, unknown."
+    )
+    price_note: str = Field(default="", description="Which table, or what to set to know it.")
     extra: dict[str, Any] = Field(
         default_factory=dict,
         description="Adapter-specific facts (prompt id, prediction id, token usage, ...).",
@@ -156,9 +163,9 @@ class ImageBackend(BaseModel, ABC):
         """The model this instance generates with, for naming and cost estimates."""
         return str(getattr(self, "model", "") or type(self).__name__)
 
-    def estimate_cost_usd(self, request: GenerationRequest) -> float:
-        """Expected cost of ``request`` before it is sent; 0 for free backends."""
-        return 0.0
+    def estimate_price(self, request: GenerationRequest) -> Price:
+        """Expected price of ``request`` before it is sent; free by default."""
+        return FREE
 
     def check(self) -> BackendCheck:
         """Probe reachability, credentials and model cheaply; default: nothing to probe."""

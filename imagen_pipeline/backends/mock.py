@@ -32,6 +32,7 @@ from imagen_pipeline.backends.contract import (
     ImageBackend,
     ImageFacts,
 )
+from imagen_pipeline.backends.pricing import FREE, Price
 from imagen_pipeline.errors import PermanentBackendError, TransientBackendError
 
 
@@ -85,13 +86,21 @@ class MockBackend(ImageBackend):
                 seed=seed,
                 steps=steps,
                 latency_s=round(time.monotonic() - started, 4),
-                cost_usd=self.cost_usd,
+                cost_usd=self.price().usd,
+                price_source=self.price().source,
+                price_note=self.price().note,
             ),
         )
 
-    def estimate_cost_usd(self, request: GenerationRequest) -> float:
-        """The configured per-image cost (0 by default)."""
-        return self.cost_usd
+    def estimate_price(self, request: GenerationRequest) -> Price:
+        """The configured per-image cost (free by default)."""
+        return self.price()
+
+    def price(self) -> Price:
+        """``cost_usd`` from the config block, or free."""
+        if not self.cost_usd:
+            return FREE
+        return Price(self.cost_usd, "config", "cost_usd of the mock block")
 
     @contextlib.contextmanager
     def _gpu_slot(self) -> Iterator[None]:

@@ -31,7 +31,8 @@ def image_materialization(stored: StoredImage) -> dg.AssetMaterialization:
         "size": dg.MetadataValue.text(f"{generated.width}x{generated.height}"),
         "steps": dg.MetadataValue.int(meta.steps) if meta.steps is not None else None,
         "latency_s": dg.MetadataValue.float(meta.latency_s),
-        "cost_usd": dg.MetadataValue.float(meta.cost_usd),
+        "cost_usd": dg.MetadataValue.float(meta.cost_usd) if meta.cost_usd is not None else None,
+        "price_source": dg.MetadataValue.text(f"{meta.price_source}: {meta.price_note}"),
         "sha256": dg.MetadataValue.text(stored.sha256),
         "preview": dg.MetadataValue.md(_preview(stored.image_path)),
     }

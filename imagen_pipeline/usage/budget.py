@@ -2,7 +2,8 @@
 
 "Today" is the current UTC day (00:00 to 24:00 UTC), whatever the machine's time zone, so
 every worker and the ``imagen usage`` report agree on where a day starts. Spend is the sum of
-``cost_usd`` in ``mai.imagen_usage`` (succeeded and failed calls) created today.
+``cost_usd`` in ``mai.imagen_usage`` (succeeded and failed calls) created today; a backend
+whose price is unknown cannot be called while a limit applies to it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
+from imagen_pipeline.backends.pricing import Price
 from imagen_pipeline.cloud.errors import database_errors
 from imagen_pipeline.config.models import BudgetConfig
 from imagen_pipeline.db.connection import DATABASE_URL_ENV
@@ -72,19 +74,27 @@ def spend_between(
 def check_budget(
     budget: BudgetConfig,
     instance: str,
-    estimate_usd: float,
+    estimate: Price,
     connect: Callable[[], psycopg.Connection] | None,
     now: datetime | None = None,
 ) -> str | None:
     """Raise :class:`BudgetExceededError` if today's spend plus ``estimate_usd`` would exceed a
     limit for ``instance``; returns a note for the log, or None when no limit applies.
 
-    ``connect`` is None when no database is configured: a set budget then cannot be checked,
-    which is an error rather than a silent pass.
+    ``connect`` is None when no database is configured, and ``estimate.usd`` None when the
+    backend's price is unknown: a set budget then cannot be checked, which is an error rather
+    than a silent pass.
     """
     limits = limits_for(budget, instance)
     if not limits:
         return None
+    if estimate.usd is None:
+        raise ConfigError(
+            f"{limits[0].label} is set but the price of backend {instance!r} is unknown "
+            f"({estimate.note}), so the budget cannot be checked; backend {instance!r} was "
+            "not called"
+        )
+    estimate_usd = estimate.usd
     if connect is None:
         raise ConfigError(
             f"{limits[0].label} is set but {DATABASE_URL_ENV} is not: today's spend is "

@@ -10,6 +10,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict
 
+from imagen_pipeline.backends.pricing import describe_cost
 from imagen_pipeline.cloud.errors import CloudSyncError, database_errors
 from imagen_pipeline.cloud.images import image_run_holding, upsert_image_row
 from imagen_pipeline.cloud.sync import SyncOutcome
@@ -28,7 +29,8 @@ class UsageOutcome(BaseModel):
 
     status: Literal["recorded", "not_configured"]
     detail: str
-    cost_usd: float
+    cost_usd: float | None
+    """None when no price is known for the model."""
     image_id: int | None = None
     job_done: bool = False
     """True when this recording marked the run's imagen.jobs row done."""
@@ -41,9 +43,10 @@ def generation_key(run_id: str, attempt: int) -> str:
 
 _INSERT_USAGE = """
     INSERT INTO mai.imagen_usage (
-        generation_key, backend_instance, backend_type, model, cost_usd, currency,
-        latency_s, steps, tokens, owner_user_id, job_id, run_id, status, error, image_id)
-    VALUES (%(key)s, %(instance)s, %(type)s, %(model)s, %(cost)s, 'USD',
+        generation_key, backend_instance, backend_type, model, cost_usd, price_source,
+        currency, latency_s, steps, tokens, owner_user_id, job_id, run_id, status, error,
+        image_id)
+    VALUES (%(key)s, %(instance)s, %(type)s, %(model)s, %(cost)s, %(price_source)s, 'USD',
             %(latency)s, %(steps)s, %(tokens)s, %(owner)s, %(job_id)s, %(run_id)s,
             %(status)s, %(error)s, %(image_id)s)
     ON CONFLICT (generation_key) DO NOTHING
@@ -68,6 +71,7 @@ def insert_usage_row(
             "type": plan.backend_type,
             "model": meta.model,
             "cost": meta.cost_usd,
+            "price_source": meta.price_source,
             "latency": meta.latency_s,
             "steps": meta.steps,
             "tokens": Jsonb(usage) if usage else None,
@@ -98,7 +102,7 @@ def record_generation(
         return UsageOutcome(
             status="not_configured",
             detail="image and usage rows not recorded (IMAGEN_DATABASE_URL is not set); "
-            f"this image cost ${cost:.4f} on {backend}",
+            f"this image cost {describe_cost(cost)} on {backend}",
             cost_usd=cost,
         )
     job_id = generated.plan.spec.job_id
@@ -128,7 +132,9 @@ def record_generation(
         )
     return UsageOutcome(
         status="recorded",
-        detail=f"imagen.images row {image_id}; usage {usage}: ${cost:.4f} on {backend}{job}",
+        detail=(
+            f"imagen.images row {image_id}; usage {usage}: {describe_cost(cost)} on {backend}{job}"
+        ),
         cost_usd=cost,
         image_id=image_id,
         job_done=bool(finished),
@@ -161,6 +167,7 @@ def record_failed_generation(
                     "type": plan.backend_type,
                     "model": plan.model,
                     "cost": 0,
+                    "price_source": "not_billed",
                     "latency": None,
                     "steps": plan.request.steps,
                     "tokens": None,

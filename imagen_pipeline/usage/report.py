@@ -24,6 +24,9 @@ class UsageLine:
     succeeded: int
     failed: int
     cost_usd: float
+    """Sum of the known costs."""
+    unpriced: int = 0
+    """Images whose cost is unknown (no price for their model), not in ``cost_usd``."""
 
 
 def usage_lines(conn: psycopg.Connection, since: date, by: GroupBy) -> list[UsageLine]:
@@ -34,7 +37,8 @@ def usage_lines(conn: psycopg.Connection, since: date, by: GroupBy) -> list[Usag
         SELECT {column} AS key,
                count(*) FILTER (WHERE status = 'succeeded'),
                count(*) FILTER (WHERE status = 'failed'),
-               coalesce(sum(cost_usd), 0)
+               coalesce(sum(cost_usd), 0),
+               count(*) FILTER (WHERE status = 'succeeded' AND cost_usd IS NULL)
           FROM mai.imagen_usage
          WHERE created_at >= %(since)s
          GROUP BY 1
@@ -43,7 +47,10 @@ def usage_lines(conn: psycopg.Connection, since: date, by: GroupBy) -> list[Usag
         {"since": datetime.combine(since, time(), tzinfo=UTC)},
     ).fetchall()
     conn.commit()
-    return [UsageLine(str(key), int(ok), int(bad), float(cost)) for key, ok, bad, cost in rows]
+    return [
+        UsageLine(str(key), int(ok), int(bad), float(cost), int(unpriced))
+        for key, ok, bad, cost, unpriced in rows
+    ]
 
 
 def format_report(lines: list[UsageLine], since: date, by: GroupBy) -> str:
@@ -56,15 +63,22 @@ def format_report(lines: list[UsageLine], since: date, by: GroupBy) -> str:
         sum(line.succeeded for line in lines),
         sum(line.failed for line in lines),
         sum(line.cost_usd for line in lines),
+        sum(line.unpriced for line in lines),
     )
-    table = [(by, "images", "failed", "cost_usd")] + [
-        (line.key, str(line.succeeded), str(line.failed), f"{line.cost_usd:.4f}")
+    table = [(by, "images", "failed", "cost_usd", "unpriced")] + [
+        (
+            line.key,
+            str(line.succeeded),
+            str(line.failed),
+            f"{line.cost_usd:.4f}",
+            str(line.unpriced),
+        )
         for line in [*lines, total]
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
     rendered = [
         "  ".join(
-            [row[0].ljust(widths[0])] + [row[i].rjust(widths[i]) for i in range(1, 4)]
+            [row[0].ljust(widths[0])] + [row[i].rjust(widths[i]) for i in range(1, 5)]
         ).rstrip()
         for row in table
     ]

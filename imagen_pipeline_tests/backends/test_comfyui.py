@@ -667,7 +667,8 @@ def test_check_reports_version_vram_and_model(fake: FakeComfyUI) -> None:
 
 def test_cost_is_zero_on_the_own_gpu() -> None:
     instance = build_backend("gpu", {"type": "comfyui", "url": "http://mrock:8188"})
-    assert instance.backend.estimate_cost_usd(request()) == 0.0
+    price = instance.backend.estimate_price(request())
+    assert (price.usd, price.source) == (0.0, "free")
 
 
 # -- the generate_image job end to end -----------------------------------------------------------

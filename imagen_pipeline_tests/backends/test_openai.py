@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import httpx
 import pytest
 from PIL import Image
 
 from imagen_pipeline.backends.contract import GenerationContext, GenerationRequest
 from imagen_pipeline.backends.openai import OpenAIImagesBackend
+from imagen_pipeline.backends.pricing import Price
 from imagen_pipeline.backends.registry import build_backend
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.errors import (
@@ -96,13 +98,22 @@ def assert_no_key(*texts: str) -> None:
         assert KEY[-4:] not in text, "not even the masked echo"
 
 
-# -- requests per model family ---------------------------------------------------------------
+# -- requests ------------------------------------------------------------------------------
+
+GPT_IMAGE_2_PRICES = {"gpt-image-2": {"text_input": 5.0, "image_input": 8.0, "image_output": 30.0}}
+"""Test prices (not OpenAI's: no built-in price ships for gpt-image-2)."""
 
 
-def test_gpt_image_request_sends_key_and_body_and_decodes_the_png(
+def test_gpt_image_2_request_sends_key_and_body_and_decodes_the_png(
     fake: FakeOpenAI, key_env: None, logs: pytest.LogCaptureFixture
 ) -> None:
-    adapter = backend(fake, quality="medium", background="opaque", moderation="low")
+    adapter = backend(
+        fake,
+        quality="medium",
+        background="opaque",
+        moderation="low",
+        token_prices=GPT_IMAGE_2_PRICES,
+    )
     result = adapter.generate(
         request(width=1344, height=768, seed=7, steps=30, negative="blurry"), context()
     )
@@ -112,32 +123,57 @@ def test_gpt_image_request_sends_key_and_body_and_decodes_the_png(
     assert post.headers["content-type"] == "application/json"
     assert "openai-organization" not in post.headers
     assert post.json() == {
-        "model": "gpt-image-1",
+        "model": "gpt-image-2",
         "prompt": PROMPT,
         "n": 1,
-        "size": "1536x1024",
+        "size": "1344x768",
         "quality": "medium",
         "background": "opaque",
         "moderation": "low",
     }
     image = decoded(result.image)
-    assert (image.format, image.size) == ("PNG", (1536, 1024))
+    assert (image.format, image.size) == ("PNG", (1344, 768))
     meta = result.metadata
-    assert (meta.model, meta.seed, meta.steps) == ("gpt-image-1", None, None)
+    assert (meta.model, meta.seed, meta.steps) == ("gpt-image-2", None, None)
     text_tokens = -(-len(PROMPT) // 4)
+    output_tokens = meta.extra["usage"]["output_tokens"]
     assert meta.extra["usage"] == {
         "input_tokens": text_tokens,
         "input_tokens_details": {"image_tokens": 0, "text_tokens": text_tokens},
-        "output_tokens": 1568,
-        "total_tokens": text_tokens + 1568,
+        "output_tokens": output_tokens,
+        "total_tokens": text_tokens + output_tokens,
     }
-    assert meta.cost_usd == round((text_tokens * 5 + 1568 * 40) / 1_000_000, 6)
-    assert meta.extra["cost_source"] == "usage"
-    assert (meta.extra["size"], meta.extra["requested_size"]) == ("1536x1024", "1344x768")
+    assert meta.cost_usd == round((text_tokens * 5 + output_tokens * 30) / 1_000_000, 6)
+    assert meta.price_source == "config"
+    assert meta.price_note == "token prices from backends.oai.token_prices.gpt-image-2 x usage"
+    assert (meta.extra["size"], meta.extra["requested_size"]) == ("1344x768", "1344x768")
     assert meta.extra["request_id"].startswith("req_")
-    assert "1344x768 requested, sending size 1536x1024" in logs.text
     assert "take no seed, steps, negative prompt; ignored" in logs.text
     assert_no_key(logs.text, meta.model_dump_json())
+
+
+@pytest.mark.parametrize(
+    ("size", "sent"),
+    [
+        ((512, 512), "816x816"),
+        ((1000, 1000), "1008x1008"),
+        ((4000, 1000), "3456x1152"),
+        ((8000, 8000), "2880x2880"),
+        ((100, 3000), "480x1440"),
+    ],
+)
+def test_a_size_that_breaks_a_rule_is_sent_as_the_closest_allowed_one(
+    fake: FakeOpenAI,
+    key_env: None,
+    logs: pytest.LogCaptureFixture,
+    size: tuple[int, int],
+    sent: str,
+) -> None:
+    result = backend(fake).generate(request(width=size[0], height=size[1]), context())
+    assert sent_body(fake)["size"] == sent
+    assert decoded(result.image).size == tuple(int(side) for side in sent.split("x"))
+    assert f"{size[0]}x{size[1]} breaks a size rule" in logs.text
+    assert f"sending size {sent}" in logs.text
 
 
 def test_webp_output_with_compression_organization_and_project_headers(
@@ -145,10 +181,10 @@ def test_webp_output_with_compression_organization_and_project_headers(
 ) -> None:
     adapter = backend(
         fake,
-        model="gpt-image-1-mini",
+        model="gpt-image-2-2026-04-21",
+        family="gpt-image-2",
         output_format="webp",
         output_compression=80,
-        background="transparent",
         organization="org-imagen",
         project="proj_imagen",
     )
@@ -161,59 +197,12 @@ def test_webp_output_with_compression_organization_and_project_headers(
     )
     body = post.json()
     assert (body["model"], body["size"], body["output_format"], body["output_compression"]) == (
-        "gpt-image-1-mini",
+        "gpt-image-2-2026-04-21",
         "1024x1536",
         "webp",
         80,
     )
-    image = decoded(result.image)
-    assert (image.format, image.mode, image.size) == ("WEBP", "RGBA", (1024, 1536))
-    assert result.metadata.extra["background"] == "transparent"
-    text_tokens = -(-len(PROMPT) // 4)
-    assert result.metadata.cost_usd == round((text_tokens * 2 + 6240 * 8) / 1_000_000, 6)
-
-
-def test_dall_e_3_asks_for_b64_json_and_is_priced_from_the_table(
-    fake: FakeOpenAI, key_env: None
-) -> None:
-    adapter = backend(fake, model="dall-e-3", quality="hd", style="natural")
-    result = adapter.generate(request(width=1920, height=1080), context())
-
-    assert sent_body(fake) == {
-        "model": "dall-e-3",
-        "prompt": PROMPT,
-        "n": 1,
-        "size": "1792x1024",
-        "response_format": "b64_json",
-        "quality": "hd",
-        "style": "natural",
-    }
-    assert decoded(result.image).size == (1792, 1024)
-    meta = result.metadata
-    assert (meta.cost_usd, meta.extra["cost_source"]) == (0.12, "price_table")
-    assert meta.extra["revised_prompt"] == f"A detailed image of {PROMPT}"
-    assert "usage" not in meta.extra
-
-
-@pytest.mark.parametrize(
-    ("size", "sent", "cost"),
-    [
-        ((256, 256), "256x256", 0.016),
-        ((800, 600), "512x512", 0.018),
-        ((2048, 1024), "1024x1024", 0.02),
-    ],
-)
-def test_dall_e_2_maps_to_the_nearest_square(
-    fake: FakeOpenAI, key_env: None, size: tuple[int, int], sent: str, cost: float
-) -> None:
-    result = backend(fake, model="dall-e-2").generate(
-        request(width=size[0], height=size[1]), context()
-    )
-    body = sent_body(fake)
-    assert (body["size"], body["response_format"]) == (sent, "b64_json")
-    assert "quality" not in body
-    assert decoded(result.image).size == tuple(int(side) for side in sent.split("x"))
-    assert result.metadata.cost_usd == cost
+    assert decoded(result.image).format == "WEBP"
 
 
 def test_backend_opts_override_config_per_request(fake: FakeOpenAI, key_env: None) -> None:
@@ -227,6 +216,28 @@ def test_backend_opts_override_config_per_request(fake: FakeOpenAI, key_env: Non
     assert result.metadata.extra["size"] == "1024x1024", "the size the API reports"
 
 
+def test_the_fake_refuses_what_the_adapter_refuses(fake: FakeOpenAI, key_env: None) -> None:
+    """The rules checked before a request are the server's: sent anyway, each is a 400 (or,
+    for a retired model, a 404) from the fake."""
+    cases = [
+        ({"size": "1000x1000"}, 400, "multiples of 16"),
+        ({"size": "3840x960"}, 400, "3:1"),
+        ({"size": "4096x1024"}, 400, "at most 3840"),
+        ({"size": "512x512"}, 400, "between 655360 and 8294400"),
+        ({"background": "transparent"}, 400, "Transparent background is not supported"),
+        ({"model": "gpt-image-1"}, 404, "has been deprecated"),
+    ]
+    for fields, status, message in cases:
+        fake.replies.clear()
+        body = {"model": "gpt-image-2", "prompt": PROMPT, **fields}
+        response = httpx.post(
+            f"{fake.base_url}/images/generations",
+            json=body,
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+        assert (response.status_code, message in response.text) == (status, True), fields
+
+
 # -- validation before any request ------------------------------------------------------------
 
 
@@ -234,43 +245,56 @@ def test_backend_opts_override_config_per_request(fake: FakeOpenAI, key_env: Non
     ("fields", "message"),
     [
         pytest.param(
-            {"model": "dall-e-3", "quality": "high"},
-            r"backends\.oai\.quality: Value error, 'high' is not offered by dall-e-3; "
-            r"allowed values: standard, hd",
-            id="dall-e-3-quality",
+            {"model": "gpt-image-1"},
+            r"backends\.oai\.model: Value error, gpt-image-1 was shut down by OpenAI on "
+            r"2026-10-23; use gpt-image-2 instead \(got 'gpt-image-1'\)$",
+            id="retired-gpt-image-1",
+        ),
+        pytest.param(
+            {"model": "dall-e-3"},
+            r"dall-e-3 was shut down by OpenAI on 2026-05-12; use gpt-image-2 instead",
+            id="retired-dall-e-3",
+        ),
+        pytest.param(
+            {"model": "gpt-image-1.5-2025-12-16"},
+            r"gpt-image-1\.5-2025-12-16 \(a snapshot of gpt-image-1\.5\) was shut down by "
+            r"OpenAI on 2026-12-01; use gpt-image-2 instead",
+            id="retired-snapshot",
+        ),
+        pytest.param(
+            {"model": "chatgpt-image-latest"},
+            r"chatgpt-image-latest was shut down by OpenAI on 2026-12-01",
+            id="retired-chatgpt-image-latest",
         ),
         pytest.param(
             {"quality": "hd"},
-            r"backends\.oai\.quality: Value error, 'hd' is not offered by gpt-image-1 "
-            r"\(GPT image models\); allowed values: low, medium, high, auto",
-            id="gpt-quality",
+            r"backends\.oai\.quality: Value error, 'hd' is not offered by gpt-image-2; "
+            r"allowed values: low, medium, high, auto",
+            id="quality",
         ),
         pytest.param(
-            {"style": "vivid"},
-            r"backends\.oai\.style: Value error, not a parameter of gpt-image-1 "
-            r"\(GPT image models\); parameters: background, moderation, output_compression",
-            id="gpt-style",
-        ),
-        pytest.param(
-            {"model": "dall-e-2", "background": "transparent"},
-            r"backends\.oai\.background: Value error, not a parameter of dall-e-2",
-            id="dall-e-2-background",
+            {"background": "transparent"},
+            r"backends\.oai\.background: Value error, 'transparent' is refused: gpt-image-2 no "
+            r"longer renders transparent backgrounds \(withdrawn by OpenAI on 2026-09-30\); "
+            r"allowed values: opaque, auto",
+            id="transparent",
         ),
         pytest.param(
             {"output_format": "gif"},
-            r"output_format: Value error, 'gif' is not offered by gpt-image-1 .*png, jpeg, webp",
-            id="gpt-output-format",
+            r"output_format: Value error, 'gif' is not offered by gpt-image-2; allowed values: "
+            r"png, jpeg, webp",
+            id="output-format",
+        ),
+        pytest.param(
+            {"moderation": "strict"},
+            r"moderation: Value error, 'strict' is not offered by gpt-image-2; allowed values: "
+            r"auto, low",
+            id="moderation",
         ),
         pytest.param(
             {"output_compression": 101, "output_format": "jpeg"},
             r"output_compression: Value error, 101 is not an integer from 0 to 100",
             id="compression-range",
-        ),
-        pytest.param(
-            {"background": "transparent", "output_format": "jpeg"},
-            r"backends\.oai: Value error, background: transparent needs output_format png or "
-            r"webp",
-            id="transparent-jpeg",
         ),
         pytest.param(
             {"output_compression": 50},
@@ -279,24 +303,21 @@ def test_backend_opts_override_config_per_request(fake: FakeOpenAI, key_env: Non
         ),
         pytest.param(
             {"model": "gpt-image-9"},
-            r"backends\.oai\.family: Value error, cannot tell the parameter family of model "
-            r"'gpt-image-9'; set family to gpt-image, dall-e-3 or dall-e-2",
+            r"backends\.oai\.family: Value error, cannot tell whose request rules model "
+            r"'gpt-image-9' follows; set family: gpt-image-2",
             id="unknown-model",
         ),
         pytest.param(
-            {"token_prices": {"gpt-image-1": {"text_input": 5}}},
-            r"token_prices: Value error, gpt-image-1: needs exactly text_input, image_input, "
+            {"token_prices": {"gpt-image-2": {"text_input": 5}}},
+            r"token_prices: Value error, gpt-image-2: needs exactly text_input, image_input, "
             r"image_output",
             id="token-prices",
         ),
-        pytest.param(
-            {"image_prices": {"dall-e-3": {"1024x1024": 0.04}}},
-            r"image_prices: Value error, dall-e-3\.1024x1024: keys are '<quality> <WxH>'",
-            id="image-prices",
-        ),
     ],
 )
-def test_config_values_are_validated_per_model_family(fields: dict[str, Any], message: str) -> None:
+def test_config_values_are_validated_against_the_models_rules(
+    fields: dict[str, Any], message: str
+) -> None:
     with pytest.raises(ConfigError, match=message):
         build_backend("oai", {"type": "openai", **fields})
 
@@ -306,42 +327,54 @@ def test_config_values_are_validated_per_model_family(fields: dict[str, Any], me
     [
         pytest.param(
             {"size_policy": "exact"},
-            {"width": 1344, "height": 768},
-            r"width x height: 1344x768 is not a size gpt-image-1 renders; allowed sizes: "
-            r"1024x1024, 1536x1024, 1024x1536",
-            id="exact-size-gpt",
+            {"width": 1000, "height": 1000},
+            r"width x height: size 1000x1000: both edges must be multiples of 16 "
+            r"\(size_policy: nearest sends the closest allowed size\)",
+            id="exact-multiple-of-16",
         ),
         pytest.param(
-            {"model": "dall-e-3", "size_policy": "exact"},
-            {"width": 1536, "height": 1024},
-            r"allowed sizes: 1024x1024, 1792x1024, 1024x1792",
-            id="exact-size-dall-e-3",
+            {"size_policy": "exact"},
+            {"width": 512, "height": 512},
+            r"size 512x512: 262,144 pixels; allowed 655,360 to 8,294,400",
+            id="exact-pixels",
         ),
         pytest.param(
-            {"model": "dall-e-2"},
-            {"prompt": "x" * 1001},
-            r"prompt: 1001 characters; dall-e-2 accepts at most 1000",
+            {"size_policy": "exact"},
+            {"width": 3840, "height": 1024},
+            r"size 3840x1024: the aspect ratio may be at most 3:1",
+            id="exact-ratio",
+        ),
+        pytest.param(
+            {},
+            {"backend_opts": {"size": "4096x2048"}},
+            r"backend_opts\.size 4096x2048: 8,388,608 pixels; allowed 655,360 to 8,294,400; "
+            r"size 4096x2048: the longest edge may be at most 3,840",
+            id="opts-size-two-rules",
+        ),
+        pytest.param(
+            {},
+            {"backend_opts": {"size": "big"}},
+            r"backend_opts\.size: 'big' is not auto or WIDTHxHEIGHT",
+            id="opts-size-form",
+        ),
+        pytest.param(
+            {},
+            {"prompt": "x" * 32001},
+            r"prompt: 32001 characters; gpt-image-2 accepts at most 32000",
             id="prompt-length",
         ),
         pytest.param(
             {},
             {"backend_opts": {"style": "vivid"}},
-            r"backend_opts\.style: not a parameter of gpt-image-1",
+            r"backend_opts\.style: not a parameter of gpt-image-2; parameters: background, "
+            r"moderation, output_compression, output_format, quality, size, user",
             id="opts-unknown-parameter",
         ),
         pytest.param(
-            {"model": "dall-e-3"},
-            {"backend_opts": {"size": "1536x1024"}},
-            r"backend_opts\.size: '1536x1024' is not offered by dall-e-3; allowed values: "
-            r"1024x1024, 1792x1024, 1024x1792",
-            id="opts-size",
-        ),
-        pytest.param(
-            {"model": "dall-e-3"},
+            {},
             {"backend_opts": {"response_format": "url"}},
-            r"backend_opts\.response_format: 'url' is not offered by dall-e-3; allowed values: "
-            r"b64_json",
-            id="opts-url",
+            r"backend_opts\.response_format: not a parameter of gpt-image-2",
+            id="opts-response-format",
         ),
         pytest.param(
             {},
@@ -350,9 +383,15 @@ def test_config_values_are_validated_per_model_family(fields: dict[str, Any], me
             id="opts-n",
         ),
         pytest.param(
-            {"output_format": "jpeg"},
+            {},
             {"backend_opts": {"background": "transparent"}},
-            r"background: transparent needs output_format png or webp",
+            r"backend_opts\.background: 'transparent' is refused",
+            id="opts-transparent",
+        ),
+        pytest.param(
+            {"output_format": "png"},
+            {"backend_opts": {"output_compression": 70}},
+            r"output_compression: applies to output_format jpeg or webp only",
             id="opts-combination",
         ),
     ],
@@ -366,7 +405,7 @@ def test_request_problems_fail_before_any_request(
 ) -> None:
     adapter = backend(fake, **fields)
     with pytest.raises(PermanentBackendError, match=message):
-        adapter.estimate_cost_usd(request(**req))
+        adapter.estimate_price(request(**req))
     with pytest.raises(PermanentBackendError, match=message):
         adapter.generate(request(**req), context())
     assert fake.received == []
@@ -375,21 +414,17 @@ def test_request_problems_fail_before_any_request(
 # -- failure classification -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("model", "code", "message"),
-    [
-        ("gpt-image-1", "moderation_blocked", "Your request was rejected by the safety system"),
-        ("dall-e-3", "content_policy_violation", "Your request was rejected as a result of our"),
-    ],
-)
 def test_content_policy_refusals_are_permanent_with_the_api_message(
-    fake: FakeOpenAI, key_env: None, model: str, code: str, message: str
+    fake: FakeOpenAI, key_env: None
 ) -> None:
     with pytest.raises(PermanentBackendError) as raised:
-        backend(fake, model=model).generate(request(prompt=f"a {BLOCKED_WORD}"), context())
+        backend(fake).generate(request(prompt=f"a {BLOCKED_WORD}"), context())
     assert type(raised.value) is PermanentBackendError
     text = str(raised.value)
-    assert f"OpenAI images (400, {code}): rejected by OpenAI's safety system: {message}" in text
+    assert (
+        "OpenAI images (400, moderation_blocked): rejected by OpenAI's safety system: "
+        "Your request was rejected by the safety system" in text
+    )
     assert "[request req_" in text
 
 
@@ -469,7 +504,7 @@ def test_server_errors_timeouts_and_unreachable_api_are_transient(
         ),
         pytest.param(
             lambda fake: fake.replies.append(Reply(403, ORGANIZATION_NOT_VERIFIED)),
-            r"\(403\): Your organization must be verified to use the model `gpt-image-1`",
+            r"\(403\): Your organization must be verified to use the model `gpt-image-2`",
             id="403-unverified-organization",
         ),
         pytest.param(
@@ -540,13 +575,12 @@ def test_check_reports_reachability_credentials_and_model(fake: FakeOpenAI, key_
     ok = backend(fake).check()
     assert (ok.reachable, ok.credentials, ok.model_present) == (True, True, True)
     probe = fake.received[-1]
-    assert (probe.method, probe.path) == ("GET", "/v1/models/gpt-image-1")
+    assert (probe.method, probe.path) == ("GET", "/v1/models/gpt-image-2")
     assert probe.headers["authorization"] == f"Bearer {KEY}"
 
-    fake.available_models.discard("dall-e-2")
-    missing = backend(fake, model="dall-e-2").check()
+    missing = backend(fake, model="gpt-image-2-2099-01-01").check()
     assert (missing.reachable, missing.credentials, missing.model_present) == (True, True, False)
-    assert "The model 'dall-e-2' does not exist" in missing.detail
+    assert "The model 'gpt-image-2-2099-01-01' does not exist" in missing.detail
 
     fake.key = "sk-proj-another-key-0000"
     refused = backend(fake).check()
@@ -559,49 +593,52 @@ def test_check_reports_reachability_credentials_and_model(fake: FakeOpenAI, key_
         assert_no_key(result.detail)
 
 
-def test_estimates_come_from_the_size_and_quality_tables() -> None:
-    def estimate(size: tuple[int, int] = (1024, 1024), **fields: Any) -> float:
-        return OpenAIImagesBackend(**fields).estimate_cost_usd(
+def test_estimates_come_from_the_size_quality_and_configured_token_prices() -> None:
+    def estimate(size: tuple[int, int] = (1024, 1024), **fields: Any) -> Price:
+        return OpenAIImagesBackend(**fields).estimate_price(
             request(prompt="x" * 40, width=size[0], height=size[1])
         )
 
     text = 10 * 5 / 1_000_000
-    assert estimate(quality="low") == round(text + 272 * 40 / 1_000_000, 6)
-    assert estimate((1536, 1024), quality="medium") == round(text + 1568 * 40 / 1_000_000, 6)
-    assert estimate() == round(text + 4160 * 40 / 1_000_000, 6), "unset quality: high"
-    assert estimate(model="gpt-image-1-mini", quality="high") == round(
-        10 * 2 / 1_000_000 + 4160 * 8 / 1_000_000, 6
+    priced = {"token_prices": GPT_IMAGE_2_PRICES}
+    low = estimate(quality="low", **priced)
+    assert (low.usd, low.source) == (round(text + 273 * 30 / 1_000_000, 6), "config")
+    medium = estimate((1536, 1024), quality="medium", **priced)
+    assert medium.usd == round(text + 1589 * 30 / 1_000_000, 6)
+    unset = estimate(**priced)
+    assert unset.usd == round(text + 4163 * 30 / 1_000_000, 6), "unset quality: high"
+    snapshot = estimate(model="gpt-image-2-2026-04-21", quality="low", **priced)
+    assert snapshot.usd == low.usd, "a dated snapshot uses its model's prices"
+    unknown = estimate()
+    assert (unknown.usd, unknown.source) == (None, "unknown")
+    assert unknown.note == (
+        "no price known for gpt-image-2: set token_prices.gpt-image-2 (US dollars per 1M "
+        "tokens: text_input, image_input, image_output)"
     )
-    assert estimate((1024, 1792), model="dall-e-3") == 0.08
-    assert estimate((1024, 1792), model="dall-e-3", quality="hd") == 0.12
-    assert estimate(model="dall-e-2") == 0.02
-    assert estimate(model="dall-e-2", image_prices={"dall-e-2": {"standard 1024x1024": 0.5}}) == 0.5
-    overridden = {"gpt-image-1": {"text_input": 0, "image_input": 0, "image_output": 1000}}
-    assert estimate(quality="low", token_prices=overridden) == 0.272
-    assert estimate(model="gpt-image-1.5") == 0.0, "no built-in price for gpt-image-1.5"
 
 
-def test_cost_uses_configured_token_prices_and_unpriced_models_warn(
+def test_cost_comes_from_usage_and_an_unpriced_model_is_recorded_as_unknown(
     fake: FakeOpenAI, key_env: None, logs: pytest.LogCaptureFixture
 ) -> None:
-    prices = {"gpt-image-1.5": {"text_input": 5, "image_input": 8, "image_output": 32}}
-    priced = backend(fake, model="gpt-image-1.5", quality="low", token_prices=prices)
+    priced = backend(fake, quality="low", token_prices=GPT_IMAGE_2_PRICES)
     result = priced.generate(request(), context())
     text_tokens = -(-len(PROMPT) // 4)
-    assert result.metadata.cost_usd == round((text_tokens * 5 + 272 * 32) / 1_000_000, 6)
+    assert result.metadata.cost_usd == round((text_tokens * 5 + 273 * 30) / 1_000_000, 6)
 
-    unpriced = backend(fake, model="gpt-image-1.5", quality="low").generate(request(), context())
-    assert (unpriced.metadata.cost_usd, unpriced.metadata.extra["cost_source"]) == (0, "unpriced")
-    assert "no price known for gpt-image-1.5" in logs.text
+    unpriced = backend(fake, quality="low").generate(request(), context())
+    meta = unpriced.metadata
+    assert (meta.cost_usd, meta.price_source) == (None, "unknown")
+    assert "cost recorded as unknown: no price known for gpt-image-2: set " in logs.text
+    assert "backends.oai.token_prices.gpt-image-2" in logs.text
 
 
 def test_config_block_defaults_and_key_names() -> None:
     instance = build_backend("oai", {"type": "openai"})
     assert instance.credential_env_vars() == {"api_key_env": "OPENAI_API_KEY"}
-    assert instance.backend.model_name() == "gpt-image-1"
-    dated = build_backend("oai", {"type": "openai", "model": "dall-e-3-2024-01-01"})
+    assert instance.backend.model_name() == "gpt-image-2"
+    dated = build_backend("oai", {"type": "openai", "model": "gpt-image-2-2026-04-21"})
     assert isinstance(dated.backend, OpenAIImagesBackend)
-    assert dated.backend.resolved_family() == "dall-e-3"
+    assert dated.backend.resolved_family() == "gpt-image-2"
     with pytest.raises(ConfigError, match="must be the NAME of an environment variable") as raised:
         build_backend("oai", {"type": "openai", "api_key_env": KEY})
     assert_no_key(str(raised.value))
@@ -620,6 +657,7 @@ def job_config(write_config: Callable[..., Path], fake: FakeOpenAI) -> Path:
                     "api_key_env": KEY_ENV,
                     "base_url": fake.base_url,
                     "quality": "medium",
+                    "token_prices": GPT_IMAGE_2_PRICES,
                 }
             },
         }
@@ -631,7 +669,7 @@ def run_job(
 ) -> dg.ExecuteInProcessResult:
     return build_generate_image_job(retry_delay_s=0).execute_in_process(
         run_config={
-            "ops": {"enrich_prompt": {"config": {"prompt": prompt, "width": 1344, "height": 768}}},
+            "ops": {"enrich_prompt": {"config": {"prompt": prompt, "width": 1360, "height": 768}}},
             "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
         },
         instance=instance,
@@ -651,21 +689,22 @@ def test_generate_image_job_end_to_end_with_a_retried_server_error(
     assert result.success, step_failure_text(result)
     first, second = fake.generations()
     assert first.json() == second.json()
-    assert second.json()["size"] == "1536x1024"
+    assert second.json()["size"] == "1360x768"
     assert second.json()["prompt"].startswith("a lighthouse")
     assert second.headers["authorization"] == f"Bearer {KEY}"
     stored = result.output_for_node("write_files")
     with Image.open(stored.image_path) as image:
-        assert (image.format, image.size) == ("PNG", (1536, 1024))
+        assert (image.format, image.size) == ("PNG", (1360, 768))
     sidecar_text = Path(stored.sidecar_path).read_text(encoding="utf-8")
     sidecar = json.loads(sidecar_text)
     assert sidecar["backend"] == {"instance": "oai", "type": "openai"}
     assert sidecar["result"]["seed"] is None
     usage = sidecar["result"]["extra"]["usage"]
-    assert usage["output_tokens"] == 1568
+    assert usage["output_tokens"] == 1055
     assert sidecar["result"]["cost_usd"] == round(
-        (usage["input_tokens_details"]["text_tokens"] * 5 + 1568 * 40) / 1_000_000, 6
+        (usage["input_tokens_details"]["text_tokens"] * 5 + 1055 * 30) / 1_000_000, 6
     )
+    assert sidecar["result"]["price_source"] == "config"
     logs = "\n".join(
         str(record.user_message) for record in dagster_instance.all_logs(result.run_id)
     )

@@ -556,16 +556,23 @@ def test_check_reports_reachability_credentials_and_model(
         assert_no_token(result.detail)
 
 
-def test_cost_estimates_come_from_the_price_table() -> None:
-    def estimate(model: str, prices: dict[str, float] | None = None) -> float:
+def test_prices_come_from_the_config_then_the_built_in_table_else_are_unknown() -> None:
+    def estimate(model: str, prices: dict[str, float] | None = None) -> tuple[float | None, str]:
         adapter = ReplicateBackend(model=model, prices=prices or {})
-        return adapter.estimate_cost_usd(request())
+        price = adapter.estimate_price(request())
+        return price.usd, price.source
 
-    assert estimate(SCHNELL) == 0.003
-    assert estimate("black-forest-labs/flux-dev") == 0.025
-    assert estimate(SCHNELL, {SCHNELL: 0.004}) == 0.004
-    assert estimate(f"stability-ai/sdxl:{SDXL.version}", {"stability-ai/sdxl": 0.01}) == 0.01
-    assert estimate("someone/unknown-model") == 0.0
+    assert estimate(SCHNELL) == (0.003, "built_in")
+    assert estimate("black-forest-labs/flux-dev") == (0.025, "built_in")
+    assert estimate(SCHNELL, {SCHNELL: 0.004}) == (0.004, "config")
+    sdxl = f"stability-ai/sdxl:{SDXL.version}"
+    assert estimate(sdxl, {"stability-ai/sdxl": 0.01}) == (0.01, "config")
+    assert estimate("someone/unknown-model") == (None, "unknown")
+    assert estimate("black-forest-labs/flux-2-pro") == (None, "unknown")
+    unknown = ReplicateBackend(model="someone/unknown-model").estimate_price(request())
+    assert (
+        unknown.note == "no price known for someone/unknown-model: set prices.someone/unknown-model"
+    )
 
 
 def test_config_block_is_validated_without_echoing_a_token() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from imagen_pipeline.backends.contract import GenerationRequest
-from imagen_pipeline.backends.replicate.inputs import build_input, flux_pro_size, flux_size
+from imagen_pipeline.backends.replicate.inputs import build_input, custom_size, flux_size
 from imagen_pipeline.backends.replicate.models import InputStyle
 
 LOGGER = "imagen.test.replicate.inputs"
@@ -45,13 +45,36 @@ def test_flux_sizes_pick_the_closest_aspect_ratio(
 
 
 @pytest.mark.parametrize(
-    ("size", "sent"),
-    [((1000, 600), (992, 608)), ((4000, 2000), (1440, 704)), ((100, 100), (256, 256))],
+    ("style", "size", "sent"),
+    [
+        ("flux-pro", (1000, 600), (992, 608)),
+        ("flux-pro", (4000, 2000), (1440, 704)),
+        ("flux-pro", (100, 100), (256, 256)),
+        ("flux-2", (1000, 600), (992, 608)),
+        ("flux-2", (4000, 2000), (2048, 1024)),
+        ("flux-2", (2048, 1536), (2048, 1536)),
+        ("flux-2", (100, 100), (256, 256)),
+    ],
 )
-def test_flux_pro_sizes_are_scaled_into_range_in_multiples_of_32(
-    size: tuple[int, int], sent: tuple[int, int]
+def test_custom_sizes_are_scaled_into_the_styles_range_in_multiples_of_32(
+    style: str, size: tuple[int, int], sent: tuple[int, int]
 ) -> None:
-    assert flux_pro_size(*size) == sent
+    assert custom_size(style, *size) == sent
+
+
+def test_flux_2_sends_a_custom_size_and_no_steps(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    data, steps = mapped("flux-2", width=1536, height=1024, steps=30)
+    assert data == {
+        "prompt": "a fox",
+        "aspect_ratio": "custom",
+        "width": 1536,
+        "height": 1024,
+        "output_format": "png",
+        "seed": 7,
+    }
+    assert steps is None
+    assert "flux-2 has no steps input" in caplog.text
 
 
 def test_schnell_caps_steps_and_ignores_the_negative_prompt(

@@ -6,8 +6,8 @@ import pytest
 
 from imagen_pipeline.backends.replicate.models import (
     ModelRef,
+    image_price,
     parse_model_ref,
-    price_usd,
     resolve_input_style,
 )
 
@@ -59,15 +59,26 @@ def test_auto_style_comes_from_the_model_name() -> None:
     assert style("black-forest-labs/flux-schnell") == "flux-schnell"
     assert style("black-forest-labs/flux-dev") == "flux-dev"
     assert style("black-forest-labs/flux-1.1-pro") == "flux-pro"
+    assert style("black-forest-labs/flux-2-pro") == "flux-2"
+    assert style("black-forest-labs/flux-2-flex") == "flux-2"
+    assert style("black-forest-labs/flux-2-max") == "flux-2"
+    assert style("black-forest-labs/flux-2-klein-4b") == "generic"
     assert style(f"stability-ai/sdxl:{VERSION}") == "generic"
     assert resolve_input_style(parse_model_ref(VERSION), "flux-dev") == "flux-dev"
 
 
-def test_prices_by_the_whole_value_then_owner_name_then_version_id_else_zero() -> None:
+def test_prices_by_the_whole_value_then_owner_name_then_version_id_else_unknown() -> None:
+    def price(model: str, prices: dict[str, float]) -> tuple[float | None, str]:
+        found = image_price(model, prices)
+        return found.usd, found.source
+
     versioned = f"black-forest-labs/flux-dev:{VERSION}"
-    assert price_usd("black-forest-labs/flux-dev", {}) == 0.025
-    assert price_usd(versioned, {}) == 0.025, "the owner/name of a version"
-    assert price_usd(versioned, {versioned: 0.7}) == 0.7
-    assert price_usd(f"someone/model:{VERSION}", {VERSION: 0.5}) == 0.5
-    assert price_usd(VERSION, {VERSION: 0.5}) == 0.5
-    assert price_usd("someone/unknown", {}) == 0.0
+    assert price("black-forest-labs/flux-dev", {}) == (0.025, "built_in")
+    assert price(versioned, {}) == (0.025, "built_in"), "the owner/name of a version"
+    assert price(versioned, {versioned: 0.7}) == (0.7, "config")
+    assert price(f"someone/model:{VERSION}", {VERSION: 0.5}) == (0.5, "config")
+    assert price(VERSION, {VERSION: 0.5}) == (0.5, "config")
+    assert price("someone/unknown", {}) == (None, "unknown")
+    assert image_price("black-forest-labs/flux-schnell", {}).note == (
+        "built-in table (replicate.com/pricing, read 2026-10-07)"
+    )

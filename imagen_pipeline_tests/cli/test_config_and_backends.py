@@ -118,5 +118,5 @@ def test_backends_check_probes_every_instance_over_http(
     assert footer.startswith("(* default backend; config: ")
     assert "/system_stats" in probes["comfyui"]
     assert probes["replicate"] == ["/v1/models/black-forest-labs/flux-schnell"]
-    assert probes["openai"] == [("GET", "/v1/models/gpt-image-1")]
+    assert probes["openai"] == [("GET", "/v1/models/gpt-image-2")]
     assert replicate_token not in result.output and openai_key not in result.output

@@ -1,13 +1,14 @@
-"""A loopback fake of OpenAI's Images API, written from its public reference.
+"""A loopback fake of OpenAI's Images API for gpt-image-2, written from its public reference.
 
 It serves ``POST /v1/images/generations`` and ``GET /v1/models/{model}``, checks
-``Authorization: Bearer``, validates each body against the model's parameters and answers
-with OpenAI's error bodies (``{"error": {"message", "type", "param", "code"}}``, 400
-``invalid_value`` / ``unknown_parameter``, 401 ``invalid_api_key`` with the key masked the way
-OpenAI masks it). Prompts containing :data:`BLOCKED_WORD` are refused like OpenAI's safety
-system refuses them (``moderation_blocked`` for GPT image models, ``content_policy_violation``
-for DALL·E). Images are real (Pillow), base64-encoded in ``data[0].b64_json``; GPT image
-models also report ``usage`` with the output token counts OpenAI bills.
+``Authorization: Bearer``, validates each body against gpt-image-2's parameters and size
+rules and answers with OpenAI's error bodies (``{"error": {"message", "type", "param",
+"code"}}``, 400 ``invalid_value`` / ``unknown_parameter``, 401 ``invalid_api_key`` with the key
+masked the way OpenAI masks it, 404 ``model_not_found`` for a shut-down model with OpenAI's
+"has been deprecated" message). The wording of the size messages is the fake's own: OpenAI's
+exact text for them was not available. Prompts containing :data:`BLOCKED_WORD` are refused
+like OpenAI's safety system refuses them (``moderation_blocked``). Images are real (Pillow),
+base64-encoded in ``data[0].b64_json``, with ``usage``.
 
 Tests script it through ``replies`` (canned responses, or :data:`DROP` to hang up) and
 ``delay_s``, and read ``received`` to assert what the adapter sent.
@@ -38,44 +39,34 @@ BLOCKED_WORD = "forbidden-subject"
 DROP = "drop"
 """``replies`` entry: read the request, then close the connection without answering."""
 
-GPT_SIZES = ["1024x1024", "1024x1536", "1536x1024", "auto"]
-GPT_SCHEMA: dict[str, Any] = {
-    "size": GPT_SIZES,
-    "quality": ["low", "medium", "high", "auto"],
-    "background": ["transparent", "opaque", "auto"],
-    "output_format": ["png", "jpeg", "webp"],
-    "moderation": ["low", "auto"],
-    "output_compression": "int0-100",
-    "user": "string",
-    "n": "int1-10",
-}
 MODELS: dict[str, dict[str, Any]] = {
-    "gpt-image-1": {**GPT_SCHEMA, "max_prompt": 32000},
-    "gpt-image-1-mini": {**GPT_SCHEMA, "max_prompt": 32000},
-    "gpt-image-1.5": {**GPT_SCHEMA, "max_prompt": 32000},
-    "dall-e-3": {
-        "size": ["1024x1024", "1792x1024", "1024x1792"],
-        "quality": ["standard", "hd"],
-        "style": ["vivid", "natural"],
-        "response_format": ["url", "b64_json"],
-        "user": "string",
-        "n": "int1-1",
-        "max_prompt": 4000,
-    },
-    "dall-e-2": {
-        "size": ["256x256", "512x512", "1024x1024"],
-        "quality": ["standard"],
-        "response_format": ["url", "b64_json"],
+    "gpt-image-2": {
+        "size": "flexible",
+        "quality": ["low", "medium", "high", "auto"],
+        "background": ["opaque", "auto"],
+        "output_format": ["png", "jpeg", "webp"],
+        "moderation": ["low", "auto"],
+        "output_compression": "int0-100",
         "user": "string",
         "n": "int1-10",
-        "max_prompt": 1000,
+        "max_prompt": 32000,
     },
 }
-OUTPUT_TOKENS = {
-    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
-    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
-    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
-}
+MODELS["gpt-image-2-2026-04-21"] = MODELS["gpt-image-2"]
+"""gpt-image-2's dated snapshot."""
+SHUT_DOWN = frozenset(
+    {
+        "gpt-image-1",
+        "gpt-image-1-mini",
+        "gpt-image-1.5",
+        "chatgpt-image-latest",
+        "dall-e-2",
+        "dall-e-3",
+    }
+)
+"""Models OpenAI no longer serves: a generation naming one gets the 404 ``model_not_found``."""
+OUTPUT_TOKENS_PER_MEGAPIXEL = {"low": 260, "medium": 1010, "high": 3970}
+"""The fake's own output token counts (OpenAI's figures for 1024x1024, per megapixel)."""
 PILLOW_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 SERVER_ERROR = {
@@ -88,7 +79,7 @@ SERVER_ERROR = {
 }
 RATE_LIMITED = {
     "error": {
-        "message": "Rate limit reached for gpt-image-1 in organization org-imagen on images per "
+        "message": "Rate limit reached for gpt-image-2 in organization org-imagen on images per "
         "minute (IPM): Limit 5, Used 5, Requested 1. Please try again in 12s. Visit "
         "https://platform.openai.com/account/rate-limits to learn more.",
         "type": "requests",
@@ -108,7 +99,7 @@ INSUFFICIENT_QUOTA = {
 }
 ORGANIZATION_NOT_VERIFIED = {
     "error": {
-        "message": "Your organization must be verified to use the model `gpt-image-1`. Please "
+        "message": "Your organization must be verified to use the model `gpt-image-2`. Please "
         "go to: https://platform.openai.com/settings/organization/general and click on Verify "
         "Organization.",
         "type": "invalid_request_error",
@@ -119,10 +110,6 @@ ORGANIZATION_NOT_VERIFIED = {
 MODERATION_MESSAGE = (
     "Your request was rejected by the safety system. If you believe this is an error, contact "
     "us at help.openai.com and include the request ID {request_id}. safety_violations=[violence]."
-)
-CONTENT_POLICY_MESSAGE = (
-    "Your request was rejected as a result of our safety system. Your prompt may contain text "
-    "that is not allowed by our safety system."
 )
 
 
@@ -143,18 +130,37 @@ def masked(key: str) -> str:
     return f"{key[:8]}{'*' * max(0, len(key) - 12)}{key[-4:]}"
 
 
+def size_problem(size: Any) -> str | None:
+    """The fake's message for a size gpt-image-2 does not render, or None."""
+    if size == "auto":
+        return None
+    parts = size.split("x") if isinstance(size, str) else []
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        return f"Invalid size '{size}'. Size must be 'auto' or in the format WIDTHxHEIGHT."
+    width, height = int(parts[0]), int(parts[1])
+    if width % 16 or height % 16:
+        return f"Invalid size '{size}'. Width and height must both be multiples of 16."
+    if max(width, height) > 3840:
+        return f"Invalid size '{size}'. The longest edge must be at most 3840 pixels."
+    if max(width, height) > 3 * min(width, height):
+        return f"Invalid size '{size}'. The aspect ratio must not exceed 3:1."
+    if not 655_360 <= width * height <= 8_294_400:
+        return (
+            f"Invalid size '{size}'. The total number of pixels must be between 655360 and 8294400."
+        )
+    return None
+
+
 def _supported(values: list[str]) -> str:
     quoted = [f"'{value}'" for value in values]
     return ", ".join(quoted[:-1]) + f", and {quoted[-1]}" if len(quoted) > 1 else quoted[0]
 
 
-def render(size: str, image_format: str, transparent: bool, prompt: str) -> bytes:
+def render(size: str, image_format: str, prompt: str) -> bytes:
     """A real image of ``size`` in ``image_format`` whose colours come from the prompt."""
     width, height = (int(part) for part in size.split("x"))
     digest = hashlib.sha256(prompt.encode()).digest()
-    mode = "RGBA" if transparent and image_format != "jpeg" else "RGB"
-    background = (*digest[:3], 0) if mode == "RGBA" else tuple(digest[:3])
-    image = Image.new(mode, (width, height), background)
+    image = Image.new("RGB", (width, height), tuple(digest[:3]))
     ImageDraw.Draw(image).ellipse(
         (width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=tuple(digest[3:6])
     )
@@ -250,23 +256,19 @@ class FakeOpenAI:
             return
         problem = self._problem(body)
         if problem is not None:
-            self._send(handler, 400, problem, request_id)
+            status = 404 if problem["error"]["code"] == "model_not_found" else 400
+            self._send(handler, status, problem, request_id)
             return
-        model = body.get("model", "dall-e-2")
-        gpt = model.startswith("gpt-image")
+        model = body["model"]
         if BLOCKED_WORD in body["prompt"]:
-            if gpt:
-                message = MODERATION_MESSAGE.format(request_id=request_id)
-                refusal = {
-                    "error": {
-                        "message": message,
-                        "type": "image_generation_user_error",
-                        "param": None,
-                        "code": "moderation_blocked",
-                    }
+            refusal = {
+                "error": {
+                    "message": MODERATION_MESSAGE.format(request_id=request_id),
+                    "type": "image_generation_user_error",
+                    "param": None,
+                    "code": "moderation_blocked",
                 }
-            else:
-                refusal = error_body(CONTENT_POLICY_MESSAGE, None, "content_policy_violation")
+            }
             self._send(handler, 400, refusal, request_id)
             return
         if self.delay_s:
@@ -275,7 +277,17 @@ class FakeOpenAI:
 
     def _problem(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """OpenAI's 400 body for the first invalid parameter, or None."""
-        model = body.get("model", "dall-e-2")
+        model = body.get("model")
+        if not isinstance(model, str):
+            return error_body(
+                "Missing required parameter: 'model'.", "model", "missing_required_parameter"
+            )
+        if model in SHUT_DOWN:
+            message = (
+                f"The model `{model}` has been deprecated. Learn more: "
+                "https://platform.openai.com/docs/deprecations"
+            )
+            return error_body(message, None, "model_not_found")
         if model not in MODELS:
             message = f"Invalid value: '{model}'. Supported values are: {_supported(list(MODELS))}."
             return error_body(message, "model", "invalid_value")
@@ -297,6 +309,14 @@ class FakeOpenAI:
             rule = schema.get(name)
             if rule is None or name == "max_prompt":
                 return error_body(f"Unknown parameter: '{name}'.", name, "unknown_parameter")
+            if rule == "flexible":
+                problem = size_problem(value)
+                if problem:
+                    return error_body(problem, name, "invalid_value")
+                continue
+            if name == "background" and value == "transparent":
+                message = "Transparent background is not supported for this model."
+                return error_body(message, name, "invalid_value")
             if isinstance(rule, list) and value not in rule:
                 message = f"Invalid value: '{value}'. Supported values are: {_supported(rule)}."
                 return error_body(message, name, "invalid_value")
@@ -312,31 +332,21 @@ class FakeOpenAI:
 
     def _result(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
         prompt = body["prompt"]
-        gpt = model.startswith("gpt-image")
-        size = body.get("size", "1024x1024" if not gpt else "auto")
+        size = body.get("size", "auto")
         rendered_size = "1024x1024" if size == "auto" else size
-        output_format = body.get("output_format", "png") if gpt else "png"
-        transparent = gpt and body.get("background") == "transparent"
-        image = render(rendered_size, output_format, transparent, prompt)
-        encoded = base64.b64encode(image).decode()
-        created = int(time.time())
-        if not gpt:
-            item: dict[str, Any] = (
-                {"b64_json": encoded}
-                if body.get("response_format") == "b64_json"
-                else {"url": f"https://oaidalleapiprodscus.blob.core.windows.net/private/{created}"}
-            )
-            if model == "dall-e-3":
-                item["revised_prompt"] = f"A detailed image of {prompt}"
-            return {"created": created, "data": [item]}
+        output_format = body.get("output_format", "png")
+        image = render(rendered_size, output_format, prompt)
         quality = body.get("quality", "auto")
         rendered_quality = "high" if quality == "auto" else quality
+        width, height = (int(part) for part in rendered_size.split("x"))
         text_tokens = math.ceil(len(prompt) / 4)
-        output_tokens = OUTPUT_TOKENS[rendered_quality][rendered_size]
+        output_tokens = math.ceil(
+            OUTPUT_TOKENS_PER_MEGAPIXEL[rendered_quality] * width * height / 1_000_000
+        )
         return {
-            "created": created,
-            "background": "transparent" if transparent else "opaque",
-            "data": [{"b64_json": encoded}],
+            "created": int(time.time()),
+            "background": "opaque",
+            "data": [{"b64_json": base64.b64encode(image).decode()}],
             "output_format": output_format,
             "quality": rendered_quality,
             "size": rendered_size,

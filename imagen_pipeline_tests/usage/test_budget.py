@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from imagen_pipeline.backends.pricing import Price
 from imagen_pipeline.config.loader import parse_config
 from imagen_pipeline.config.models import BudgetConfig
 from imagen_pipeline.db.connection import connect
@@ -195,6 +196,10 @@ def test_a_budget_without_a_database_cannot_be_checked(
     assert calls(tmp_path) == 0
 
 
+def usd(amount: float) -> Price:
+    return Price(amount, "config", "test price")
+
+
 def test_today_is_the_utc_day(migrated_database_url: str) -> None:
     spend(migrated_database_url, "flux", 0.75, NOON - timedelta(hours=12, seconds=1))
     spend(migrated_database_url, "flux", 0.5, NOON - timedelta(hours=12))
@@ -204,18 +209,39 @@ def test_today_is_the_utc_day(migrated_database_url: str) -> None:
     def opener() -> psycopg.Connection:
         return connect(migrated_database_url)
 
-    note = check_budget(budget, "flux", 0.25, opener, now=NOON)
+    note = check_budget(budget, "flux", usd(0.25), opener, now=NOON)
     assert note == (
         "budget ok (2026-11-24 UTC): budget.backends.flux.daily_usd: $0.7500 of $1.00 spent "
         "on 'flux'"
     )
     with pytest.raises(BudgetExceededError, match=r"today's spend \(2026-11-24 UTC\) on 'flux'"):
-        check_budget(budget, "flux", 0.26, opener, now=NOON)
+        check_budget(budget, "flux", usd(0.26), opener, now=NOON)
     past_midnight_in_berlin = datetime(2026, 11, 25, 0, 30, tzinfo=timezone(timedelta(hours=1)))
     with pytest.raises(BudgetExceededError, match=r"\(2026-11-24 UTC\) on 'flux' is \$0\.7500"):
-        check_budget(budget, "flux", 0.26, opener, now=past_midnight_in_berlin)
-    assert check_budget(budget, "flux", 1.0, opener, now=NOON + timedelta(hours=12)) is not None
-    assert check_budget(budget, "other", 99.0, opener, now=NOON) is None
+        check_budget(budget, "flux", usd(0.26), opener, now=past_midnight_in_berlin)
+    assert (
+        check_budget(budget, "flux", usd(1.0), opener, now=NOON + timedelta(hours=12)) is not None
+    )
+    assert check_budget(budget, "other", usd(99.0), opener, now=NOON) is None
+
+
+def test_a_budget_cannot_be_checked_for_a_backend_whose_price_is_unknown(
+    migrated_database_url: str,
+) -> None:
+    budget = BudgetConfig.model_validate({"daily_usd": 5.0})
+    unknown = Price(None, "unknown", "no price known for gpt-image-2: set token_prices")
+
+    def opener() -> psycopg.Connection:
+        return connect(migrated_database_url)
+
+    with pytest.raises(ConfigError) as raised:
+        check_budget(budget, "openai", unknown, opener, now=NOON)
+    assert str(raised.value) == (
+        "budget.daily_usd is set but the price of backend 'openai' is unknown (no price known "
+        "for gpt-image-2: set token_prices), so the budget cannot be checked; backend 'openai' "
+        "was not called"
+    )
+    assert check_budget(BudgetConfig(), "openai", unknown, opener, now=NOON) is None
 
 
 def test_the_budget_block_is_validated() -> None:

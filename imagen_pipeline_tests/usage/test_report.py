@@ -13,7 +13,9 @@ from imagen_pipeline.cli.main import cli
 ALICE = "00000000-0000-4000-8000-00000000a11c"
 
 
-def add(url: str, instance: str, model: str, cost: float, status: str, **fields: Any) -> None:
+def add(
+    url: str, instance: str, model: str, cost: float | None, status: str, **fields: Any
+) -> None:
     values = {
         "generation_key": f"{instance}-{model}-{cost}-{status}-{len(fields)}-{fields}",
         "backend_instance": instance,
@@ -36,6 +38,7 @@ def seed_rows(url: str) -> None:
     add(url, "flux", "flux-dev", 0.025, "succeeded", owner_user_id=ALICE)
     add(url, "flux", "flux-dev", 0.0, "failed", owner_user_id=ALICE)
     add(url, "mock", "mock-v1", 0.0, "succeeded")
+    add(url, "openai", "gpt-image-2", None, "succeeded", price_source="unknown")
     long_ago = datetime.now(UTC) - timedelta(days=400)
     add(url, "flux", "flux-dev", 9.0, "succeeded", created_at=long_ago)
 
@@ -47,10 +50,11 @@ def test_usage_by_backend_defaults_to_the_last_30_days(migrated_database_url: st
     since = (datetime.now(UTC) - timedelta(days=30)).date().isoformat()
     assert result.output == (
         f"spend since {since} (UTC), by backend\n"
-        "backend  images  failed  cost_usd\n"
-        "flux          3       1    0.0310\n"
-        "mock          1       0    0.0000\n"
-        "total         4       1    0.0310\n"
+        "backend  images  failed  cost_usd  unpriced\n"
+        "flux          3       1    0.0310         0\n"
+        "mock          1       0    0.0000         0\n"
+        "openai        1       0    0.0000         1\n"
+        "total         5       1    0.0310         1\n"
     )
 
 
@@ -60,18 +64,19 @@ def test_usage_by_model_and_owner_since_a_date(migrated_database_url: str) -> No
     by_model = CliRunner().invoke(cli, ["usage", "--since", old, "--by", "model"])
     assert by_model.exit_code == 0, by_model.output
     assert by_model.output.splitlines()[1:] == [
-        "model         images  failed  cost_usd",
-        "flux-dev           2       1    9.0250",
-        "flux-schnell       2       0    0.0060",
-        "mock-v1            1       0    0.0000",
-        "total              5       1    9.0310",
+        "model         images  failed  cost_usd  unpriced",
+        "flux-dev           2       1    9.0250         0",
+        "flux-schnell       2       0    0.0060         0",
+        "gpt-image-2        1       0    0.0000         1",
+        "mock-v1            1       0    0.0000         0",
+        "total              6       1    9.0310         1",
     ]
     by_owner = CliRunner().invoke(cli, ["usage", "--by", "owner"])
     assert by_owner.output.splitlines()[1:] == [
-        f"owner{' ' * 31}  images  failed  cost_usd",
-        f"{ALICE}       2       1    0.0280",
-        f"(none){' ' * 30}       2       0    0.0030",
-        f"total{' ' * 31}       4       1    0.0310",
+        f"owner{' ' * 31}  images  failed  cost_usd  unpriced",
+        f"{ALICE}       2       1    0.0280         0",
+        f"(none){' ' * 30}       3       0    0.0030         1",
+        f"total{' ' * 31}       5       1    0.0310         1",
     ]
 
 

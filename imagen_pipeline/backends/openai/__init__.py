@@ -1,9 +1,9 @@
-"""The OpenAI backend: GPT image models and DALL·E through OpenAI's image API.
+"""The OpenAI backend: gpt-image-2 through OpenAI's image API.
 
-``families`` holds what each model family accepts, ``request`` builds and checks one request
-body, ``pricing`` turns tables and ``usage`` into dollars, ``client`` makes the HTTP call and
-classifies its failures, and ``backend`` is the adapter that ties them together (see
-docs/backends.md, section "OpenAI").
+``models`` holds the models this adapter knows and the request rules of each, ``request``
+builds and checks one request body, ``pricing`` turns token prices and ``usage`` into
+dollars, ``client`` makes the HTTP call and classifies its failures, and ``backend`` is the
+adapter that ties them together (see docs/backends.md, section "OpenAI").
 """
 
 from imagen_pipeline.backends.openai.backend import OpenAIImagesBackend

@@ -1,10 +1,10 @@
 """The OpenAI images adapter: the ``type: openai`` block and one generation.
 
-One generation is one JSON POST; the image comes back base64-encoded in the response (GPT
-image models always answer so, DALL·E models are asked for ``response_format: b64_json``).
-Every parameter is checked against the model family's allowed values before a request is
-sent, ``usage`` tokens become the cost, and failures are classified as transient or
-permanent. OpenAI documents no idempotency key for images, so a retry after a lost response
+One generation is one JSON POST; the image comes back base64-encoded in the response
+(gpt-image-2 always answers so). Every parameter is checked against the model's rules before
+a request is sent, a retired model id is refused when the config loads, ``usage`` tokens
+times the configured token prices become the cost, and failures are classified as transient
+or permanent. OpenAI documents no idempotency key for images, so a retry after a lost response
 sends the request again and may be billed twice; retries are bounded by the job's retry
 policy. docs/backends.md (section "OpenAI") has the config block, the size rule, the price
 tables and the error table.
@@ -35,27 +35,28 @@ from imagen_pipeline.backends.openai.client import (
     parse_api_error,
     redact,
 )
-from imagen_pipeline.backends.openai.families import (
+from imagen_pipeline.backends.openai.models import (
+    DEFAULT_MODEL,
     Family,
     FamilySetting,
     combination_problems,
     model_family,
     parameter_problem,
+    retired_openai_model,
 )
 from imagen_pipeline.backends.openai.pricing import (
-    IMAGE_PRICE_KEY,
     TOKEN_PRICE_KEYS,
-    ModelPrices,
-    cost_usd,
-    estimate_usd,
-    model_prices,
+    estimate_price,
+    image_price,
+    token_prices_for,
 )
 from imagen_pipeline.backends.openai.request import PreparedRequest, SizePolicy, prepare_request
+from imagen_pipeline.backends.pricing import Price
+from imagen_pipeline.backends.retired import retirement_message
 from imagen_pipeline.config.secrets import resolve_secret
 from imagen_pipeline.errors import PermanentBackendError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_MODEL = "gpt-image-1"
 
 OPTION_FIELDS = (
     "quality",
@@ -63,13 +64,12 @@ OPTION_FIELDS = (
     "output_format",
     "output_compression",
     "moderation",
-    "style",
 )
 """Config fields sent as body parameters of the same name when set."""
 
 
 class OpenAIImagesBackend(ImageBackend):
-    """Images from OpenAI's image API (GPT image models, DALL·E); costs money, has no seed."""
+    """Images from OpenAI's image API (gpt-image-2); costs money, has no seed."""
 
     credential_fields: ClassVar[tuple[str, ...]] = ("api_key_env",)
 
@@ -79,14 +79,14 @@ class OpenAIImagesBackend(ImageBackend):
     )
     model: str = Field(
         default=DEFAULT_MODEL,
-        description="Image model: gpt-image-1, gpt-image-1-mini, gpt-image-1.5, dall-e-3, "
-        "dall-e-2 or a dated snapshot of one of them.",
+        description="Image model: gpt-image-2 or a dated snapshot of it (retired models such "
+        "as gpt-image-1 and dall-e-3 are refused).",
     )
     family: FamilySetting = Field(
         default="auto",
         validate_default=True,
-        description="Which model family's parameters apply: gpt-image, dall-e-3, dall-e-2, or "
-        "auto (from the model name; set it for a model name this version does not know).",
+        description="Whose request rules apply: gpt-image-2, or auto (from the model name; "
+        "set gpt-image-2 for a model name this version does not know).",
     )
     base_url: str = Field(
         default=DEFAULT_BASE_URL, description="API root; change only for a proxy or a test server."
@@ -99,27 +99,21 @@ class OpenAIImagesBackend(ImageBackend):
     )
     size_policy: SizePolicy = Field(
         default="nearest",
-        description="A width x height the model does not render: 'nearest' sends the allowed "
+        description="A width x height that breaks a size rule: 'nearest' sends the allowed "
         "size with the closest aspect ratio (then pixel count), 'exact' fails.",
     )
     quality: str | None = Field(
         default=None,
-        description="GPT image: low, medium, high, auto; dall-e-3: standard, hd; dall-e-2: "
-        "standard. Empty: the model's default.",
+        description="low, medium, high or auto. Empty: the model's default.",
     )
     background: str | None = Field(
-        default=None, description="GPT image only: transparent, opaque or auto."
+        default=None, description="opaque or auto (gpt-image-2 renders no transparency)."
     )
-    output_format: str | None = Field(
-        default=None, description="GPT image only: png, jpeg or webp (DALL·E returns png)."
-    )
+    output_format: str | None = Field(default=None, description="png, jpeg or webp.")
     output_compression: int | None = Field(
-        default=None, description="GPT image with jpeg or webp only: 0-100."
+        default=None, description="With output_format jpeg or webp only: 0-100."
     )
-    moderation: str | None = Field(
-        default=None, description="GPT image only: low (less restrictive) or auto."
-    )
-    style: str | None = Field(default=None, description="dall-e-3 only: vivid or natural.")
+    moderation: str | None = Field(default=None, description="low (less restrictive) or auto.")
     timeout_s: float = Field(
         default=300.0, gt=0, description="Longest wait for the generation request's answer."
     )
@@ -129,12 +123,8 @@ class OpenAIImagesBackend(ImageBackend):
     token_prices: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="US dollars per 1M tokens by model: {text_input, image_input, "
-        "image_output}; replaces the built-in prices of that model.",
-    )
-    image_prices: dict[str, dict[str, float]] = Field(
-        default_factory=dict,
-        description="US dollars per DALL·E image by model and '<quality> <size>' (e.g. "
-        "'hd 1792x1024'); overrides the built-in table entry by entry.",
+        "image_output}. No price is built in for gpt-image-2: without one the cost is "
+        "recorded as unknown.",
     )
 
     @field_validator("model")
@@ -142,7 +132,10 @@ class OpenAIImagesBackend(ImageBackend):
     def _check_model(cls, value: str) -> str:
         value = value.strip()
         if not value or "/" in value or any(char.isspace() for char in value):
-            raise ValueError("must be an OpenAI model name such as gpt-image-1")
+            raise ValueError(f"must be an OpenAI model name such as {DEFAULT_MODEL}")
+        retired = retired_openai_model(value)
+        if retired is not None:
+            raise ValueError(retirement_message(retired, value))
         return value
 
     @field_validator("family")
@@ -151,8 +144,7 @@ class OpenAIImagesBackend(ImageBackend):
         model = info.data.get("model")
         if value == "auto" and isinstance(model, str) and model_family(model) is None:
             raise ValueError(
-                f"cannot tell the parameter family of model {model!r}; "
-                "set family to gpt-image, dall-e-3 or dall-e-2"
+                f"cannot tell whose request rules model {model!r} follows; set family: gpt-image-2"
             )
         return value
 
@@ -185,18 +177,6 @@ class OpenAIImagesBackend(ImageBackend):
                     f"{model}: needs exactly {', '.join(TOKEN_PRICE_KEYS)} "
                     "(US dollars per 1M tokens, not negative)"
                 )
-        return value
-
-    @field_validator("image_prices")
-    @classmethod
-    def _check_image_prices(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        for model, prices in value.items():
-            for key, price in prices.items():
-                if not IMAGE_PRICE_KEY.fullmatch(key) or price < 0:
-                    raise ValueError(
-                        f"{model}.{key}: keys are '<quality> <WxH>' such as 'hd 1792x1024', "
-                        "prices US dollars per image, not negative"
-                    )
         return value
 
     @model_validator(mode="after")
@@ -258,12 +238,9 @@ class OpenAIImagesBackend(ImageBackend):
         image = decode_image(image_data)
         facts = verify_image(image, "OpenAI images: b64_json")
         usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
-        cost, cost_source = cost_usd(prepared, self._prices(), usage)
-        if cost_source == "unpriced":
-            context.log.warning(
-                f"OpenAI images: no price known for {self.model}; cost recorded as 0 "
-                "(set token_prices or image_prices)"
-            )
+        price = image_price(*self._token_prices(context.instance_name), usage)
+        if price.usd is None:
+            context.log.warning(f"OpenAI images: cost recorded as unknown: {price.note}")
         body = prepared.body
         extra = {
             "family": prepared.family,
@@ -272,12 +249,10 @@ class OpenAIImagesBackend(ImageBackend):
             "quality": payload.get("quality") or body.get("quality"),
             "output_format": payload.get("output_format") or body.get("output_format"),
             "background": payload.get("background") or body.get("background"),
-            "style": body.get("style"),
             "revised_prompt": image_data.get("revised_prompt"),
             "request_id": response.headers.get("x-request-id"),
             "created": payload.get("created"),
             "usage": usage,
-            "cost_source": cost_source,
         }
         return GenerationResult(
             image=image,
@@ -287,14 +262,17 @@ class OpenAIImagesBackend(ImageBackend):
                 seed=None,
                 steps=None,
                 latency_s=round(latency, 4),
-                cost_usd=cost,
+                cost_usd=price.usd,
+                price_source=price.source,
+                price_note=price.note,
                 extra={name: value for name, value in extra.items() if value is not None},
             ),
         )
 
-    def estimate_cost_usd(self, request: GenerationRequest) -> float:
-        """Expected cost from the size/quality tables, before any request."""
-        return estimate_usd(self.prepare(request), self._prices())[0]
+    def estimate_price(self, request: GenerationRequest) -> Price:
+        """Expected price from the size and quality, before any request (unknown without
+        token prices)."""
+        return estimate_price(*self._token_prices(""), self.prepare(request))
 
     def check(self) -> BackendCheck:
         """GET ``/models/{model}`` with the key: reachable, key valid, model available."""
@@ -322,5 +300,5 @@ class OpenAIImagesBackend(ImageBackend):
             request_timeout_s=self.request_timeout_s,
         )
 
-    def _prices(self) -> ModelPrices:
-        return model_prices(self.model, self.token_prices, self.image_prices)
+    def _token_prices(self, instance: str) -> tuple[dict[str, float] | None, Price]:
+        return token_prices_for(self.model, self.token_prices, instance)

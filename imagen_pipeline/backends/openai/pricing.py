@@ -1,79 +1,54 @@
-"""What an OpenAI image costs: token prices and ``usage`` for GPT image models, a price
-per image for DALL·E, and the estimate before a call."""
+"""What an OpenAI image costs: token prices times the ``usage`` OpenAI reports, and the
+estimate before a call.
+
+No built-in price ships for gpt-image-2: OpenAI's pricing page could not be read from here
+(2026-12-02), and resellers' figures are not OpenAI's. Until ``token_prices`` is set in
+``imagen.yaml`` the cost is recorded as unknown (NULL), never guessed. docs/backends.md shows
+the block to set.
+"""
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from imagen_pipeline.backends.openai.families import undated
+from imagen_pipeline.backends.openai.models import undated
 from imagen_pipeline.backends.openai.request import PreparedRequest
+from imagen_pipeline.backends.pricing import Price
 
 TOKEN_PRICE_KEYS = ("text_input", "image_input", "image_output")
-DEFAULT_TOKEN_PRICES: dict[str, dict[str, float]] = {
-    "gpt-image-1": {"text_input": 5.0, "image_input": 10.0, "image_output": 40.0},
-    "gpt-image-1-mini": {"text_input": 2.0, "image_input": 2.5, "image_output": 8.0},
-}
-"""US dollars per 1M tokens (OpenAI's published prices); ``token_prices`` overrides them."""
+DEFAULT_TOKEN_PRICES: dict[str, dict[str, float]] = {}
+"""US dollars per 1M tokens by model, as OpenAI publishes them; empty: none confirmed."""
 
-GPT_OUTPUT_TOKENS: dict[str, dict[str, int]] = {
-    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
-    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
-    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
-}
-"""Image output tokens of one GPT image by quality and size, for estimates before a call."""
-
-DEFAULT_IMAGE_PRICES: dict[str, dict[str, float]] = {
-    "dall-e-3": {
-        "standard 1024x1024": 0.04,
-        "standard 1792x1024": 0.08,
-        "standard 1024x1792": 0.08,
-        "hd 1024x1024": 0.08,
-        "hd 1792x1024": 0.12,
-        "hd 1024x1792": 0.12,
-    },
-    "dall-e-2": {
-        "standard 256x256": 0.016,
-        "standard 512x512": 0.018,
-        "standard 1024x1024": 0.02,
-    },
-}
-"""US dollars per DALL·E image by ``"<quality> <size>"``; ``image_prices`` overrides them."""
-
-IMAGE_PRICE_KEY = re.compile(r"^[a-z]+ \d+x\d+$")
-"""A key of ``image_prices``: ``"<quality> <WxH>"``."""
+OUTPUT_TOKENS_PER_MEGAPIXEL = {"low": 260, "medium": 1010, "high": 3970}
+"""Image output tokens per million pixels by quality, for estimates before a call: OpenAI's
+published counts for its GPT image models (1024x1024: 272, 1056, 4160 tokens). The recorded
+cost uses the ``usage`` of the answer instead."""
+AUTO_SIZE_PIXELS = 1536 * 1024
+"""Pixels assumed for ``size: auto`` in an estimate."""
 
 
-@dataclass(frozen=True)
-class ModelPrices:
-    """What one configured model costs: the built-in tables with the block's overrides."""
-
-    tokens: dict[str, float] | None
-    """US dollars per 1M tokens by ``TOKEN_PRICE_KEYS``; None when the model has none."""
-    images: dict[str, float]
-    """US dollars per DALL·E image by ``"<quality> <size>"``."""
-
-
-def model_prices(
-    model: str,
-    token_prices: Mapping[str, dict[str, float]],
-    image_prices: Mapping[str, dict[str, float]],
-) -> ModelPrices:
-    """The prices of ``model`` (a dated snapshot falls back to its model's prices):
-    ``token_prices`` replace a model's built-in token prices, ``image_prices`` override the
-    built-in image prices entry by entry."""
-    tokens = {**DEFAULT_TOKEN_PRICES, **token_prices}
-    base = undated(model)
-    return ModelPrices(
-        tokens=tokens.get(model) or tokens.get(base),
-        images={
-            **DEFAULT_IMAGE_PRICES.get(base, {}),
-            **image_prices.get(base, {}),
-            **image_prices.get(model, {}),
-        },
+def token_prices_for(
+    model: str, configured: Mapping[str, dict[str, float]], instance: str
+) -> tuple[dict[str, float] | None, Price]:
+    """The token prices of ``model`` (a dated snapshot falls back to its model's) and where
+    they come from; the price's ``usd`` is filled in per image."""
+    for name in (model, undated(model)):
+        if name in configured:
+            where = f"backends.{instance}.token_prices.{name}" if instance else "token_prices"
+            return configured[name], Price(None, "config", f"token prices from {where}")
+    for name in (model, undated(model)):
+        if name in DEFAULT_TOKEN_PRICES:
+            return DEFAULT_TOKEN_PRICES[name], Price(
+                None, "built_in", "OpenAI's published token prices (built-in table)"
+            )
+    where = f"backends.{instance}.token_prices" if instance else "token_prices"
+    return None, Price(
+        None,
+        "unknown",
+        f"no price known for {model}: set {where}.{undated(model)} "
+        "(US dollars per 1M tokens: text_input, image_input, image_output)",
     )
 
 
@@ -97,28 +72,43 @@ def usage_cost_usd(usage: dict[str, Any], prices: dict[str, float]) -> float:
     return round(dollars, 6)
 
 
-def cost_usd(
-    prepared: PreparedRequest, prices: ModelPrices, usage: dict[str, Any] | None
-) -> tuple[float, str]:
-    """Dollars and where they come from: usage, price_table, estimate or unpriced."""
-    if prepared.family == "gpt-image" and usage is not None and prices.tokens is not None:
-        return usage_cost_usd(usage, prices.tokens), "usage"
-    return estimate_usd(prepared, prices)
-
-
-def estimate_usd(prepared: PreparedRequest, prices: ModelPrices) -> tuple[float, str]:
-    """Dollars before the call, from the price table (DALL·E) or the output tokens of the
-    size and quality plus the prompt at about 4 characters per token (GPT image models)."""
+def estimated_usage(prepared: PreparedRequest) -> dict[str, int]:
+    """The ``usage`` a request is expected to report: output tokens from its size and
+    quality, the prompt at about 4 characters per token."""
     body = prepared.body
-    if prepared.family != "gpt-image":
-        quality = body.get("quality") or "standard"
-        price = prices.images.get(f"{quality} {body['size']}")
-        return (price, "price_table") if price is not None else (0.0, "unpriced")
-    if prices.tokens is None:
-        return 0.0, "unpriced"
     quality = body.get("quality")
-    by_size = GPT_OUTPUT_TOKENS["high" if quality in (None, "auto") else quality]
+    per_megapixel = OUTPUT_TOKENS_PER_MEGAPIXEL["high" if quality in (None, "auto") else quality]
     size = body["size"]
-    output_tokens = max(by_size.values()) if size == "auto" else by_size[size]
-    usage = {"input_tokens": math.ceil(len(body["prompt"]) / 4), "output_tokens": output_tokens}
-    return usage_cost_usd(usage, prices.tokens), "estimate"
+    if size == "auto":
+        pixels = AUTO_SIZE_PIXELS
+    else:
+        width, height = (int(part) for part in size.split("x"))
+        pixels = width * height
+    return {
+        "input_tokens": math.ceil(len(body["prompt"]) / 4),
+        "output_tokens": math.ceil(per_megapixel * pixels / 1_000_000),
+    }
+
+
+def image_price(
+    prices: dict[str, float] | None, source: Price, usage: dict[str, Any] | None
+) -> Price:
+    """The price of one answered image: ``usage`` times the token prices, else unknown."""
+    if prices is None:
+        return source
+    if usage is None:
+        return Price(None, "unknown", f"the answer reported no usage ({source.note})")
+    return Price(usage_cost_usd(usage, prices), source.source, f"{source.note} x usage")
+
+
+def estimate_price(
+    prices: dict[str, float] | None, source: Price, prepared: PreparedRequest
+) -> Price:
+    """The expected price of ``prepared`` before the call (unknown without prices)."""
+    if prices is None:
+        return source
+    return Price(
+        usage_cost_usd(estimated_usage(prepared), prices),
+        source.source,
+        f"{source.note} x estimated tokens",
+    )

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from imagen_pipeline.backends.contract import GenerationRequest
-from imagen_pipeline.backends.openai.families import (
+from imagen_pipeline.backends.openai.models import (
     FAMILIES,
     Family,
     combination_problems,
-    nearest_size,
+    fitting_size,
     parameter_problem,
+    size_problems,
 )
 from imagen_pipeline.errors import PermanentBackendError
 
@@ -37,11 +38,11 @@ def prepare_request(
     options: dict[str, Any],
     log: Any = None,
 ) -> PreparedRequest:
-    """The body of ``request`` for ``model``: the size the family renders, the configured
+    """The body of ``request`` for ``model``: the size the model renders, the configured
     ``options``, then the request's ``backend_opts``, all checked against the family.
 
     Any problem is a permanent error before a request is sent; ``log`` (if given) hears
-    about a size mapped to the nearest one the model renders.
+    about a size moved to the closest one the model renders.
     """
     rules = FAMILIES[family]
     requested = f"{request.width}x{request.height}"
@@ -51,25 +52,23 @@ def prepare_request(
             f"prompt: {len(request.prompt)} characters; {model} accepts at most "
             f"{rules.max_prompt_chars}"
         )
-    if requested in rules.sizes or "size" in request.backend_opts:
+    if not size_problems(requested) or "size" in request.backend_opts:
         size = requested
     elif size_policy == "exact":
         size = requested
         problems.append(
-            f"width x height: {requested} is not a size {model} renders; allowed "
-            f"sizes: {', '.join(rules.sizes)} (size_policy: nearest maps to the closest "
-            "aspect ratio)"
+            f"width x height: {'; '.join(size_problems(requested))} "
+            "(size_policy: nearest sends the closest allowed size)"
         )
     else:
-        size = nearest_size(rules.sizes, request.width, request.height)
+        size = fitting_size(request.width, request.height)
         if log is not None:
             log.info(
-                f"OpenAI {model} renders fixed sizes: {requested} requested, sending size {size}"
+                f"OpenAI {model}: {requested} breaks a size rule "
+                f"({'; '.join(size_problems(requested))}); sending size {size}"
             )
     body: dict[str, Any] = {"model": model, "prompt": request.prompt, "n": 1}
     body["size"] = size
-    if family != "gpt-image":
-        body["response_format"] = "b64_json"
     body.update(options)
     for name, value in request.backend_opts.items():
         if name in ("model", "prompt", "n"):
@@ -79,7 +78,7 @@ def prepare_request(
         if problem:
             problems.append(f"backend_opts.{problem}")
         body[name] = value
-    problems.extend(combination_problems(body) if family == "gpt-image" else [])
+    problems.extend(combination_problems(body))
     if problems:
         raise PermanentBackendError(
             "OpenAI images: " + "; ".join(problems), public="; ".join(problems)

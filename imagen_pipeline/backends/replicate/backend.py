@@ -27,12 +27,13 @@ from imagen_pipeline.backends.contract import (
     verify_image,
 )
 from imagen_pipeline.backends.http_transport import USER_AGENT, probe_model
+from imagen_pipeline.backends.pricing import Price
 from imagen_pipeline.backends.replicate.client import ReplicateApi, problem_detail, redact
 from imagen_pipeline.backends.replicate.inputs import build_input
 from imagen_pipeline.backends.replicate.models import (
     InputStyle,
+    image_price,
     parse_model_ref,
-    price_usd,
     resolve_input_style,
 )
 from imagen_pipeline.config.secrets import resolve_secret
@@ -59,8 +60,9 @@ class ReplicateBackend(ImageBackend):
     )
     input_style: InputStyle = Field(
         default="auto",
-        description="How requests map to model inputs: flux-schnell, flux-dev, flux-pro, generic "
-        "(width/height/negative_prompt), or auto (from the model name).",
+        description="How requests map to model inputs: flux-schnell, flux-dev, flux-pro "
+        "(FLUX1.1 pro), flux-2 (FLUX.2 pro, flex, max), generic (width/height/negative_prompt), "
+        "or auto (from the model name).",
     )
     output_format: Literal["png", "webp", "jpg"] = Field(
         default="png", description="output_format asked of FLUX models."
@@ -159,6 +161,7 @@ class ReplicateBackend(ImageBackend):
                 raise
         facts = verify_image(image, "Replicate output")
         metrics = prediction.get("metrics")
+        price = image_price(self.model, self.prices)
         sent_seed = data.get("seed")
         return GenerationResult(
             image=image,
@@ -168,7 +171,9 @@ class ReplicateBackend(ImageBackend):
                 seed=sent_seed if isinstance(sent_seed, int) else None,
                 steps=steps,
                 latency_s=round(time.monotonic() - started, 4),
-                cost_usd=price_usd(self.model, self.prices),
+                cost_usd=price.usd,
+                price_source=price.source,
+                price_note=price.note,
                 extra={
                     "prediction_id": prediction["id"],
                     "model_version": prediction.get("version"),
@@ -182,9 +187,9 @@ class ReplicateBackend(ImageBackend):
             ),
         )
 
-    def estimate_cost_usd(self, request: GenerationRequest) -> float:
-        """The per-image price estimate for the configured model."""
-        return price_usd(self.model, self.prices)
+    def estimate_price(self, request: GenerationRequest) -> Price:
+        """The per-image price of the configured model."""
+        return image_price(self.model, self.prices)
 
     def check(self) -> BackendCheck:
         """Read the model (or version) with the token: reachable, token valid, model present."""

@@ -29,7 +29,13 @@ QUARTER_MEGAPIXEL_MAX_AREA = 512 * 1024
 FLUX_STEPS: dict[str, tuple[int, int]] = {"flux-schnell": (4, 4), "flux-dev": (50, 28)}
 """Style -> (largest ``num_inference_steps`` accepted, the model's default)."""
 
-FLUX_PRO_MIN_SIDE, FLUX_PRO_MAX_SIDE, FLUX_PRO_MULTIPLE = 256, 1440, 32
+CUSTOM_SIZE_LIMITS: dict[str, tuple[int, int, int]] = {
+    "flux-pro": (256, 1440, 32),
+    "flux-2": (256, 2048, 32),
+}
+"""Style -> (smallest side, largest side, multiple) of ``aspect_ratio: custom`` sizes, from
+the models' input schemas on Replicate (FLUX1.1 pro; FLUX.2 pro, flex and max), read
+2026-12-02. The server rounds other sizes; sending fitting ones keeps the sidecar true."""
 
 
 def flux_size(width: int, height: int) -> tuple[dict[str, str], tuple[int, int]]:
@@ -49,14 +55,15 @@ def flux_size(width: int, height: int) -> tuple[dict[str, str], tuple[int, int]]
     return fields, (out_width, out_height)
 
 
-def flux_pro_size(width: int, height: int) -> tuple[int, int]:
-    """``width``/``height`` for ``aspect_ratio: custom``: 256..1440, multiples of 32."""
-    scale = min(1.0, FLUX_PRO_MAX_SIDE / max(width, height))
-    scale = max(scale, FLUX_PRO_MIN_SIDE / min(width, height))
+def custom_size(style: str, width: int, height: int) -> tuple[int, int]:
+    """``width``/``height`` for ``aspect_ratio: custom`` within the style's limits."""
+    low, high, multiple = CUSTOM_SIZE_LIMITS[style]
+    scale = min(1.0, high / max(width, height))
+    scale = max(scale, low / min(width, height))
 
     def fit(side: int) -> int:
-        rounded = round(side * scale / FLUX_PRO_MULTIPLE) * FLUX_PRO_MULTIPLE
-        return min(FLUX_PRO_MAX_SIDE, max(FLUX_PRO_MIN_SIDE, rounded))
+        rounded = round(side * scale / multiple) * multiple
+        return min(high, max(low, rounded))
 
     return fit(width), fit(height)
 
@@ -94,13 +101,13 @@ def build_input(
                 log.warning(f"Replicate {style} accepts at most {most} steps; sending {most}")
                 steps = most
             data["num_inference_steps"] = steps
-    elif style == "flux-pro":
-        width, height = flux_pro_size(request.width, request.height)
+    elif style in CUSTOM_SIZE_LIMITS:
+        width, height = custom_size(style, request.width, request.height)
         data.update(aspect_ratio="custom", width=width, height=height)
         if (width, height) != (request.width, request.height):
-            log.info(f"Replicate flux-pro: {size} requested, sending {width}x{height}")
+            log.info(f"Replicate {style}: {size} requested, sending {width}x{height}")
         if steps is not None:
-            log.info("Replicate flux-pro has no steps input; ignored the requested steps")
+            log.info(f"Replicate {style} has no steps input; ignored the requested steps")
             steps = None
     else:
         data.update(width=request.width, height=request.height)

@@ -7,20 +7,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from imagen_pipeline.backends.pricing import Price
+
 DEFAULT_PRICES_USD: dict[str, float] = {
     "black-forest-labs/flux-schnell": 0.003,
     "black-forest-labs/flux-dev": 0.025,
     "black-forest-labs/flux-1.1-pro": 0.04,
-    "black-forest-labs/flux-1.1-pro-ultra": 0.06,
 }
-"""Estimated US dollars per image (Replicate's published per-image prices); ``prices`` in the
-config overrides or extends them."""
+"""US dollars per output image, from replicate.com/pricing as transcribed on 2026-10-07 (the
+newest reading found on 2026-12-02). FLUX.2 models are priced by megapixel and have no
+confirmed per-image price, so none ships; ``prices`` in the config overrides or extends the
+table."""
+PRICES_READ = "replicate.com/pricing, read 2026-10-07"
 
-InputStyle = Literal["auto", "flux-schnell", "flux-dev", "flux-pro", "generic"]
+InputStyle = Literal["auto", "flux-schnell", "flux-dev", "flux-pro", "flux-2", "generic"]
 AUTO_STYLES: dict[str, InputStyle] = {
     "flux-schnell": "flux-schnell",
     "flux-dev": "flux-dev",
     "flux-1.1-pro": "flux-pro",
+    "flux-2-pro": "flux-2",
+    "flux-2-flex": "flux-2",
+    "flux-2-max": "flux-2",
 }
 """Model name (the part after ``owner/``) -> input style chosen by ``input_style: auto``."""
 
@@ -73,13 +80,14 @@ def resolve_input_style(ref: ModelRef, configured: InputStyle) -> InputStyle:
     return AUTO_STYLES.get(short_name, "generic")
 
 
-def price_usd(model: str, prices: Mapping[str, float]) -> float:
-    """Estimated price of one image: ``prices`` first, then the built-in table, else 0."""
-    table = {**DEFAULT_PRICES_USD, **prices}
-    if model in table:
-        return table[model]
+def image_price(model: str, prices: Mapping[str, float]) -> Price:
+    """The price of one image: ``prices`` first, then the built-in table, else unknown."""
     ref = parse_model_ref(model)
-    for key in (ref.name, ref.version):
-        if key and key in table:
-            return table[key]
-    return 0.0
+    keys = [key for key in (model, ref.name, ref.version) if key]
+    for key in keys:
+        if key in prices:
+            return Price(prices[key], "config", f"prices.{key} in imagen.yaml")
+    for key in keys:
+        if key in DEFAULT_PRICES_USD:
+            return Price(DEFAULT_PRICES_USD[key], "built_in", f"built-in table ({PRICES_READ})")
+    return Price(None, "unknown", f"no price known for {model}: set prices.{keys[0]}")
