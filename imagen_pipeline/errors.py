@@ -31,6 +31,13 @@ class ImagenError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def add_context(self, prefix: str) -> None:
+        """Put where the error happened (e.g. ``backend 'gpu' (comfyui): ``) in front of the
+        message, once, so every report of it has the same shape."""
+        if prefix and not self.message.startswith(prefix):
+            self.message = f"{prefix}{self.message}"
+            self.args = (self.message,)
+
     @property
     def public(self) -> str:
         """The error as a web user may read it (see the module docstring)."""

@@ -25,6 +25,9 @@ MAX_RETRIES = 3
 def failure(error: ImagenError | Exception | str, prefix: str = "") -> dg.Failure:
     """A failure that the retry policy does not retry."""
     public = error.public if isinstance(error, ImagenError) else None
+    if isinstance(error, ImagenError):
+        error.add_context(prefix)
+        prefix = ""
     return dg.Failure(
         description=f"{prefix}{error}",
         metadata={PUBLIC_ERROR_KEY: public} if public else None,
@@ -33,7 +36,11 @@ def failure(error: ImagenError | Exception | str, prefix: str = "") -> dg.Failur
 
 
 def retry_or_fail(context: dg.OpExecutionContext, error: ImagenError, prefix: str = "") -> NoReturn:
-    """Let the retry policy retry a transient error; after the last retry, fail with it."""
+    """Let the retry policy retry a transient error; after the last retry, fail with it.
+
+    Either way the message starts with ``prefix``: a retried attempt's error reads like the
+    final one."""
+    error.add_context(prefix)
     if context.retry_number >= MAX_RETRIES:
         raise failure(error, prefix) from None
     retry_after = getattr(error, "retry_after_s", None)

@@ -64,6 +64,11 @@ def test_a_transient_error_after_the_last_retry_is_a_failure_with_its_message() 
     result = failed_run(error, backend="backend 'flux' (comfyui): ", retries=MAX_RETRIES)
     retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert len(retried) == MAX_RETRIES
+    for event in retried:
+        cause = event.event_specific_data.error.cause
+        assert cause.message.strip().endswith(
+            ": backend 'flux' (comfyui): ComfyUI at http://10.0.0.5:8188 is unreachable"
+        ), "a retried attempt's error has the final error's shape, the backend named once"
     operator, public = texts(result)
     assert operator == "backend 'flux' (comfyui): ComfyUI at http://10.0.0.5:8188 is unreachable"
     assert public == (
