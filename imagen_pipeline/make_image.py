@@ -38,7 +38,8 @@ class MadeImage:
         meta = self.image.metadata
         return (
             f"{meta.model}, seed {meta.seed}, {self.image.width}x{self.image.height}, "
-            f"{meta.latency_s:.2f}s, {describe_cost(meta.cost_usd)} ({meta.price_note})"
+            f"{meta.latency_s:.2f}s, {describe_cost(meta.cost_usd)}"
+            + (f" ({meta.price_note})" if meta.price_source != "free" else "")
         )
 
 

@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
 from imagen_pipeline.backends.pricing import FREE, Price, PriceSource
+from imagen_pipeline.backends.progress import ProgressListener
 from imagen_pipeline.errors import PermanentBackendError
 
 MAX_SEED = 2**32 - 1
@@ -58,7 +59,9 @@ class GenerationMetadata(BaseModel):
     price_source: PriceSource = Field(
         default="free", description="Where the price came from: config, built_in, free, unknown."
     )
-    price_note: str = Field(default="", description="Which table, or what to set to know it.")
+    price_note: str = Field(
+        default=FREE.note, description="Which table, or what to set to make it known."
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict,
         description="Adapter-specific facts (prompt id, prediction id, token usage, ...).",
@@ -95,12 +98,15 @@ class GenerationContext:
 
     ``attempt`` is 0 for the first try of a step and grows with each retry, so adapters can
     derive idempotency keys (e.g. ComfyUI's ``prompt_id``) from ``(run_id, attempt)``.
+    ``progress``, if set, hears every progress event the backend sends (unthrottled: the
+    pipeline passes a :class:`~imagen_pipeline.backends.progress.ProgressThrottle`).
     """
 
     run_id: str
     attempt: int = 0
     instance_name: str = ""
     log: logging.Logger | Any = field(default_factory=lambda: logging.getLogger("imagen"))
+    progress: ProgressListener | None = None
 
 
 def derived_seed(context: GenerationContext) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from imagen_pipeline.backends.contract import GenerationContext
+from imagen_pipeline.backends.progress import ProgressThrottle
 from imagen_pipeline.cloud.errors import database_errors
 from imagen_pipeline.cloud.sync import SyncOutcome, sync_image
 from imagen_pipeline.defs.failures import step_errors
@@ -75,6 +76,7 @@ def _generate_op(kind: str, pool: str) -> dg.OpDefinition:
             attempt=context.retry_number,
             instance_name=plan.backend,
             log=context.log,
+            progress=ProgressThrottle(context.log, label.removesuffix(": ")),
         )
         with step_errors(context, backend=label):
             try:

@@ -6,6 +6,7 @@ import _thread
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ from imagen_pipeline.backends.contract import (
     GenerationRequest,
     derived_seed,
 )
+from imagen_pipeline.backends.progress import Progress, ProgressListener, ProgressThrottle
 from imagen_pipeline.backends.registry import build_backend
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.errors import PermanentBackendError, TransientBackendError
@@ -35,6 +37,8 @@ from imagen_pipeline_tests.fakes.comfyui_server import (
     CLASSIC_WORKFLOW,
     DROP_AFTER_QUEUE,
     DROP_BEFORE_QUEUE,
+    WEIGHTLESS_INPUTS,
+    WEIGHTLESS_WORKFLOW,
     FakeComfyUI,
     Reply,
     running_fake_comfyui,
@@ -77,10 +81,23 @@ def request(**fields: Any) -> GenerationRequest:
     )
 
 
-def context(run_id: str = "run-1", attempt: int = 0) -> GenerationContext:
+def context(
+    run_id: str = "run-1", attempt: int = 0, progress: ProgressListener | None = None
+) -> GenerationContext:
     return GenerationContext(
-        run_id=run_id, attempt=attempt, instance_name="gpu", log=logging.getLogger(LOGGER)
+        run_id=run_id,
+        attempt=attempt,
+        instance_name="gpu",
+        log=logging.getLogger(LOGGER),
+        progress=progress,
     )
+
+
+def weightless(fake: FakeComfyUI, tmp_path: Path, graph: dict[str, Any] | None = None) -> Any:
+    """A backend running :data:`WEIGHTLESS_WORKFLOW` (or ``graph``) from a workflow file."""
+    path = tmp_path / "weightless.json"
+    path.write_text(json.dumps(graph or WEIGHTLESS_WORKFLOW), encoding="utf-8")
+    return backend(fake, workflow=str(path), inputs=WEIGHTLESS_INPUTS)
 
 
 def decoded(data: bytes) -> Image.Image:
@@ -124,7 +141,10 @@ def interrupt_when(condition: Callable[[], bool]) -> threading.Thread:
 def test_flux_dev_graph_carries_the_request_and_the_png_is_downloaded(
     fake: FakeComfyUI, logs: pytest.LogCaptureFixture
 ) -> None:
-    result = backend(fake, guidance=2.5).generate(request(steps=12, negative="blurry"), context())
+    reports: list[Progress] = []
+    result = backend(fake, guidance=2.5).generate(
+        request(steps=12, negative="blurry"), context(progress=reports.append)
+    )
 
     (body,) = fake.submitted()
     graph = body["prompt"]
@@ -160,10 +180,10 @@ def test_flux_dev_graph_carries_the_request_and_the_png_is_downloaded(
     assert meta.extra["output_file"] == "imagen/run-1_00001_.png"
     assert meta.extra["recovered_prompt"] is False
     assert meta.extra["guidance"] == 2.5
-    assert f"ComfyUI prompt {body['prompt_id']}: step 1/12 (node 13 SamplerCustomAdvanced)" in (
-        logs.text
-    )
-    assert "step 12/12" in logs.text
+    sampling = [report for report in reports if report.node_class == "SamplerCustomAdvanced"]
+    steps = [(report.step, report.steps) for report in sampling if report.step]
+    assert list(dict.fromkeys(steps)) == [(step, 12) for step in range(1, 13)]
+    assert reports[-1].fraction == 1.0
     assert "no input is mapped for negative; ignored it" in logs.text
 
 
@@ -278,8 +298,8 @@ def test_unknown_node_class_is_permanent(fake: FakeComfyUI, tmp_path: Path) -> N
     adapter = backend(fake, workflow=str(path), inputs={"prompt": "6.text"})
     with pytest.raises(
         PermanentBackendError,
-        match=r"Node 'UnetLoaderGGUF' not found\. The custom node may not be installed\. "
-        r"\(Node ID '#4'\)",
+        match=r"ComfyUI rejected the prompt \(400\): Cannot execute because node "
+        r"UnetLoaderGGUF does not exist\. \(Node ID '#4'\)$",
     ):
         adapter.generate(request(), context())
 
@@ -294,7 +314,7 @@ def test_missing_model_file_is_reported_by_name_before_queueing(
     with pytest.raises(PermanentBackendError) as raised:
         adapter.generate(request(), context())
     assert str(raised.value) == (
-        f"ComfyUI {fake.url}: node 12 (UNETLoader.unet_name): model file "
+        f"ComfyUI {fake.url}: node 12 (UNETLoader) input 'unet_name': model file "
         "'flux1-dev.safetensors' is not on the server; available: flux1-kontext.safetensors, "
         "flux1-schnell.safetensors"
     )
@@ -648,6 +668,107 @@ def test_two_slots_let_a_second_prompt_wait_in_comfyuis_queue(fake: FakeComfyUI)
     assert len(fake.history_ids()) == 2
 
 
+# -- what the real server does (checked against ComfyUI v0.8.0 on a CPU) --------------------------
+
+
+def test_progress_of_a_workflow_without_a_sampler_reaches_the_log_node_by_node(
+    fake: FakeComfyUI, tmp_path: Path, logs: pytest.LogCaptureFixture
+) -> None:
+    fake.node_delay_s = {"ImageBlur": 1.1}
+    reports: list[Progress] = []
+    log = logging.getLogger(LOGGER)
+    throttle = ProgressThrottle(log, "backend 'gpu' (comfyui)", (reports.append,))
+    weightless(fake, tmp_path).generate(request(), context(progress=throttle))
+
+    fractions = [report.fraction for report in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    blurs = {report.node_id for report in reports if report.node_class == "ImageBlur"}
+    assert blurs == {"10", "11"}
+    assert all(report.step is None for report in reports), "no progress bar, no steps"
+    assert "backend 'gpu' (comfyui): " in logs.text
+    assert "ImageBlur (node 11) - " in logs.text
+    lines = [r.getMessage() for r in logs.records if "backend 'gpu' (comfyui): " in r.getMessage()]
+    assert len(lines) == len(reports) <= 5, "throttled: at most a line per second"
+
+
+def test_an_interrupt_lets_the_running_node_finish_and_stops_before_the_next(
+    fake: FakeComfyUI, tmp_path: Path
+) -> None:
+    fake.node_delay_s = {"ImageBlur": 1.0}
+    sent_at: list[float] = []
+
+    def interrupt_during_the_first_blur() -> None:
+        wait_for(lambda: fake.running_id() is not None, "our prompt to run")
+        time.sleep(0.3)
+        sent_at.append(time.monotonic())
+        httpx.post(f"{fake.url}/interrupt", json={})
+
+    other_user = threading.Thread(target=interrupt_during_the_first_blur, daemon=True)
+    other_user.start()
+    with pytest.raises(PermanentBackendError) as raised:
+        weightless(fake, tmp_path).generate(request(), context())
+    ended_at = time.monotonic()
+    other_user.join()
+    assert "was interrupted on the server at node 11 (ImageBlur), not by this run" in str(
+        raised.value
+    )
+    assert ended_at - sent_at[0] >= 0.6, "node 10 ran to its end first"
+
+
+def test_a_broken_node_that_leads_to_no_output_is_neither_checked_nor_run(
+    fake: FakeComfyUI, tmp_path: Path
+) -> None:
+    graph = json.loads(json.dumps(WEIGHTLESS_WORKFLOW))
+    graph["20"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "nope.ckpt"}}
+    result = weightless(fake, tmp_path, graph).generate(request(), context())
+    assert decoded(result.image).size == (768, 512)
+
+    graph["21"] = {"class_type": "NoSuchNode", "inputs": {}}
+    with pytest.raises(PermanentBackendError) as raised:
+        weightless(fake, tmp_path, graph).generate(request(), context(run_id="run-2"))
+    assert str(raised.value) == (
+        "ComfyUI rejected the prompt (400): Cannot execute because node NoSuchNode does not "
+        "exist. (Node ID '#21')"
+    )
+
+
+def two_outputs(broken: str) -> dict[str, Any]:
+    """The weightless workflow with a PreviewImage beside the SaveImage; ``broken`` ("save"
+    or "preview") names the branch whose node fails validation."""
+    graph = json.loads(json.dumps(WEIGHTLESS_WORKFLOW))
+    graph["12"] = {"class_type": "ImageBlur", "inputs": {"image": ["4", 0], "blur_radius": 3}}
+    graph["12"]["inputs"]["sigma"] = 1.0
+    graph["13"] = {"class_type": "PreviewImage", "inputs": {"images": ["12", 0]}}
+    graph["11" if broken == "save" else "12"]["inputs"]["blur_radius"] = 99
+    return graph
+
+
+def test_a_prompt_queued_without_the_image_output_is_canceled_and_refused(
+    fake: FakeComfyUI, tmp_path: Path
+) -> None:
+    fake.paused = True
+    adapter = weightless(fake, tmp_path, two_outputs(broken="save"))
+    with pytest.raises(PermanentBackendError) as raised:
+        adapter.generate(request(), context())
+    message = str(raised.value)
+    assert message.startswith("ComfyUI rejected the prompt's output node: outputs failed")
+    assert "node 11 (ImageBlur) input 'blur_radius': Value 99 bigger than max of 31" in message
+    assert message.endswith("deleted from the queue)")
+    assert fake.pending_ids() == [] and fake.history_ids() == []
+
+
+def test_a_dropped_side_output_is_logged_and_the_image_still_made(
+    fake: FakeComfyUI, tmp_path: Path, logs: pytest.LogCaptureFixture
+) -> None:
+    result = weightless(fake, tmp_path, two_outputs(broken="preview")).generate(
+        request(), context()
+    )
+    assert decoded(result.image).format == "PNG"
+    assert "the server dropped outputs 13: outputs failed validation; node 12 (ImageBlur)" in (
+        logs.text
+    )
+
+
 # -- check ----------------------------------------------------------------------------------------
 
 
@@ -656,13 +777,44 @@ def test_check_reports_version_vram_and_model(fake: FakeComfyUI) -> None:
     assert (ok.reachable, ok.credentials, ok.model_present) == (True, None, True)
     assert ok.detail == (
         "ComfyUI 0.3.43, cuda:0 NVIDIA GeForce RTX 4070 Ti SUPER : cudaMallocAsync: 12.0 of "
-        "16.0 GiB VRAM free; model flux1-dev.safetensors present"
+        "16.0 GiB VRAM free; workflow flux-dev valid on the server, model "
+        "flux1-dev.safetensors present"
     )
     assert fake.requests("GET")[0].path == "/system_stats"
 
     unreachable = ComfyUIBackend(url=f"http://127.0.0.1:{closed_port()}").check()
     assert (unreachable.reachable, unreachable.model_present) == (False, None)
     assert "cannot reach" in unreachable.detail
+
+
+def test_check_validates_the_workflow_against_object_info_naming_each_node(
+    fake: FakeComfyUI, tmp_path: Path
+) -> None:
+    def check(graph: dict[str, Any], inputs: dict[str, str]) -> str:
+        path = tmp_path / "checked.json"
+        path.write_text(json.dumps(graph), encoding="utf-8")
+        result = backend(fake, workflow=str(path), inputs=inputs).check()
+        assert (result.reachable, result.model_present) == (True, False)
+        return result.detail
+
+    unknown = json.loads(json.dumps(WEIGHTLESS_WORKFLOW))
+    unknown["20"] = {"class_type": "NoSuchNodeXYZ", "inputs": {}}
+    workflow = tmp_path / "checked.json"
+    assert check(unknown, WEIGHTLESS_INPUTS).endswith(
+        f"workflow {workflow}: node 20 (NoSuchNodeXYZ): node class NoSuchNodeXYZ does not "
+        "exist on the server (a custom node that is not installed?)"
+    )
+
+    classic = json.loads(json.dumps(CLASSIC_WORKFLOW))
+    classic["4"]["inputs"]["ckpt_name"] = "nope.safetensors"
+    del classic["3"]["inputs"]["cfg"]
+    detail = check(classic, {"prompt": "6.text"})
+    assert detail.endswith(
+        f"workflow {workflow}: node 3 (KSampler) input 'cfg': required input is missing; "
+        "node 4 (CheckpointLoaderSimple) input 'ckpt_name': model file 'nope.safetensors' is "
+        "not on the server; available: flux1-dev-fp8.safetensors"
+    )
+    assert [r.path for r in fake.requests("POST")] == [], "checking queues nothing"
 
 
 def test_cost_is_zero_on_the_own_gpu() -> None:
@@ -693,6 +845,7 @@ def test_generate_image_job_end_to_end_with_a_retried_history_read(
     dagster_instance: dg.DagsterInstance,
 ) -> None:
     fake.history_replies.append(Reply(503, "Service Unavailable"))
+    fake.step_delay_s = 0.1
     config_file = write_config(
         {
             "default_backend": "gpu",
@@ -728,4 +881,8 @@ def test_generate_image_job_end_to_end_with_a_retried_history_read(
     )
     assert "transient failure on attempt 1" in logs
     assert "already finished; using its image" in logs
-    assert "step 20/20" in logs
+    assert "backend 'gpu' (comfyui): 0% - " in logs
+    assert re.search(
+        r"backend 'gpu' \(comfyui\): \d+% - SamplerCustomAdvanced \(node 13\) step", logs
+    )
+    assert "backend 'gpu' (comfyui): 100% - SaveImage (node 9) - " in logs

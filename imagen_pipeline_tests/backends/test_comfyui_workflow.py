@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from imagen_pipeline.backends.comfyui.client import combo_options
 from imagen_pipeline.backends.comfyui.workflow import (
     REQUEST_FIELDS,
     TEMPLATES,
@@ -289,20 +288,3 @@ def test_a_workflow_file_changed_after_loading_fails_as_a_config_error(tmp_path:
     Path(path).write_text(json.dumps({"6": CLASSIC_WORKFLOW["7"]}), "utf-8")
     with pytest.raises(ConfigError, match="linked from node '4', which is not in the workflow"):
         backend.backend.load()
-
-
-@pytest.mark.parametrize(
-    ("spec", "options"),
-    [
-        (
-            [["a.safetensors", "b.safetensors"], {"tooltip": "model"}],
-            ["a.safetensors", "b.safetensors"],
-        ),
-        (["COMBO", {"options": ["a.safetensors"], "multiselect": False}], ["a.safetensors"]),
-        (["INT", {"default": 20, "min": 1}], None),
-        (["STRING", {"multiline": True}], None),
-        (None, None),
-    ],
-)
-def test_combo_options_read_old_and_new_object_info_styles(spec: Any, options: Any) -> None:
-    assert combo_options(spec) == options

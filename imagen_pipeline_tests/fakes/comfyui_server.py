@@ -1,19 +1,28 @@
 """A loopback fake of ComfyUI's HTTP and websocket API, written from ComfyUI's server.py and
-execution.py.
+execution.py and checked against the real ComfyUI v0.8.0 run on a CPU (2026-12-02, the
+weightless workflow below; see docs/backends.md).
 
-It serves ``POST /prompt`` (client-chosen ``prompt_id``; validation with ComfyUI's 400 body:
-``error`` plus ``node_errors`` by node with ``class_type`` and ``extra_info.input_name``),
-``GET /queue``, ``POST /queue`` (``delete``), ``POST /interrupt`` (targeted by ``prompt_id``),
-``GET /history/{id}``, ``GET /view``, ``GET /object_info/{class}``, ``GET /system_stats`` and
-``/ws?clientId=``. One executor runs the queue in order and sends the real event sequence to
-the prompt's client: ``execution_start``, ``execution_cached``, ``executing`` per node,
-``progress`` per sampler step with binary preview frames in between, ``executed``,
-``execution_success`` (or ``execution_error`` / ``execution_interrupted``), then
-``executing`` with node null after the history entry is written. SaveImage writes real PNGs.
+It serves ``POST /prompt`` (client-chosen ``prompt_id``), ``GET /queue``, ``POST /queue``
+(``delete``), ``POST /interrupt`` (targeted by ``prompt_id``), ``GET /history/{id}``,
+``GET /view``, ``GET /object_info/{class}`` (``{}`` for an unknown class), ``GET
+/system_stats`` and ``/ws?clientId=``. Validation is the real server's: an unknown class in
+any node is a 400 ``invalid_prompt`` "Cannot execute because node X does not exist." with
+empty ``extra_info`` and ``node_errors``; inputs are checked only on nodes that lead to an
+output; failed validation is a 400 ``prompt_outputs_failed_validation`` whose ``details`` is
+empty unless the output node itself is at fault, the specifics in ``node_errors``; a prompt
+with some valid outputs is queued (200) with the others dropped and listed in
+``node_errors``. One executor runs the queue in order and sends the real event sequence to
+the prompt's client: ``execution_start``, ``execution_cached``, then per node
+``progress_state`` (running), ``executing``, ``progress`` per sampler step (each after its
+``progress_state``) with binary preview frames in between, ``executed``, ``progress_state``
+(finished); then ``execution_success`` (or ``execution_error`` / ``execution_interrupted``)
+and ``executing`` with node null after the history entry is written. An interrupt takes
+effect between nodes (and at a sampler's next step): a slow node runs to its end. SaveImage
+writes real PNGs.
 
-Tests script it with plain attributes (``step_delay_s``, ``hold_at_step``, ``fail_class``,
-``drop_sockets_at_step``, ``restart_at_step``, ``prompt_replies``, ...) and read
-``received`` to assert what the adapter sent.
+Tests script it with plain attributes (``step_delay_s``, ``node_delay_s``, ``hold_at_step``,
+``fail_class``, ``drop_sockets_at_step``, ``restart_at_step``, ``prompt_replies``, ...) and
+read ``received`` to assert what the adapter sent.
 """
 
 from __future__ import annotations
@@ -188,8 +197,31 @@ def object_infos(
         "SaveImage": node(
             {"images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}, []
         ),
+        "PreviewImage": node({"images": ["IMAGE"]}, []),
+        # Nodes that need no model files (the weightless workflow the real server runs on a
+        # CPU); inputs as v0.8.0's /object_info lists them.
+        "EmptyImage": node(
+            {
+                "width": _int(512, 1, 16384),
+                "height": _int(512, 1, 16384),
+                "batch_size": _int(1, 1, 4096),
+                "color": _int(0, 0, 16777215),
+            },
+            ["IMAGE"],
+        ),
+        "ImageAddNoise": node(
+            {"image": ["IMAGE", {}], "seed": _int(0, 0, INT_MAX), "strength": _float(0.5, 0, 1)},
+            ["IMAGE"],
+        ),
+        "ImageBlur": node(
+            {"image": ["IMAGE", {}], "blur_radius": _int(1, 1, 31), "sigma": _float(1.0, 0.1, 10)},
+            ["IMAGE"],
+        ),
+        "PrimitiveStringMultiline": node({"value": ["STRING", {"multiline": True}]}, ["STRING"]),
+        "StringLength": node({"string": ["STRING", {"multiline": True}]}, ["INT"]),
     }
-    infos["SaveImage"]["output_node"] = True
+    for output_class in OUTPUT_CLASSES:
+        infos[output_class]["output_node"] = True
     for name, info in infos.items():
         info["name"] = info["display_name"] = name
     return infos
@@ -232,8 +264,42 @@ CLASSIC_WORKFLOW: dict[str, Any] = {
 }
 """ComfyUI's default workflow in API format (ids as "Export (API)" writes them)."""
 
+WEIGHTLESS_WORKFLOW: dict[str, Any] = {
+    "1": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a red fox"}},
+    "2": {"class_type": "StringLength", "inputs": {"string": ["1", 0]}},
+    "3": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 512, "height": 512, "batch_size": 1, "color": ["2", 0]},
+    },
+    "4": {
+        "class_type": "ImageAddNoise",
+        "inputs": {"image": ["3", 0], "seed": 42, "strength": 0.5},
+    },
+    "10": {
+        "class_type": "ImageBlur",
+        "inputs": {"image": ["4", 0], "blur_radius": 31, "sigma": 10.0},
+    },
+    "11": {
+        "class_type": "ImageBlur",
+        "inputs": {"image": ["10", 0], "blur_radius": 31, "sigma": 10.0},
+    },
+    "9": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "imagen"}},
+}
+"""A workflow that needs no model files: the prompt's length colours an empty image, noise
+from the seed, two blurs. The real ComfyUI v0.8.0 runs it on a CPU in seconds (the fake was
+checked against it that way, 2026-12-02)."""
+WEIGHTLESS_INPUTS = {
+    "prompt": "1.value",
+    "seed": "4.seed",
+    "width": "3.width",
+    "height": "3.height",
+    "filename_prefix": "9.filename_prefix",
+}
+"""Where the request goes in :data:`WEIGHTLESS_WORKFLOW` (the ``inputs`` of its block)."""
+
 SAMPLER_CLASSES = ("SamplerCustomAdvanced", "KSampler")
-LATENT_CLASSES = ("EmptySD3LatentImage", "EmptyLatentImage")
+OUTPUT_CLASSES = ("SaveImage", "PreviewImage")
+LATENT_CLASSES = ("EmptySD3LatentImage", "EmptyLatentImage", "EmptyImage")
 
 
 @dataclass(frozen=True)
@@ -292,6 +358,10 @@ class FakeComfyUI:
         """How ``/object_info`` lists model files: "legacy" or "v3" (COMBO with options)."""
         self.step_delay_s = 0.0
         """Seconds per sampler step."""
+        self.node_delay_s: dict[str, float] = {}
+        """Seconds a node of a class (other than a sampler) takes. Like ComfyUI, such a node
+        has no progress bar and runs to its end when interrupted: the interrupt takes effect
+        before the next node."""
         self.preview_frames = True
         self.accept_sockets = True
         """Refuse websocket handshakes (503) while False: the adapter must poll /history."""
@@ -481,7 +551,9 @@ class FakeComfyUI:
         number = self._enqueue(data["prompt"], prompt_id, extra, outputs)
         if reply == DROP_AFTER_QUEUE:
             return await _drop(request)
-        return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+        return web.json_response(
+            {"prompt_id": prompt_id, "number": number, "node_errors": node_errors}
+        )
 
     async def _get_queue(self, request: web.Request) -> web.StreamResponse:
         running = [self._running.item.as_list()] if self._running else []
@@ -567,6 +639,9 @@ class FakeComfyUI:
     def _validate(
         self, prompt: Any
     ) -> tuple[bool, dict[str, Any] | None, list[str], dict[str, Any]]:
+        """execution.validate_prompt as v0.8.0 does it: every node's class must exist; inputs
+        are checked only for nodes that lead to an output; outputs whose nodes have errors
+        are dropped, and the prompt is refused only when none is left."""
         infos = object_infos(self.models)
         if not isinstance(prompt, dict):
             return False, _prompt_error("invalid_prompt", "Invalid prompt", ""), [], {}
@@ -582,40 +657,43 @@ class FakeComfyUI:
                 return False, error, [], {}
             if class_type not in infos:
                 error = _prompt_error(
-                    "missing_node_type",
-                    f"Node '{class_type}' not found. The custom node may not be installed.",
+                    "invalid_prompt",
+                    f"Cannot execute because node {class_type} does not exist.",
                     f"Node ID '#{node_id}'",
                 )
-                error["extra_info"] = {
-                    "node_id": node_id,
-                    "class_type": class_type,
-                    "node_title": class_type,
-                }
                 return False, error, [], {}
             if infos[class_type]["output_node"]:
                 outputs.append(node_id)
         if not outputs:
             return False, _prompt_error("prompt_no_outputs", "Prompt has no outputs", ""), [], {}
         node_errors: dict[str, Any] = {}
-        for node_id, node in prompt.items():
-            errors = _input_errors(node["inputs"], infos[node["class_type"]]["input"])
-            if errors:
-                node_errors[node_id] = {
-                    "errors": errors,
-                    "dependent_outputs": outputs,
-                    "class_type": node["class_type"],
-                }
-        if node_errors:
-            details = "\n".join(
-                f"{error['message']}: {error['details']}"
-                for info in node_errors.values()
-                for error in info["errors"]
-            )
+        valid_outputs = []
+        output_reasons = []
+        for output in outputs:
+            failed = False
+            for node_id in _execution_order(prompt, [output]):
+                node = prompt[node_id]
+                errors = _input_errors(prompt, node["inputs"], infos[node["class_type"]]["input"])
+                if not errors:
+                    continue
+                failed = True
+                entry = node_errors.setdefault(
+                    node_id,
+                    {"errors": errors, "dependent_outputs": [], "class_type": node["class_type"]},
+                )
+                entry["dependent_outputs"].append(output)
+                if node_id == output:
+                    output_reasons.extend(f"{e['message']}: {e['details']}" for e in errors)
+            if not failed:
+                valid_outputs.append(output)
+        if not valid_outputs:
             error = _prompt_error(
-                "prompt_outputs_failed_validation", "Prompt outputs failed validation", details
+                "prompt_outputs_failed_validation",
+                "Prompt outputs failed validation",
+                "\n".join(output_reasons),
             )
             return False, error, [], node_errors
-        return True, None, outputs, {}
+        return True, None, valid_outputs, node_errors
 
     # -- queue and executor ----------------------------------------------------------------
 
@@ -629,7 +707,7 @@ class FakeComfyUI:
         number = self._number
         self._number += 1
         if outputs is None:
-            outputs = [key for key, node in prompt.items() if node["class_type"] == "SaveImage"]
+            outputs = [key for key, node in prompt.items() if node["class_type"] in OUTPUT_CLASSES]
         with self._lock:
             self._queue.append(_Item(number, prompt_id, prompt, extra, outputs))
         self._kick()
@@ -720,16 +798,21 @@ class FakeComfyUI:
         ]
         await message("execution_cached", {"nodes": cached, "prompt_id": item.prompt_id})
         outputs: dict[str, Any] = {}
+        states: dict[str, dict[str, Any]] = {}
+        node_id = ""
         try:
             for node_id in order:
                 if node_id in cached:
                     continue
                 node = item.prompt[node_id]
+                await self._progress_state(run, states, node_id, 0.0, 1.0, "running", sid)
                 await self._send(
                     "executing",
                     {"node": node_id, "display_node": node_id, "prompt_id": item.prompt_id},
                     sid,
                 )
+                if run.interrupted:
+                    raise _PromptInterruptedError
                 if node["class_type"] == self.fail_class:
                     exception_type, exception_message = self.fail_exception
                     await message(
@@ -749,8 +832,11 @@ class FakeComfyUI:
                     self._finish(item, outputs, messages, success=False)
                     return
                 if node["class_type"] in SAMPLER_CLASSES:
-                    await self._sample(run, node_id, _steps(item.prompt, node_id), sid)
-                if node["class_type"] == "SaveImage":
+                    steps = _steps(item.prompt, node_id)
+                    await self._sample(run, states, node_id, steps, sid)
+                elif node["class_type"] in self.node_delay_s:
+                    await asyncio.sleep(self.node_delay_s[node["class_type"]])
+                if node["class_type"] in OUTPUT_CLASSES:
                     images = self._save(item, node_id)
                     outputs[node_id] = {"images": images}
                     await self._send(
@@ -763,6 +849,8 @@ class FakeComfyUI:
                         },
                         sid,
                     )
+                done = states[node_id]["max"]
+                await self._progress_state(run, states, node_id, done, done, "finished", sid)
                 executed.append(node_id)
         except _PromptInterruptedError:
             await message(
@@ -784,7 +872,39 @@ class FakeComfyUI:
         self._finish(item, outputs, messages, success=True)
         await self._send("executing", {"node": None, "prompt_id": item.prompt_id}, sid)
 
-    async def _sample(self, run: _Run, node_id: str, steps: int, sid: str | None) -> None:
+    async def _progress_state(
+        self,
+        run: _Run,
+        states: dict[str, dict[str, Any]],
+        node_id: str,
+        value: float,
+        most: float,
+        state: str,
+        sid: str | None,
+    ) -> None:
+        """``progress_state``: every node started so far, with value, max and state."""
+        prompt_id = run.item.prompt_id
+        states[node_id] = {
+            "value": value,
+            "max": most,
+            "state": state,
+            "node_id": node_id,
+            "prompt_id": prompt_id,
+            "display_node_id": node_id,
+            "parent_node_id": None,
+            "real_node_id": node_id,
+        }
+        nodes = {key: dict(entry) for key, entry in states.items()}
+        await self._send("progress_state", {"prompt_id": prompt_id, "nodes": nodes}, sid)
+
+    async def _sample(
+        self,
+        run: _Run,
+        states: dict[str, dict[str, Any]],
+        node_id: str,
+        steps: int,
+        sid: str | None,
+    ) -> None:
         prompt_id = run.item.prompt_id
         for step in range(1, steps + 1):
             if self.restart_at_step == step:
@@ -808,6 +928,7 @@ class FakeComfyUI:
                     raise _PromptInterruptedError
             if self.step_delay_s:
                 await asyncio.sleep(self.step_delay_s)
+            await self._progress_state(run, states, node_id, step, steps, "running", sid)
             await self._send(
                 "progress",
                 {"value": step, "max": steps, "prompt_id": prompt_id, "node": node_id},
@@ -858,10 +979,16 @@ def _prompt_error(kind: str, message: str, details: str) -> dict[str, Any]:
     return {"type": kind, "message": message, "details": details, "extra_info": {}}
 
 
-def _input_errors(inputs: dict[str, Any], spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """ComfyUI's validate_inputs for literal values: missing, type, min/max, combo lists."""
+def _input_errors(
+    prompt: dict[str, Any], inputs: dict[str, Any], spec: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """ComfyUI's validate_inputs: missing required inputs, links to absent nodes, and for
+    literal values type, min/max and combo lists (optional inputs too, when given)."""
     errors = []
-    for name, info in (spec.get("required") or {}).items():
+    required = spec.get("required") or {}
+    for name, info in {**required, **(spec.get("optional") or {})}.items():
+        if name not in inputs and name not in required:
+            continue
         if name not in inputs:
             errors.append(
                 {
@@ -874,6 +1001,15 @@ def _input_errors(inputs: dict[str, Any], spec: dict[str, Any]) -> list[dict[str
             continue
         value = inputs[name]
         if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+            if value[0] not in prompt:
+                errors.append(
+                    {
+                        "type": "input_link_missing_node",
+                        "message": "Linked node not found",
+                        "details": f"{name}: node {value[0]} is not in the prompt",
+                        "extra_info": {"input_name": name, "linked_node": value},
+                    }
+                )
             continue
         kind = info[0]
         options = info[1] if len(info) > 1 and isinstance(info[1], dict) else {}
@@ -932,7 +1068,7 @@ def _execution_order(prompt: dict[str, Any], outputs: list[str]) -> list[str]:
     order: list[str] = []
 
     def visit(node_id: str) -> None:
-        if node_id in order:
+        if node_id in order or node_id not in prompt:
             return
         for value in prompt[node_id]["inputs"].values():
             if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
@@ -970,9 +1106,15 @@ def _render(prompt: dict[str, Any]) -> bytes:
     width = height = 1024
     for node in prompt.values():
         if node["class_type"] in LATENT_CLASSES:
-            width = int(node["inputs"]["width"]) // 8 * 8
-            height = int(node["inputs"]["height"]) // 8 * 8
-    texts = [str(n["inputs"].get("text")) for n in prompt.values() if "text" in n["inputs"]]
+            multiple = 1 if node["class_type"] == "EmptyImage" else 8
+            width = int(node["inputs"]["width"]) // multiple * multiple
+            height = int(node["inputs"]["height"]) // multiple * multiple
+    texts = [
+        str(n["inputs"].get(key))
+        for n in prompt.values()
+        for key in ("text", "value")
+        if isinstance(n["inputs"].get(key), str)
+    ]
     seeds = [
         str(n["inputs"].get(key))
         for n in prompt.values()

@@ -20,8 +20,14 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from imagen_pipeline.backends.comfyui.client import ComfyUIClient, Submitted, Where
+from imagen_pipeline.backends.comfyui.client import (
+    ComfyUIClient,
+    Submitted,
+    Where,
+    describe_prompt_error,
+)
 from imagen_pipeline.backends.comfyui.slots import QueueSlots, default_state_dir
+from imagen_pipeline.backends.comfyui.validation import workflow_problems
 from imagen_pipeline.backends.comfyui.watch import PromptWatch, WatchSettings
 from imagen_pipeline.backends.comfyui.workflow import (
     Target,
@@ -224,7 +230,7 @@ class ComfyUIBackend(ImageBackend):
             log,
         )
         with ComfyUIClient(self.url, self.request_timeout_s, log) as client:
-            client.preflight(workflow.model_files(graph))
+            client.preflight(workflow.model_files(graph, reachable_only=True))
             holder = f"run {context.run_id} (pid {os.getpid()})"
             with slots.hold(holder, deadline):
                 submitted, entry = self._run(client, workflow, graph, context, deadline)
@@ -315,6 +321,7 @@ class ComfyUIBackend(ImageBackend):
                     + (" (recovered after a lost response)" if submitted.recovered else "")
                 )
             active = submitted.prompt_id
+            self._check_outputs(client, workflow, submitted)
             if finished is not None:
                 return submitted, finished
             watch = PromptWatch(
@@ -331,6 +338,7 @@ class ComfyUIBackend(ImageBackend):
                 ),
                 deadline=deadline,
                 log=log,
+                progress=context.progress,
             )
             socket = None
             return submitted, watch.wait()
@@ -345,6 +353,33 @@ class ComfyUIBackend(ImageBackend):
                 watch.close()
             if socket is not None:
                 socket.close()
+
+    def _check_outputs(
+        self, client: ComfyUIClient, workflow: Workflow, submitted: Submitted
+    ) -> None:
+        """A prompt queued with some outputs dropped (their nodes failed validation): fine
+        while the image's output node runs, else canceled and refused with the details."""
+        dropped = submitted.dropped_outputs()
+        if not dropped:
+            return
+        detail = describe_prompt_error(
+            {
+                "error": {"message": "outputs failed validation"},
+                "node_errors": submitted.node_errors,
+            }
+        )
+        wanted = set(workflow.output_node_ids())
+        if wanted and not wanted <= dropped:
+            client.log.warning(
+                f"ComfyUI prompt {submitted.prompt_id}: the server dropped outputs "
+                f"{', '.join(sorted(dropped))}: {detail}"
+            )
+            return
+        outcome = client.cancel(submitted.prompt_id)
+        raise PermanentBackendError(
+            f"ComfyUI rejected the prompt's output node: {detail} (prompt "
+            f"{submitted.prompt_id} {outcome})"
+        )
 
     def _adopt(
         self, client: ComfyUIClient, context: GenerationContext
@@ -372,7 +407,8 @@ class ComfyUIBackend(ImageBackend):
     # -- check -------------------------------------------------------------------------------
 
     def check(self) -> BackendCheck:
-        """``/system_stats`` (reachable, version, VRAM) and the workflow's model files."""
+        """``/system_stats`` (reachable, version, VRAM), then the workflow against the
+        server's ``/object_info``: node classes, required inputs, model files."""
         try:
             workflow = self.load()
         except ConfigError as error:
@@ -390,26 +426,28 @@ class ComfyUIBackend(ImageBackend):
                 )
             summary = describe_system(stats)
             try:
-                problems = client.missing_model_files(workflow.model_files())
+                problems = workflow_problems(workflow.graph, client.object_info)
             except BackendError as error:
                 return BackendCheck(
                     reachable=True,
                     credentials=None,
                     model_present=None,
-                    detail=f"{summary}; model check failed: {error}",
+                    detail=f"{summary}; workflow check failed: {error}",
                 )
         if problems:
             return BackendCheck(
                 reachable=True,
                 credentials=None,
                 model_present=False,
-                detail=f"{summary}; " + "; ".join(problems),
+                detail=f"{summary}; workflow {workflow.name}: " + "; ".join(problems),
             )
+        model = workflow.model_file()
         return BackendCheck(
             reachable=True,
             credentials=None,
             model_present=True,
-            detail=f"{summary}; model {workflow.model_file() or workflow.name} present",
+            detail=f"{summary}; workflow {workflow.name} valid on the server"
+            + (f", model {model} present" if model else " (it needs no model file)"),
         )
 
 

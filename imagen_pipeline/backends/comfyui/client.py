@@ -10,14 +10,14 @@ Paths and shapes follow ComfyUI's ``server.py``: ``POST /prompt`` (``prompt``, `
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from websockets.exceptions import InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
+from imagen_pipeline.backends.comfyui.validation import input_spec, unknown_class, value_problem
 from imagen_pipeline.backends.comfyui.workflow import ModelFile
 from imagen_pipeline.backends.http_transport import (
     LOST_RESPONSE_ERRORS,
@@ -28,7 +28,6 @@ from imagen_pipeline.errors import BackendError, PermanentBackendError, Transien
 
 WEBSOCKET_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest websocket frame accepted (unencoded preview images can be large)."""
-MAX_LISTED_FILES = 20
 RETRYABLE_STATUSES = frozenset({408, 429})
 """4xx answers worth a retry (every 5xx is)."""
 
@@ -57,21 +56,18 @@ class Submitted:
     prompt_id: str
     number: float | None
     recovered: bool
+    node_errors: dict[str, Any] = field(default_factory=dict)
+    """Nodes that failed validation in a prompt the server queued anyway: it runs the outputs
+    that do not depend on them and drops the others."""
 
-
-def combo_options(spec: Any) -> list[str] | None:
-    """The choices of a combo input in ``/object_info``, old (``[[...], {}]``) or new style
-    (``["COMBO", {"options": [...]}]``); None for other input kinds."""
-    if not isinstance(spec, list) or not spec:
-        return None
-    kind = spec[0]
-    if isinstance(kind, list):
-        return [str(item) for item in kind]
-    if kind == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
-        options = spec[1].get("options")
-        if isinstance(options, list):
-            return [str(item) for item in options]
-    return None
+    def dropped_outputs(self) -> set[str]:
+        """Output nodes the server will not run."""
+        return {
+            str(output)
+            for info in self.node_errors.values()
+            if isinstance(info, dict)
+            for output in info.get("dependent_outputs") or []
+        }
 
 
 def describe_prompt_error(body: Any) -> str:
@@ -106,15 +102,6 @@ def describe_prompt_error(body: Any) -> str:
                     text += f": {item['details']}"
                 parts.append(f"{where}: {' '.join(text.split())}")
     return "; ".join([head, *parts])
-
-
-def listed(names: Iterable[str]) -> str:
-    """Names for an error message, shortened to the first few."""
-    items = sorted(names)
-    shown = ", ".join(items[:MAX_LISTED_FILES]) or "none"
-    if len(items) > MAX_LISTED_FILES:
-        shown += f" (and {len(items) - MAX_LISTED_FILES} more)"
-    return shown
 
 
 class ComfyUIClient:
@@ -204,19 +191,13 @@ class ComfyUIClient:
             if item.class_type not in infos:
                 infos[item.class_type] = self.object_info(item.class_type)
             info = infos[item.class_type]
-            label = f"node {item.node_id} ({item.class_type}.{item.input_name})"
             if info is None:
-                problems.append(f"{label}: node class {item.class_type} is not installed")
+                problems.append(unknown_class(item.node_id, item.class_type))
                 continue
-            sections = info.get("input") or {}
-            spec = (sections.get("required") or {}).get(item.input_name) or (
-                sections.get("optional") or {}
-            ).get(item.input_name)
-            options = combo_options(spec)
-            if options is not None and item.filename not in options:
+            problem = value_problem(item.filename, input_spec(info, item.input_name))
+            if problem:
                 problems.append(
-                    f"{label}: model file {item.filename!r} is not on the server; "
-                    f"available: {listed(options)}"
+                    f"node {item.node_id} ({item.class_type}) input {item.input_name!r}: {problem}"
                 )
         return problems
 
@@ -304,10 +285,12 @@ class ComfyUIClient:
                 f"{answer['prompt_id']}; this server version cannot recover lost responses"
             )
         number = answer.get("number")
+        node_errors = answer.get("node_errors")
         return Submitted(
             prompt_id=answer["prompt_id"],
             number=number if isinstance(number, int | float) else None,
             recovered=False,
+            node_errors=node_errors if isinstance(node_errors, dict) else {},
         )
 
     def cancel(self, prompt_id: str) -> str:

@@ -1,10 +1,14 @@
 """Following one prompt until it ends: websocket events first, ``/history`` polling as fallback.
 
-Events for the prompt (``execution_start``, ``execution_cached``, ``executing``, ``progress``,
-``execution_success``, ``execution_error``, ``execution_interrupted``) are read from the socket;
-binary preview frames and other prompts' events are skipped. When the socket is silent for
-``check_interval_s`` or has dropped, ``/queue`` and ``/history`` say where the prompt is; a
-prompt in neither was lost (the server restarted), which fails transiently instead of waiting.
+Events for the prompt (``execution_start``, ``execution_cached``, ``executing``,
+``progress_state``, ``progress``, ``execution_success``, ``execution_error``,
+``execution_interrupted``) are read from the socket; binary preview frames and other prompts'
+events are skipped. ``executing``, ``progress_state`` (every started node's value, max and
+state; v0.8.0 sends it for each node) and ``progress`` (a node's progress bar, e.g. a
+sampler's steps) become :class:`~imagen_pipeline.backends.progress.Progress` reports for the
+context's listener. When the socket is silent for ``check_interval_s`` or has dropped,
+``/queue`` and ``/history`` say where the prompt is; a prompt in neither was lost (the server
+restarted), which fails transiently instead of waiting.
 """
 
 from __future__ import annotations
@@ -18,13 +22,44 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
 from imagen_pipeline.backends.comfyui.client import ComfyUIClient, Where
+from imagen_pipeline.backends.progress import Progress, ProgressListener
 from imagen_pipeline.errors import BackendError, PermanentBackendError, TransientBackendError
 
 OUT_OF_MEMORY_MARKERS = ("outofmemory", "out of memory", "allocation on device")
 """Lower-case fragments of GPU memory errors: transient, the GPU box runs other programs too."""
 
-PROGRESS_BUCKETS = 10
-"""Progress is logged at the first and last step and each time another tenth is done."""
+
+@dataclass(frozen=True)
+class NodeState:
+    """One node's entry of ``progress_state`` (or a ``progress`` event)."""
+
+    value: float
+    most: float
+    state: str
+    """pending, running, finished or error."""
+
+    @property
+    def finished(self) -> bool:
+        """The node ran to its end."""
+        return self.state == "finished"
+
+    @property
+    def share(self) -> float:
+        """How much of the node is done, 0..1."""
+        return min(1.0, max(0.0, self.value / self.most)) if self.most > 0 else 0.0
+
+    @classmethod
+    def read(cls, entry: Any) -> NodeState | None:
+        """The state in an event's entry; None when it is not one."""
+        if not isinstance(entry, dict):
+            return None
+        value, most, state = entry.get("value"), entry.get("max"), entry.get("state")
+        numbers = all(
+            isinstance(item, int | float) and not isinstance(item, bool) for item in (value, most)
+        )
+        if not numbers or not isinstance(state, str):
+            return None
+        return cls(float(value), float(most), state)
 
 
 @dataclass(frozen=True)
@@ -51,6 +86,7 @@ class PromptWatch:
         settings: WatchSettings,
         deadline: float,
         log: Any,
+        progress: ProgressListener | None = None,
     ) -> None:
         self.client = client
         self.prompt_id = prompt_id
@@ -65,7 +101,11 @@ class PromptWatch:
         self.last_heard = self.queued_at
         self.unreachable_since: float | None = None
         self.state: Where | None = None
-        self.logged_bucket: dict[str, int] = {}
+        self.progress = progress
+        self.started_at: float | None = None
+        self.cached: set[str] = set()
+        self.nodes: dict[str, NodeState] = {}
+        self.current = ""
 
     def close(self) -> None:
         """Close the socket if one is open."""
@@ -165,33 +205,78 @@ class PromptWatch:
             return False
         self.last_heard = time.monotonic()
         if kind == "execution_start":
-            waited = time.monotonic() - self.queued_at
+            self.started_at = time.monotonic()
+            waited = self.started_at - self.queued_at
             self.state = Where.RUNNING
             self.log.info(f"{self.label}: started after {waited:.1f}s in the queue")
         elif kind == "execution_cached":
             cached = data.get("nodes") or []
             if cached:
+                self.cached = {str(node) for node in cached}
                 self.log.info(f"{self.label}: {len(cached)} nodes cached from earlier prompts")
+        elif kind == "executing":
+            if data.get("node") is None:
+                return True
+            self._on_executing(str(data["node"]))
+        elif kind == "progress_state":
+            self._on_progress_state(data.get("nodes"))
         elif kind == "progress":
             self._on_progress(data)
-        elif kind == "executing":
-            return data.get("node") is None
         elif kind in ("execution_success", "execution_error", "execution_interrupted"):
             if kind != "execution_success":
                 raise self._failure(kind, data)
             return True
         return False
 
-    def _on_progress(self, data: dict[str, Any]) -> None:
-        value, most = data.get("value"), data.get("max")
-        if not isinstance(value, int) or not isinstance(most, int) or most <= 0:
+    def _on_executing(self, node: str) -> None:
+        """A node started; a server without ``progress_state`` only says so here."""
+        previous = self.nodes.get(self.current)
+        if previous is not None and previous.state == "running":
+            self.nodes[self.current] = NodeState(previous.most, previous.most, "finished")
+        self.current = node
+        self.nodes.setdefault(node, NodeState(0.0, 1.0, "running"))
+        self._report()
+
+    def _on_progress_state(self, nodes: Any) -> None:
+        if not isinstance(nodes, dict):
             return
-        node = str(data.get("node") or "")
-        bucket = value * PROGRESS_BUCKETS // most
-        if value in (1, most) or bucket != self.logged_bucket.get(node):
-            self.logged_bucket[node] = bucket
-            where = f" (node {node} {self.class_types.get(node, '')})".rstrip() if node else ""
-            self.log.info(f"{self.label}: step {value}/{most}{where}")
+        for node, entry in nodes.items():
+            state = NodeState.read(entry)
+            if state is not None:
+                self.nodes[str(node)] = state
+                if state.state == "running":
+                    self.current = str(node)
+        self._report()
+
+    def _on_progress(self, data: dict[str, Any]) -> None:
+        node = str(data.get("node") or self.current)
+        state = NodeState.read({**data, "state": "running"})
+        if state is not None and node:
+            self.nodes[node] = state
+            self.current = node
+            self._report()
+
+    def _report(self) -> None:
+        if self.progress is None:
+            return
+        total = max(1, len(self.class_types))
+        done = len(self.cached) + sum(
+            1 for node, state in self.nodes.items() if state.finished and node not in self.cached
+        )
+        current = self.nodes.get(self.current)
+        partial = current.share if current is not None and not current.finished else 0.0
+        has_bar = current is not None and current.most > 1
+        started = self.started_at if self.started_at is not None else self.queued_at
+        self.progress(
+            Progress(
+                fraction=min(1.0, (done + partial) / total),
+                node_id=self.current,
+                node_class=self.class_types.get(self.current, ""),
+                step=int(current.value) if has_bar and current is not None else None,
+                steps=int(current.most) if has_bar and current is not None else None,
+                elapsed_s=round(time.monotonic() - started, 1),
+            )
+        )
 
     # -- outcomes --------------------------------------------------------------------------
 

@@ -170,6 +170,23 @@ def is_link(value: Any) -> bool:
     )
 
 
+def nodes_leading_to_outputs(graph: Mapping[str, Any], outputs: list[str]) -> list[str]:
+    """The output nodes and every node they depend on through links."""
+    seen: list[str] = []
+
+    def visit(node_id: str) -> None:
+        if node_id in seen or node_id not in graph:
+            return
+        seen.append(node_id)
+        for value in (graph[node_id].get("inputs") or {}).values():
+            if is_link(value):
+                visit(value[0])
+
+    for node_id in outputs:
+        visit(node_id)
+    return sorted(seen, key=node_sort_key)
+
+
 @dataclass(frozen=True)
 class Workflow:
     """A validated graph (config overrides applied) and where the request fields go."""
@@ -183,11 +200,18 @@ class Workflow:
         node = self.graph.get(node_id)
         return str(node["class_type"]) if node else ""
 
-    def model_files(self, graph: Mapping[str, Any] | None = None) -> list[ModelFile]:
-        """Model files the loader nodes of ``graph`` (default: the workflow's) name."""
+    def model_files(
+        self, graph: Mapping[str, Any] | None = None, *, reachable_only: bool = False
+    ) -> list[ModelFile]:
+        """Model files the loader nodes of ``graph`` (default: the workflow's) name; with
+        ``reachable_only``, only those of nodes the save nodes depend on (the server neither
+        checks nor runs the others)."""
         files = []
         graph = self.graph if graph is None else graph
-        for node_id in sorted(graph, key=node_sort_key):
+        node_ids = list(graph)
+        if reachable_only and self.output_node_ids():
+            node_ids = nodes_leading_to_outputs(graph, self.output_node_ids())
+        for node_id in sorted(node_ids, key=node_sort_key):
             node = graph[node_id]
             for input_name in MODEL_FILE_INPUTS.get(node["class_type"], ()):
                 value = node["inputs"].get(input_name)
