@@ -40,6 +40,18 @@ def test_validate_reports_file_key_path_and_allowed_values(
     )
 
 
+def test_validate_refuses_a_retired_model_with_its_date_and_replacement(
+    write_config: Callable[..., Path],
+) -> None:
+    path = write_config({"backends": {"oai": {"type": "openai", "model": "dall-e-3"}}})
+    result = CliRunner().invoke(cli, ["config", "validate", str(path)])
+    assert result.exit_code == 2
+    assert (
+        f"imagen: error: {path}: backends.oai.model: Value error, dall-e-3 was shut down by "
+        "OpenAI on 2026-05-12; use gpt-image-2 instead"
+    ) in result.output
+
+
 def test_backends_lists_instances_with_credential_status(
     write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,8 +16,10 @@ from imagen_pipeline.cloud.sync import StorageLocation, SyncOutcome
 from imagen_pipeline.db.connection import connect
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.usage.recorder import record_generation
+from imagen_pipeline_tests.fakes.openai_server import running_fake_openai
 
 OWNER = "00000000-0000-4000-8000-0000000000d1"
+OPENAI_KEY = "sk-proj-ImagenRecorderTestKey0123456789"
 
 
 def sql(url: str, statement: str, params: Any = None) -> list[dict[str, Any]]:
@@ -88,8 +90,32 @@ def test_transient_failures_leave_one_failed_row_per_attempt_then_the_success(
         (f"{result.run_id}:2", "succeeded"),
     ]
     assert [float(r["cost_usd"]) for r in rows] == [0.0, 0.0, 0.04]
+    assert [r["price_source"] for r in rows] == ["not_billed", "not_billed", "config"]
     assert rows[2]["image_id"] == image["id"]
     assert "simulated a transient failure" in rows[0]["error"]
+
+
+def test_an_unknown_price_is_recorded_as_null_with_its_source_never_as_zero(
+    migrated_database_url: str,
+    write_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IMAGEN_TEST_OPENAI_KEY", OPENAI_KEY)
+    with running_fake_openai(OPENAI_KEY) as fake:
+        block = {"type": "openai", "api_key_env": "IMAGEN_TEST_OPENAI_KEY"}
+        config_file = write_config(
+            {"default_backend": "oai", "backends": {"oai": {**block, "base_url": fake.base_url}}}
+        )
+        result = execute(dagster_instance, config_file, width=1024, height=1024)
+    assert result.success
+    [row] = usage_rows(migrated_database_url)
+    assert (row["status"], row["cost_usd"], row["price_source"]) == ("succeeded", None, "unknown")
+    assert row["tokens"]["output_tokens"] > 0, "the usage is kept, to price it later"
+    [image] = sql(migrated_database_url, "SELECT cost_usd FROM imagen.images")
+    assert image["cost_usd"] is None
+    logs = "\n".join(str(r.user_message) for r in dagster_instance.all_logs(result.run_id))
+    assert "cost recorded as unknown: no price known for gpt-image-2" in logs
 
 
 def test_recording_the_same_image_twice_writes_each_row_once(
