@@ -93,6 +93,11 @@ class TransientBackendError(BackendError):
         self.retry_after_s = retry_after_s
 
 
+class UnreachableBackendError(TransientBackendError):
+    """The server did not answer, or lost the job (it restarted): another server of the same
+    backend may take the job at once."""
+
+
 class PermanentBackendError(BackendError):
     """The backend rejected the request; retrying the same request cannot succeed.
 

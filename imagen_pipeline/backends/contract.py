@@ -52,6 +52,9 @@ class GenerationMetadata(BaseModel):
     model: str = Field(description="Model that produced the image.")
     seed: int | None = Field(description="Seed actually used; None if the backend has none.")
     steps: int | None = Field(default=None, description="Steps actually used, if known.")
+    server: str | None = Field(
+        default=None, description="Which server of the backend made it (a GPU box's label)."
+    )
     latency_s: float = Field(description="Wall time of the backend call in seconds.")
     cost_usd: float | None = Field(
         default=0.0, description="Cost in US dollars; None when no price is known."

@@ -38,6 +38,7 @@ def upsert_image_row(
         "enriched_prompt": plan.request.prompt,
         "style": plan.request.style,
         "backend": plan.backend,
+        "backend_server": meta.server,
         "model": meta.model,
         "seed": meta.seed,
         "steps": meta.steps,

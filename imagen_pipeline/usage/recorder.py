@@ -43,10 +43,11 @@ def generation_key(run_id: str, attempt: int) -> str:
 
 _INSERT_USAGE = """
     INSERT INTO mai.imagen_usage (
-        generation_key, backend_instance, backend_type, model, cost_usd, price_source,
-        currency, latency_s, steps, tokens, owner_user_id, job_id, run_id, status, error,
-        image_id)
-    VALUES (%(key)s, %(instance)s, %(type)s, %(model)s, %(cost)s, %(price_source)s, 'USD',
+        generation_key, backend_instance, backend_type, backend_server, model, cost_usd,
+        price_source, currency, latency_s, steps, tokens, owner_user_id, job_id, run_id,
+        status, error, image_id)
+    VALUES (%(key)s, %(instance)s, %(type)s, %(server)s, %(model)s, %(cost)s,
+            %(price_source)s, 'USD',
             %(latency)s, %(steps)s, %(tokens)s, %(owner)s, %(job_id)s, %(run_id)s,
             %(status)s, %(error)s, %(image_id)s)
     ON CONFLICT (generation_key) DO NOTHING
@@ -69,6 +70,7 @@ def insert_usage_row(
             "key": generation_key(generated.run_id, generated.attempt),
             "instance": plan.backend,
             "type": plan.backend_type,
+            "server": meta.server,
             "model": meta.model,
             "cost": meta.cost_usd,
             "price_source": meta.price_source,
@@ -165,6 +167,7 @@ def record_failed_generation(
                     "key": generation_key(run_id, attempt),
                     "instance": plan.backend,
                     "type": plan.backend_type,
+                    "server": None,
                     "model": plan.model,
                     "cost": 0,
                     "price_source": "not_billed",

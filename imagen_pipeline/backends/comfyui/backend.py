@@ -13,9 +13,9 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -26,7 +26,13 @@ from imagen_pipeline.backends.comfyui.client import (
     Where,
     describe_prompt_error,
 )
-from imagen_pipeline.backends.comfyui.slots import QueueSlots, default_state_dir
+from imagen_pipeline.backends.comfyui.servers import (
+    Server,
+    ServerConfig,
+    dispatch_order,
+    normalized_url,
+)
+from imagen_pipeline.backends.comfyui.slots import SLOT_POLL_S, QueueSlots, Slot, default_state_dir
 from imagen_pipeline.backends.comfyui.validation import workflow_problems
 from imagen_pipeline.backends.comfyui.watch import PromptWatch, WatchSettings
 from imagen_pipeline.backends.comfyui.workflow import (
@@ -51,6 +57,8 @@ from imagen_pipeline.errors import (
     ConfigError,
     ImagenError,
     PermanentBackendError,
+    TransientBackendError,
+    UnreachableBackendError,
 )
 
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "imagen-pipeline/comfyui")
@@ -91,6 +99,17 @@ def pick_image(entry: dict[str, Any], preferred_nodes: list[str]) -> dict[str, A
     return images[0][1] if images else None
 
 
+@dataclass(frozen=True)
+class Made:
+    """What one dispatch produced: where, which prompt, the image and who was skipped."""
+
+    server: Server
+    submitted: Submitted
+    image_ref: dict[str, Any]
+    image: bytes
+    redispatched_from: list[str]
+
+
 class ComfyUIBackend(ImageBackend):
     """Images from a ComfyUI server (the GPU box); costs nothing per image."""
 
@@ -98,7 +117,16 @@ class ComfyUIBackend(ImageBackend):
         default="gpu",
         description="Dagster op pool of the generate step; 'gpu' (imagen_gpu) for a GPU box.",
     )
-    url: str = Field(description="ComfyUI server, e.g. http://mrock:8188.")
+    url: str | None = Field(
+        default=None,
+        description="ComfyUI server, e.g. http://mrock:8188; for several boxes use servers.",
+    )
+    servers: list[ServerConfig] = Field(
+        default_factory=list,
+        description="Several ComfyUI servers as one backend: each job goes to the least busy "
+        "one that has the workflow's model files; one that cannot be reached is skipped for "
+        "a while and its job sent to another. Entries: url, label, slots.",
+    )
     workflow: str = Field(
         default="flux-dev",
         description="Built-in template (flux-dev, flux-schnell, flux-fp8) or the absolute path "
@@ -157,11 +185,40 @@ class ComfyUIBackend(ImageBackend):
 
     @field_validator("url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http(s) URL such as http://mrock:8188")
-        return value.strip().rstrip("/")
+    def _check_url(cls, value: str | None) -> str | None:
+        return normalized_url(value) if value is not None else None
+
+    @model_validator(mode="after")
+    def _check_servers(self) -> ComfyUIBackend:
+        if (self.url is None) == (not self.servers):
+            raise ValueError(
+                "set url (one server) or servers (several), not both"
+                if self.url
+                else "set url (e.g. http://mrock:8188) or servers (a list of {url, label, slots})"
+            )
+        for what, values in (
+            ("url", [server.url for server in self.servers]),
+            ("label", [server.name() for server in self.servers]),
+        ):
+            repeated = sorted({value for value in values if values.count(value) > 1})
+            if repeated:
+                raise ValueError(f"servers: each {what} may appear once; repeated: {repeated}")
+        return self
+
+    def configured_servers(self) -> list[ServerConfig]:
+        """The servers of this instance (``url`` is one server)."""
+        return self.servers or [ServerConfig(url=str(self.url))]
+
+    def _servers(self, log: Any) -> list[Server]:
+        state_dir = Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
+        return [
+            Server(
+                config.name(),
+                config.url,
+                QueueSlots(config.url, config.slots or self.pool_limit, state_dir, log),
+            )
+            for config in self.configured_servers()
+        ]
 
     @model_validator(mode="after")
     def _check_workflow(self) -> ComfyUIBackend:
@@ -223,24 +280,8 @@ class ComfyUIBackend(ImageBackend):
                 )
         started = time.monotonic()
         deadline = started + self.timeout_s
-        slots = QueueSlots(
-            self.url,
-            self.pool_limit,
-            Path(self.state_dir).expanduser() if self.state_dir else default_state_dir(),
-            log,
-        )
-        with ComfyUIClient(self.url, self.request_timeout_s, log) as client:
-            client.preflight(workflow.model_files(graph, reachable_only=True))
-            holder = f"run {context.run_id} (pid {os.getpid()})"
-            with slots.hold(holder, deadline):
-                submitted, entry = self._run(client, workflow, graph, context, deadline)
-            image_ref = pick_image(entry, workflow.output_node_ids())
-            if image_ref is None:
-                raise PermanentBackendError(
-                    f"ComfyUI prompt {submitted.prompt_id} finished without an output image "
-                    "(does the workflow end in a SaveImage node?)"
-                )
-            image = client.download(image_ref)
+        made = self._dispatch(workflow, graph, context, deadline)
+        image = made.image
         facts = verify_image(image, "ComfyUI output")
         steps = workflow.value_at(graph, "steps")
         return GenerationResult(
@@ -250,22 +291,150 @@ class ComfyUIBackend(ImageBackend):
                 model=workflow.model_file() or Path(workflow.name).stem,
                 seed=seed if "seed" in workflow.inputs else None,
                 steps=steps if isinstance(steps, int) else None,
+                server=made.server.name,
                 latency_s=round(time.monotonic() - started, 4),
                 cost_usd=0.0,
                 extra={
-                    "prompt_id": submitted.prompt_id,
-                    "recovered_prompt": submitted.recovered,
+                    "prompt_id": made.submitted.prompt_id,
+                    "recovered_prompt": made.submitted.recovered,
                     "workflow": workflow.name,
-                    "comfyui_url": self.url,
+                    "comfyui_url": made.server.url,
+                    "redispatched_from": made.redispatched_from or None,
                     "output_file": "/".join(
                         part
-                        for part in (image_ref.get("subfolder"), image_ref.get("filename"))
+                        for part in (
+                            made.image_ref.get("subfolder"),
+                            made.image_ref.get("filename"),
+                        )
                         if part
                     ),
                     "guidance": workflow.value_at(graph, "guidance"),
                 },
             ),
         )
+
+    def _dispatch(
+        self,
+        workflow: Workflow,
+        graph: dict[str, Any],
+        context: GenerationContext,
+        deadline: float,
+    ) -> Made:
+        """Make the image on one of the servers: least busy first, never one that lacks the
+        model files; a server that cannot be reached (or loses the prompt) is marked down
+        and the job goes to the next one. With one server its errors are the job's."""
+        log = context.log
+        servers = self._servers(log)
+        files = workflow.model_files(graph, reachable_only=True)
+        holder = f"run {context.run_id} (pid {os.getpid()})"
+        skipped: dict[str, str] = {}
+        checked: set[str] = set()
+        while True:
+            ready = []
+            for server in self._candidates(servers, context, skipped):
+                if server.name not in checked:
+                    try:
+                        with ComfyUIClient(server.url, self.request_timeout_s, log) as probe:
+                            probe.preflight(files)
+                    except (PermanentBackendError, UnreachableBackendError) as error:
+                        if len(servers) == 1:
+                            raise
+                        self._skip(server, error, skipped, log)
+                        continue
+                    checked.add(server.name)
+                ready.append(server)
+            if not ready:
+                raise UnreachableBackendError(
+                    f"no ComfyUI server of {context.instance_name or 'this backend'} can take "
+                    "the job: " + "; ".join(f"{name}: {why}" for name, why in skipped.items())
+                )
+            server, slot = self._take_slot(ready, holder, deadline, log)
+            held: Slot | None = slot
+            try:
+                with ComfyUIClient(server.url, self.request_timeout_s, log) as client:
+                    submitted, entry = self._run(client, workflow, graph, context, deadline)
+                    slot.release()
+                    held = None
+                    image_ref = pick_image(entry, workflow.output_node_ids())
+                    if image_ref is None:
+                        raise PermanentBackendError(
+                            f"ComfyUI prompt {submitted.prompt_id} finished without an output "
+                            "image (does the workflow end in a SaveImage node?)"
+                        )
+                    image = client.download(image_ref)
+            except UnreachableBackendError as error:
+                if len(servers) == 1:
+                    server.mark_down(str(error))
+                    raise
+                self._skip(server, error, skipped, log)
+                continue
+            finally:
+                if held is not None:
+                    held.release()
+            server.mark_up()
+            return Made(server, submitted, image_ref, image, list(skipped))
+
+    def _candidates(
+        self, servers: list[Server], context: GenerationContext, skipped: dict[str, str]
+    ) -> list[Server]:
+        """The servers to try, in dispatch order: those not skipped in this attempt and not
+        waiting out a backoff (all of them when every one is). On a retry, a server that
+        still has an earlier attempt's prompt comes first, so the prompt is followed there
+        instead of made again elsewhere."""
+        now = time.time()
+        order = [server for server in dispatch_order(servers, now) if server.name not in skipped]
+        live = [server for server in order if server.down_until() <= now]
+        order = live or order
+        if context.attempt == 0 or len(servers) == 1:
+            return order
+        for server in order:
+            with ComfyUIClient(server.url, self.request_timeout_s, context.log) as client:
+                for attempt in range(context.attempt):
+                    try:
+                        found = client.locate(prompt_id_for(context, attempt)).where
+                    except BackendError:
+                        break
+                    if found is not Where.MISSING:
+                        return [server, *(other for other in order if other is not server)]
+        return order
+
+    @staticmethod
+    def _skip(server: Server, error: BackendError, skipped: dict[str, str], log: Any) -> None:
+        if isinstance(error, UnreachableBackendError):
+            backoff = server.mark_down(str(error))
+            reason = f"unreachable ({error}); skipped for {backoff:g}s"
+        else:
+            reason = f"lacks what the workflow needs ({error})"
+        skipped[server.name] = reason
+        log.warning(f"ComfyUI server {server.name}: {reason}; trying another server")
+
+    def _take_slot(
+        self, servers: list[Server], holder: str, deadline: float, log: Any
+    ) -> tuple[Server, Slot]:
+        """A queue slot on the first of ``servers`` that has one free, waiting for one until
+        ``deadline``."""
+        waited = False
+        while True:
+            for server in servers:
+                slot = server.slots.try_take(holder)
+                if slot is not None:
+                    return server, slot
+            if not waited:
+                waited = True
+                for server in servers:
+                    held_by = "; ".join(server.slots.holders()) or "other runs"
+                    log.info(
+                        f"ComfyUI {server.url}: all {server.slots.limit} queue slots "
+                        f"(pool_limit) are taken ({held_by}); waiting for one"
+                    )
+            if time.monotonic() >= deadline:
+                where = ", ".join(f"{s.url} (pool_limit {s.slots.limit})" for s in servers)
+                if len(servers) == 1:
+                    where = f"{servers[0].url}: no queue slot (pool_limit {servers[0].slots.limit})"
+                else:
+                    where = f"{where}: no queue slot"
+                raise TransientBackendError(f"ComfyUI {where} came free before timeout_s")
+            time.sleep(SLOT_POLL_S)
 
     def _request_options(
         self,
@@ -310,14 +479,14 @@ class ComfyUIBackend(ImageBackend):
         active = prompt_id_for(context, context.attempt)
         socket = client.open_socket(client_id)
         if socket is None:
-            log.info(f"ComfyUI {self.url}: no event socket; following the prompt via /history")
+            log.info(f"ComfyUI {client.url}: no event socket; following the prompt via /history")
         watch: PromptWatch | None = None
         try:
             submitted, finished = self._adopt(client, context)
             if submitted is None:
                 submitted = client.submit(graph, active, client_id)
                 log.info(
-                    f"ComfyUI prompt {submitted.prompt_id} queued on {self.url}"
+                    f"ComfyUI prompt {submitted.prompt_id} queued on {client.url}"
                     + (" (recovered after a lost response)" if submitted.recovered else "")
                 )
             active = submitted.prompt_id
@@ -407,17 +576,37 @@ class ComfyUIBackend(ImageBackend):
     # -- check -------------------------------------------------------------------------------
 
     def check(self) -> BackendCheck:
-        """``/system_stats`` (reachable, version, VRAM), then the workflow against the
-        server's ``/object_info``: node classes, required inputs, model files."""
+        """Each server: ``/system_stats`` (reachable, version, VRAM), then the workflow
+        against its ``/object_info`` (node classes, required inputs, model files). With
+        several servers the detail names each one with its state; the backend is reachable
+        and has the model when at least one server is and has it."""
         try:
             workflow = self.load()
         except ConfigError as error:
             return BackendCheck(
                 reachable=None, credentials=None, model_present=None, detail=str(error)
             )
-        with ComfyUIClient(
-            self.url, self.request_timeout_s, logging.getLogger("imagen.comfyui")
-        ) as client:
+        log = logging.getLogger("imagen.comfyui")
+        results = [
+            (server, self._check_server(server, workflow, log)) for server in self._servers(log)
+        ]
+        if len(results) == 1:
+            return results[0][1]
+        up = [result for _, result in results if result.reachable]
+        return BackendCheck(
+            reachable=bool(up),
+            credentials=None,
+            model_present=any(result.model_present for result in up) if up else None,
+            detail=" | ".join(
+                f"{server.name} ({server.url}, {server.slots.limit} slots): "
+                + ("" if result.reachable else "down: ")
+                + result.detail
+                for server, result in results
+            ),
+        )
+
+    def _check_server(self, server: Server, workflow: Workflow, log: Any) -> BackendCheck:
+        with ComfyUIClient(server.url, self.request_timeout_s, log) as client:
             try:
                 stats = client.system_stats()
             except BackendError as error:

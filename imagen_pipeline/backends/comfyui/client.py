@@ -24,7 +24,12 @@ from imagen_pipeline.backends.http_transport import (
     USER_AGENT,
     status_error,
 )
-from imagen_pipeline.errors import BackendError, PermanentBackendError, TransientBackendError
+from imagen_pipeline.errors import (
+    BackendError,
+    PermanentBackendError,
+    TransientBackendError,
+    UnreachableBackendError,
+)
 
 WEBSOCKET_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest websocket frame accepted (unencoded preview images can be large)."""
@@ -150,12 +155,12 @@ class ComfyUIClient:
         try:
             response = self._client.request(method, path, params=params, json=json)
         except httpx.TimeoutException as error:
-            raise TransientBackendError(
+            raise UnreachableBackendError(
                 f"ComfyUI {what}: no answer from {self.url} within {self.request_timeout_s:g}s "
                 f"({type(error).__name__})"
             ) from None
         except httpx.TransportError as error:
-            raise TransientBackendError(
+            raise UnreachableBackendError(
                 f"ComfyUI {what}: cannot reach {self.url}: {type(error).__name__}: {error}"
             ) from None
         if not response.is_success:
@@ -262,7 +267,7 @@ class ComfyUIClient:
                 ) from None
             return Submitted(prompt_id=prompt_id, number=None, recovered=True)
         except httpx.TransportError as error:
-            raise TransientBackendError(
+            raise UnreachableBackendError(
                 f"ComfyUI submit: cannot reach {self.url}: {type(error).__name__}: {error}"
             ) from None
         if response.status_code == 400:

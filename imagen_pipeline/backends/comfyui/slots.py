@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -36,6 +37,20 @@ def server_key(url: str) -> str:
     readable = re.sub(r"[^a-z0-9.-]+", "_", parts.netloc) or "server"
     digest = hashlib.sha256(f"{parts.scheme}://{parts.netloc}{parts.path}".encode()).hexdigest()
     return f"{readable}-{digest[:12]}"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A taken slot: the open, locked file."""
+
+    index: int
+    handle: IO[str]
+
+    def release(self) -> None:
+        """Give the slot back."""
+        self.handle.truncate(0)
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
 
 
 class QueueSlots:
@@ -63,6 +78,26 @@ class QueueSlots:
                 found.append(text)
         return found
 
+    def free(self) -> int:
+        """How many slots no process holds right now."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        count = 0
+        for index in range(self.limit):
+            with self.slot_path(index).open("a+", encoding="utf-8") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                count += 1
+        return count
+
+    def try_take(self, holder: str) -> Slot | None:
+        """A free slot, taken for ``holder``, or None when all are held."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        taken = self._try_take(holder)
+        return Slot(*taken) if taken is not None else None
+
     @contextmanager
     def hold(self, holder: str, deadline: float) -> Iterator[int]:
         """Take a free slot (waiting until ``deadline``), yield its index, release it."""
@@ -89,9 +124,7 @@ class QueueSlots:
         try:
             yield index
         finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+            Slot(index, handle).release()
 
     def _try_take(self, holder: str) -> tuple[int, IO[str]] | None:
         for index in range(self.limit):

@@ -23,7 +23,12 @@ from websockets.sync.client import ClientConnection
 
 from imagen_pipeline.backends.comfyui.client import ComfyUIClient, Where
 from imagen_pipeline.backends.progress import Progress, ProgressListener
-from imagen_pipeline.errors import BackendError, PermanentBackendError, TransientBackendError
+from imagen_pipeline.errors import (
+    BackendError,
+    PermanentBackendError,
+    TransientBackendError,
+    UnreachableBackendError,
+)
 
 OUT_OF_MEMORY_MARKERS = ("outofmemory", "out of memory", "allocation on device")
 """Lower-case fragments of GPU memory errors: transient, the GPU box runs other programs too."""
@@ -162,7 +167,7 @@ class PromptWatch:
                 self.unreachable_since = now
                 self.log.warning(f"{self.label}: cannot ask the server where it is: {error}")
             if now - self.unreachable_since >= self.settings.reconnect_grace_s:
-                raise TransientBackendError(
+                raise UnreachableBackendError(
                     f"{self.label}: {self.client.url} did not answer for "
                     f"{self.settings.reconnect_grace_s:g}s while the prompt was queued: {error}"
                 ) from None
@@ -171,7 +176,7 @@ class PromptWatch:
         if location.where is Where.FINISHED:
             return location.entry
         if location.where is Where.MISSING:
-            raise TransientBackendError(
+            raise UnreachableBackendError(
                 f"{self.label} is neither queued nor in the history of {self.client.url}: the "
                 "server restarted and lost it; the retry submits it again"
             )
