@@ -93,7 +93,18 @@ class TransientBackendError(BackendError):
         self.retry_after_s = retry_after_s
 
 
-class UnreachableBackendError(TransientBackendError):
+class BackendUnavailableError(TransientBackendError):
+    """The backend cannot take the job now (every server down, or no queue slot free in
+    time): its ``fallback`` instances may. ``summary`` says why in a few words."""
+
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, *, summary: str | None = None
+    ) -> None:
+        super().__init__(message, retry_after_s)
+        self.summary = summary or message
+
+
+class UnreachableBackendError(BackendUnavailableError):
     """The server did not answer, or lost the job (it restarted): another server of the same
     backend may take the job at once."""
 

@@ -8,16 +8,21 @@ pipeline's own, each saying whether a retry can help.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.backends.pricing import describe_cost
+from imagen_pipeline.errors import BackendUnavailableError
 from imagen_pipeline.generation import GeneratedImage, run_generation
 from imagen_pipeline.output.store import find_job_generation
 from imagen_pipeline.planning import GenerationPlan
-from imagen_pipeline.usage.budget import check_budget
+from imagen_pipeline.usage.budget import (
+    BudgetExceededError,
+    BudgetUncheckableError,
+    check_budget,
+)
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,11 @@ class MadeImage:
                 f"{plan.spec.job_id} ({self.image.staged_path}); the backend is not called again"
             )
         meta = self.image.metadata
-        return (
+        used = self.image.plan
+        fell_back = (
+            f"{used.fallback_reason}; made by {used.backend!r}: " if used.fell_back_from else ""
+        )
+        return fell_back + (
             f"{meta.model}, seed {meta.seed}, {self.image.width}x{self.image.height}, "
             f"{meta.latency_s:.2f}s, {describe_cost(meta.cost_usd)}"
             + (f" ({meta.price_note})" if meta.price_source != "free" else "")
@@ -53,9 +62,46 @@ def make_image(
     previous = find_job_generation(plan, plan.output.path, plan.output.naming)
     if previous is not None:
         return MadeImage(previous, reused=True)
+    try:
+        return _generate(plan, context, connect)
+    except BackendUnavailableError as error:
+        if not plan.fallbacks:
+            raise
+        return _fall_back(plan, context, connect, error)
+
+
+def _generate(
+    plan: GenerationPlan,
+    context: GenerationContext,
+    connect: Callable[[], psycopg.Connection] | None,
+) -> MadeImage:
     instance = plan.backend_instance()
     note = check_budget(
         plan.budget, plan.backend, instance.backend.estimate_price(plan.request), connect
     )
     image = run_generation(plan, instance, context, plan.output.path)
     return MadeImage(image, reused=False, budget_note=note)
+
+
+def _fall_back(
+    plan: GenerationPlan,
+    context: GenerationContext,
+    connect: Callable[[], psycopg.Connection] | None,
+    unavailable: BackendUnavailableError,
+) -> MadeImage:
+    """The image from the first ``fallback`` instance the budget allows; a fallback whose
+    call the budget refuses (or cannot price) is not taken, and the error says so."""
+    refused = []
+    for fallback in plan.fallbacks:
+        planned = plan.falling_back(fallback, unavailable.summary)
+        context.log.warning(f"{planned.fallback_reason}; trying {fallback.backend!r}")
+        gen_context = replace(context, instance_name=fallback.backend)
+        try:
+            return _generate(planned, gen_context, connect)
+        except (BudgetExceededError, BudgetUncheckableError) as error:
+            refused.append(f"fallback {fallback.backend!r} not taken: {error}")
+    raise BackendUnavailableError(
+        f"{unavailable}; " + "; ".join(refused),
+        unavailable.retry_after_s,
+        summary=unavailable.summary,
+    )

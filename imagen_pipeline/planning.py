@@ -88,6 +88,17 @@ class OutputPlan(BaseModel):
         return Path(self.directory)
 
 
+class FallbackPlan(BaseModel):
+    """A ``fallback`` instance as the run saw it: name, type, validated settings, model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: str
+    backend_type: str
+    backend_settings: dict[str, Any]
+    model: str
+
+
 class GenerationPlan(BaseModel):
     """The one plan of a run: the validated request, the enriched request a backend gets, and
     a snapshot of every setting of ``imagen.yaml`` the later steps need."""
@@ -109,10 +120,30 @@ class GenerationPlan(BaseModel):
     """The job's owner, else ``cloud.owner_user_id``, else nobody."""
     config_source: str
     planned_at: datetime
+    fallbacks: list[FallbackPlan] = Field(default_factory=list)
+    """The backend's ``fallback`` instances, in order, snapshotted like the backend."""
+    fell_back_from: str | None = None
+    """On a plan made by :meth:`falling_back`: the instance that could not take the job."""
+    fallback_reason: str | None = None
+    """Why: ``fell back from gpu: 2 servers unreachable``."""
 
     def backend_instance(self) -> BackendInstance:
         """The adapter, built from the snapshot (not from imagen.yaml as it is now)."""
         return build_backend(self.backend, {"type": self.backend_type, **self.backend_settings})
+
+    def falling_back(self, to: FallbackPlan, summary: str) -> GenerationPlan:
+        """This plan bound to the fallback ``to`` instead, with why."""
+        return self.model_copy(
+            update={
+                "backend": to.backend,
+                "backend_type": to.backend_type,
+                "backend_settings": to.backend_settings,
+                "model": to.model,
+                "fallbacks": [],
+                "fell_back_from": self.backend,
+                "fallback_reason": f"fell back from {self.backend}: {summary}",
+            }
+        )
 
 
 def parse_size(value: str) -> tuple[int, int]:
@@ -268,4 +299,13 @@ def plan_generation(spec: ImageSpec, config: LoadedConfig) -> GenerationPlan:
         owner_user_id=spec.owner_user_id or (cloud.owner_user_id if cloud else None),
         config_source=config.source_label,
         planned_at=datetime.now(UTC),
+        fallbacks=[
+            FallbackPlan(
+                backend=other.name,
+                backend_type=other.type_name,
+                backend_settings=other.backend.model_dump(),
+                model=other.backend.model_name(),
+            )
+            for other in (config.backend(name) for name in instance.backend.fallback)
+        ],
     )

@@ -163,6 +163,17 @@ class ImageBackend(BaseModel, ABC):
         description="Dagster op pool the generate step runs in: 'gpu' (imagen_gpu, small "
         "limit, for a single GPU server) or 'cloud' (imagen_cloud, parallel).",
     )
+    fallback: list[str] = Field(
+        default_factory=list,
+        description="Other instances to use, in order, when this one cannot take the job "
+        "(every ComfyUI server down, or no queue slot free within fallback_after_s); the "
+        "budget applies to them as to any call.",
+    )
+    fallback_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="With a fallback: how long to wait for a free queue slot before using it.",
+    )
 
     @abstractmethod
     def generate(self, request: GenerationRequest, context: GenerationContext) -> GenerationResult:

@@ -39,6 +39,7 @@ def upsert_image_row(
         "style": plan.request.style,
         "backend": plan.backend,
         "backend_server": meta.server,
+        "fallback_reason": plan.fallback_reason,
         "model": meta.model,
         "seed": meta.seed,
         "steps": meta.steps,

@@ -166,6 +166,22 @@ class ImagenConfig(BaseModel):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
 
     @model_validator(mode="after")
+    def _check_fallbacks(self) -> ImagenConfig:
+        for name, block in self.backends.items():
+            fallback = block.get("fallback") if isinstance(block, dict) else None
+            if not isinstance(fallback, list):
+                continue
+            for other in fallback:
+                if other == name:
+                    raise ConfigError(f"backends.{name}.fallback: {name!r} cannot be its own")
+                if other not in self.backends:
+                    raise ConfigError(
+                        f"backends.{name}.fallback: {other!r} is not a configured backend; "
+                        f"configured backends: {', '.join(sorted(self.backends))}"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _check_budget_backends(self) -> ImagenConfig:
         unknown = sorted(set(self.budget.backends) - set(self.backends))
         if unknown:

@@ -27,6 +27,7 @@ def image_materialization(stored: StoredImage) -> dg.AssetMaterialization:
         "backend": dg.MetadataValue.text(plan.backend),
         "backend_type": dg.MetadataValue.text(plan.backend_type),
         "backend_server": dg.MetadataValue.text(meta.server) if meta.server else None,
+        "fallback": (dg.MetadataValue.text(plan.fallback_reason) if plan.fallback_reason else None),
         "model": dg.MetadataValue.text(meta.model),
         "seed": dg.MetadataValue.int(meta.seed) if meta.seed is not None else None,
         "size": dg.MetadataValue.text(f"{generated.width}x{generated.height}"),

@@ -54,7 +54,11 @@ def build_sidecar(
             "steps": request.steps,
             "seed": request.seed,
         },
-        "backend": {"instance": plan.backend, "type": plan.backend_type},
+        "backend": {
+            "instance": plan.backend,
+            "type": plan.backend_type,
+            **({"fallback": plan.fallback_reason} if plan.fell_back_from else {}),
+        },
         "result": generated.metadata.model_dump(mode="json"),
         "generation": {
             "run_id": generated.run_id,

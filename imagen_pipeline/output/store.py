@@ -134,7 +134,8 @@ def find_job_generation(
     plan: GenerationPlan, output_dir: Path, naming: str
 ) -> GeneratedImage | None:
     """The image an earlier run of the same ``imagen.jobs`` row generated for the same
-    request, if it is still on disk (staged, or already stored under its final name)."""
+    request and backend (or its fallback), if it is still on disk (staged, or already stored
+    under its final name)."""
     if plan.spec.job_id is None:
         return None
     try:
@@ -143,7 +144,8 @@ def find_job_generation(
         )
     except (OSError, ValueError):
         return None
-    if previous.plan.backend != plan.backend or previous.plan.request != plan.request:
+    made_for = previous.plan.fell_back_from or previous.plan.backend
+    if made_for != plan.backend or previous.plan.request != plan.request:
         return None
     staged = Path(previous.staged_path)
     if staged.is_file() and sha256_file(staged) == previous.sha256:

@@ -21,6 +21,10 @@ from imagen_pipeline.db.connection import DATABASE_URL_ENV
 from imagen_pipeline.errors import ConfigError, ImagenError
 
 
+class BudgetUncheckableError(ConfigError):
+    """A limit applies but the call cannot be priced, so it is not made."""
+
+
 class BudgetExceededError(ImagenError):
     """The call would push today's spend over a configured daily budget (not retried)."""
 
@@ -89,7 +93,7 @@ def check_budget(
     if not limits:
         return None
     if estimate.usd is None:
-        raise ConfigError(
+        raise BudgetUncheckableError(
             f"{limits[0].label} is set but the price of backend {instance!r} is unknown "
             f"({estimate.note}), so the budget cannot be checked; backend {instance!r} was "
             "not called"

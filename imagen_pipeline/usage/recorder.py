@@ -43,10 +43,10 @@ def generation_key(run_id: str, attempt: int) -> str:
 
 _INSERT_USAGE = """
     INSERT INTO mai.imagen_usage (
-        generation_key, backend_instance, backend_type, backend_server, model, cost_usd,
-        price_source, currency, latency_s, steps, tokens, owner_user_id, job_id, run_id,
-        status, error, image_id)
-    VALUES (%(key)s, %(instance)s, %(type)s, %(server)s, %(model)s, %(cost)s,
+        generation_key, backend_instance, backend_type, backend_server, fallback_reason, model,
+        cost_usd, price_source, currency, latency_s, steps, tokens, owner_user_id, job_id,
+        run_id, status, error, image_id)
+    VALUES (%(key)s, %(instance)s, %(type)s, %(server)s, %(fallback)s, %(model)s, %(cost)s,
             %(price_source)s, 'USD',
             %(latency)s, %(steps)s, %(tokens)s, %(owner)s, %(job_id)s, %(run_id)s,
             %(status)s, %(error)s, %(image_id)s)
@@ -71,6 +71,7 @@ def insert_usage_row(
             "instance": plan.backend,
             "type": plan.backend_type,
             "server": meta.server,
+            "fallback": plan.fallback_reason,
             "model": meta.model,
             "cost": meta.cost_usd,
             "price_source": meta.price_source,
@@ -168,6 +169,7 @@ def record_failed_generation(
                     "instance": plan.backend,
                     "type": plan.backend_type,
                     "server": None,
+                    "fallback": None,
                     "model": plan.model,
                     "cost": 0,
                     "price_source": "not_billed",

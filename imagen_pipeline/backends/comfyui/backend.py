@@ -54,6 +54,7 @@ from imagen_pipeline.backends.contract import (
 )
 from imagen_pipeline.errors import (
     BackendError,
+    BackendUnavailableError,
     ConfigError,
     ImagenError,
     PermanentBackendError,
@@ -338,6 +339,8 @@ class ComfyUIBackend(ImageBackend):
                             probe.preflight(files)
                     except (PermanentBackendError, UnreachableBackendError) as error:
                         if len(servers) == 1:
+                            if isinstance(error, UnreachableBackendError):
+                                error.summary = "its server is unreachable"
                             raise
                         self._skip(server, error, skipped, log)
                         continue
@@ -346,7 +349,8 @@ class ComfyUIBackend(ImageBackend):
             if not ready:
                 raise UnreachableBackendError(
                     f"no ComfyUI server of {context.instance_name or 'this backend'} can take "
-                    "the job: " + "; ".join(f"{name}: {why}" for name, why in skipped.items())
+                    "the job: " + "; ".join(f"{name}: {why}" for name, why in skipped.items()),
+                    summary=skip_summary(skipped),
                 )
             server, slot = self._take_slot(ready, holder, deadline, log)
             held: Slot | None = slot
@@ -365,6 +369,7 @@ class ComfyUIBackend(ImageBackend):
             except UnreachableBackendError as error:
                 if len(servers) == 1:
                     server.mark_down(str(error))
+                    error.summary = "its server is unreachable or lost the prompt"
                     raise
                 self._skip(server, error, skipped, log)
                 continue
@@ -412,8 +417,10 @@ class ComfyUIBackend(ImageBackend):
         self, servers: list[Server], holder: str, deadline: float, log: Any
     ) -> tuple[Server, Slot]:
         """A queue slot on the first of ``servers`` that has one free, waiting for one until
-        ``deadline``."""
+        ``deadline`` (with a fallback: for at most ``fallback_after_s``, then the fallback's
+        turn)."""
         waited = False
+        fall_back_at = time.monotonic() + self.fallback_after_s if self.fallback else deadline
         while True:
             for server in servers:
                 slot = server.slots.try_take(holder)
@@ -427,7 +434,14 @@ class ComfyUIBackend(ImageBackend):
                         f"ComfyUI {server.url}: all {server.slots.limit} queue slots "
                         f"(pool_limit) are taken ({held_by}); waiting for one"
                     )
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if self.fallback and now >= fall_back_at and fall_back_at < deadline:
+                raise BackendUnavailableError(
+                    f"ComfyUI {', '.join(s.url for s in servers)}: no queue slot came free "
+                    f"within fallback_after_s ({self.fallback_after_s:g}s)",
+                    summary=f"no queue slot free within {self.fallback_after_s:g}s",
+                )
+            if now >= deadline:
                 where = ", ".join(f"{s.url} (pool_limit {s.slots.limit})" for s in servers)
                 if len(servers) == 1:
                     where = f"{servers[0].url}: no queue slot (pool_limit {servers[0].slots.limit})"
@@ -638,6 +652,20 @@ class ComfyUIBackend(ImageBackend):
             detail=f"{summary}; workflow {workflow.name} valid on the server"
             + (f", model {model} present" if model else " (it needs no model file)"),
         )
+
+
+def skip_summary(skipped: dict[str, str]) -> str:
+    """``2 servers unreachable`` / ``1 server unreachable, 1 without what the workflow
+    needs``: why no server could take the job."""
+    unreachable = sum(1 for why in skipped.values() if why.startswith("unreachable"))
+    parts = []
+    for count, what in (
+        (unreachable, "unreachable"),
+        (len(skipped) - unreachable, "without what the workflow needs"),
+    ):
+        if count:
+            parts.append(f"{count} server{'s' if count > 1 else ''} {what}")
+    return ", ".join(parts)
 
 
 def describe_system(stats: dict[str, Any]) -> str:
