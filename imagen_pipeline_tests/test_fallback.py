@@ -81,6 +81,8 @@ def test_every_server_down_the_fallback_makes_the_image_and_the_lineage_says_why
     assert rows(migrated_database_url, "SELECT backend, fallback_reason FROM imagen.images") == [
         ("mock", reason)
     ]
+    tags = dagster_instance.get_run_by_id(result.run_id).tags  # type: ignore[union-attr]
+    assert (tags["imagen/backend"], tags["imagen/fallback"]) == ("gpu", "mock")
     logs = "\n".join(str(r.user_message) for r in dagster_instance.all_logs(result.run_id))
     assert f"{reason}; trying 'mock'" in logs
     assert f"{reason}; made by 'mock': " in logs

@@ -183,6 +183,11 @@ class ImageBackend(BaseModel, ABC):
         """The model this instance generates with, for naming and cost estimates."""
         return str(getattr(self, "model", "") or type(self).__name__)
 
+    def queue_slots(self) -> dict[str, int]:
+        """Generations this instance can run at once, by where they run (a server URL): what
+        the Dagster pool of a GPU backend must allow. Empty: one at a time."""
+        return {}
+
     def estimate_price(self, request: GenerationRequest) -> Price:
         """Expected price of ``request`` before it is sent; free by default."""
         return FREE

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 import click
 
 from imagen_pipeline.cli.errors import CliError
+from imagen_pipeline.config.capacity import GPU_POOL, gpu_capacity, set_gpu_run_limit
 from imagen_pipeline.config.loader import load_config
 from imagen_pipeline.errors import ConfigError
 
@@ -25,6 +27,47 @@ def config() -> None:
 def sample() -> None:
     """Print a commented sample imagen.yaml."""
     click.echo(sample_config_text(), nl=False)
+
+
+@config.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--apply",
+    "dagster_yaml",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Set the limits: the imagen_gpu pool on the Dagster instance ($DAGSTER_HOME) and the "
+    "GPU run limit in this dagster.yaml.",
+)
+def limits(file: str | None, dagster_yaml: Path | None) -> None:
+    """The Dagster limits FILE's GPU backends need: the imagen_gpu op pool (every slot of
+    every box) and the run-queue limit on GPU runs (one more)."""
+    try:
+        capacity = gpu_capacity(load_config(file))
+    except ConfigError as error:
+        raise CliError(str(error)) from None
+    boxes = ", ".join(f"{where} {count}" for where, count in sorted(capacity.slots.items()))
+    click.echo(f"{GPU_POOL} op pool: {capacity.op_pool_limit} ({boxes or 'no GPU backend'})")
+    click.echo(f"GPU runs in the run queue (tag imagen/pool={GPU_POOL}): {capacity.run_limit}")
+    if dagster_yaml is None:
+        click.echo(f"apply: dagster instance concurrency set {GPU_POOL} {capacity.op_pool_limit}")
+        click.echo(
+            f"       and limit: {capacity.run_limit} for imagen/pool={GPU_POOL} in dagster.yaml"
+        )
+        click.echo("   or: imagen config limits --apply $DAGSTER_HOME/dagster.yaml")
+        return
+    if not set_gpu_run_limit(dagster_yaml, capacity.run_limit):
+        raise CliError(
+            f"{dagster_yaml}: no tag_concurrency_limits entry for imagen/pool={GPU_POOL} "
+            "(copy it from scripts/dagster.postgres.yaml)"
+        )
+    from dagster import DagsterInstance  # only here: the other config commands stay fast
+
+    with DagsterInstance.get() as instance:
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, capacity.op_pool_limit)
+    click.echo(
+        f"set: {GPU_POOL} = {capacity.op_pool_limit} on the instance; GPU run limit "
+        f"{capacity.run_limit} in {dagster_yaml} (restart dagster-daemon to use it)"
+    )
 
 
 @config.command()

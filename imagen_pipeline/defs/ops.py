@@ -19,7 +19,7 @@ from imagen_pipeline.defs.failures import step_errors
 from imagen_pipeline.defs.lineage import image_materialization, uploaded_materialization
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.defs.run_config import GenerateImageConfig
-from imagen_pipeline.defs.run_identity import POOLS, own_job, run_tags, tag_run
+from imagen_pipeline.defs.run_identity import POOLS, made_by_tags, own_job, run_tags, tag_run
 from imagen_pipeline.errors import BackendError
 from imagen_pipeline.generation import GeneratedImage, discard_job_record
 from imagen_pipeline.make_image import make_image
@@ -96,6 +96,7 @@ def _generate_op(kind: str, pool: str) -> dg.OpDefinition:
         if made.budget_note:
             context.log.info(made.budget_note)
         context.log.info(("" if made.reused else label) + made.describe(plan))
+        tag_run(context, made_by_tags(made.image))
         return made.image
 
     return generate

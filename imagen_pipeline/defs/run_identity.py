@@ -12,6 +12,7 @@ import dagster as dg
 
 from imagen_pipeline.defs.failures import failure
 from imagen_pipeline.defs.resources import ImagenDatabaseResource
+from imagen_pipeline.generation import GeneratedImage
 from imagen_pipeline.planning import GenerationPlan
 from imagen_pipeline.queue.repository import take_ownership
 
@@ -23,6 +24,10 @@ TAG_OWNER = "imagen/owner"
 TAG_POOL = "imagen/pool"
 """The Dagster pool of the run's generate step; the run queue limits GPU runs by it."""
 TAG_SOURCE = "imagen/source"
+TAG_SERVER = "imagen/server"
+"""The server (GPU box) that made the image; set once the generate step knows it."""
+TAG_FALLBACK = "imagen/fallback"
+"""The fallback instance that made the image, when the backend could not take the job."""
 POOLS = {"gpu": "imagen_gpu", "cloud": "imagen_cloud"}
 """The backend's ``pool`` setting -> the Dagster pool of the generate step."""
 
@@ -41,6 +46,16 @@ def run_tags(plan: GenerationPlan) -> dict[str, str]:
             tags[TAG_JOB_ATTEMPT] = str(spec.job_attempt)
         if spec.owner_user_id:
             tags[TAG_OWNER] = spec.owner_user_id
+    return tags
+
+
+def made_by_tags(generated: GeneratedImage) -> dict[str, str]:
+    """Tags for where the image was made: the server, and the fallback if one made it."""
+    tags = {}
+    if generated.metadata.server:
+        tags[TAG_SERVER] = generated.metadata.server
+    if generated.plan.fell_back_from:
+        tags[TAG_FALLBACK] = generated.plan.backend
     return tags
 
 

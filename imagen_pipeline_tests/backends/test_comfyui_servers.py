@@ -251,4 +251,6 @@ def test_the_server_that_made_the_image_is_in_every_record_of_it(
         assert images.fetchall() == [("gpu", "box2")]
     materialization = result.asset_materializations_for_node("write_files")[0]
     assert materialization.metadata["backend_server"].value == "box2"
+    run = dagster_instance.get_run_by_id(result.run_id)
+    assert run is not None and run.tags["imagen/server"] == "box2"
     assert b.submitted() and not a.submitted()

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from click.testing import CliRunner
 
@@ -50,6 +51,45 @@ def test_validate_refuses_a_retired_model_with_its_date_and_replacement(
         f"imagen: error: {path}: backends.oai.model: Value error, dall-e-3 was shut down by "
         "OpenAI on 2026-05-12; use gpt-image-2 instead"
     ) in result.output
+
+
+def test_limits_add_up_every_gpu_box_and_apply_sets_pool_and_run_limit(
+    write_config: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servers = [
+        {"url": "http://box1:8188", "slots": 3},
+        {"url": "http://box2:8188"},
+    ]
+    path = write_config(
+        {
+            "backends": {
+                "gpu": {"type": "comfyui", "servers": servers},
+                "same_box": {"type": "comfyui", "url": "http://box2:8188", "pool_limit": 1},
+                "mock": {"type": "mock", "pool": "gpu"},
+                "cloud": {"type": "mock"},
+            }
+        }
+    )
+    shown = CliRunner().invoke(cli, ["config", "limits", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.splitlines()[:3] == [
+        "imagen_gpu op pool: 6 (backend mock 1, http://box1:8188 3, http://box2:8188 2)",
+        "GPU runs in the run queue (tag imagen/pool=imagen_gpu): 7",
+        "apply: dagster instance concurrency set imagen_gpu 6",
+    ]
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    dagster_yaml = home / "dagster.yaml"
+    production = Path(__file__).resolve().parents[2] / "scripts" / "dagster.postgres.yaml"
+    limits_block = production.read_text(encoding="utf-8").split("concurrency:\n", 1)[1]
+    dagster_yaml.write_text("concurrency:\n" + limits_block.split("\n\n", 1)[0] + "\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    applied = CliRunner().invoke(cli, ["config", "limits", str(path), "--apply", str(dagster_yaml)])
+    assert applied.exit_code == 0, applied.output
+    assert "limit: 7" in dagster_yaml.read_text(encoding="utf-8")
+    assert "# Runs whose generate step uses the GPU pool" in dagster_yaml.read_text("utf-8")
+    with dg.DagsterInstance.get() as instance:
+        assert instance.event_log_storage.get_concurrency_info("imagen_gpu").slot_count == 6
 
 
 def test_backends_lists_instances_with_credential_status(

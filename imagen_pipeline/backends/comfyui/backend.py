@@ -210,6 +210,10 @@ class ComfyUIBackend(ImageBackend):
         """The servers of this instance (``url`` is one server)."""
         return self.servers or [ServerConfig(url=str(self.url))]
 
+    def queue_slots(self) -> dict[str, int]:
+        """Each server's slots, by URL (instances naming the same URL share its lock files)."""
+        return {config.url: config.slots or self.pool_limit for config in self.configured_servers()}
+
     def _servers(self, log: Any) -> list[Server]:
         state_dir = Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
         return [
