@@ -81,3 +81,20 @@ def test_fuzz_queue_knows_which_rows_the_pipeline_must_accept() -> None:
             with pytest.raises(ImagenError):
                 plan_generation(row.to_spec(), config)
     assert min(seen.values()) > 100
+
+
+def test_bench_gpu_boxes_configures_both_backends_and_the_limits_from_them(
+    tmp_path: Path,
+) -> None:
+    bench = load_script("bench_gpu_boxes")
+    stack = bench.Stack("postgresql://unused/db", tmp_path, False, 2.0, None, None, False)
+    pool = bench.configure(stack, ["http://127.0.0.1:8188", "http://127.0.0.1:8189"], None)
+    assert pool == 5, "2 + 2 slots on the boxes, 1 for the stack's serial GPU mock"
+    config = parse_config(yaml.safe_load((tmp_path / "imagen.yaml").read_text()))
+    assert config.backend("two_boxes").backend.queue_slots() == {  # type: ignore[attr-defined]
+        "http://127.0.0.1:8188": 2,
+        "http://127.0.0.1:8189": 2,
+    }
+    instance = yaml.safe_load((tmp_path / "dagster_home" / "dagster.yaml").read_text())
+    limits = instance["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert {"key": "imagen/pool", "value": "imagen_gpu", "limit": 6} in limits

@@ -1,0 +1,156 @@
+"""Benchmark one GPU box against two: does a second box double the throughput?
+
+Usage:
+    .venv/bin/python scripts/bench_gpu_boxes.py [--jobs 40] [--latency 2.0]
+        [--server-url postgresql://postgres@127.0.0.1/postgres]
+
+Starts the queue's real stack (scripts/bench_queue.py's Stack: dagster-daemon on the
+production instance config, a throwaway database) and two loopback ComfyUI servers (the
+test fake: one prompt at a time, --latency seconds per image through 20 sampler steps).
+Dagster's limits come from `imagen config limits` arithmetic over the configured servers
+(imagen_gpu = 4 slots, GPU run limit 5). Then --jobs rows go to a backend on one box, and
+--jobs rows to a backend over both boxes, one after the other, and it reports for each the
+time from the first insert to the last done against the ideal (jobs x latency / boxes),
+the share of images each box made, and the throughput ratio two boxes / one box.
+import_dagster_s says how fast the machine is today.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_queue import BIN, REPO_ROOT, Stack, check_all_done, import_dagster_s, throwaway_database
+
+sys.path.insert(0, str(REPO_ROOT))  # the loopback ComfyUI server lives with the tests
+
+from imagen_pipeline.config.capacity import gpu_capacity
+from imagen_pipeline.config.loader import parse_config
+from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
+
+STEPS = 20
+"""Sampler steps of the flux-dev template: each takes latency / STEPS on the fake."""
+
+
+def configure(stack: Stack, urls: list[str], run_limit: int | None) -> int:
+    """Add the one-box and two-box backends to the stack's imagen.yaml, set Dagster's limits
+    from them; returns the imagen_gpu pool limit."""
+    config_path = stack.workdir / "imagen.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    box = {"type": "comfyui", "workflow": "flux-dev", "poll_interval_s": 0.2}
+    config["backends"]["one_box"] = {**box, "url": urls[0]}
+    config["backends"]["two_boxes"] = {
+        **box,
+        "servers": [{"url": url, "label": f"box{n}", "slots": 2} for n, url in enumerate(urls)],
+    }
+    config_path.write_text(yaml.safe_dump(config))
+    capacity = gpu_capacity(parse_config(config, config_path))
+    instance_path = stack.workdir / "dagster_home" / "dagster.yaml"
+    instance = yaml.safe_load(instance_path.read_text())
+    for limit in instance["concurrency"]["runs"]["tag_concurrency_limits"]:
+        if limit.get("value") == "imagen_gpu":
+            limit["limit"] = run_limit or capacity.run_limit
+    instance_path.write_text(yaml.safe_dump(instance))
+    return capacity.op_pool_limit
+
+
+def set_gpu_pool(stack: Stack, limit: int) -> None:
+    subprocess.run(
+        [str(BIN / "dagster"), "instance", "concurrency", "set", "imagen_gpu", str(limit)],
+        env=stack.env,
+        check=True,
+        capture_output=True,
+    )
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def run_batch(stack: Stack, backend: str, count: int, latency: float, boxes: int) -> dict[str, Any]:
+    """``count`` jobs on ``backend`` at once: time to the last done, ideal, share per box,
+    and how busy the machine's cores were meanwhile."""
+    busy_before, total_before = cpu_ticks()
+    started = time.time()
+    ids = stack.insert(count, backend=backend)
+    rows = stack.wait_done(ids, 1800)
+    check_all_done(rows)
+    finished = max(float(row["finished"]) for row in rows.values())
+    with psycopg.connect(stack.url) as conn:
+        servers = conn.execute(
+            "SELECT coalesce(backend_server, 'one box') FROM imagen.images WHERE job_id = ANY(%s)",
+            (ids,),
+        ).fetchall()
+    busy_after, total_after = cpu_ticks()
+    ideal = count * latency / boxes
+    total = finished - started
+    return {
+        "backend": backend,
+        "jobs": count,
+        "boxes": boxes,
+        "total_s": round(total, 1),
+        "ideal_s": round(ideal, 1),
+        "ratio": round(total / ideal, 3),
+        "images_per_box": dict(Counter(server for (server,) in servers)),
+        "median_phases_s": stack.phases(rows),
+        "cpu_busy": round((busy_after - busy_before) / (total_after - total_before), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--jobs", type=int, default=40)
+    parser.add_argument("--latency", type=float, default=2.0)
+    parser.add_argument("--run-limit", type=int, help="GPU run limit instead of the computed one")
+    parser.add_argument("--max-concurrent-runs", type=int, help="instead of the production 6")
+    parser.add_argument("--skip-one-box", action="store_true")
+    args = parser.parse_args()
+
+    results: dict[str, Any] = {"import_dagster_s": import_dagster_s()}
+    with ExitStack() as stack_of:
+        url = stack_of.enter_context(throwaway_database(args.server_url))
+        workdir = Path(stack_of.enter_context(tempfile.TemporaryDirectory(prefix="imagen-boxes-")))
+        fakes = [stack_of.enter_context(running_fake_comfyui()) for _ in range(2)]
+        for fake in fakes:
+            fake.step_delay_s = args.latency / STEPS
+            fake.preview_frames = False
+        stack = Stack(url, workdir, False, args.latency, args.max_concurrent_runs, None, False)
+        pool = configure(stack, [fake.url for fake in fakes], args.run_limit)
+        stack.start()
+        set_gpu_pool(stack, pool)
+        results["imagen_gpu_pool"] = pool
+        results["max_concurrent_runs"] = stack.max_concurrent_runs
+        try:
+            check_all_done(stack.wait_done(stack.insert(1), 300))
+            one = None
+            if not args.skip_one_box:
+                one = run_batch(stack, "one_box", args.jobs, args.latency, 1)
+                print(json.dumps(one), flush=True)
+            two = run_batch(stack, "two_boxes", args.jobs, args.latency, 2)
+            print(json.dumps(two), flush=True)
+        finally:
+            stack.stop()
+        results["one_box"], results["two_boxes"] = one, two
+        if one is not None:
+            results["throughput_two_over_one"] = round(one["total_s"] / two["total_s"], 2)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
