@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,16 +124,31 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.005)
 
 
-def interrupt_when(condition: Callable[[], bool]) -> threading.Thread:
-    """Raise KeyboardInterrupt in the main thread (as a terminated run does) once true."""
+@contextmanager
+def interrupting_when(condition: Callable[[], bool]) -> Iterator[None]:
+    """Raise KeyboardInterrupt in the main thread (as a terminated run does) once
+    ``condition`` holds, while the block runs; never after it (a late interrupt would hit
+    another test)."""
+    done = threading.Event()
+    fired = threading.Event()
 
     def watch() -> None:
-        wait_for(condition, "the interrupt condition")
-        _thread.interrupt_main()
+        deadline = time.monotonic() + WAIT_S
+        while not done.is_set() and time.monotonic() < deadline:
+            if condition():
+                fired.set()
+                _thread.interrupt_main()
+                return
+            time.sleep(0.005)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    return watcher
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+    assert fired.is_set(), "the interrupt condition never held"
 
 
 # -- mapping, progress, download ---------------------------------------------------------------
@@ -533,16 +549,14 @@ def test_terminating_the_run_interrupts_our_running_prompt_only(fake: FakeComfyU
     graph = backend(fake).load().graph
     foreign: list[str] = []
 
-    def queue_foreign_then_interrupt() -> None:
-        wait_for(lambda: fake.held.is_set() and fake.running_id() == ours, "our prompt to run")
+    def ours_runs_and_a_foreign_one_waits() -> bool:
+        if not (fake.held.is_set() and fake.running_id() == ours):
+            return False
         foreign.append(fake.queue_foreign(graph))
-        _thread.interrupt_main()
+        return True
 
-    watcher = threading.Thread(target=queue_foreign_then_interrupt, daemon=True)
-    watcher.start()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), interrupting_when(ours_runs_and_a_foreign_one_waits):
         backend(fake).generate(request(), context())
-    watcher.join()
 
     assert [item.body for item in fake.requests("POST", "/interrupt")] == [{"prompt_id": ours}]
     assert fake.requests("POST", "/queue") == []
@@ -562,10 +576,8 @@ def test_terminating_the_run_deletes_our_pending_prompt_and_spares_the_running_o
     foreign = fake.queue_foreign(backend(fake).load().graph)
     wait_for(lambda: fake.held.is_set(), "the foreign prompt to run")
     ours = prompt_id_for(context(), 0)
-    watcher = interrupt_when(lambda: ours in fake.pending_ids())
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), interrupting_when(lambda: ours in fake.pending_ids()):
         backend(fake).generate(request(), context())
-    watcher.join()
 
     deletes = fake.requests("POST", "/queue")
     assert [item.body for item in deletes] == [{"delete": [ours]}]
