@@ -48,7 +48,7 @@ from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fixtures.imagen import step_failure_text
 
 LOGGER = "imagen.test.comfyui"
-WAIT_S = 10.0
+WAIT_S = 30.0
 """Upper bound for waiting on something a background thread or the fake does."""
 
 

@@ -26,7 +26,7 @@ from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fixtures.imagen import step_failure_text
 
 LOGGER = "imagen.test.comfyui.servers"
-WAIT_S = 10.0
+WAIT_S = 30.0
 
 
 @pytest.fixture
