@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import _thread
 import io
 import json
 import logging
@@ -12,7 +11,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ from imagen_pipeline_tests.fakes.comfyui_server import (
 )
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fixtures.imagen import step_failure_text
+from imagen_pipeline_tests.fixtures.interrupts import interrupting_when
 
 LOGGER = "imagen.test.comfyui"
 WAIT_S = 30.0
@@ -122,33 +121,6 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
-
-
-@contextmanager
-def interrupting_when(condition: Callable[[], bool]) -> Iterator[None]:
-    """Raise KeyboardInterrupt in the main thread (as a terminated run does) once
-    ``condition`` holds, while the block runs; never after it (a late interrupt would hit
-    another test)."""
-    done = threading.Event()
-    fired = threading.Event()
-
-    def watch() -> None:
-        deadline = time.monotonic() + WAIT_S
-        while not done.is_set() and time.monotonic() < deadline:
-            if condition():
-                fired.set()
-                _thread.interrupt_main()
-                return
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        done.set()
-        watcher.join()
-    assert fired.is_set(), "the interrupt condition never held"
 
 
 # -- mapping, progress, download ---------------------------------------------------------------
@@ -555,7 +527,10 @@ def test_terminating_the_run_interrupts_our_running_prompt_only(fake: FakeComfyU
         foreign.append(fake.queue_foreign(graph))
         return True
 
-    with pytest.raises(KeyboardInterrupt), interrupting_when(ours_runs_and_a_foreign_one_waits):
+    with (
+        pytest.raises(KeyboardInterrupt),
+        interrupting_when(ours_runs_and_a_foreign_one_waits, WAIT_S),
+    ):
         backend(fake).generate(request(), context())
 
     assert [item.body for item in fake.requests("POST", "/interrupt")] == [{"prompt_id": ours}]
@@ -576,7 +551,10 @@ def test_terminating_the_run_deletes_our_pending_prompt_and_spares_the_running_o
     foreign = fake.queue_foreign(backend(fake).load().graph)
     wait_for(lambda: fake.held.is_set(), "the foreign prompt to run")
     ours = prompt_id_for(context(), 0)
-    with pytest.raises(KeyboardInterrupt), interrupting_when(lambda: ours in fake.pending_ids()):
+    with (
+        pytest.raises(KeyboardInterrupt),
+        interrupting_when(lambda: ours in fake.pending_ids(), WAIT_S),
+    ):
         backend(fake).generate(request(), context())
 
     deletes = fake.requests("POST", "/queue")

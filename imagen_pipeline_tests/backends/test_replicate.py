@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import _thread
 import io
 import json
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +38,7 @@ from imagen_pipeline_tests.fakes.replicate_server import (
     running_fake_replicate,
 )
 from imagen_pipeline_tests.fixtures.imagen import step_failure_text
+from imagen_pipeline_tests.fixtures.interrupts import interrupting_when
 
 TOKEN = "r8_ImagenFakeToken0123456789abcdefghijklm"
 TOKEN_ENV = "IMAGEN_TEST_REPLICATE_TOKEN"
@@ -463,23 +461,9 @@ def test_interrupt_while_polling_cancels_the_prediction(
     fake: FakeReplicate, token_env: None
 ) -> None:
     fake.polls_before_done = 10**9
-    stop = threading.Event()
-
-    def interrupt_after_first_poll() -> None:
-        while not stop.is_set():
-            if fake.requests("GET", "/v1/predictions/"):
-                _thread.interrupt_main()
-                return
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=interrupt_after_first_poll, daemon=True)
-    watcher.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            backend(fake).generate(request(), context())
-    finally:
-        stop.set()
-        watcher.join()
+    polled = lambda: bool(fake.requests("GET", "/v1/predictions/"))  # noqa: E731
+    with pytest.raises(KeyboardInterrupt), interrupting_when(polled, 10.0):
+        backend(fake).generate(request(), context())
     (prediction_id,) = fake.prediction_ids()
     (cancel,) = fake.requests("POST", f"/v1/predictions/{prediction_id}/cancel")
     assert cancel.headers["authorization"] == f"Bearer {TOKEN}"
