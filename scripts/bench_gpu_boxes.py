@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections import Counter
 from contextlib import ExitStack
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ sys.path.insert(0, str(REPO_ROOT))  # the loopback ComfyUI server lives with the
 
 from imagen_pipeline.config.capacity import gpu_capacity
 from imagen_pipeline.config.loader import parse_config
-from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
+from imagen_pipeline_tests.fakes.comfyui_server import FakeComfyUI, running_fake_comfyui
 
 STEPS = 20
 """Sampler steps of the flux-dev template: each takes latency / STEPS on the fake."""
@@ -82,9 +83,41 @@ def cpu_ticks() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def run_batch(stack: Stack, backend: str, count: int, latency: float, boxes: int) -> dict[str, Any]:
+def prompt_spans(fake: FakeComfyUI, since: float) -> list[tuple[float, float]]:
+    """(start, end) epoch seconds of every prompt the fake executed after ``since``."""
+    spans = []
+    for prompt_id in fake.history_ids():
+        entry = fake.history_entry(prompt_id) or {}
+        stamps = {event: data["timestamp"] / 1000 for event, data in entry["status"]["messages"]}
+        if stamps["execution_start"] >= since:
+            spans.append((stamps["execution_start"], stamps["execution_success"]))
+    return sorted(spans)
+
+
+def timeline(fakes: list[FakeComfyUI], started: float, finished: float) -> dict[str, float]:
+    """Where the time beyond the ideal went: insert -> first prompt executing, the boxes'
+    idle time between their prompts, last prompt done -> last row done."""
+    per_box = [spans for fake in fakes if (spans := prompt_spans(fake, started))]
+    first = min(spans[0][0] for spans in per_box)
+    last = max(spans[-1][1] for spans in per_box)
+    idle = [sum(max(0.0, nxt[0] - prev[1]) for prev, nxt in pairwise(spans)) for spans in per_box]
+    return {
+        "insert_to_first_prompt_s": round(first - started, 2),
+        "box_idle_between_prompts_s": [round(value, 2) for value in idle],
+        "last_prompt_to_last_done_s": round(finished - last, 2),
+    }
+
+
+def run_batch(
+    stack: Stack,
+    fakes: list[FakeComfyUI],
+    backend: str,
+    count: int,
+    latency: float,
+    boxes: int,
+) -> dict[str, Any]:
     """``count`` jobs on ``backend`` at once: time to the last done, ideal, share per box,
-    and how busy the machine's cores were meanwhile."""
+    where the time beyond the ideal went, and how busy the machine's cores were."""
     busy_before, total_before = cpu_ticks()
     started = time.time()
     ids = stack.insert(count, backend=backend)
@@ -108,6 +141,7 @@ def run_batch(stack: Stack, backend: str, count: int, latency: float, boxes: int
         "ratio": round(total / ideal, 3),
         "images_per_box": dict(Counter(server for (server,) in servers)),
         "median_phases_s": stack.phases(rows),
+        **timeline(fakes[:boxes], started, finished),
         "cpu_busy": round((busy_after - busy_before) / (total_after - total_before), 2),
     }
 
@@ -120,6 +154,11 @@ def main() -> None:
     parser.add_argument("--run-limit", type=int, help="GPU run limit instead of the computed one")
     parser.add_argument("--max-concurrent-runs", type=int, help="instead of the production 6")
     parser.add_argument("--skip-one-box", action="store_true")
+    parser.add_argument(
+        "--fast-path",
+        action="store_true",
+        help="rows picked up by `imagen queue listen` (NOTIFY) too, not the sensor alone",
+    )
     args = parser.parse_args()
 
     results: dict[str, Any] = {"import_dagster_s": import_dagster_s()}
@@ -130,19 +169,22 @@ def main() -> None:
         for fake in fakes:
             fake.step_delay_s = args.latency / STEPS
             fake.preview_frames = False
-        stack = Stack(url, workdir, False, args.latency, args.max_concurrent_runs, None, False)
+        stack = Stack(
+            url, workdir, args.fast_path, args.latency, args.max_concurrent_runs, None, False
+        )
         pool = configure(stack, [fake.url for fake in fakes], args.run_limit)
         stack.start()
         set_gpu_pool(stack, pool)
         results["imagen_gpu_pool"] = pool
         results["max_concurrent_runs"] = stack.max_concurrent_runs
+        results["fast_path"] = args.fast_path
         try:
             check_all_done(stack.wait_done(stack.insert(1), 300))
             one = None
             if not args.skip_one_box:
-                one = run_batch(stack, "one_box", args.jobs, args.latency, 1)
+                one = run_batch(stack, fakes, "one_box", args.jobs, args.latency, 1)
                 print(json.dumps(one), flush=True)
-            two = run_batch(stack, "two_boxes", args.jobs, args.latency, 2)
+            two = run_batch(stack, fakes, "two_boxes", args.jobs, args.latency, 2)
             print(json.dumps(two), flush=True)
         finally:
             stack.stop()
