@@ -124,6 +124,8 @@ def run_batch(
     rows = stack.wait_done(ids, 1800)
     check_all_done(rows)
     finished = max(float(row["finished"]) for row in rows.values())
+    spans = stack.spans(rows)
+    first_id = min(spans, key=lambda job: spans[job]["pickup"] + spans[job]["queue_and_launch"])
     with psycopg.connect(stack.url) as conn:
         servers = conn.execute(
             "SELECT coalesce(backend_server, 'one box') FROM imagen.images WHERE job_id = ANY(%s)",
@@ -141,6 +143,7 @@ def run_batch(
         "ratio": round(total / ideal, 3),
         "images_per_box": dict(Counter(server for (server,) in servers)),
         "median_phases_s": stack.phases(rows),
+        "first_run_s": spans[first_id],
         **timeline(fakes[:boxes], started, finished),
         "cpu_busy": round((busy_after - busy_before) / (total_after - total_before), 2),
     }

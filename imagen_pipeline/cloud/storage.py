@@ -23,6 +23,7 @@ from storage3 import SyncStorageClient
 from storage3.exceptions import StorageApiError
 from storage3.types import FileOptions
 
+from imagen_pipeline.backends.http_transport import tls_context
 from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.config.models import CloudConfig
 from imagen_pipeline.config.secrets import resolve_secret
@@ -88,7 +89,7 @@ class SupabaseStorage:
         self.key_env = key_env
         self.timeout_s = timeout_s
         self._key = key
-        self._http = httpx.Client(timeout=timeout_s, follow_redirects=True)
+        self._http = httpx.Client(timeout=timeout_s, follow_redirects=True, verify=tls_context())
         self._client = SyncStorageClient(
             url=f"{url.rstrip('/')}/storage/v1/",
             headers={"apiKey": key, "Authorization": f"Bearer {key}"},

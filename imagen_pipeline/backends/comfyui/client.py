@@ -23,6 +23,7 @@ from imagen_pipeline.backends.http_transport import (
     LOST_RESPONSE_ERRORS,
     USER_AGENT,
     status_error,
+    tls_context,
 )
 from imagen_pipeline.errors import (
     BackendError,
@@ -120,6 +121,7 @@ class ComfyUIClient:
             base_url=url,
             headers={"User-Agent": USER_AGENT},
             timeout=httpx.Timeout(request_timeout_s),
+            verify=tls_context(),
         )
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from imagen_pipeline.backends.http_transport import (
     USER_AGENT,
     retry_after_header_s,
     status_error,
+    tls_context,
 )
 from imagen_pipeline.backends.replicate.models import ModelRef
 from imagen_pipeline.errors import BackendError, PermanentBackendError, TransientBackendError
@@ -88,6 +89,7 @@ class ReplicateApi:
         self._client = httpx.Client(
             headers={"User-Agent": USER_AGENT},
             timeout=httpx.Timeout(settings.request_timeout_s),
+            verify=tls_context(),
         )
 
     def close(self) -> None:
