@@ -4,9 +4,10 @@ The staged file lives in ``<output dir>/.imagen-staging/`` (same filesystem as t
 image, so moving it is cheap) and is what the Dagster op hands to the next step: a path,
 never image bytes, so "re-execute from failure" reuses it without calling the backend.
 
-For a run of an ``imagen.jobs`` row, ``job-<id>.json`` beside it records the generation
-until the job is done, so a later run of the same job (a retried job, a row requeued after
-a lost run) re-uses the image instead of calling the backend again
+For a run of an ``imagen.jobs`` row, ``job-<id>.json`` (``job-<id>-v<n>.json`` for
+variation n > 0) beside it records each generation until the job is done, so a later run
+of the same job (a retried job, a row requeued after a lost run) re-uses the images it
+finds instead of calling the backend again and makes only the missing ones
 (:func:`imagen_pipeline.output.store.find_job_generation`).
 """
 
@@ -53,16 +54,24 @@ def staging_dir(output_dir: Path) -> Path:
     return output_dir / STAGING_DIRNAME
 
 
-def job_record_path(output_dir: Path, job_id: int) -> Path:
-    """Where the generation of job ``job_id`` is recorded until the job is done."""
-    return staging_dir(output_dir) / f"job-{job_id}.json"
+def variation_suffix(variation: int) -> str:
+    """``-v<n>`` for variation n > 0; nothing for the first (or only) image, whose names
+    stay those of a request for one image."""
+    return f"-v{variation}" if variation else ""
+
+
+def job_record_path(output_dir: Path, job_id: int, variation: int = 0) -> Path:
+    """Where the generation of image ``variation`` of job ``job_id`` is recorded until the
+    job is done."""
+    return staging_dir(output_dir) / f"job-{job_id}{variation_suffix(variation)}.json"
 
 
 def discard_job_record(generated: GeneratedImage) -> None:
     """Forget the generation of a job that is done."""
     if generated.plan.spec.job_id is not None:
         output_dir = Path(generated.staged_path).parent.parent
-        job_record_path(output_dir, generated.plan.spec.job_id).unlink(missing_ok=True)
+        path = job_record_path(output_dir, generated.plan.spec.job_id, generated.plan.variation)
+        path.unlink(missing_ok=True)
 
 
 def supported_format(facts: ImageFacts) -> str:
@@ -95,7 +104,8 @@ def run_generation(
             f"backend {plan.backend!r} returned {width}x{height}, "
             f"requested {plan.request.width}x{plan.request.height}"
         )
-    staged = staging_dir(output_dir) / f"{context.run_id}{EXTENSIONS[fmt]}"
+    suffix = variation_suffix(plan.variation)
+    staged = staging_dir(output_dir) / f"{context.run_id}{suffix}{EXTENSIONS[fmt]}"
     write_atomic(staged, result.image)
     generated = GeneratedImage(
         plan=plan,
@@ -113,6 +123,7 @@ def run_generation(
     )
     if plan.spec.job_id is not None:
         write_atomic(
-            job_record_path(output_dir, plan.spec.job_id), generated.model_dump_json().encode()
+            job_record_path(output_dir, plan.spec.job_id, plan.variation),
+            generated.model_dump_json().encode(),
         )
     return generated

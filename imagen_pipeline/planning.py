@@ -42,6 +42,12 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX\u00d7]\s*(\d+)\s*$")
 
 
+MAX_COUNT = 8
+"""Most images (variations) one request may ask for (``imagen.jobs.count``)."""
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+"""Range of ``imagen.jobs.priority`` (jobs_priority_check); clients may set 0 to 10."""
+
+
 class RequestFields(BaseModel):
     """The request's fields that every entry point shares under the same names: the CLI,
     the run config and the ``imagen.jobs`` columns (which hold ``backend_opts`` as jsonb)."""
@@ -56,6 +62,7 @@ class RequestFields(BaseModel):
     height: int | None = None
     steps: int | None = None
     seed: int | None = None
+    count: int = 1
 
     def request_fields(self) -> dict[str, Any]:
         """These fields and their values."""
@@ -71,6 +78,7 @@ class ImageSpec(RequestFields):
     job_id: int | None = None
     job_attempt: int | None = None
     owner_user_id: str | None = None
+    priority: int = 0
 
 
 class OutputPlan(BaseModel):
@@ -126,10 +134,27 @@ class GenerationPlan(BaseModel):
     """On a plan made by :meth:`falling_back`: the instance that could not take the job."""
     fallback_reason: str | None = None
     """Why: ``fell back from gpu: 2 servers unreachable``."""
+    variation: int = 0
+    """Which of the request's ``count`` images this plan makes (see :meth:`for_variation`)."""
 
     def backend_instance(self) -> BackendInstance:
         """The adapter, built from the snapshot (not from imagen.yaml as it is now)."""
         return build_backend(self.backend, {"type": self.backend_type, **self.backend_settings})
+
+    @property
+    def variations(self) -> list[GenerationPlan]:
+        """One plan per image the request asks for (``count``), variation 0 first."""
+        return [self.for_variation(number) for number in range(self.spec.count)]
+
+    def for_variation(self, number: int) -> GenerationPlan:
+        """This plan for image ``number`` of the request: a given seed ``s`` becomes
+        ``s + number`` (wrapping within the seed range), so each image has its own seed; with
+        no seed the backend derives one per run and variation."""
+        seed = self.spec.seed
+        if seed is not None:
+            seed = (seed + number) % (MAX_SEED + 1)
+        request = self.request.model_copy(update={"seed": seed})
+        return self.model_copy(update={"variation": number, "request": request})
 
     def falling_back(self, to: FallbackPlan, summary: str) -> GenerationPlan:
         """This plan bound to the fallback ``to`` instead, with why."""
@@ -260,6 +285,8 @@ def validate_spec(spec: ImageSpec, config: LoadedConfig) -> None:
     _check_range("height", spec.height, MIN_SIZE, MAX_SIZE, multiple=8)
     _check_range("steps", spec.steps, 1, MAX_STEPS)
     _check_range("seed", spec.seed, 0, MAX_SEED)
+    _check_range("count", spec.count, 1, MAX_COUNT)
+    _check_range("priority", spec.priority, MIN_PRIORITY, MAX_PRIORITY)
     check_backend_opts(spec.backend_opts)
 
 

@@ -40,7 +40,8 @@ def test_bench_executor_variants_are_the_shipped_job_with_another_executor() -> 
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert result.success
-    assert Path(result.output_for_node("write_files").image_path).is_file()
+    [stored] = result.output_for_node("write_files")
+    assert Path(stored.image_path).is_file()
 
 
 def test_bench_queue_writes_an_instance_config_for_either_storage(tmp_path: Path) -> None:

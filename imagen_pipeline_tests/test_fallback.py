@@ -68,7 +68,7 @@ def test_every_server_down_the_fallback_makes_the_image_and_the_lineage_says_why
     result = run(dagster_instance, config_file)
     assert result.success, step_failure_text(result)
     reason = "fell back from gpu: 2 servers unreachable"
-    stored = result.output_for_node("write_files")
+    [stored] = result.output_for_node("write_files")
     sidecar = json.loads(Path(stored.sidecar_path).read_text(encoding="utf-8"))
     assert sidecar["backend"] == {"instance": "mock", "type": "mock", "fallback": reason}
     materialization = result.asset_materializations_for_node("write_files")[0]
@@ -136,7 +136,7 @@ def test_no_free_slot_within_fallback_after_s_hands_the_job_to_the_fallback(
             held.release()
         assert box.submitted() == []
     assert result.success, step_failure_text(result)
-    stored = result.output_for_node("write_files")
+    [stored] = result.output_for_node("write_files")
     assert stored.generated.plan.fallback_reason == (
         "fell back from gpu: no queue slot free within 0.3s"
     )

@@ -100,7 +100,9 @@ class GenerationContext:
     """Where a generation runs: lets adapters name their work and report progress.
 
     ``attempt`` is 0 for the first try of a step and grows with each retry, so adapters can
-    derive idempotency keys (e.g. ComfyUI's ``prompt_id``) from ``(run_id, attempt)``.
+    derive idempotency keys (e.g. ComfyUI's ``prompt_id``) from ``(run_id, attempt)``;
+    ``variation`` is which image of a request for several this call makes (0 for the first
+    or only one), and is part of those keys and of a derived seed.
     ``progress``, if set, hears every progress event the backend sends (unthrottled: the
     pipeline passes a :class:`~imagen_pipeline.backends.progress.ProgressThrottle`).
     """
@@ -108,16 +110,19 @@ class GenerationContext:
     run_id: str
     attempt: int = 0
     instance_name: str = ""
+    variation: int = 0
     log: logging.Logger | Any = field(default_factory=lambda: logging.getLogger("imagen"))
     progress: ProgressListener | None = None
 
 
 def derived_seed(context: GenerationContext) -> int:
-    """A seed in 1..MAX_SEED fixed by the run and instance, so every retry sends the same
-    input and renders the same image (0 is never chosen: FLUX on Replicate reads it as
-    "pick a random seed")."""
-    key = f"{context.run_id}\x00{context.instance_name}".encode()
-    return 1 + int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % MAX_SEED
+    """A seed in 1..MAX_SEED fixed by the run, instance and variation, so every retry sends
+    the same input and renders the same image (0 is never chosen: FLUX on Replicate reads it
+    as "pick a random seed")."""
+    key = f"{context.run_id}\x00{context.instance_name}"
+    if context.variation:
+        key += f"\x00{context.variation}"
+    return 1 + int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % MAX_SEED
 
 
 def verify_image(data: bytes, source: str) -> ImageFacts:

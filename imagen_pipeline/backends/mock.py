@@ -33,6 +33,7 @@ from imagen_pipeline.backends.contract import (
     ImageFacts,
 )
 from imagen_pipeline.backends.pricing import FREE, Price
+from imagen_pipeline.backends.progress import Progress
 from imagen_pipeline.errors import PermanentBackendError, TransientBackendError
 
 
@@ -73,11 +74,10 @@ class MockBackend(ImageBackend):
                 f"mock backend simulated a transient failure (attempt {context.attempt + 1} "
                 f"of {self.fail_transient_attempts} failing)"
             )
-        with self._gpu_slot():
-            if self.latency_s:
-                time.sleep(self.latency_s)
-            image = render_image(request, seed, self.model)
         steps = request.steps or self.default_steps
+        with self._gpu_slot():
+            self._sample(steps, context, started)
+            image = render_image(request, seed, self.model)
         return GenerationResult(
             image=image,
             facts=ImageFacts(format="PNG", width=request.width, height=request.height),
@@ -91,6 +91,24 @@ class MockBackend(ImageBackend):
                 price_note=self.price().note,
             ),
         )
+
+    def _sample(self, steps: int, context: GenerationContext, started: float) -> None:
+        """Spend ``latency_s`` in ``steps`` equal parts, reporting each as a sampler step."""
+        if not self.latency_s:
+            return
+        for step in range(1, steps + 1):
+            time.sleep(self.latency_s / steps)
+            if context.progress is not None:
+                context.progress(
+                    Progress(
+                        fraction=step / steps,
+                        node_id="sampler",
+                        node_class="MockSampler",
+                        step=step,
+                        steps=steps,
+                        elapsed_s=time.monotonic() - started,
+                    )
+                )
 
     def estimate_price(self, request: GenerationRequest) -> Price:
         """The configured per-image cost (free by default)."""
@@ -123,6 +141,7 @@ class MockBackend(ImageBackend):
             "at": datetime.now(UTC).isoformat(),
             "run_id": context.run_id,
             "attempt": context.attempt,
+            "variation": context.variation,
             "prompt": request.prompt,
             "seed": seed,
             "width": request.width,

@@ -1,7 +1,8 @@
 """``imagen generate``: run the ``generate_image`` job through Dagster and print the path.
 
-Prints exactly one line on stdout (the absolute image path), which is the contract the
-``/imagine`` chat skill relies on. Everything else goes to stderr.
+Prints exactly one line on stdout per image (its absolute path; one image unless
+``--count`` asks for more), which is the contract the ``/imagine`` chat skill relies on.
+Everything else goes to stderr.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_errors import step_failure_text
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.output.store import StoredImage
-from imagen_pipeline.planning import ImageSpec, parse_size, plan_generation
+from imagen_pipeline.planning import MAX_COUNT, ImageSpec, parse_size, plan_generation
 from imagen_pipeline.prompts.styles import load_styles
 
 RUN_SOURCE_TAG = "imagen/source"
@@ -39,7 +40,7 @@ def _parse_opts(pairs: tuple[str, ...]) -> dict[str, Any]:
     return opts
 
 
-def run_generate_job(spec: ImageSpec, config_path: str | None, verbose: bool) -> StoredImage:
+def run_generate_job(spec: ImageSpec, config_path: str | None, verbose: bool) -> list[StoredImage]:
     """Execute ``generate_image`` in this process, recorded in the CLI's Dagster instance."""
     run_config: dict[str, Any] = {
         "ops": {
@@ -84,6 +85,13 @@ def run_generate_job(spec: ImageSpec, config_path: str | None, verbose: bool) ->
 @click.option("--steps", type=int, help="Sampling steps (default: style, then backend).")
 @click.option("--negative", default="", help="Negative prompt.")
 @click.option(
+    "--count",
+    type=click.IntRange(1, MAX_COUNT),
+    default=1,
+    show_default=True,
+    help="Images (variations) of the prompt, each with its own seed.",
+)
+@click.option(
     "--opt",
     "opts",
     multiple=True,
@@ -105,11 +113,12 @@ def generate(
     seed: int | None,
     steps: int | None,
     negative: str,
+    count: int,
     opts: tuple[str, ...],
     config_path: str | None,
     verbose: bool,
 ) -> None:
-    """Generate one image for PROMPT and print its absolute path."""
+    """Generate an image for PROMPT (--count: several) and print its absolute path."""
     try:
         width, height = parse_size(size) if size else (None, None)
         spec = ImageSpec(
@@ -121,6 +130,7 @@ def generate(
             height=height,
             steps=steps,
             seed=seed,
+            count=count,
             backend_opts=_parse_opts(opts),
         )
         loaded = load_config(config_path)
@@ -128,12 +138,12 @@ def generate(
     except ImagenError as error:
         raise CliError(str(error)) from None
     source = str(loaded.source) if loaded.source else None
-    stored = run_generate_job(spec, source, verbose)
-    meta = stored.generated.metadata
-    click.echo(
-        f"imagen: {stored.generated.plan.backend} ({meta.model}) seed {meta.seed}, "
-        f"{stored.generated.width}x{stored.generated.height}, {meta.latency_s:.2f}s, "
-        f"run {stored.generated.run_id[:8]}",
-        err=True,
-    )
-    click.echo(stored.image_path)
+    for stored in run_generate_job(spec, source, verbose):
+        meta = stored.generated.metadata
+        click.echo(
+            f"imagen: {stored.generated.plan.backend} ({meta.model}) seed {meta.seed}, "
+            f"{stored.generated.width}x{stored.generated.height}, {meta.latency_s:.2f}s, "
+            f"run {stored.generated.run_id[:8]}",
+            err=True,
+        )
+        click.echo(stored.image_path)

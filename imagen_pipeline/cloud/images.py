@@ -1,4 +1,5 @@
-"""Rows of ``imagen.images``: one per generated image, idempotent per generating run."""
+"""Rows of ``imagen.images``: one per generated image, idempotent per generating run and
+variation."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ def upsert_image_row(
 ) -> int:
     """Insert or complete the row for ``stored``; returns the row id.
 
-    The generating run id is unique per image, so a retried step or a re-executed run
-    updates the same row instead of adding one. Runs inside the caller's transaction.
+    The generating run id and the variation are unique per image, so a retried step or a
+    re-executed run updates the same row instead of adding one. Runs inside the caller's
+    transaction.
     """
     generated = stored.generated
     plan = generated.plan
@@ -46,6 +48,7 @@ def upsert_image_row(
         "cost_usd": meta.cost_usd,
         "latency_s": meta.latency_s,
         "run_id": generated.run_id,
+        "variation": plan.variation,
         "metadata": Jsonb(
             {
                 "local_path": stored.image_path,
@@ -66,11 +69,12 @@ def upsert_image_row(
     }
     columns = ", ".join(values)
     placeholders = ", ".join(f"%({name})s" for name in values)
-    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in values if name != "run_id")
+    keys = ("run_id", "variation")
+    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in values if name not in keys)
     cursor.execute(
         f"""
         INSERT INTO imagen.images ({columns}) VALUES ({placeholders})
-        ON CONFLICT (run_id) DO UPDATE SET {updates}
+        ON CONFLICT (run_id, variation) DO UPDATE SET {updates}
         RETURNING id
         """,
         values,
@@ -82,16 +86,21 @@ def upsert_image_row(
 
 
 def image_run_holding(
-    conn: psycopg.Connection, bucket: str | None, path: str | None, job_id: int | None
+    conn: psycopg.Connection,
+    bucket: str | None,
+    path: str | None,
+    job_id: int | None,
+    variation: int,
 ) -> str | None:
-    """The run id of the row that already holds this object path or job, if any."""
+    """The run id of the row that already holds this object path or job image, if any."""
     row = conn.execute(
         """
         SELECT run_id FROM imagen.images
-         WHERE (storage_bucket = %(bucket)s AND storage_path = %(path)s) OR job_id = %(job)s
+         WHERE (storage_bucket = %(bucket)s AND storage_path = %(path)s)
+            OR (job_id = %(job)s AND variation = %(variation)s)
          LIMIT 1
         """,
-        {"bucket": bucket, "path": path, "job": job_id},
+        {"bucket": bucket, "path": path, "job": job_id, "variation": variation},
     ).fetchone()
     conn.commit()
     return str(row[0]) if row else None

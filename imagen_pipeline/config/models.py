@@ -147,6 +147,20 @@ class BudgetConfig(BaseModel):
         return self.daily_usd is not None or bool(self.backends)
 
 
+class QueueConfig(BaseModel):
+    """How the ``imagen.jobs`` queue shares the pipeline among owners (``queue:``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_in_flight_per_owner: int | None = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Most jobs of one owner queued or running at once (rows without an "
+        "owner count as one owner); null: no limit. The claim takes owners in turn.",
+    )
+
+
 class ImagenConfig(BaseModel):
     """The whole ``imagen.yaml``."""
 
@@ -164,6 +178,7 @@ class ImagenConfig(BaseModel):
         default=None, description="Supabase Storage upload; absent: images stay local."
     )
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
 
     @model_validator(mode="after")
     def _check_fallbacks(self) -> ImagenConfig:

@@ -1,5 +1,6 @@
 """Ops of the ``generate_image`` graph: enrich_prompt -> generate -> write_files ->
-cloud_sync -> record_usage.
+cloud_sync -> record_usage. A run makes the request's ``count`` images (variations), so
+every step after enrich_prompt hands on a list, one item per image.
 
 Wiring only: each op calls one plain module and hands its errors to
 :func:`~imagen_pipeline.defs.failures.step_errors`. The first op resolves the run into its
@@ -25,10 +26,11 @@ from imagen_pipeline.generation import GeneratedImage, discard_job_record
 from imagen_pipeline.make_image import make_image
 from imagen_pipeline.output.store import StoredImage, store_image
 from imagen_pipeline.planning import GenerationPlan, plan_generation
+from imagen_pipeline.queue.progress import JobProgress
 from imagen_pipeline.usage.recorder import (
     UsageOutcome,
     record_failed_generation,
-    record_generation,
+    record_images,
 )
 
 
@@ -57,6 +59,15 @@ def enrich_prompt(
     yield dg.Output(plan, output_name=plan.pool)
 
 
+def job_progress(
+    plan: GenerationPlan, run_id: str, imagen_db: ImagenDatabaseResource
+) -> JobProgress | None:
+    """The row's progress writer for a queued job's run, else None."""
+    if plan.spec.job_id is None or not imagen_db.configured():
+        return None
+    return JobProgress(imagen_db.connect, plan.spec.job_id, run_id, plan.spec.count)
+
+
 def _generate_op(kind: str, pool: str) -> dg.OpDefinition:
     @dg.op(
         name=f"generate_{kind}",
@@ -66,98 +77,156 @@ def _generate_op(kind: str, pool: str) -> dg.OpDefinition:
     )
     def generate(
         context: dg.OpExecutionContext, plan: GenerationPlan, imagen_db: ImagenDatabaseResource
-    ) -> GeneratedImage:
-        """Re-use the job's image or call the backend, and stage the image."""
+    ) -> list[GeneratedImage]:
+        """Re-use the job's images or call the backend, one image per variation (``count``),
+        and stage them; an image an earlier attempt made is not made again."""
         own_job(context, plan, imagen_db)
-        label = f"backend {plan.backend!r} ({plan.backend_type}): "
-        connect = imagen_db.connect if imagen_db.configured() else None
-        gen_context = GenerationContext(
-            run_id=context.run_id,
-            attempt=context.retry_number,
-            instance_name=plan.backend,
-            log=context.log,
-            progress=ProgressThrottle(context.log, label.removesuffix(": ")),
-        )
-        with step_errors(context, backend=label):
-            try:
-                made = make_image(plan, gen_context, connect)
-            except BackendError as error:
-                if connect is not None:
-                    context.log.info(
-                        record_failed_generation(
-                            connect, plan, context.run_id, context.retry_number, error
-                        )
-                    )
-                if error.transient:
-                    context.log.warning(
-                        f"{label}transient failure on attempt {context.retry_number + 1}: {error}"
-                    )
-                raise
-        if made.budget_note:
-            context.log.info(made.budget_note)
-        context.log.info(("" if made.reused else label) + made.describe(plan))
-        tag_run(context, made_by_tags(made.image))
-        return made.image
+        progress = job_progress(plan, context.run_id, imagen_db)
+        try:
+            return [
+                _make_variation(context, variant, imagen_db, progress)
+                for variant in plan.variations
+            ]
+        finally:
+            if progress is not None:
+                progress.close()
 
     return generate
+
+
+def _make_variation(
+    context: dg.OpExecutionContext,
+    plan: GenerationPlan,
+    imagen_db: ImagenDatabaseResource,
+    progress: JobProgress | None,
+) -> GeneratedImage:
+    """One image of the request: re-used or generated, with its lines in the run's log."""
+    label = f"backend {plan.backend!r} ({plan.backend_type}): "
+    if plan.spec.count > 1:
+        label = f"image {plan.variation + 1}/{plan.spec.count}, {label}"
+    connect = imagen_db.connect if imagen_db.configured() else None
+    if progress is not None:
+        progress.image(plan.variation)
+    gen_context = GenerationContext(
+        run_id=context.run_id,
+        attempt=context.retry_number,
+        instance_name=plan.backend,
+        variation=plan.variation,
+        log=context.log,
+        progress=ProgressThrottle(
+            context.log, label.removesuffix(": "), (progress,) if progress else ()
+        ),
+    )
+    with step_errors(context, backend=label):
+        try:
+            made = make_image(plan, gen_context, connect)
+        except BackendError as error:
+            if connect is not None:
+                context.log.info(
+                    record_failed_generation(
+                        connect, plan, context.run_id, context.retry_number, error
+                    )
+                )
+            if error.transient:
+                context.log.warning(
+                    f"{label}transient failure on attempt {context.retry_number + 1}: {error}"
+                )
+            raise
+    if made.budget_note:
+        context.log.info(made.budget_note)
+    context.log.info(("" if made.reused else label) + made.describe(plan))
+    tag_run(context, made_by_tags(made.image))
+    return made.image
 
 
 generate_gpu = _generate_op("gpu", POOLS["gpu"])
 generate_cloud = _generate_op("cloud", POOLS["cloud"])
 
 
-@dg.op(tags={"kind": "files"}, ins={"generated": dg.In(list[GeneratedImage])})
-def write_files(context: dg.OpExecutionContext, generated: list[GeneratedImage]) -> StoredImage:
-    """Move the staged image to its final name, write the sidecar, record the materialization.
+@dg.op(tags={"kind": "files"}, ins={"generated": dg.In(list[list[GeneratedImage]])})
+def write_files(
+    context: dg.OpExecutionContext,
+    generated: list[list[GeneratedImage]],
+    imagen_db: ImagenDatabaseResource,
+) -> list[StoredImage]:
+    """Move each staged image to its final name, write its sidecar, record its
+    materialization.
 
     ``generated`` is the fan-in of both generate steps; exactly one of them ran.
     """
-    (image,) = generated
-    output = image.plan.output
-    with step_errors(context):
-        stored = store_image(
-            image, output.path, output.naming, output.write_metadata_json, context.run_id
-        )
-    context.log_event(image_materialization(stored))
-    context.log.info(f"wrote {stored.image_path}")
+    (images,) = generated
+    _stage(context, images[0].plan, imagen_db, "writing files")
+    stored = []
+    for image in images:
+        output = image.plan.output
+        with step_errors(context):
+            item = store_image(
+                image, output.path, output.naming, output.write_metadata_json, context.run_id
+            )
+        context.log_event(image_materialization(item))
+        context.log.info(f"wrote {item.image_path}")
+        stored.append(item)
     return stored
 
 
 @dg.op(tags={"kind": "cloud"})
-def cloud_sync(context: dg.OpExecutionContext, stored: StoredImage) -> SyncOutcome:
-    """Upload the image and its sidecar to Supabase Storage, when ``cloud:`` is configured.
+def cloud_sync(
+    context: dg.OpExecutionContext, stored: list[StoredImage], imagen_db: ImagenDatabaseResource
+) -> list[SyncOutcome]:
+    """Upload each image and its sidecar to Supabase Storage, when ``cloud:`` is configured.
 
     Unreachable Storage is retried by the retry policy; a missing bucket, a rejected key or
     a path held by another image fails at once with the reason.
     """
-    with step_errors(context):
-        outcome = sync_image(stored, stored.generated.plan.cloud)
-    if outcome.location is not None:
-        context.log_event(uploaded_materialization(stored, outcome.location))
-    context.log.info(outcome.detail)
-    return outcome
+    plan = stored[0].generated.plan
+    if plan.cloud is not None:
+        _stage(context, plan, imagen_db, "uploading")
+    outcomes = []
+    for item in stored:
+        with step_errors(context):
+            outcome = sync_image(item, item.generated.plan.cloud)
+        if outcome.location is not None:
+            context.log_event(uploaded_materialization(item, outcome.location))
+        context.log.info(outcome.detail)
+        outcomes.append(outcome)
+    return outcomes
 
 
 @dg.op(tags={"kind": "usage"})
 def record_usage(
     context: dg.OpExecutionContext,
-    stored: StoredImage,
-    synced: SyncOutcome,
+    stored: list[StoredImage],
+    synced: list[SyncOutcome],
     imagen_db: ImagenDatabaseResource,
 ) -> UsageOutcome:
-    """In one transaction: the ``imagen.images`` row, the ``mai.imagen_usage`` row and, for
-    a queued job, its ``done`` (when a database is configured)."""
-    own_job(context, stored.generated.plan, imagen_db, finished_work=True)
+    """In one transaction: the ``imagen.images`` rows, the ``mai.imagen_usage`` rows and,
+    for a queued job, its ``done`` (when a database is configured)."""
+    own_job(context, stored[0].generated.plan, imagen_db, finished_work=True)
+    images = list(zip(stored, synced, strict=True))
     with (
         step_errors(context),
         database_errors("recording the image and usage rows", imagen_db.url_env),
     ):
         if imagen_db.configured():
             with imagen_db.connect() as conn:
-                outcome = record_generation(conn, stored, synced, context.run_id)
+                outcome = record_images(conn, images, context.run_id)
         else:
-            outcome = record_generation(None, stored, synced, context.run_id)
+            outcome = record_images(None, images, context.run_id)
     if outcome.job_done:
-        discard_job_record(stored.generated)
+        for item in stored:
+            discard_job_record(item.generated)
     context.log.info(outcome.detail)
     return outcome
+
+
+def _stage(
+    context: dg.OpExecutionContext,
+    plan: GenerationPlan,
+    imagen_db: ImagenDatabaseResource,
+    stage: str,
+) -> None:
+    """Show a queued job's stage in its row."""
+    progress = job_progress(plan, context.run_id, imagen_db)
+    if progress is not None:
+        progress.stage(stage)
+        progress.close()

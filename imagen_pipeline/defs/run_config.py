@@ -29,6 +29,11 @@ class GenerateImageConfig(dg.Config):
     height: int | None = Field(default=None, description="Height in pixels; empty: style default.")
     steps: int | None = Field(default=None, description="Sampling steps; empty: backend default.")
     seed: int | None = Field(default=None, description="Seed; empty: the backend picks one.")
+    count: int = Field(
+        default=1,
+        description="Images (variations) of the prompt, 1 to 8; each has its own seed "
+        "(seed, seed + 1, ... when a seed is given).",
+    )
     backend_opts: str = Field(
         default="{}",
         description='Adapter-specific options as a JSON object, e.g. {"guidance": 3.5}; '
@@ -42,6 +47,9 @@ class GenerateImageConfig(dg.Config):
     )
     owner_user_id: str | None = Field(
         default=None, description="Owner (auth user uuid); set by the jobs sensor, leave empty."
+    )
+    priority: int = Field(
+        default=0, description="Priority of that row; set by the jobs sensor, leave empty."
     )
 
     @classmethod

@@ -23,6 +23,8 @@ TAG_JOB_ATTEMPT = "imagen/job_attempt"
 TAG_OWNER = "imagen/owner"
 TAG_POOL = "imagen/pool"
 """The Dagster pool of the run's generate step; the run queue limits GPU runs by it."""
+TAG_PRIORITY = "dagster/priority"
+"""Dagster's own run priority tag: the run queue launches higher values first."""
 TAG_SOURCE = "imagen/source"
 TAG_SERVER = "imagen/server"
 """The server (GPU box) that made the image; set once the generate step knows it."""
@@ -33,7 +35,8 @@ POOLS = {"gpu": "imagen_gpu", "cloud": "imagen_cloud"}
 
 
 def run_tags(plan: GenerationPlan) -> dict[str, str]:
-    """The tags a run of ``plan`` carries: backend, style, pool and, for a job, its row."""
+    """The tags a run of ``plan`` carries: backend, style, pool and, for a job, its row and
+    (when not 0) its priority."""
     tags = {
         TAG_BACKEND: plan.backend,
         TAG_STYLE: plan.request.style,
@@ -46,6 +49,8 @@ def run_tags(plan: GenerationPlan) -> dict[str, str]:
             tags[TAG_JOB_ATTEMPT] = str(spec.job_attempt)
         if spec.owner_user_id:
             tags[TAG_OWNER] = spec.owner_user_id
+        if spec.priority:
+            tags[TAG_PRIORITY] = str(spec.priority)
     return tags
 
 

@@ -28,6 +28,7 @@ NAMING_FIELDS: dict[str, str] = {
     "job_id": "imagen.jobs id (or 'nojob')",
     "width": "image width",
     "height": "image height",
+    "variation": "which image of a request for several (count), from 0",
 }
 SLUG_MAX_LENGTH = 48
 COMPONENT_MAX_BYTES = 150

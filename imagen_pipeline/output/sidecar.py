@@ -63,6 +63,8 @@ def build_sidecar(
         "generation": {
             "run_id": generated.run_id,
             "attempt": generated.attempt,
+            "variation": plan.variation,
+            "count": plan.spec.count,
             "source_sha256": generated.sha256,
         },
         "dagster": {"run_id": generated.run_id, "written_by_run_id": written_by_run_id},

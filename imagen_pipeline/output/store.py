@@ -63,6 +63,7 @@ def naming_fields(generated: GeneratedImage) -> dict[str, object]:
         "job_id": "nojob" if plan.spec.job_id is None else plan.spec.job_id,
         "width": generated.width,
         "height": generated.height,
+        "variation": plan.variation,
     }
 
 
@@ -140,12 +141,16 @@ def find_job_generation(
         return None
     try:
         previous = GeneratedImage.model_validate_json(
-            job_record_path(output_dir, plan.spec.job_id).read_bytes()
+            job_record_path(output_dir, plan.spec.job_id, plan.variation).read_bytes()
         )
     except (OSError, ValueError):
         return None
     made_for = previous.plan.fell_back_from or previous.plan.backend
-    if made_for != plan.backend or previous.plan.request != plan.request:
+    if (
+        made_for != plan.backend
+        or previous.plan.request != plan.request
+        or previous.plan.variation != plan.variation
+    ):
         return None
     staged = Path(previous.staged_path)
     if staged.is_file() and sha256_file(staged) == previous.sha256:

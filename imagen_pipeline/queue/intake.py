@@ -67,11 +67,13 @@ class Batch:
 
 
 def take_batch(conn: psycopg.Connection, limit: int, config: LoadedConfig) -> Batch:
-    """Fail pending rows without attempts left, claim up to ``limit`` rows, admit each."""
+    """Fail pending rows without attempts left, claim up to ``limit`` rows (fairly, see
+    :func:`~imagen_pipeline.queue.repository.claim_pending`), admit each."""
     exhausted = repository.fail_exhausted(conn)
     admitted: list[Admitted] = []
     refused: list[Refused] = []
-    for row in repository.claim_pending(conn, limit):
+    per_owner = config.config.queue.max_in_flight_per_owner
+    for row in repository.claim_pending(conn, limit, per_owner):
         outcome = admit(conn, row, config)
         if isinstance(outcome, Admitted):
             admitted.append(outcome)

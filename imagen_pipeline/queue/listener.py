@@ -3,8 +3,9 @@
 Dagster's sensor daemon evaluates sensors at most every 5 seconds, which adds 2.5 s on
 average to every job. The listener LISTENs on the ``imagen_jobs`` channel (fed by the
 table's AFTER INSERT trigger), claims the row exactly as the sensor would (pending ->
-queued, one statement guarded by the row's state, so the two never both win) and submits
-the run through a :class:`RunSubmitter`. When submission fails the claim is released
+queued, one statement guarded by the row's state, so the two never both win; a row whose
+owner already has ``queue.max_in_flight_per_owner`` jobs in flight is left to the sensor)
+and submits the run through a :class:`RunSubmitter`. When submission fails the claim is released
 (queued -> pending, the attempt not counted) and the sensor, which stays the safety net,
 picks the row up on its next tick.
 """
@@ -51,14 +52,20 @@ def handle_notification(
         job_id = int(payload)
     except ValueError:
         return f"ignored notification {payload!r} (not a job id)"
-    row = repository.claim_job(conn, job_id)
-    if row is None:
-        return f"row {job_id} already claimed or not pending"
     try:
         config = load_config()
     except ImagenError as error:
-        repository.release_claim(conn, row.id, row.attempts, RELEASED)
         return f"row {job_id}: imagen.yaml cannot be loaded, left for the sensor: {error}"
+    per_owner = config.config.queue.max_in_flight_per_owner
+    row = repository.claim_job(conn, job_id, per_owner)
+    if row is None:
+        current = repository.get_job(conn, job_id)
+        if current is not None and current.status == "pending":
+            return (
+                f"row {job_id} waits: its owner has queue.max_in_flight_per_owner "
+                f"({per_owner}) jobs in flight; the sensor claims it when one ends"
+            )
+        return f"row {job_id} already claimed or not pending"
     outcome = admit(conn, row, config)
     if isinstance(outcome, Refused):
         return f"row {job_id} rejected: {outcome.detail}"

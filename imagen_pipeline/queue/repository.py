@@ -4,15 +4,17 @@ Every transition is one atomic statement guarded by the row's current state, so 
 callers (the sensor, the NOTIFY fast path, run workers, a user cancelling in the web UI)
 can never both win:
 
-- ``claim``: pending -> queued, ``attempts`` + 1 (``FOR UPDATE SKIP LOCKED``), only for rows
-  with attempts left; ``fail_exhausted`` fails pending rows without any;
+- ``claim``: pending -> queued, ``attempts`` + 1, only for rows with attempts left, by
+  priority, owners in turn and age, at most ``queue.max_in_flight_per_owner`` in flight per
+  owner (claims are serialized by an advisory lock); ``fail_exhausted`` fails pending rows
+  without any;
 - ``take_ownership``: queued (this attempt) -> running with this run's id, or hand a
   running/failed row from a run to its retry or re-execution (``parent_run_id``);
 - ``finish``: running -> done, only by the owning run;
 - ``fail`` / ``requeue`` / ``close_cancel``: used by the sensor's reconciliation;
 - ``release_claim``: queued -> pending when the NOTIFY listener could not submit the run;
-- ``retry``: failed -> pending while attempts are left (``imagen queue retry``; a web client
-  does the same with an UPDATE, checked by the database's ``jobs_client_transition``).
+- ``retry``: failed or canceled -> pending while attempts are left (``imagen queue retry``;
+  a web client does the same with an UPDATE, checked by the database's ``jobs_client_transition``).
 
 No statement here can fail because of what a client wrote into a row: the database's rules
 keep every column in range (``attempts + 1`` cannot overflow), ``backend_opts`` is read as
@@ -59,41 +61,64 @@ def fail_exhausted(conn: psycopg.Connection) -> list[int]:
         return sorted(row[0] for row in cursor.fetchall())
 
 
-def claim_pending(conn: psycopg.Connection, limit: int) -> list[JobRow]:
-    """Move up to ``limit`` oldest pending rows with attempts left to queued; return them."""
+CLAIM_LOCK = 7_305_148_210
+"""Advisory lock key that serializes claims (sensor and listener), so two claimers never
+both see an owner below its in-flight limit and push it over."""
+
+_CLAIM = f"""
+    WITH inflight AS (
+        SELECT owner_user_id, count(*) AS n FROM imagen.jobs
+         WHERE status IN ('queued', 'running')
+         GROUP BY owner_user_id),
+    ranked AS (
+        SELECT p.id, p.priority,
+               coalesce(f.n, 0) + row_number() OVER (
+                   PARTITION BY p.owner_user_id ORDER BY p.priority DESC, p.id) AS turn
+          FROM imagen.jobs AS p
+          LEFT JOIN inflight AS f ON f.owner_user_id IS NOT DISTINCT FROM p.owner_user_id
+         WHERE p.status = 'pending' AND p.attempts < %(max)s
+           AND (%(only_id)s::bigint IS NULL OR p.owner_user_id IS NOT DISTINCT FROM
+                (SELECT owner_user_id FROM imagen.jobs WHERE id = %(only_id)s)))
+    UPDATE imagen.jobs AS j
+       SET status = 'queued', attempts = j.attempts + 1, run_id = NULL,
+           progress = NULL, progress_text = NULL
+      FROM (SELECT id FROM ranked
+             WHERE (%(cap)s::integer IS NULL OR turn <= %(cap)s)
+               AND (%(only_id)s::bigint IS NULL OR id = %(only_id)s)
+             ORDER BY priority DESC, turn, id
+             LIMIT %(limit)s) AS claimed
+     WHERE j.id = claimed.id AND j.status = 'pending'
+    RETURNING {job_columns("j")}
+"""
+
+
+def _claim(
+    conn: psycopg.Connection, limit: int, per_owner: int | None, only_id: int | None
+) -> list[JobRow]:
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
         cursor.execute(
-            f"""
-            UPDATE imagen.jobs AS j
-               SET status = 'queued', attempts = j.attempts + 1, run_id = NULL
-              FROM (SELECT id FROM imagen.jobs
-                     WHERE status = 'pending' AND attempts < %(max)s
-                     ORDER BY id
-                     LIMIT %(limit)s
-                     FOR UPDATE SKIP LOCKED) AS claimed
-             WHERE j.id = claimed.id
-            RETURNING {job_columns("j")}
-            """,
-            {"limit": limit, "max": MAX_ATTEMPTS},
+            _CLAIM,
+            {"limit": limit, "max": MAX_ATTEMPTS, "cap": per_owner, "only_id": only_id},
         )
         return _rows(cursor)
 
 
-def claim_job(conn: psycopg.Connection, job_id: int) -> JobRow | None:
-    """Move one pending row to queued (the NOTIFY fast path); None if someone else has it."""
-    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(
-            f"""
-            UPDATE imagen.jobs
-               SET status = 'queued', attempts = attempts + 1, run_id = NULL
-             WHERE id = (SELECT id FROM imagen.jobs
-                          WHERE id = %(id)s AND status = 'pending' AND attempts < %(max)s
-                          FOR UPDATE SKIP LOCKED)
-            RETURNING {JOB_COLUMNS}
-            """,
-            {"id": job_id, "max": MAX_ATTEMPTS},
-        )
-        rows = _rows(cursor)
+def claim_pending(conn: psycopg.Connection, limit: int, per_owner: int | None) -> list[JobRow]:
+    """Move up to ``limit`` pending rows with attempts left to queued; return them.
+
+    Order: priority (highest first), then owners in turn (the owner with the fewest jobs in
+    flight first), then age. An owner (rows without one count as one owner) never has more
+    than ``per_owner`` rows queued or running; None: no limit.
+    """
+    return _claim(conn, limit, per_owner, None)
+
+
+def claim_job(conn: psycopg.Connection, job_id: int, per_owner: int | None) -> JobRow | None:
+    """Move one pending row to queued (the NOTIFY fast path) if its owner is below
+    ``per_owner`` jobs in flight; None if someone else has it or the owner is at the limit
+    (the sensor claims it once the owner has room)."""
+    rows = _claim(conn, 1, per_owner, job_id)
     return rows[0] if rows else None
 
 
@@ -182,7 +207,8 @@ def finish(conn: psycopg.Connection, job_id: int, run_id: str, image_id: int | N
             """
             UPDATE imagen.jobs
                SET status = 'done', image_id = coalesce(%(image_id)s, image_id),
-                   finished_at = coalesce(finished_at, now()), error = NULL
+                   finished_at = coalesce(finished_at, now()), error = NULL,
+                   progress = 1, progress_text = 'done'
              WHERE id = %(id)s AND run_id = %(run_id)s AND status IN ('running', 'done')
             """,
             {"id": job_id, "run_id": run_id, "image_id": image_id},
@@ -206,13 +232,21 @@ class RetryOutcome:
                 f"imagen.jobs row {job_id} is pending again "
                 f"(attempt {self.row.attempts + 1} of {MAX_ATTEMPTS} comes next)"
             )
-        if self.row.status != "failed":
-            return f"imagen.jobs row {job_id} is {self.row.status}; only a failed job is retried"
+        if self.row.status == "canceled" and self.row.finished_at is None:
+            return (
+                f"imagen.jobs row {job_id} is still being canceled; retry it once its run stopped"
+            )
+        if self.row.status not in ("failed", "canceled"):
+            return (
+                f"imagen.jobs row {job_id} is {self.row.status}; "
+                "only a failed or canceled job is retried"
+            )
         return f"imagen.jobs row {job_id} has used all {MAX_ATTEMPTS} attempts"
 
 
 def retry(conn: psycopg.Connection, job_id: int) -> RetryOutcome:
-    """failed -> pending while attempts are left; the next claim starts attempt + 1.
+    """failed (or canceled, once its run stopped) -> pending while attempts are left; the
+    next claim starts attempt + 1.
 
     The run of that attempt re-uses an image an earlier attempt already generated
     (:mod:`imagen_pipeline.generation`), so a job that failed after generation is not
@@ -221,8 +255,10 @@ def retry(conn: psycopg.Connection, job_id: int) -> RetryOutcome:
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
         cursor.execute(
             f"""
-            UPDATE imagen.jobs SET status = 'pending', finished_at = NULL
-             WHERE id = %(id)s AND status = 'failed' AND attempts < %(max)s
+            UPDATE imagen.jobs
+               SET status = 'pending', finished_at = NULL, progress = NULL, progress_text = NULL
+             WHERE id = %(id)s AND attempts < %(max)s
+               AND (status = 'failed' OR (status = 'canceled' AND finished_at IS NOT NULL))
             RETURNING {JOB_COLUMNS}
             """,
             {"id": job_id, "max": MAX_ATTEMPTS},
@@ -256,7 +292,9 @@ def requeue(conn: psycopg.Connection, job_id: int, attempt: int, reason: str) ->
     with conn.transaction(), conn.cursor() as cursor:
         cursor.execute(
             """
-            UPDATE imagen.jobs SET status = 'pending', run_id = NULL, error = %(reason)s
+            UPDATE imagen.jobs
+               SET status = 'pending', run_id = NULL, error = %(reason)s,
+                   progress = NULL, progress_text = NULL
              WHERE id = %(id)s AND attempts = %(attempt)s AND status IN ('queued', 'running')
             """,
             {"id": job_id, "attempt": attempt, "reason": _error_text(reason)},

@@ -38,6 +38,10 @@ _COLUMNS = (
     "run_id",
     "image_id",
     "attempts",
+    "priority",
+    "count",
+    "progress",
+    "progress_text",
     "created_at",
     "updated_at",
     "started_at",
@@ -65,6 +69,10 @@ class JobRow(RequestFields):
     run_id: str | None = None
     image_id: int | None = None
     attempts: int = 0
+    priority: int = 0
+    count: int = 1
+    progress: float | None = None
+    progress_text: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
     started_at: datetime | None = None
@@ -86,4 +94,5 @@ class JobRow(RequestFields):
             job_id=self.id,
             job_attempt=self.attempts,
             owner_user_id=self.owner_user_id,
+            priority=self.priority,
         )

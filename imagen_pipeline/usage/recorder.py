@@ -1,5 +1,6 @@
 """Rows of ``mai.imagen_usage`` (what each backend call cost) and the one transaction that
-records a finished image: its ``imagen.images`` row, its usage row and its job's ``done``."""
+records a run's finished images: their ``imagen.images`` rows, their usage rows and their
+job's ``done``."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ ERROR_MAX_CHARS = 2000
 
 
 class UsageOutcome(BaseModel):
-    """What recording did for one image."""
+    """What recording did for a run's images."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -32,24 +33,28 @@ class UsageOutcome(BaseModel):
     cost_usd: float | None
     """None when no price is known for the model."""
     image_id: int | None = None
+    """The first image's row (variation 0)."""
+    image_ids: list[int] = []
+    """Every image's row, by variation."""
     job_done: bool = False
     """True when this recording marked the run's imagen.jobs row done."""
 
 
-def generation_key(run_id: str, attempt: int) -> str:
-    """Identifies one backend call: the generating run and its attempt."""
-    return f"{run_id}:{attempt}"
+def generation_key(run_id: str, attempt: int, variation: int = 0) -> str:
+    """Identifies one backend call: the generating run, its attempt and, for image n > 0 of
+    a request for several, the variation (``<run>:v<n>:<attempt>``)."""
+    return f"{run_id}:v{variation}:{attempt}" if variation else f"{run_id}:{attempt}"
 
 
 _INSERT_USAGE = """
     INSERT INTO mai.imagen_usage (
         generation_key, backend_instance, backend_type, backend_server, fallback_reason, model,
         cost_usd, price_source, currency, latency_s, steps, tokens, owner_user_id, job_id,
-        run_id, status, error, image_id)
+        run_id, status, error, image_id, variation)
     VALUES (%(key)s, %(instance)s, %(type)s, %(server)s, %(fallback)s, %(model)s, %(cost)s,
             %(price_source)s, 'USD',
             %(latency)s, %(steps)s, %(tokens)s, %(owner)s, %(job_id)s, %(run_id)s,
-            %(status)s, %(error)s, %(image_id)s)
+            %(status)s, %(error)s, %(image_id)s, %(variation)s)
     ON CONFLICT (generation_key) DO NOTHING
 """
 
@@ -67,7 +72,7 @@ def insert_usage_row(
     cursor.execute(
         _INSERT_USAGE,
         {
-            "key": generation_key(generated.run_id, generated.attempt),
+            "key": generation_key(generated.run_id, generated.attempt, plan.variation),
             "instance": plan.backend,
             "type": plan.backend_type,
             "server": meta.server,
@@ -84,62 +89,93 @@ def insert_usage_row(
             "status": "succeeded",
             "error": None,
             "image_id": image_id,
+            "variation": plan.variation,
         },
     )
     return cursor.rowcount == 1
 
 
-def record_generation(
-    conn: psycopg.Connection | None, stored: StoredImage, synced: SyncOutcome, run_id: str
+def record_images(
+    conn: psycopg.Connection | None,
+    images: list[tuple[StoredImage, SyncOutcome]],
+    run_id: str,
 ) -> UsageOutcome:
-    """In one transaction: the image row, the usage row and, for a queued job, its ``done``.
+    """In one transaction: every image's row and usage row and, for a queued job, its
+    ``done`` (the run records all ``count`` images of its job at once).
 
-    Either all three are written or none, so a failure here leaves nothing half-recorded and
-    a retry (or re-execution from this step) writes them once: the image row is keyed by the
-    generating run, the usage row by run and attempt.
+    Either all are written or none, so a failure here leaves nothing half-recorded and a
+    retry (or re-execution from this step) writes them once: an image row is keyed by the
+    generating run and the variation, a usage row by run, variation and attempt.
     """
-    generated = stored.generated
-    cost = generated.metadata.cost_usd
-    backend = generated.plan.backend
+    first = images[0][0].generated
+    costs = [stored.generated.metadata.cost_usd for stored, _ in images]
+    cost = None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+    backend = first.plan.backend
+    what = "this image" if len(images) == 1 else f"these {len(images)} images"
     if conn is None:
         return UsageOutcome(
             status="not_configured",
             detail="image and usage rows not recorded (IMAGEN_DATABASE_URL is not set); "
-            f"this image cost {describe_cost(cost)} on {backend}",
+            f"{what} cost {describe_cost(cost)} on {backend}",
             cost_usd=cost,
         )
-    job_id = generated.plan.spec.job_id
-    location = synced.location
+    job_id = first.plan.spec.job_id
+    image_ids: list[int] = []
+    inserted = 0
+    current: tuple[StoredImage, SyncOutcome] = images[0]
     try:
         with conn.transaction(), conn.cursor() as cursor:
-            image_id = upsert_image_row(cursor, stored, location, run_id)
-            inserted = insert_usage_row(cursor, stored, image_id)
-            finished = finish(conn, job_id, run_id, image_id) if job_id is not None else None
+            for current in images:
+                stored, synced = current
+                image_id = upsert_image_row(cursor, stored, synced.location, run_id)
+                image_ids.append(image_id)
+                inserted += insert_usage_row(cursor, stored, image_id)
+            finished = finish(conn, job_id, run_id, image_ids[0]) if job_id is not None else None
     except psycopg.errors.UniqueViolation:
+        stored, synced = current
+        location = synced.location
+        variation = stored.generated.plan.variation
         holder = image_run_holding(
-            conn, location.bucket if location else None, location.path if location else None, job_id
+            conn,
+            location.bucket if location else None,
+            location.path if location else None,
+            job_id,
+            variation,
         )
-        what = (
-            f"object {location.bucket}/{location.path}" if location else f"imagen.jobs row {job_id}"
+        held = (
+            f"object {location.bucket}/{location.path}"
+            if location
+            else f"imagen.jobs row {job_id} (variation {variation})"
         )
         raise CloudSyncError(
-            f"imagen.images already has a row for {what} from run {holder or 'unknown'}; "
+            f"imagen.images already has a row for {held} from run {holder or 'unknown'}; "
             "nothing was recorded. Make object paths unique per image "
             "(add {run_id} to cloud.path_template)"
         ) from None
-    usage = "recorded" if inserted else "already recorded"
+    usage = (
+        "recorded"
+        if inserted == len(images)
+        else (
+            "already recorded"
+            if inserted == 0
+            else f"recorded ({len(images) - inserted} already were)"
+        )
+    )
     job = ""
     if finished is not None:
         job = f"; imagen.jobs row {job_id} " + (
             "done" if finished else "was no longer running for this run and is left as it is"
         )
+    rows = ", ".join(str(image_id) for image_id in image_ids)
     return UsageOutcome(
         status="recorded",
         detail=(
-            f"imagen.images row {image_id}; usage {usage}: {describe_cost(cost)} on {backend}{job}"
+            f"imagen.images row{'s' if len(image_ids) > 1 else ''} {rows}; "
+            f"usage {usage}: {describe_cost(cost)} on {backend}{job}"
         ),
         cost_usd=cost,
-        image_id=image_id,
+        image_id=image_ids[0],
+        image_ids=image_ids,
         job_done=bool(finished),
     )
 
@@ -165,7 +201,7 @@ def record_failed_generation(
             cursor.execute(
                 _INSERT_USAGE,
                 {
-                    "key": generation_key(run_id, attempt),
+                    "key": generation_key(run_id, attempt, plan.variation),
                     "instance": plan.backend,
                     "type": plan.backend_type,
                     "server": None,
@@ -182,6 +218,7 @@ def record_failed_generation(
                     "status": "failed",
                     "error": str(error)[:ERROR_MAX_CHARS],
                     "image_id": None,
+                    "variation": plan.variation,
                 },
             )
     except (CloudSyncError, psycopg.Error) as db_error:

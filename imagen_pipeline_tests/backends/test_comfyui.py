@@ -853,13 +853,14 @@ def test_generate_image_job_end_to_end_with_a_retried_history_read(
     result = run_job(config_file, dagster_instance)
 
     assert result.success, step_failure_text(result)
-    assert result.output_for_node("generate_gpu").metadata.model == "flux1-dev.safetensors"
+    [made] = result.output_for_node("generate_gpu")
+    assert made.metadata.model == "flux1-dev.safetensors"
     (body,) = fake.submitted()
     graph = body["prompt"]
     assert "a lighthouse" in value(graph, "6.text")
     assert (value(graph, "27.width"), value(graph, "27.height")) == (768, 512)
     assert value(graph, "9.filename_prefix") == f"imagen/{result.run_id}"
-    stored = result.output_for_node("write_files")
+    [stored] = result.output_for_node("write_files")
     with Image.open(stored.image_path) as image:
         assert (image.format, image.size) == ("PNG", (768, 512))
     sidecar = json.loads(Path(stored.sidecar_path).read_text(encoding="utf-8"))

@@ -240,7 +240,7 @@ def test_the_server_that_made_the_image_is_in_every_record_of_it(
         raise_on_error=False,
     )
     assert result.success, step_failure_text(result)
-    stored = result.output_for_node("write_files")
+    [stored] = result.output_for_node("write_files")
     sidecar = json.loads(Path(stored.sidecar_path).read_text(encoding="utf-8"))
     assert sidecar["result"]["server"] == "box2"
     assert sidecar["result"]["extra"]["redispatched_from"] == ["mrock"]

@@ -692,7 +692,7 @@ def test_generate_image_job_end_to_end_with_a_retried_server_error(
     assert second.json()["size"] == "1360x768"
     assert second.json()["prompt"].startswith("a lighthouse")
     assert second.headers["authorization"] == f"Bearer {KEY}"
-    stored = result.output_for_node("write_files")
+    [stored] = result.output_for_node("write_files")
     with Image.open(stored.image_path) as image:
         assert (image.format, image.size) == ("PNG", (1360, 768))
     sidecar_text = Path(stored.sidecar_path).read_text(encoding="utf-8")

@@ -620,7 +620,7 @@ def test_generate_image_job_end_to_end_with_a_retried_poll(
     assert result.success, step_failure_text(result)
     assert len(fake.creates()) == 1, "the retry adopted the first attempt's prediction"
     (prediction_id,) = fake.prediction_ids()
-    stored = result.output_for_node("write_files")
+    [stored] = result.output_for_node("write_files")
     with Image.open(stored.image_path) as image:
         assert (image.format, image.size) == ("PNG", (1344, 768))
     sidecar_text = Path(stored.sidecar_path).read_text(encoding="utf-8")

@@ -77,7 +77,7 @@ def test_a_run_uploads_the_image_and_records_row_usage_and_url(
 ) -> None:
     result = execute(dagster_instance, cloud_config())
     assert result.success
-    stored = result.output_for_node("write_files")
+    [stored] = result.output_for_node("write_files")
     [image] = sql(migrated_database_url, "SELECT * FROM imagen.images")
     assert image["run_id"] == result.run_id
     assert str(image["owner_user_id"]) == FALLBACK_OWNER

@@ -29,6 +29,7 @@ def test_shipped_files_follow_the_supabase_cli_naming() -> None:
         "imagen_jobs_client_rules",
         "usage_price_source",
         "backend_server",
+        "jobs_priority_progress_variations",
     ]
     assert all(len(m.version) == 14 and m.version.isdigit() for m in migrations)
 

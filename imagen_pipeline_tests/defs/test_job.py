@@ -43,7 +43,7 @@ def test_only_prompt_needed_image_sidecar_chunks_and_lineage(
         dagster_instance, config_file, style="watercolor", width=320, height=240, seed=11
     )
     assert result.success
-    stored = result.output_for_node("write_files")
+    [stored] = result.output_for_node("write_files")
     image_path = Path(stored.image_path)
     assert image_path.parent == tmp_path / "out"
     with Image.open(image_path) as image:
@@ -151,7 +151,7 @@ def test_reexecute_from_failure_reuses_generated_image(
     options = dg.ReexecutionOptions.from_failure(failed_run_id, dagster_instance)
     with dg.execute_job(job, instance=dagster_instance, reexecution_options=options) as second:
         assert second.success
-        stored = second.output_for_node("write_files")
+        [stored] = second.output_for_node("write_files")
     assert len(calls(log)) == 1, "re-execution must not call the backend again"
     assert Path(stored.image_path).parent == tmp_path / "out" / "blocked"
     with Image.open(stored.image_path) as image:
@@ -231,7 +231,7 @@ def test_later_steps_follow_the_runs_plan_not_an_edited_config(
         RECONSTRUCTABLE_JOB, instance=dagster_instance, reexecution_options=options
     ) as second:
         assert second.success
-        stored = second.output_for_node("write_files")
+        [stored] = second.output_for_node("write_files")
     assert Path(stored.image_path).parent == tmp_path / "out" / "blocked"
     assert stored.generated.plan.backend == "mock"
     assert not (tmp_path / "elsewhere").exists()

@@ -31,7 +31,10 @@ Tick = Callable[..., dg.SensorResult | dg.SkipReason]
 
 @pytest.fixture
 def config_file(write_config: Callable[..., Path]) -> Path:
-    return write_config({"backends": {"mock": {"type": "mock"}}})
+    """No per-owner limit: these tests are about batches (test_fair_queue.py covers it)."""
+    return write_config(
+        {"backends": {"mock": {"type": "mock"}}, "queue": {"max_in_flight_per_owner": None}}
+    )
 
 
 @pytest.fixture

@@ -116,6 +116,7 @@ backend_opts = column(
     | st.integers(16_400, 40_000).map(lambda n: {"huge": "x" * n})
     | st.sampled_from([{"big": 2**53}, {"big": -(2**60)}, {"n": 10**30}]),
 )
+priority = column(st.integers(0, 10), INT4.filter(lambda n: not -100 <= n <= 100))
 attempts = column(st.sampled_from([0, 1, 2]), st.sampled_from([3, 4, 2**31 - 1]))
 
 
@@ -155,6 +156,7 @@ def row_specs(with_attempts: bool) -> st.SearchStrategy[RowSpec]:
         "steps": steps,
         "seed": seed,
         "backend_opts": backend_opts,
+        "priority": priority,
     }
     if with_attempts:
         columns["attempts"] = attempts
@@ -225,7 +227,10 @@ def make_harness(
     url: str, write_config: Callable[..., Path], dagster_instance: dg.DagsterInstance
 ) -> Harness:
     config_file = write_config(
-        {"backends": {"mock": {"type": "mock"}, "gpu_box": {"type": "mock", "pool": "gpu"}}}
+        {
+            "backends": {"mock": {"type": "mock"}, "gpu_box": {"type": "mock", "pool": "gpu"}},
+            "queue": {"max_in_flight_per_owner": None},
+        }
     )
     return Harness(url, dagster_instance, config_file)
 
@@ -278,7 +283,7 @@ def rules_dropped(migrated_database_url: str) -> str:
     """The same database without its request rules: only the pipeline's checks remain."""
     with psycopg.connect(migrated_database_url, autocommit=True) as conn:
         names = [row[0] for row in conn.execute(DROPPABLE_RULES)]
-        assert len(names) == 10
+        assert len(names) == 14
         for name in names:
             conn.execute(f"ALTER TABLE imagen.jobs DROP CONSTRAINT {name}")
     return migrated_database_url

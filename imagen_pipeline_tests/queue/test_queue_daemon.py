@@ -47,7 +47,7 @@ def test_rows_reach_done_failed_with_errors_and_links(daemon_stack: DaemonStack)
     rows = daemon_stack.wait_for(all_settled)
 
     done = rows[good]
-    assert done["status"] == "done", done
+    assert done["status"] == "done", done["error"]
     assert done["run_id"] and done["started_at"] and done["finished_at"]
     images = images_by_job(daemon_stack)
     assert len(images[good]) == 1

@@ -179,7 +179,9 @@ def test_retry_refuses_jobs_that_are_not_failed_or_out_of_attempts(
     done, exhausted = (row["id"] for row in rows)
     result = CliRunner().invoke(cli, ["queue", "retry", str(done), str(exhausted), "999999"])
     assert result.exit_code == 1
-    assert f"imagen.jobs row {done} is done; only a failed job is retried" in result.output
+    assert f"imagen.jobs row {done} is done; only a failed or canceled job is retried" in (
+        result.output
+    )
     assert f"imagen.jobs row {exhausted} has used all 3 attempts" in result.output
     assert "imagen.jobs row 999999 does not exist" in result.output
     assert "3 of 3 jobs not retried" in result.output

@@ -15,7 +15,7 @@ from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.cloud.sync import StorageLocation, SyncOutcome
 from imagen_pipeline.db.connection import connect
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline.usage.recorder import record_generation
+from imagen_pipeline.usage.recorder import record_images
 from imagen_pipeline_tests.fakes.openai_server import running_fake_openai
 
 OWNER = "00000000-0000-4000-8000-0000000000d1"
@@ -125,10 +125,10 @@ def test_recording_the_same_image_twice_writes_each_row_once(
 ) -> None:
     result = execute(dagster_instance, write_config())
     assert result.success
-    stored = result.output_for_node("write_files")
-    synced: SyncOutcome = result.output_for_node("cloud_sync")
+    [stored] = result.output_for_node("write_files")
+    [synced] = result.output_for_node("cloud_sync")
     with connect(migrated_database_url) as conn:
-        again = record_generation(conn, stored, synced, "a-re-execution-run")
+        again = record_images(conn, [(stored, synced)], "a-re-execution-run")
     assert again.detail.startswith(f"imagen.images row {again.image_id}; usage already recorded")
     [image] = sql(migrated_database_url, "SELECT * FROM imagen.images")
     assert image["id"] == again.image_id
@@ -156,18 +156,18 @@ def test_an_object_path_recorded_for_another_run_is_refused_with_that_run(
     dagster_instance: dg.DagsterInstance,
 ) -> None:
     result = execute(dagster_instance, write_config())
-    stored = result.output_for_node("write_files")
+    [stored] = result.output_for_node("write_files")
     location = StorageLocation(
         bucket="images", path="u/2026-11-24/a-fox.png", url="https://x/a", url_mode="public"
     )
     synced = SyncOutcome(location=location, detail="uploaded")
     with connect(migrated_database_url) as conn:
-        record_generation(conn, stored, synced, result.run_id)
+        record_images(conn, [(stored, synced)], result.run_id)
     other = stored.model_copy(
         update={"generated": stored.generated.model_copy(update={"run_id": "other-run"})}
     )
     with connect(migrated_database_url) as conn, pytest.raises(CloudSyncError) as caught:
-        record_generation(conn, other, synced, "other-run")
+        record_images(conn, [(other, synced)], "other-run")
     assert str(caught.value) == (
         "imagen.images already has a row for object images/u/2026-11-24/a-fox.png from run "
         f"{result.run_id}; nothing was recorded. Make object paths unique per image (add "

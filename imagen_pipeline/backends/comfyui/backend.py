@@ -69,8 +69,11 @@ GIB = 1024**3
 
 
 def prompt_id_for(context: GenerationContext, attempt: int) -> str:
-    """The prompt id of ``attempt`` of this run's step: the same on every call, unique per run."""
+    """The prompt id of ``attempt`` of this run's step (and variation): the same on every
+    call, unique per run."""
     key = f"prompt\x00{context.run_id}\x00{context.instance_name}\x00{attempt}"
+    if context.variation:
+        key += f"\x00{context.variation}"
     return str(uuid.uuid5(ID_NAMESPACE, key))
 
 
