@@ -153,7 +153,7 @@ class QueueConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_in_flight_per_owner: int | None = Field(
-        default=3,
+        default=2,
         ge=1,
         le=1000,
         description="Most jobs of one owner queued or running at once (rows without an "

@@ -82,13 +82,13 @@ _CLAIM = f"""
     UPDATE imagen.jobs AS j
        SET status = 'queued', attempts = j.attempts + 1, run_id = NULL,
            progress = NULL, progress_text = NULL
-      FROM (SELECT id FROM ranked
+      FROM (SELECT id, turn FROM ranked
              WHERE (%(cap)s::integer IS NULL OR turn <= %(cap)s)
                AND (%(only_id)s::bigint IS NULL OR id = %(only_id)s)
              ORDER BY priority DESC, turn, id
              LIMIT %(limit)s) AS claimed
      WHERE j.id = claimed.id AND j.status = 'pending'
-    RETURNING {job_columns("j")}
+    RETURNING {job_columns("j")}, claimed.turn
 """
 
 
@@ -101,11 +101,13 @@ def _claim(
             _CLAIM,
             {"limit": limit, "max": MAX_ATTEMPTS, "cap": per_owner, "only_id": only_id},
         )
-        return _rows(cursor)
+        records = sorted(cursor.fetchall(), key=lambda r: (-r["priority"], r["turn"], r["id"]))
+    return [JobRow.from_db(record) for record in records]
 
 
 def claim_pending(conn: psycopg.Connection, limit: int, per_owner: int | None) -> list[JobRow]:
-    """Move up to ``limit`` pending rows with attempts left to queued; return them.
+    """Move up to ``limit`` pending rows with attempts left to queued; return them in the
+    order they should start (the order their runs are created in).
 
     Order: priority (highest first), then owners in turn (the owner with the fewest jobs in
     flight first), then age. An owner (rows without one count as one owner) never has more
