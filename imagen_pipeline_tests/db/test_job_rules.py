@@ -259,3 +259,92 @@ def test_text_the_database_cannot_store_is_refused_by_the_pipeline_too(text: str
     with pytest.raises(InvalidRequestError, match="U\\+0000 or unpaired surrogates") as error:
         check_backend_opts({"a": [text]})
     assert error.value.field == "backend_opts.a[0]"
+
+
+def test_an_owner_retries_a_canceled_job_once_its_run_stopped(migrated_database_url: str) -> None:
+    url = migrated_database_url
+    job_id = seed_job(url, "canceled", 1)
+    service_sql(
+        url, "UPDATE imagen.jobs SET progress = 0.4, progress_text = 'x' WHERE id = %s", (job_id,)
+    )
+    assert client_set_status(url, job_id, "pending") == 1
+    [row] = service_sql(url, "SELECT * FROM imagen.jobs")
+    assert (row["status"], row["finished_at"], row["progress"]) == ("pending", None, None)
+
+
+def test_a_job_still_being_canceled_cannot_be_retried_yet(migrated_database_url: str) -> None:
+    job_id = seed_job(migrated_database_url, "canceled", 1)
+    service_sql(migrated_database_url, "UPDATE imagen.jobs SET finished_at = NULL")
+    with pytest.raises(psycopg.errors.CheckViolation, match="still being canceled") as error:
+        client_set_status(migrated_database_url, job_id, "pending")
+    assert error.value.diag.constraint_name == "jobs_client_transition"
+
+
+def test_another_user_cannot_retry_or_reprioritize_a_canceled_job(
+    migrated_database_url: str,
+) -> None:
+    job_id = seed_job(migrated_database_url, "canceled", 1, owner=OTHER)
+    assert client_set_status(migrated_database_url, job_id, "pending") == 0
+    with web_session(migrated_database_url, USER) as cursor:
+        assert cursor.execute("UPDATE imagen.jobs SET priority = 5").rowcount == 0
+    [row] = service_sql(migrated_database_url, "SELECT status, priority FROM imagen.jobs")
+    assert (row["status"], row["priority"]) == ("canceled", 0)
+
+
+@pytest.mark.parametrize("priority", [-1, 11, 100])
+def test_a_client_inserts_priorities_0_to_10_only(
+    migrated_database_url: str, priority: int
+) -> None:
+    assert client_insert(migrated_database_url, priority=10) > 0
+    with pytest.raises(
+        psycopg.errors.CheckViolation, match="priority: a client may set 0 to 10"
+    ) as error:
+        client_insert(migrated_database_url, priority=priority)
+    assert error.value.diag.constraint_name == "jobs_client_priority"
+
+
+def test_the_service_role_sets_any_priority_in_range(migrated_database_url: str) -> None:
+    service_sql(
+        migrated_database_url, "INSERT INTO imagen.jobs (prompt, priority) VALUES ('x', 100)"
+    )
+    with pytest.raises(psycopg.errors.CheckViolation) as error:
+        service_sql(
+            migrated_database_url, "INSERT INTO imagen.jobs (prompt, priority) VALUES ('x', 101)"
+        )
+    assert error.value.diag.constraint_name == "jobs_priority_check"
+
+
+def test_an_owner_changes_the_priority_of_a_pending_job_only(migrated_database_url: str) -> None:
+    pending = seed_job(migrated_database_url, "pending", 0)
+    running = seed_job(migrated_database_url, "running", 1)
+    with web_session(migrated_database_url, USER) as cursor:
+        assert (
+            cursor.execute("UPDATE imagen.jobs SET priority = 7 WHERE id = %s", (pending,)).rowcount
+            == 1
+        )
+    with (
+        web_session(migrated_database_url, USER) as cursor,
+        pytest.raises(psycopg.errors.CheckViolation, match="only while a job is pending"),
+    ):
+        cursor.execute("UPDATE imagen.jobs SET priority = 7 WHERE id = %s", (running,))
+
+
+@pytest.mark.parametrize(("count", "ok"), [(1, True), (8, True), (0, False), (9, False)])
+def test_a_client_asks_for_1_to_8_images(migrated_database_url: str, count: int, ok: bool) -> None:
+    if ok:
+        assert client_insert(migrated_database_url, count=count) > 0
+        return
+    with pytest.raises(psycopg.errors.CheckViolation) as error:
+        client_insert(migrated_database_url, count=count)
+    assert error.value.diag.constraint_name == "jobs_count_check"
+
+
+@pytest.mark.parametrize("column", ["progress", "progress_text"])
+def test_a_client_cannot_write_progress(migrated_database_url: str, column: str) -> None:
+    job_id = seed_job(migrated_database_url, "running", 1)
+    value = 0.5 if column == "progress" else "done"
+    with (
+        web_session(migrated_database_url, USER) as cursor,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        cursor.execute(f"UPDATE imagen.jobs SET {column} = %s WHERE id = %s", (value, job_id))
