@@ -117,6 +117,7 @@ backend_opts = column(
     | st.sampled_from([{"big": 2**53}, {"big": -(2**60)}, {"n": 10**30}]),
 )
 priority = column(st.integers(0, 10), INT4.filter(lambda n: not -100 <= n <= 100))
+count = column(st.integers(1, 8), INT4.filter(lambda n: not 1 <= n <= 8))
 attempts = column(st.sampled_from([0, 1, 2]), st.sampled_from([3, 4, 2**31 - 1]))
 
 
@@ -157,6 +158,7 @@ def row_specs(with_attempts: bool) -> st.SearchStrategy[RowSpec]:
         "seed": seed,
         "backend_opts": backend_opts,
         "priority": priority,
+        "count": count,
     }
     if with_attempts:
         columns["attempts"] = attempts
