@@ -93,3 +93,28 @@ def test_config_from_imagen_config_env_var(
     )
     assert completed.returncode == 0, completed.stderr
     assert Path(completed.stdout.strip()).parent == tmp_path / "from-env"
+
+
+def test_count_prints_one_path_per_variation_each_with_its_own_seed(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    completed = imagen(
+        "generate", "a heron", "--size", "64x64", "--seed", "41", "--count", "3",
+        "--config", str(write_config()), cwd=tmp_path, DAGSTER_HOME=str(dagster_home),
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    paths = [Path(line) for line in completed.stdout.splitlines()]
+    assert len(paths) == 3 and len(set(paths)) == 3
+    sidecars = [json.loads(path.with_suffix(".json").read_text()) for path in paths]
+    assert [s["generation"]["variation"] for s in sidecars] == [0, 1, 2]
+    assert [s["result"]["seed"] for s in sidecars] == [41, 42, 43]
+    assert len({s["image"]["sha256"] for s in sidecars}) == 3
+    assert not list((tmp_path / "out" / ".imagen-staging").glob("*.png"))
+
+
+def test_count_outside_1_to_8_is_refused_naming_the_field(tmp_path: Path) -> None:
+    completed = imagen("generate", "a heron", "--count", "9", cwd=tmp_path)
+    assert completed.returncode == 2
+    assert "--count" in completed.stderr and "1<=x<=8" in completed.stderr
