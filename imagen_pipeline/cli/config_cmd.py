@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 
 from imagen_pipeline.cli.errors import CliError
-from imagen_pipeline.config.capacity import GPU_POOL, gpu_capacity, set_gpu_run_limit
-from imagen_pipeline.config.loader import load_config
 from imagen_pipeline.errors import ConfigError
+
+# `imagen config sample` prints a file: the loader (every adapter, httpx, websockets) and
+# Dagster are imported by the commands that need them, inside them, so it starts at once.
 
 
 def sample_config_text() -> str:
@@ -41,6 +42,9 @@ def sample() -> None:
 def limits(file: str | None, dagster_yaml: Path | None) -> None:
     """The Dagster limits FILE's GPU backends need: the imagen_gpu op pool (every slot of
     every box) and the run-queue limit on GPU runs (one more)."""
+    from imagen_pipeline.config.capacity import GPU_POOL, gpu_capacity, set_gpu_run_limit
+    from imagen_pipeline.config.loader import load_config
+
     try:
         capacity = gpu_capacity(load_config(file))
     except ConfigError as error:
@@ -60,7 +64,7 @@ def limits(file: str | None, dagster_yaml: Path | None) -> None:
             f"{dagster_yaml}: no tag_concurrency_limits entry for imagen/pool={GPU_POOL} "
             "(copy it from scripts/dagster.postgres.yaml)"
         )
-    from dagster import DagsterInstance  # only here: the other config commands stay fast
+    from dagster import DagsterInstance
 
     with DagsterInstance.get() as instance:
         instance.event_log_storage.set_concurrency_slots(GPU_POOL, capacity.op_pool_limit)
@@ -74,6 +78,8 @@ def limits(file: str | None, dagster_yaml: Path | None) -> None:
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
 def validate(file: str | None) -> None:
     """Check FILE (default: the config imagen would use) and summarise it."""
+    from imagen_pipeline.config.loader import load_config
+
     try:
         loaded = load_config(file)
     except ConfigError as error:

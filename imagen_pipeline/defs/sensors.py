@@ -18,6 +18,7 @@ from imagen_pipeline.defs.jobs import generate_image
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.defs.run_errors import run_public_failure
 from imagen_pipeline.defs.run_identity import TAG_JOB_ATTEMPT, TAG_JOB_ID
+from imagen_pipeline.db.connection import DATABASE_URL_ENV
 from imagen_pipeline.errors import ConfigError
 from imagen_pipeline.queue import repository
 from imagen_pipeline.queue.intake import take_batch
@@ -224,16 +225,28 @@ def sensor_interval_s(environ: Mapping[str, str] = os.environ) -> int:
     return int(raw)
 
 
+def default_sensor_status(environ: Mapping[str, str] = os.environ) -> dg.DefaultSensorStatus:
+    """Running by default when ``$IMAGEN_DATABASE_URL`` is set where the code location
+    loads, stopped otherwise: without a database there is no queue to poll, and a running
+    sensor would only log a skipped tick every interval. Started by hand anyway, each tick's
+    history says why it skipped."""
+    if environ.get(DATABASE_URL_ENV, "").strip():
+        return dg.DefaultSensorStatus.RUNNING
+    return dg.DefaultSensorStatus.STOPPED
+
+
 def build_imagen_jobs_sensor(
     minimum_interval_seconds: int = DEFAULT_INTERVAL_S,
+    default_status: dg.DefaultSensorStatus | None = None,
 ) -> dg.SensorDefinition:
-    """``imagen_jobs_sensor``, running by default, evaluated at most every N seconds."""
+    """``imagen_jobs_sensor``, evaluated at most every N seconds; ``default_status`` None:
+    :func:`default_sensor_status` of this process's environment."""
 
     @dg.sensor(
         name="imagen_jobs_sensor",
         job=generate_image,
         minimum_interval_seconds=minimum_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        default_status=default_status or default_sensor_status(),
         description="Launches one generate_image run per pending imagen.jobs row and "
         "reconciles rows whose runs finished, failed, were canceled or never started.",
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from imagen_pipeline.defs.sensors import (
     sensor_interval_s,
 )
 from imagen_pipeline.errors import ConfigError
+from imagen_pipeline_tests.fixtures.imagen import subprocess_env
 from imagen_pipeline_tests.fixtures.queue import RECONSTRUCTABLE_JOB, run_requests, sensor_tick
 
 OWNER = "00000000-0000-4000-8000-0000000000c1"
@@ -342,3 +345,31 @@ def test_a_done_row_passes_to_a_rerun_recording_step_but_never_to_a_second_gener
     assert len(list((tmp_path / "out").glob("*.png"))) == 1
     [row] = sql(migrated_database_url, "SELECT * FROM imagen.jobs")
     assert (row["status"], row["run_id"]) == ("done", again.run_id)
+
+
+@pytest.mark.parametrize(
+    ("database_url", "status"),
+    [(None, "STOPPED"), ("", "STOPPED"), ("postgresql://db.example/imagen", "RUNNING")],
+)
+def test_the_sensor_runs_by_default_only_where_a_database_is_configured(
+    database_url: str | None, status: str
+) -> None:
+    """As `dagster dev` and the daemon load the code location, in a fresh process."""
+    env = subprocess_env()
+    env.pop("IMAGEN_DATABASE_URL", None)
+    if database_url is not None:
+        env["IMAGEN_DATABASE_URL"] = database_url
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from imagen_pipeline.definitions import defs; "
+            "print(defs.resolve_sensor_def('imagen_jobs_sensor').default_status.value)",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert loaded.stdout.strip() == status
