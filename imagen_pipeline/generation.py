@@ -1,8 +1,9 @@
 """Calling a backend for a plan and staging the image on disk.
 
 The staged file lives in ``<output dir>/.imagen-staging/`` (same filesystem as the final
-image, so moving it is cheap) and is what the Dagster op hands to the next step: a path,
-never image bytes, so "re-execute from failure" reuses it without calling the backend.
+image, so moving it is cheap; the folder is removed once nothing is left in it) and is what
+the Dagster op hands to the next step: a path, never image bytes, so "re-execute from
+failure" reuses it without calling the backend.
 
 For a run of an ``imagen.jobs`` row, ``job-<id>.json`` (``job-<id>-v<n>.json`` for
 variation n > 0) beside it records each generation until the job is done, so a later run
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from imagen_pipeline.backends.contract import GenerationContext, GenerationMetadata, ImageFacts
 from imagen_pipeline.backends.registry import BackendInstance
 from imagen_pipeline.errors import PermanentBackendError
-from imagen_pipeline.output.files import write_atomic
+from imagen_pipeline.output.files import remove_if_empty, write_atomic
 from imagen_pipeline.planning import GenerationPlan
 
 STAGING_DIRNAME = ".imagen-staging"
@@ -72,6 +73,7 @@ def discard_job_record(generated: GeneratedImage) -> None:
         output_dir = Path(generated.staged_path).parent.parent
         path = job_record_path(output_dir, generated.plan.spec.job_id, generated.plan.variation)
         path.unlink(missing_ok=True)
+        remove_if_empty(path.parent)
 
 
 def supported_format(facts: ImageFacts) -> str:

@@ -13,12 +13,12 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import psycopg
 
+from imagen_pipeline.db.connection import DATABASE_URL_ENV
 from imagen_pipeline.defs.job_runs import run_request_for
 from imagen_pipeline.defs.jobs import generate_image
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.defs.run_errors import run_public_failure
 from imagen_pipeline.defs.run_identity import TAG_JOB_ATTEMPT, TAG_JOB_ID
-from imagen_pipeline.db.connection import DATABASE_URL_ENV
 from imagen_pipeline.errors import ConfigError
 from imagen_pipeline.queue import repository
 from imagen_pipeline.queue.intake import take_batch

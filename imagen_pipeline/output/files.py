@@ -11,6 +11,7 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 
 def sha256_file(path: Path) -> str:
@@ -36,12 +37,29 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
 
 
+def _open_temp(temp: Path) -> BinaryIO:
+    """Create ``temp`` in its folder, creating the folder again if another process removed
+    it meanwhile (an emptied staging folder is removed, :func:`remove_if_empty`)."""
+    for _ in range(3):
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return temp.open("wb")
+        except FileNotFoundError:
+            continue
+    return temp.open("wb")
+
+
+def remove_if_empty(directory: Path) -> None:
+    """Remove ``directory`` if nothing is in it (another process may just be filling it)."""
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+
+
 def write_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> None:
     """Write ``data`` to ``path`` atomically; with ``exclusive`` raise if ``path`` exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path_for(path)
     try:
-        with temp.open("wb") as handle:
+        with _open_temp(temp) as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from imagen_pipeline.errors import OutputError
 from imagen_pipeline.generation import GeneratedImage, job_record_path
-from imagen_pipeline.output.files import sha256_file, write_atomic
+from imagen_pipeline.output.files import remove_if_empty, sha256_file, write_atomic
 from imagen_pipeline.output.naming import render_name, resolve_inside, slug_for
 from imagen_pipeline.output.png_text import add_text_chunks, is_png
 from imagen_pipeline.output.sidecar import (
@@ -203,7 +203,9 @@ def store_image(
         except OSError as error:
             raise OutputError(f"cannot write {sidecar_path}: {error.strerror or error}") from None
         written_sidecar = sidecar_path
-    Path(generated.staged_path).unlink(missing_ok=True)
+    staged = Path(generated.staged_path)
+    staged.unlink(missing_ok=True)
+    remove_if_empty(staged.parent)
     return StoredImage(
         generated=generated,
         image_path=str(image_path),

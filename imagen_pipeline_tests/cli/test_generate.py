@@ -111,7 +111,9 @@ def test_count_prints_one_path_per_variation_each_with_its_own_seed(
     assert [s["generation"]["variation"] for s in sidecars] == [0, 1, 2]
     assert [s["result"]["seed"] for s in sidecars] == [41, 42, 43]
     assert len({s["image"]["sha256"] for s in sidecars}) == 3
-    assert not list((tmp_path / "out" / ".imagen-staging").glob("*.png"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [*(p.name for p in paths), *(p.with_suffix(".json").name for p in paths)]
+    ), "no leftovers: no staging folder, no partial files"
 
 
 def test_count_outside_1_to_8_is_refused_naming_the_field(tmp_path: Path) -> None:
