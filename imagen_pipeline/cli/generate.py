@@ -45,7 +45,9 @@ def run_generate_job(spec: ImageSpec, config_path: str | None, verbose: bool) ->
     run_config: dict[str, Any] = {
         "ops": {
             "enrich_prompt": {
-                "config": GenerateImageConfig.from_spec(spec).model_dump(exclude_none=True)
+                "config": GenerateImageConfig.from_spec(spec).model_dump(
+                    mode="json", exclude_none=True
+                )
             }
         },
         "loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}},

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 
 import dagster as dg
 from pydantic import Field
@@ -12,14 +13,19 @@ from pydantic import Field
 from imagen_pipeline.planning import ImageSpec, parse_backend_opts
 from imagen_pipeline.prompts.styles import load_styles
 
+StyleName = StrEnum("StyleName", {name: name for name in sorted(load_styles())})
+"""The style presets as an enum, so the launchpad offers them and Dagster refuses any other
+value before a run starts (``backend`` stays text: the configured instances are read from
+imagen.yaml when a run starts, so an edit needs no reload of the code location)."""
+
 
 class GenerateImageConfig(dg.Config):
     """What to generate. Only ``prompt`` is required."""
 
     prompt: str = Field(description="What the image should show.")
     negative: str = Field(default="", description="What it should not show.")
-    style: str = Field(
-        default="none",
+    style: StyleName = Field(
+        default=StyleName("none"),
         description="Style preset: " + ", ".join(sorted(load_styles())) + ".",
     )
     backend: str = Field(
@@ -64,5 +70,9 @@ class GenerateImageConfig(dg.Config):
     def to_spec(self) -> ImageSpec:
         """The plain-Python request this config describes; raises for bad ``backend_opts``."""
         return ImageSpec(
-            **{**self.model_dump(), "backend_opts": parse_backend_opts(self.backend_opts)}
+            **{
+                **self.model_dump(),
+                "style": self.style.value,
+                "backend_opts": parse_backend_opts(self.backend_opts),
+            }
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
 from PIL import Image
 
 from imagen_pipeline.defs.jobs import build_generate_image_job
@@ -116,15 +117,15 @@ def test_permanent_failure_makes_one_attempt_and_fails_with_message(
     assert not list((tmp_path / "out").glob("*.png"))
 
 
-def test_bad_style_fails_before_the_backend_is_called(
+def test_a_bad_style_is_refused_before_a_run_starts(
     dagster_instance: dg.DagsterInstance, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
     log = tmp_path / "calls.jsonl"
     config_file = write_config({"backends": {"mock": {"type": "mock", "calls_log": str(log)}}})
-    result = execute(dagster_instance, config_file, style="vaporwave")
-    assert not result.success
-    assert "style: unknown style 'vaporwave'; known styles:" in step_failure_text(result)
+    with pytest.raises(dg.DagsterInvalidConfigError, match="style not in enum type StyleName"):
+        execute(dagster_instance, config_file, style="vaporwave")
     assert calls(log) == []
+    assert dagster_instance.get_runs() == [], "refused before a run was created"
 
 
 def test_reexecute_from_failure_reuses_generated_image(

@@ -3,10 +3,14 @@ against it, the row's SQL columns included."""
 
 from __future__ import annotations
 
+import dagster as dg
 import psycopg
+import pytest
 
-from imagen_pipeline.defs.run_config import GenerateImageConfig
+from imagen_pipeline.defs.jobs import build_generate_image_job
+from imagen_pipeline.defs.run_config import GenerateImageConfig, StyleName
 from imagen_pipeline.planning import ImageSpec
+from imagen_pipeline.prompts.styles import load_styles
 from imagen_pipeline.queue.rows import JobRow
 
 JOB_LINK = {"job_id", "job_attempt", "owner_user_id"}
@@ -20,6 +24,10 @@ def test_the_run_config_has_the_specs_fields_with_the_same_defaults() -> None:
     for name, field in spec_fields.items():
         if name == "backend_opts":
             assert config_fields[name].annotation is str, "JSON text, never structure"
+            continue
+        if name == "style":
+            assert {s.value for s in StyleName} == set(load_styles()), "an enum of the presets"
+            assert config_fields[name].default == field.default
             continue
         assert config_fields[name].annotation == field.annotation, name
         assert config_fields[name].default == field.default, name
@@ -58,3 +66,13 @@ def test_a_job_row_holds_every_request_field_and_the_table_has_every_row_column(
     spec = JobRow(id=5, prompt="x", status="queued", attempts=2, owner_user_id="o").to_spec()
     assert (spec.job_id, spec.job_attempt, spec.owner_user_id) == (5, 2, "o")
     assert JobRow(id=6, prompt="x", status="queued", style="").to_spec().style == "none"
+
+
+def test_the_launchpad_refuses_an_unknown_style_before_a_run_starts() -> None:
+    """Dagster's own run-config validation, as the launchpad and `dagster job execute` use."""
+    job = build_generate_image_job()
+    config = {"ops": {"enrich_prompt": {"config": {"prompt": "a kite", "style": "anime"}}}}
+    with pytest.raises(dg.DagsterInvalidConfigError, match="style not in enum type StyleName"):
+        dg.validate_run_config(job, config)
+    config["ops"]["enrich_prompt"]["config"]["style"] = "watercolor"
+    assert dg.validate_run_config(job, config)
