@@ -25,6 +25,7 @@ from imagen_pipeline.instance.forking_launcher import (
     ForkingRunLauncher,
     ForkserverError,
 )
+from imagen_pipeline_tests.fixtures.daemon import POOL_LIMITS
 from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE, REPO_ROOT, subprocess_env
 from imagen_pipeline_tests.instance.launch_target import generate_image_job
 
@@ -42,6 +43,10 @@ def instance(
     # The forkserver imports launch_target by module name, as a code server would.
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
     with dg.DagsterInstance.from_config(str(home)) as instance:
+        # As docs/deployment.md says for a new instance: both generate pools get explicit
+        # limits (two runs first claiming a pool with only default_limit race on Postgres).
+        for pool, limit in POOL_LIMITS.items():
+            instance.event_log_storage.set_concurrency_slots(pool, limit)
         yield instance
     # Let the forkservers finish (and report their workers' exits) before the database goes.
     for forkserver in FORKSERVERS.forkservers.values():
