@@ -11,7 +11,8 @@ from imagen_pipeline.cli.errors import CliError
 from imagen_pipeline.errors import ConfigError
 
 # `imagen config sample` prints a file: the loader (every adapter, httpx, websockets) and
-# Dagster are imported by the commands that need them, inside them, so it starts at once.
+# Dagster are imported by the commands that need them, inside them, so it starts at once
+# (`sample --write` imports the loader for its default path only when it writes).
 
 
 def sample_config_text() -> str:
@@ -25,9 +26,40 @@ def config() -> None:
 
 
 @config.command()
-def sample() -> None:
-    """Print a commented sample imagen.yaml."""
-    click.echo(sample_config_text(), nl=False)
+@click.option(
+    "--write",
+    "write_to",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[PATH]",
+    help="Write the sample to PATH instead of printing it (default: the file imagen reads, "
+    "$XDG_CONFIG_HOME/imagen.yaml or ~/.config/imagen.yaml); missing folders are created.",
+)
+@click.option("--force", is_flag=True, help="With --write: replace an existing file.")
+def sample(write_to: str | None, force: bool) -> None:
+    """Print a commented sample imagen.yaml (--write: save it where imagen reads it)."""
+    if write_to is None:
+        if force:
+            raise CliError("--force applies to --write only")
+        click.echo(sample_config_text(), nl=False)
+        return
+    from imagen_pipeline.config.loader import user_config_path
+
+    path = Path(write_to).expanduser() if write_to else user_config_path()
+    if path.is_dir():
+        raise CliError(f"{path} is a folder; give the path of the file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w" if force else "x", encoding="utf-8") as file:
+            file.write(sample_config_text())
+    except FileExistsError:
+        raise CliError(f"{path} already exists; add --force to replace it") from None
+    except OSError as error:
+        raise CliError(f"cannot write {path}: {error.strerror or error}") from None
+    click.echo(f"wrote {path}")
+    if path.resolve() != user_config_path().resolve():
+        click.echo(f"imagen reads it with --config {path} or IMAGEN_CONFIG={path}")
 
 
 @config.command()

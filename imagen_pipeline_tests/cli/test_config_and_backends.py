@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 from click.testing import CliRunner
 
+from imagen_pipeline.cli.config_cmd import sample_config_text
 from imagen_pipeline.cli.main import cli
 from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
@@ -27,6 +28,57 @@ def test_sample_validates_and_is_commented(tmp_path: Path) -> None:
     validated = runner.invoke(cli, ["config", "validate", str(path)])
     assert validated.exit_code == 0, validated.output
     assert f"{path}: ok" in validated.output
+
+
+def test_sample_write_creates_the_config_folder_of_a_fresh_home(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    assert not (isolated_env / ".config").exists()
+    result = CliRunner().invoke(cli, ["config", "sample", "--write"])
+    assert result.exit_code == 0, result.output
+    written = isolated_env / ".config" / "imagen.yaml"
+    assert result.output == f"wrote {written}\n"
+    assert written.read_text(encoding="utf-8") == sample_config_text()
+    validated = CliRunner().invoke(cli, ["config", "validate"])  # found without --config
+    assert validated.exit_code == 0, validated.output
+    assert f"{written.resolve()}: ok" in validated.output
+
+
+def test_sample_write_honours_xdg_config_home(isolated_env: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["config", "sample", "--write"], env={"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output == f"wrote {tmp_path / 'xdg' / 'imagen.yaml'}\n"
+    assert not (isolated_env / ".config").exists()
+
+
+def test_sample_write_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "folder" / "imagen.yaml"
+    first = CliRunner().invoke(cli, ["config", "sample", "--write", str(target)])
+    assert first.exit_code == 0, first.output
+    assert first.output.splitlines() == [
+        f"wrote {target}",
+        f"imagen reads it with --config {target} or IMAGEN_CONFIG={target}",
+    ]
+    target.write_text("default_backend: mock\n", encoding="utf-8")
+
+    refused = CliRunner().invoke(cli, ["config", "sample", "--write", str(target)])
+    assert refused.exit_code == 2
+    assert f"imagen: error: {target} already exists; add --force to replace it" in refused.output
+    assert target.read_text(encoding="utf-8") == "default_backend: mock\n"
+
+    forced = CliRunner().invoke(cli, ["config", "sample", "--write", str(target), "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert forced.output.startswith(f"wrote {target}\n")
+    assert target.read_text(encoding="utf-8") == sample_config_text()
+
+
+def test_sample_force_without_write_is_refused() -> None:
+    result = CliRunner().invoke(cli, ["config", "sample", "--force"])
+    assert result.exit_code == 2
+    assert "--force applies to --write only" in result.output
 
 
 def test_validate_reports_file_key_path_and_allowed_values(
