@@ -1,4 +1,5 @@
-"""Lineage of one image in Dagster: ``imagen/image`` materializations and their metadata."""
+"""Lineage of one image in Dagster: the materializations of the assets in
+:mod:`imagen_pipeline.defs.assets` and their metadata."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from typing import Any
 import dagster as dg
 
 from imagen_pipeline.cloud.sync import StorageLocation
+from imagen_pipeline.defs.assets import IMAGE, IMAGES_TABLE, STORAGE_OBJECT, USAGE_TABLE
 from imagen_pipeline.output.preview import preview_markdown
 from imagen_pipeline.output.store import StoredImage
-
-IMAGE_ASSET_KEY = dg.AssetKey(["imagen", "image"])
+from imagen_pipeline.usage.recorder import generation_key
 
 
 def image_materialization(stored: StoredImage) -> dg.AssetMaterialization:
@@ -40,29 +41,73 @@ def image_materialization(stored: StoredImage) -> dg.AssetMaterialization:
     }
     if stored.sidecar_path:
         metadata["sidecar_path"] = dg.MetadataValue.path(stored.sidecar_path)
-    if plan.spec.job_id is not None:
-        metadata["job_id"] = dg.MetadataValue.int(plan.spec.job_id)
+    metadata.update(_job(stored))
     return dg.AssetMaterialization(
-        asset_key=IMAGE_ASSET_KEY,
+        asset_key=IMAGE,
         description=plan.spec.prompt[:200],
         metadata={key: value for key, value in metadata.items() if value is not None},
     )
 
 
-def uploaded_materialization(
+def storage_materialization(
     stored: StoredImage, location: StorageLocation
 ) -> dg.AssetMaterialization:
-    """The same image once it is in Supabase Storage: its URL and object as well."""
-    base = image_materialization(stored)
+    """The image's object in Supabase Storage: its URL (a link in the UI) and object path."""
+    metadata: dict[str, Any] = {
+        "url": dg.MetadataValue.url(location.url),
+        "url_mode": dg.MetadataValue.text(location.url_mode),
+        "storage_object": dg.MetadataValue.text(f"{location.bucket}/{location.path}"),
+        "path": dg.MetadataValue.path(stored.image_path),
+        "sha256": dg.MetadataValue.text(stored.sha256),
+        **_job(stored),
+    }
+    if location.sidecar_path:
+        metadata["sidecar_object"] = dg.MetadataValue.text(
+            f"{location.bucket}/{location.sidecar_path}"
+        )
     return dg.AssetMaterialization(
-        asset_key=IMAGE_ASSET_KEY,
-        description=base.description,
-        metadata={
-            **base.metadata,
-            "url": dg.MetadataValue.url(location.url),
-            "storage_object": dg.MetadataValue.text(f"{location.bucket}/{location.path}"),
-        },
+        asset_key=STORAGE_OBJECT,
+        description=stored.generated.plan.spec.prompt[:200],
+        metadata=metadata,
     )
+
+
+def row_materializations(
+    stored: StoredImage, image_id: int, url: str | None
+) -> list[dg.AssetMaterialization]:
+    """The image's ``imagen.images`` row and its ``mai.imagen_usage`` row."""
+    generated = stored.generated
+    meta = generated.metadata
+    image_row: dict[str, Any] = {
+        "image_id": dg.MetadataValue.int(image_id),
+        "path": dg.MetadataValue.path(stored.image_path),
+        **_job(stored),
+    }
+    if url:
+        image_row["url"] = dg.MetadataValue.url(url)
+    usage_row: dict[str, Any] = {
+        "generation_key": dg.MetadataValue.text(
+            generation_key(generated.run_id, generated.attempt, generated.plan.variation)
+        ),
+        "backend": dg.MetadataValue.text(generated.plan.backend),
+        "model": dg.MetadataValue.text(meta.model),
+        "price_source": dg.MetadataValue.text(meta.price_source),
+        "image_id": dg.MetadataValue.int(image_id),
+        **_job(stored),
+    }
+    if meta.cost_usd is not None:
+        usage_row["cost_usd"] = dg.MetadataValue.float(meta.cost_usd)
+    description = generated.plan.spec.prompt[:200]
+    return [
+        dg.AssetMaterialization(IMAGES_TABLE, description=description, metadata=image_row),
+        dg.AssetMaterialization(USAGE_TABLE, description=description, metadata=usage_row),
+    ]
+
+
+def _job(stored: StoredImage) -> dict[str, Any]:
+    """The job id of a queued request, for every materialization of its images."""
+    job_id = stored.generated.plan.spec.job_id
+    return {} if job_id is None else {"job_id": dg.MetadataValue.int(job_id)}
 
 
 def _preview(path: str) -> str:

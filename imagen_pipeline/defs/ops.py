@@ -17,7 +17,11 @@ from imagen_pipeline.backends.progress import ProgressThrottle
 from imagen_pipeline.cloud.errors import database_errors
 from imagen_pipeline.cloud.sync import SyncOutcome, sync_image
 from imagen_pipeline.defs.failures import step_errors
-from imagen_pipeline.defs.lineage import image_materialization, uploaded_materialization
+from imagen_pipeline.defs.lineage import (
+    image_materialization,
+    row_materializations,
+    storage_materialization,
+)
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_identity import POOLS, made_by_tags, own_job, run_tags, tag_run
@@ -186,7 +190,7 @@ def cloud_sync(
         with step_errors(context):
             outcome = sync_image(item, item.generated.plan.cloud)
         if outcome.location is not None:
-            context.log_event(uploaded_materialization(item, outcome.location))
+            context.log_event(storage_materialization(item, outcome.location))
         context.log.info(outcome.detail)
         outcomes.append(outcome)
     return outcomes
@@ -212,6 +216,11 @@ def record_usage(
                 outcome = record_images(conn, images, context.run_id)
         else:
             outcome = record_images(None, images, context.run_id)
+    if outcome.status == "recorded":
+        for (item, sync), image_id in zip(images, outcome.image_ids, strict=True):
+            url = sync.location.url if sync.location else None
+            for materialization in row_materializations(item, image_id, url):
+                context.log_event(materialization)
     if outcome.job_done:
         for item in stored:
             discard_job_record(item.generated)

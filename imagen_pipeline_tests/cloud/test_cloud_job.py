@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from psycopg.rows import dict_row
 
 from imagen_pipeline.cli.main import cli
+from imagen_pipeline.defs.assets import IMAGE, IMAGES_TABLE, STORAGE_OBJECT, USAGE_TABLE
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline.defs.lineage import IMAGE_ASSET_KEY
 from imagen_pipeline.defs.run_errors import run_step_failure
 from imagen_pipeline_tests.cloud.conftest import BUCKET, FALLBACK_OWNER, KEY, OWNER
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
@@ -99,12 +99,18 @@ def test_a_run_uploads_the_image_and_records_row_usage_and_url(
 
     sidecar = json.loads(Path(stored.sidecar_path).read_text(encoding="utf-8"))
     assert sidecar["cloud"]["url"] == image["url"]
-    event = dagster_instance.get_latest_materialization_event(IMAGE_ASSET_KEY)
-    assert event is not None and event.run_id == result.run_id
-    metadata = event.asset_materialization.metadata
-    assert metadata["url"].value == image["url"]
-    assert metadata["storage_object"].value == f"{BUCKET}/{image['storage_path']}"
-    assert metadata["path"].value == stored.image_path
+    materialized = {
+        key: dagster_instance.get_latest_materialization_event(key)
+        for key in (IMAGE, STORAGE_OBJECT, IMAGES_TABLE, USAGE_TABLE)
+    }
+    assert all(e is not None and e.run_id == result.run_id for e in materialized.values())
+    meta = {key: e.asset_materialization.metadata for key, e in materialized.items() if e}
+    assert meta[IMAGE]["path"].value == stored.image_path
+    assert meta[STORAGE_OBJECT]["url"].value == image["url"]
+    assert meta[STORAGE_OBJECT]["storage_object"].value == f"{BUCKET}/{image['storage_path']}"
+    assert meta[IMAGES_TABLE]["image_id"].value == image["id"]
+    assert meta[IMAGES_TABLE]["url"].value == image["url"]
+    assert meta[USAGE_TABLE]["generation_key"].value == usage["generation_key"]
 
 
 def test_without_a_cloud_block_the_run_succeeds_and_says_so(

@@ -7,6 +7,7 @@ import subprocess
 import dagster as dg
 
 from imagen_pipeline.definitions import defs
+from imagen_pipeline.defs.assets import ASSET_SPECS
 from imagen_pipeline.defs.sensors import default_sensor_status
 from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT, subprocess_env
 
@@ -37,6 +38,33 @@ def test_definitions_load_with_graph_pools_sensor_and_resources() -> None:
     sensor = defs.resolve_sensor_def("imagen_jobs_sensor")
     assert sensor.default_status == default_sensor_status()  # test_sensor.py: both cases
     assert sensor.minimum_interval_seconds <= 2
+
+
+def test_the_asset_graph_leads_from_the_queue_to_the_image_its_objects_and_rows() -> None:
+    graph = defs.resolve_asset_graph()
+    deps = {
+        key.to_user_string(): sorted(dep.to_user_string() for dep in graph.get(key).parent_keys)
+        for key in graph.get_all_asset_keys()
+    }
+    assert deps == {
+        "imagen/jobs": [],
+        "imagen/image": ["imagen/jobs"],
+        "imagen/storage_object": ["imagen/image"],
+        "imagen/images": ["imagen/image", "imagen/storage_object"],
+        "mai/imagen_usage": ["imagen/image"],
+    }
+    kinds = {spec.key.to_user_string(): spec.kinds for spec in ASSET_SPECS}
+    assert kinds == {
+        "imagen/jobs": {"postgres"},
+        "imagen/image": {"file"},
+        "imagen/storage_object": {"supabase"},
+        "imagen/images": {"postgres"},
+        "mai/imagen_usage": {"postgres"},
+    }
+    for spec in ASSET_SPECS:
+        assert spec.group_name == "imagen"
+        assert spec.owners == ["team:imagen"]
+        assert spec.description
 
 
 def test_launchpad_config_requires_only_prompt() -> None:

@@ -11,8 +11,8 @@ import dagster as dg
 import pytest
 from PIL import Image
 
+from imagen_pipeline.defs.assets import IMAGE
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline.defs.lineage import IMAGE_ASSET_KEY
 from imagen_pipeline_tests.fixtures.imagen import step_failure_text
 from imagen_pipeline_tests.fixtures.queue import RECONSTRUCTABLE_JOB
 
@@ -58,7 +58,7 @@ def test_only_prompt_needed_image_sidecar_chunks_and_lineage(
     assert sidecar["backend"] == {"instance": "mock", "type": "mock"}
     assert sidecar["result"]["seed"] == 11
 
-    event = dagster_instance.get_latest_materialization_event(IMAGE_ASSET_KEY)
+    event = dagster_instance.get_latest_materialization_event(IMAGE)
     assert event is not None and event.run_id == result.run_id
     metadata = event.asset_materialization.metadata
     assert metadata["path"].value == str(image_path)
