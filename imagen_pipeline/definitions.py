@@ -3,7 +3,7 @@
 import dagster as dg
 
 from imagen_pipeline.defs.assets import ASSET_SPECS
-from imagen_pipeline.defs.jobs import generate_image
+from imagen_pipeline.defs.jobs import BACKEND_RESOURCES, generate_image
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.defs.sensors import build_imagen_jobs_sensor, sensor_interval_s
 
@@ -11,5 +11,9 @@ defs = dg.Definitions(
     assets=ASSET_SPECS,
     jobs=[generate_image],
     sensors=[build_imagen_jobs_sensor(sensor_interval_s())],
-    resources={"imagen": ImagenResource(), "imagen_db": ImagenDatabaseResource()},
+    resources={
+        "imagen": ImagenResource(),
+        "imagen_db": ImagenDatabaseResource(),
+        **BACKEND_RESOURCES,
+    },
 )

@@ -8,7 +8,7 @@ built-in default applies (one ``mock`` backend, output to ``./output``).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,11 @@ class LoadedConfig:
             base = self.source.parent if self.source else Path.cwd()
             directory = base / directory
         return directory.resolve()
+
+    def with_backends(self, instances: dict[str, BackendInstance]) -> LoadedConfig:
+        """This config with ``instances`` added, or taking the place of those of the same
+        name (backends bound in code, see :mod:`imagen_pipeline.defs.backend_resources`)."""
+        return replace(self, backends={**self.backends, **instances})
 
     def backend(self, name: str) -> BackendInstance:
         """The instance called ``name``, or an error listing the configured ones."""

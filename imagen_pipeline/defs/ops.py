@@ -8,7 +8,7 @@ plan (the only read of ``imagen.yaml``); later ops read the plan and the previou
 small result. Ops pass pydantic values and file paths, never image bytes.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import dagster as dg
 
@@ -16,6 +16,7 @@ from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.backends.progress import ProgressThrottle
 from imagen_pipeline.cloud.errors import database_errors
 from imagen_pipeline.cloud.sync import SyncOutcome, sync_image
+from imagen_pipeline.defs.backend_resources import bound_in_code, changed_since_load
 from imagen_pipeline.defs.failures import step_errors
 from imagen_pipeline.defs.lineage import (
     image_materialization,
@@ -38,29 +39,50 @@ from imagen_pipeline.usage.recorder import (
 )
 
 
-@dg.op(
-    tags={"kind": "prompt"},
-    out={
-        kind: dg.Out(GenerationPlan, is_required=False, description=f"Plan for the {pool} pool.")
-        for kind, pool in POOLS.items()
-    },
-)
-def enrich_prompt(
-    context: dg.OpExecutionContext, config: GenerateImageConfig, imagen: ImagenResource
-) -> Iterator[dg.Output[GenerationPlan]]:
-    """Validate the request, apply the style preset and resolve the run's plan.
+def build_enrich_prompt(backend_keys: Iterable[str]) -> dg.OpDefinition:
+    """``enrich_prompt``, using the backend resources ``backend_keys`` (see
+    :mod:`imagen_pipeline.defs.backend_resources`)."""
 
-    The plan leaves on the output of the backend's pool (``gpu`` or ``cloud``), so exactly
-    one of the two generate steps runs and the other is skipped.
-    """
-    with step_errors(context):
-        plan = plan_generation(config.to_spec(), imagen.load())
-    tag_run(context, run_tags(plan))
-    context.log.info(
-        f"backend {plan.backend} ({plan.backend_type}, {plan.model}), style {plan.request.style}, "
-        f"{plan.request.width}x{plan.request.height}; prompt: {plan.request.prompt}"
+    @dg.op(
+        name="enrich_prompt",
+        tags={"kind": "prompt"},
+        out={
+            kind: dg.Out(
+                GenerationPlan, is_required=False, description=f"Plan for the {pool} pool."
+            )
+            for kind, pool in POOLS.items()
+        },
+        required_resource_keys={"imagen", *backend_keys},
     )
-    yield dg.Output(plan, output_name=plan.pool)
+    def enrich_prompt(
+        context: dg.OpExecutionContext, config: GenerateImageConfig
+    ) -> Iterator[dg.Output[GenerationPlan]]:
+        """Validate the request, apply the style preset and resolve the run's plan.
+
+        The plan leaves on the output of the backend's pool (``gpu`` or ``cloud``), so
+        exactly one of the two generate steps runs and the other is skipped.
+        """
+        imagen: ImagenResource = context.resources.imagen
+        backends = {key: getattr(context.resources, key) for key in backend_keys}
+        with step_errors(context):
+            loaded = imagen.load()
+            changed = changed_since_load(backends, loaded)
+            plan = plan_generation(config.to_spec(), loaded.with_backends(bound_in_code(backends)))
+        if changed:
+            context.log.info(
+                f"backends changed in {loaded.source_label} since the code location loaded: "
+                f"{', '.join(changed)}; this run uses the file as it is now (reload the code "
+                "location to show it on the resources page)"
+            )
+        tag_run(context, run_tags(plan))
+        context.log.info(
+            f"backend {plan.backend} ({plan.backend_type}, {plan.model}), style "
+            f"{plan.request.style}, {plan.request.width}x{plan.request.height}; "
+            f"prompt: {plan.request.prompt}"
+        )
+        yield dg.Output(plan, output_name=plan.pool)
+
+    return enrich_prompt
 
 
 def job_progress(
