@@ -42,9 +42,10 @@ class BackendResource(dg.ConfigurableResource):
     type: str = Field(description="Adapter type: comfyui, replicate, openai or mock.")
     settings: str = Field(
         default="{}",
-        description="The instance's block (without type) as JSON, as validated: URLs, "
-        "model, workflow, pool, fallback, env var names of credentials. JSON text, so "
-        "Dagster's config system never reads a setting's null as a missing value.",
+        description="The instance's settings that differ from its type's defaults, as JSON "
+        "(URLs, model, workflow, fallback, env var names of credentials; docs/backends.md "
+        "lists every key and its default). JSON text, so Dagster's config system never reads "
+        "a setting's null as a missing value.",
     )
     source: str = Field(
         default=FROM_CODE,
@@ -74,11 +75,16 @@ class BackendResource(dg.ConfigurableResource):
 
     @classmethod
     def of(cls, instance: BackendInstance, source: str = FROM_CODE) -> BackendResource:
-        """The resource describing ``instance``."""
+        """The resource describing ``instance``: the settings that differ from the defaults,
+        and always the names of the env vars that hold its credentials."""
+        settings = {
+            **instance.backend.model_dump(mode="json", exclude_defaults=True),
+            **instance.credential_env_vars(),
+        }
         return cls(
             instance=instance.name,
             type=instance.type_name,
-            settings=json.dumps(instance.backend.model_dump(mode="json"), sort_keys=True),
+            settings=json.dumps(settings, sort_keys=True),
             source=source,
         )
 

@@ -51,7 +51,8 @@ def test_every_instance_is_a_resource_with_its_settings_and_no_secret(
     box = resources["backend_flux_box"]
     assert (box.instance, box.type, box.source) == ("flux-box", "comfyui", loaded.source_label)
     settings = box.settings_dict()
-    assert settings["pool"] == "gpu"
+    assert "pool" not in settings, "defaults are left out"
+    assert box.backend_instance().backend.pool == "gpu"
     assert [server["url"] for server in settings["servers"]] == [
         "http://127.0.0.1:8188",
         "http://127.0.0.1:8189",
