@@ -14,7 +14,7 @@ import psycopg
 
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.backends.pricing import describe_cost
-from imagen_pipeline.errors import BackendUnavailableError
+from imagen_pipeline.errors import BackendError, BackendUnavailableError
 from imagen_pipeline.generation import GeneratedImage, run_generation
 from imagen_pipeline.output.store import find_job_generation
 from imagen_pipeline.planning import GenerationPlan
@@ -52,10 +52,16 @@ class MadeImage:
         )
 
 
+FailedCall = Callable[[GenerationPlan, BackendError], None]
+"""Told of each backend call that failed, with the plan of the instance that failed it (the
+backend's, or a fallback's), before the error goes on."""
+
+
 def make_image(
     plan: GenerationPlan,
     context: GenerationContext,
     connect: Callable[[], psycopg.Connection] | None,
+    on_failed_call: FailedCall | None = None,
 ) -> MadeImage:
     """The image of ``plan``, generated at most once per job (``connect``: the imagen
     database, for the budget check; None when none is configured)."""
@@ -65,9 +71,18 @@ def make_image(
     try:
         return _generate(plan, context, connect)
     except BackendUnavailableError as error:
-        if not plan.fallbacks:
-            raise
-        return _fall_back(plan, context, connect, error)
+        if plan.fallbacks:
+            return _fall_back(plan, context, connect, error, on_failed_call)
+        _tell(on_failed_call, plan, error)
+        raise
+    except BackendError as error:
+        _tell(on_failed_call, plan, error)
+        raise
+
+
+def _tell(on_failed_call: FailedCall | None, plan: GenerationPlan, error: BackendError) -> None:
+    if on_failed_call is not None:
+        on_failed_call(plan, error)
 
 
 def _generate(
@@ -88,9 +103,11 @@ def _fall_back(
     context: GenerationContext,
     connect: Callable[[], psycopg.Connection] | None,
     unavailable: BackendUnavailableError,
+    on_failed_call: FailedCall | None,
 ) -> MadeImage:
     """The image from the first ``fallback`` instance the budget allows; a fallback whose
-    call the budget refuses (or cannot price) is not taken, and the error says so."""
+    call the budget refuses (or cannot price) is not taken, and the error says so. A
+    fallback's failed call is reported under the fallback."""
     refused = []
     for fallback in plan.fallbacks:
         planned = plan.falling_back(fallback, unavailable.summary)
@@ -100,8 +117,13 @@ def _fall_back(
             return _generate(planned, gen_context, connect)
         except (BudgetExceededError, BudgetUncheckableError) as error:
             refused.append(f"fallback {fallback.backend!r} not taken: {error}")
-    raise BackendUnavailableError(
+        except BackendError as error:
+            _tell(on_failed_call, planned, error)
+            raise
+    error = BackendUnavailableError(
         f"{unavailable}; " + "; ".join(refused),
         unavailable.retry_after_s,
         summary=unavailable.summary,
     )
+    _tell(on_failed_call, plan, error)
+    raise error

@@ -114,6 +114,32 @@ def test_a_fallback_the_budget_refuses_is_not_taken_and_the_error_says_so(
     assert statuses == [("gpu",)], "only the failed calls of gpu; mock was never called"
 
 
+def test_a_fallback_whose_call_fails_is_recorded_under_the_fallback(
+    migrated_database_url: str,
+    write_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+) -> None:
+    down = f"http://127.0.0.1:{closed_port()}"
+    config_file = write_config(
+        {
+            "default_backend": "gpu",
+            "backends": {
+                "gpu": gpu_block(down),
+                "mock": {"type": "mock", "fail_permanent": "content policy"},
+            },
+        }
+    )
+    result = run(dagster_instance, config_file)
+    assert not result.success
+    assert rows(
+        migrated_database_url,
+        "SELECT backend_instance, status, cost_usd, fallback_reason FROM mai.imagen_usage",
+    ) == [("mock", "failed", 0, "fell back from gpu: its server is unreachable")], (
+        "the failed call is the fallback's, not gpu's"
+    )
+    assert rows(migrated_database_url, "SELECT count(*) FROM imagen.images") == [(0,)]
+
+
 def test_no_free_slot_within_fallback_after_s_hands_the_job_to_the_fallback(
     write_config: Callable[..., Path], dagster_instance: dg.DagsterInstance
 ) -> None:

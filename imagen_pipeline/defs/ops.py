@@ -143,16 +143,19 @@ def _make_variation(
             context.log, label.removesuffix(": "), (progress,) if progress else ()
         ),
     )
+
+    def failed_call(failed: GenerationPlan, error: BackendError) -> None:
+        if connect is not None:
+            context.log.info(
+                record_failed_generation(
+                    connect, failed, context.run_id, context.retry_number, error
+                )
+            )
+
     with step_errors(context, backend=label):
         try:
-            made = make_image(plan, gen_context, connect)
+            made = make_image(plan, gen_context, connect, failed_call)
         except BackendError as error:
-            if connect is not None:
-                context.log.info(
-                    record_failed_generation(
-                        connect, plan, context.run_id, context.retry_number, error
-                    )
-                )
             if error.transient:
                 context.log.warning(
                     f"{label}transient failure on attempt {context.retry_number + 1}: {error}"

@@ -205,7 +205,7 @@ def record_failed_generation(
                     "instance": plan.backend,
                     "type": plan.backend_type,
                     "server": None,
-                    "fallback": None,
+                    "fallback": plan.fallback_reason,
                     "model": plan.model,
                     "cost": 0,
                     "price_source": "not_billed",
