@@ -29,6 +29,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "imagen_pipeline.cli.usage_cmd:usage",
         "Print spend and image counts per backend, model or owner.",
     ),
+    "worker": (
+        "imagen_pipeline.cli.worker_cmd:worker",
+        "Execute runs sent by the Celery run launcher; runs until stopped.",
+    ),
 }
 """Command name -> (``module:attribute``, its one-line help for ``imagen --help``; a test
 keeps it equal to the command's own)."""

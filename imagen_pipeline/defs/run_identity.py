@@ -32,16 +32,24 @@ TAG_FALLBACK = "imagen/fallback"
 """The fallback instance that made the image, when the backend could not take the job."""
 POOLS = {"gpu": "imagen_gpu", "cloud": "imagen_cloud"}
 """The backend's ``pool`` setting -> the Dagster pool of the generate step."""
+TAG_CELERY_QUEUE = "dagster-celery/queue"
+"""dagster-celery's tag naming the Celery queue a run is sent to (read only by the Celery
+run launcher, scripts/dagster.celery.yaml; other launchers ignore it)."""
+GPU_QUEUE = "imagen_gpu"
+"""The Celery queue of runs whose generate step uses the GPU pool: the GPU host's worker
+serves it. Other runs carry no queue tag and go to the launcher's ``default_queue``."""
 
 
 def run_tags(plan: GenerationPlan) -> dict[str, str]:
-    """The tags a run of ``plan`` carries: backend, style, pool and, for a job, its row and
-    (when not 0) its priority."""
+    """The tags a run of ``plan`` carries: backend, style, pool, the GPU host's Celery queue
+    for a GPU run and, for a job, its row and (when not 0) its priority."""
     tags = {
         TAG_BACKEND: plan.backend,
         TAG_STYLE: plan.request.style,
         TAG_POOL: POOLS[plan.pool],
     }
+    if plan.pool == "gpu":
+        tags[TAG_CELERY_QUEUE] = GPU_QUEUE
     spec = plan.spec
     if spec.job_id is not None:
         tags[TAG_JOB_ID] = str(spec.job_id)

@@ -1,0 +1,226 @@
+"""dagster-celery's ``CeleryRunLauncher`` with the fixes this pipeline needs.
+
+``CeleryRunLauncher`` (dagster-celery) sends each run to a Celery queue; an ``imagen worker``
+(:mod:`~imagen_pipeline.instance.celery_worker`) on any host that serves the queue executes
+it in a warm pool process. A run goes to the queue named by its ``dagster-celery/queue`` tag
+(``imagen_gpu`` for runs whose generate step uses the GPU pool, see
+:mod:`imagen_pipeline.defs.run_identity`), else to ``default_queue``.
+
+What this subclass changes, each for a reason the stock class gets wrong here:
+
+- broker and result backend come from the environment (:func:`celery_urls`), read the same
+  way by the instance and by every worker, and the result backend may not be ``rpc://``
+  (its results reach only the process that sent the task, so no other process could check
+  a worker's health);
+- ``terminate`` records the run as canceling before it revokes the task, and interrupts the
+  worker with SIGINT: the run ends ``CANCELED`` as with the other launchers (the stock
+  method revokes only, so the interrupted run ends ``FAILURE``);
+- ``check_run_worker_health`` asks the worker that runs the task whether it is alive
+  (Celery's ``ping``), as the task's state in the backend cannot tell a run whose whole
+  worker died (the state stays ``STARTED``), nor survive a restart of the backend;
+- resuming a run is off: the stock resume task does not accept the arguments the stock
+  launcher sends it (``resume_job_args_packed`` against ``execute_job_args_packed``).
+
+Dagster-internal imports: only what the public base class forces on a subclass (the
+run-launcher types its methods take and return, and ``ConfigurableClassData``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._serdes import ConfigurableClassData
+from dagster_celery.launcher import CeleryRunLauncher
+from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
+from kombu.exceptions import OperationalError
+
+BROKER_ENV = "IMAGEN_CELERY_BROKER_URL"
+BACKEND_ENV = "IMAGEN_CELERY_BACKEND_URL"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+WORKER_TAG = "imagen/worker_host"
+"""The Celery worker (``name@host``) that executes the run; set when its task starts."""
+PING_TIMEOUT_S = 2.0
+SILENT_GRACE_S = 15.0
+"""How long a run's worker may stay silent before its run counts as lost: a broker restart
+makes live workers miss a ping or two while they reconnect."""
+
+CELERY_SETTINGS: dict[str, Any] = {
+    # One run per pool process at a time, and no run waits behind another in a process.
+    "worker_prefetch_multiplier": 1,
+    # Acknowledge a task when it starts (Celery's default, said here because it matters):
+    # with late acks a task whose worker died would be delivered again, to a run that run
+    # monitoring has already failed and run retries have already replaced.
+    "task_acks_late": False,
+    # A run's console output is Dagster's log; Celery would re-log it all as WARNING.
+    "worker_redirect_stdouts": False,
+    "broker_connection_retry_on_startup": True,
+    # A launch while the broker restarts waits for it (up to ~15 s) instead of failing.
+    "task_publish_retry_policy": {
+        "max_retries": 10,
+        "interval_start": 0,
+        "interval_step": 0.5,
+        "interval_max": 2,
+    },
+    "result_backend_always_retry": True,
+    "result_backend_max_retries": 10,
+}
+"""Celery settings of the launcher's app, which workers use too (``config_source`` in
+dagster.yaml overrides them)."""
+
+
+def celery_urls() -> tuple[str, str]:
+    """Broker and result backend URLs from ``$IMAGEN_CELERY_BROKER_URL`` and
+    ``$IMAGEN_CELERY_BACKEND_URL`` (default: the broker), local Redis by default."""
+    broker = os.environ.get(BROKER_ENV) or DEFAULT_BROKER_URL
+    backend = os.environ.get(BACKEND_ENV) or broker
+    if backend.startswith("rpc"):
+        raise dg.DagsterInvariantViolationError(
+            f"{BACKEND_ENV}={backend}: the result backend must be shared by every process "
+            "(Redis); rpc:// results reach only the process that launched the run"
+        )
+    return broker, backend
+
+
+class ImagenCeleryRunLauncher(CeleryRunLauncher):
+    """``CeleryRunLauncher`` whose terminated runs end ``CANCELED`` and whose health check
+    notices a dead worker; broker and backend from the environment (:func:`celery_urls`).
+
+    Config: ``default_queue`` (runs without a ``dagster-celery/queue`` tag), ``include``
+    and ``config_source`` (Celery settings over :data:`CELERY_SETTINGS`), as in
+    dagster-celery; ``broker`` and ``backend`` are refused, so they have one source.
+    """
+
+    def __init__(
+        self,
+        default_queue: str,
+        include: list[str] | None = None,
+        config_source: dict[str, Any] | None = None,
+        inst_data: ConfigurableClassData | None = None,
+    ) -> None:
+        broker, backend = celery_urls()
+        super().__init__(
+            default_queue=default_queue,
+            broker=broker,
+            backend=backend,
+            include=include,
+            config_source={**CELERY_SETTINGS, **(config_source or {})},
+            inst_data=inst_data,
+        )
+        self._silent_since: dict[str, float] = {}
+        self._silent_lock = threading.Lock()
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        """dagster-celery's fields without ``broker`` and ``backend``."""
+        fields = dict(CeleryRunLauncher.config_type())  # type: ignore[arg-type]
+        del fields["broker"], fields["backend"]
+        return fields
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
+    ) -> ImagenCeleryRunLauncher:
+        """Build the launcher from its ``dagster.yaml`` block."""
+        return cls(inst_data=inst_data, **config_value)
+
+    @property
+    def supports_resume_run(self) -> bool:
+        """False: dagster-celery's resume task cannot be called as its launcher calls it."""
+        return False
+
+    def terminate(self, run_id: str) -> bool:
+        """Mark the run canceling, then revoke its task and interrupt its worker with SIGINT.
+
+        The run worker turns the interrupt into the end of the run; since the run is
+        canceling, Dagster records it ``CANCELED`` (an interrupt of a run nobody asked to
+        stop is a failure). A run whose task no worker has started yet is canceled here:
+        the revoked task will not run it.
+        """
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            return False
+        task_id = run.tags.get(DAGSTER_CELERY_TASK_ID_TAG)
+        self._instance.report_run_canceling(run)
+        if task_id is None:
+            self._instance.report_engine_event(
+                "Unable to find the Celery task of this run to revoke.",
+                dagster_run=run,
+                cls=self.__class__,
+            )
+            return False
+        result = self.celery.AsyncResult(task_id)
+        result.revoke(terminate=True, signal="SIGINT")
+        self._instance.report_engine_event(
+            f"Revoked Celery task {task_id} (SIGINT to its worker process).",
+            dagster_run=run,
+            cls=self.__class__,
+        )
+        if run.status == dg.DagsterRunStatus.STARTING and result.state == "PENDING":
+            current = self._instance.get_run_by_id(run_id)
+            if current is not None and current.status == dg.DagsterRunStatus.CANCELING:
+                self._instance.report_run_canceled(
+                    current, message="Canceled before a Celery worker started the run."
+                )
+        return True
+
+    def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
+        """SUCCESS or FAILED as the task's result says (FAILURE or REVOKED: the process
+        running it is gone); otherwise RUNNING while the run's worker answers a ping, FAILED
+        once it has been silent for :data:`SILENT_GRACE_S`.
+
+        An unreachable broker says nothing about the worker: RUNNING (the jobs sensor's
+        stall rule covers a run that never reports again).
+        """
+        task_id = run.tags.get(DAGSTER_CELERY_TASK_ID_TAG)
+        if task_id is None:
+            return CheckRunHealthResult(WorkerStatus.NOT_FOUND, "run has no Celery task id tag")
+        try:
+            state = self.celery.AsyncResult(task_id).state
+            if state == "SUCCESS":
+                return CheckRunHealthResult(WorkerStatus.SUCCESS)
+            if state == "FAILURE":
+                return CheckRunHealthResult(WorkerStatus.FAILED, "Celery task failed.")
+            if state == "REVOKED":
+                # A started run's task is revoked by terminate (the run is then canceling
+                # and not checked here) or when its pool process is killed (Celery reports
+                # a process once sent a revoke's signal as terminated, not lost).
+                return CheckRunHealthResult(
+                    WorkerStatus.FAILED, "Celery task revoked: its pool process was killed."
+                )
+            worker = run.tags.get(WORKER_TAG)
+            if worker is None:
+                return CheckRunHealthResult(
+                    WorkerStatus.UNKNOWN, f"no worker has started the task (state {state})"
+                )
+            answered = bool(
+                self.celery.control.ping(destination=[worker], timeout=PING_TIMEOUT_S, limit=1)
+            )
+        except (OperationalError, ConnectionError, OSError) as error:
+            return CheckRunHealthResult(
+                WorkerStatus.RUNNING, f"broker unreachable, worker not checked: {error}"
+            )
+        return self._health_from_ping(run.run_id, worker, answered)
+
+    def _health_from_ping(self, run_id: str, worker: str, answered: bool) -> CheckRunHealthResult:
+        """RUNNING while the worker answers or has been silent for less than the grace."""
+        now = time.monotonic()
+        with self._silent_lock:
+            if answered:
+                self._silent_since.pop(run_id, None)
+                return CheckRunHealthResult(WorkerStatus.RUNNING)
+            silent_s = now - self._silent_since.setdefault(run_id, now)
+        if silent_s < SILENT_GRACE_S:
+            return CheckRunHealthResult(
+                WorkerStatus.RUNNING, f"worker {worker} silent for {silent_s:.0f}s"
+            )
+        with self._silent_lock:
+            self._silent_since.pop(run_id, None)
+        return CheckRunHealthResult(
+            WorkerStatus.FAILED, f"Celery worker {worker} has not answered for {silent_s:.0f}s"
+        )

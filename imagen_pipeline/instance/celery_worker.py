@@ -1,0 +1,245 @@
+"""The Celery worker that executes runs of an instance using
+:class:`~imagen_pipeline.instance.celery_launcher.ImagenCeleryRunLauncher` (``imagen worker``).
+
+It is Celery's own worker (prefork pool) on the launcher's app, so broker, backend and
+Celery settings come from the instance config in ``$DAGSTER_HOME`` and the environment,
+exactly as the launcher reads them. Each task is dagster-celery's ``execute_job``, which
+executes the run in the pool process. Added around it, through Celery's signals:
+
+- before a run starts, the run is tagged ``imagen/worker_host`` with the worker's name
+  (``name@host``) and its log says which worker and host took it; the launcher's health
+  check pings that worker;
+- a run whose task failed before Dagster could record anything (the code location does not
+  import) is failed with the traceback in its log, and a run whose pool process died
+  (``kill -9``, OOM) is failed at once by the worker's main process, as a forking
+  launcher's parent does; run monitoring is the safety net for both;
+- pool processes die with the worker's main process (Linux ``PR_SET_PDEATHSIG``), so a
+  worker is alive or gone as a whole, which is what the health check's ping can see;
+- with ``preload``, the main process imports the code location before it forks the pool,
+  so no pool process pays for that import on its first run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import dagster as dg
+from celery import Celery, Task, signals
+
+# dagster-celery packs the task's arguments with Dagster's serializer; reading the run id
+# back takes its unpacker, as the task itself does (the only Dagster-internal import here).
+from dagster._serdes import unpack_value
+from dagster_celery.config import TASK_EXECUTE_JOB_NAME
+from dagster_celery.tasks import create_execute_job_task
+
+from imagen_pipeline.instance.celery_launcher import WORKER_TAG, ImagenCeleryRunLauncher
+
+CODE_LOCATION_MODULE = "imagen_pipeline.definitions"
+"""The code location ``workspace.yaml`` loads, preloaded by the worker."""
+DEFAULT_CONCURRENCY = 4
+"""Pool processes when the instance has no run queue limit to follow."""
+PR_SET_PDEATHSIG = 1
+
+logger = logging.getLogger("imagen.instance.celery_worker")
+_pool_instances: dict[int, dg.DagsterInstance] = {}
+
+
+class WorkerSetupError(Exception):
+    """The worker cannot start with this instance config."""
+
+
+def launcher_of(instance: dg.DagsterInstance) -> ImagenCeleryRunLauncher:
+    """The instance's run launcher, which must be :class:`ImagenCeleryRunLauncher`."""
+    launcher = instance.run_launcher
+    if not isinstance(launcher, ImagenCeleryRunLauncher):
+        raise WorkerSetupError(
+            f"the instance in {instance.root_directory} launches runs with "
+            f"{type(launcher).__name__}, not ImagenCeleryRunLauncher: use "
+            "scripts/dagster.celery.yaml as its dagster.yaml (docs/deployment.md)"
+        )
+    return launcher
+
+
+def default_concurrency(instance: dg.DagsterInstance) -> int:
+    """The instance's ``max_concurrent_runs`` (every run can execute at once), else 4."""
+    queue = instance.get_concurrency_config().run_queue_config
+    return queue.max_concurrent_runs if queue is not None else DEFAULT_CONCURRENCY
+
+
+def pool_instance() -> dg.DagsterInstance:
+    """This pool process's instance (opened on first use; never in the main process)."""
+    pid = os.getpid()
+    if pid not in _pool_instances:
+        _pool_instances[pid] = dg.DagsterInstance.get()
+    return _pool_instances[pid]
+
+
+def run_id_of(kwargs: dict[str, Any] | None) -> str | None:
+    """The run id in an ``execute_job`` task's arguments."""
+    packed = (kwargs or {}).get("execute_job_args_packed")
+    if not isinstance(packed, dict):
+        return None
+    run_id = getattr(unpack_value(packed), "run_id", None)
+    return run_id if isinstance(run_id, str) else None
+
+
+def die_with_parent(**_: Any) -> None:
+    """In a new pool process: be killed when the worker's main process dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def announce_run(
+    sender: Task | None = None, kwargs: dict[str, Any] | None = None, **_: Any
+) -> None:
+    """Before a run executes: tag it with this worker and say in its log where it runs."""
+    run_id = run_id_of(kwargs)
+    if sender is None or sender.name != TASK_EXECUTE_JOB_NAME or run_id is None:
+        return
+    worker = sender.request.hostname or socket.gethostname()
+    try:
+        instance = pool_instance()
+        run = instance.get_run_by_id(run_id)
+        if run is None:
+            return
+        instance.add_run_tags(run_id, {WORKER_TAG: worker})
+        instance.report_engine_event(
+            f"Celery worker {worker} (host {socket.gethostname()}, pid {os.getpid()}) "
+            "is executing the run.",
+            run,
+        )
+    except Exception:
+        logger.exception("could not record worker %s for run %s", worker, run_id)
+
+
+def fail_run(
+    sender: Task | None = None,
+    exception: BaseException | None = None,
+    kwargs: dict[str, Any] | None = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    """A run's task failed outside Dagster's own error handling: end the run, with why.
+
+    In a pool process: an error before the run executed (the code location does not load),
+    with its traceback. In the main process: the pool process running it died
+    (``WorkerLostError``).
+    """
+    run_id = run_id_of(kwargs)
+    if sender is None or sender.name != TASK_EXECUTE_JOB_NAME or run_id is None:
+        return
+    worker = sender.request.hostname or socket.gethostname()
+    if os.getpid() in _pool_instances:
+        traceback = getattr(einfo, "traceback", "")
+        message = f"Celery worker {worker} could not execute the run: {exception!r}\n{traceback}"
+    else:
+        message = f"Celery worker {worker} lost the run's pool process: {exception}"
+    end_run(run_id, message)
+
+
+def end_killed_run(
+    sender: Task | None = None,
+    request: Any = None,
+    terminated: bool = False,
+    signum: Any = None,
+    **_: Any,
+) -> None:
+    """In the main process: a run's pool process was killed by a signal after a revoke.
+
+    A pool process that was once sent a revoke's signal (the launcher's SIGINT, which the
+    run survives) is marked terminated by billiard for good: when it is later killed
+    (``kill -9``, OOM), Celery reports its task revoked instead of lost. The launcher's own
+    revoke arrives here with ``signum`` SIGINT and is left to the run.
+    """
+    if not terminated or signum == signal.SIGINT or request is None:
+        return
+    run_id = run_id_of(getattr(request, "kwargs", None))
+    if sender is None or sender.name != TASK_EXECUTE_JOB_NAME or run_id is None:
+        return
+    worker = getattr(request, "hostname", None) or socket.gethostname()
+    end_run(run_id, f"Celery worker {worker} lost the run's pool process (signal {signum}).")
+
+
+def end_run(run_id: str, message: str) -> None:
+    """Record ``message`` in the run's log and end the run (CANCELED if it was being
+    canceled, else FAILURE), unless it has finished."""
+    try:
+        if os.getpid() in _pool_instances:
+            report_end(pool_instance(), run_id, message)
+        else:
+            with dg.DagsterInstance.get() as instance:
+                report_end(instance, run_id, message)
+    except Exception:
+        logger.exception("could not end run %s after: %s", run_id, message)
+
+
+def report_end(instance: dg.DagsterInstance, run_id: str, message: str) -> None:
+    """See :func:`end_run`."""
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.is_finished:
+        return
+    instance.report_engine_event(message, run)
+    if run.status == dg.DagsterRunStatus.CANCELING:
+        instance.report_run_canceled(run)
+    else:
+        instance.report_run_failed(run)
+
+
+def worker_app(launcher: ImagenCeleryRunLauncher) -> Celery:
+    """The launcher's Celery app with the run task and this module's signal handlers."""
+    app = launcher.celery
+    create_execute_job_task(app)
+    signals.worker_process_init.connect(die_with_parent, weak=False)
+    signals.task_prerun.connect(announce_run, weak=False)
+    signals.task_failure.connect(fail_run, weak=False)
+    signals.task_revoked.connect(end_killed_run, weak=False)
+    return app
+
+
+def preload_code_location(module: str = CODE_LOCATION_MODULE) -> None:
+    """Import the code location now; a failure is logged and left to each run to report."""
+    try:
+        importlib.import_module(module)
+    except Exception:
+        logger.exception("could not preload %s; each run will report why it cannot load", module)
+
+
+def worker_argv(queues: list[str], concurrency: int, hostname: str, loglevel: str) -> list[str]:
+    """Arguments of Celery's ``worker`` command for this pipeline."""
+    return [
+        "worker",
+        f"--queues={','.join(queues)}",
+        f"--concurrency={concurrency}",
+        f"--hostname={hostname}",
+        "--pool=prefork",
+        # Hand a run only to an idle pool process, never queue it behind a running one.
+        "-O",
+        "fair",
+        f"--loglevel={loglevel}",
+    ]
+
+
+def run_worker(
+    queues: list[str] | None,
+    concurrency: int | None,
+    hostname: str,
+    preload: bool,
+    loglevel: str = "INFO",
+) -> None:
+    """Start Celery's worker on the instance's launcher app; returns when it stops."""
+    with dg.DagsterInstance.get() as instance:
+        launcher = launcher_of(instance)
+        concurrency = concurrency or default_concurrency(instance)
+    app = worker_app(launcher)
+    if preload:
+        preload_code_location()
+    app.worker_main(
+        worker_argv(queues or [launcher.default_queue], concurrency, hostname, loglevel)
+    )
