@@ -30,12 +30,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._serdes import ConfigurableClassData
+from dagster_celery.config import TASK_EXECUTE_JOB_NAME
 from dagster_celery.launcher import CeleryRunLauncher
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 from kombu.exceptions import OperationalError
@@ -111,6 +113,11 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
             include=include,
             config_source={**CELERY_SETTINGS, **(config_source or {})},
             inst_data=inst_data,
+        )
+        # dagster-celery registers its run task again at every launch; Celery 5.7 warns
+        # each time that the name is taken (the first registration is used, as it should).
+        warnings.filterwarnings(
+            "ignore", message=f"Task name '{TASK_EXECUTE_JOB_NAME}' is already registered"
         )
         self._silent_since: dict[str, float] = {}
         self._silent_lock = threading.Lock()

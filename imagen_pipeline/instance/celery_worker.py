@@ -9,14 +9,16 @@ executes the run in the pool process. Added around it, through Celery's signals:
 - before a run starts, the run is tagged ``imagen/worker_host`` with the worker's name
   (``name@host``) and its log says which worker and host took it; the launcher's health
   check pings that worker;
-- a run whose task failed before Dagster could record anything (the code location does not
-  import) is failed with the traceback in its log, and a run whose pool process died
-  (``kill -9``, OOM) is failed at once by the worker's main process, as a forking
-  launcher's parent does; run monitoring is the safety net for both;
+- a run whose pool process died (``kill -9``, OOM) is failed at once by the worker's main
+  process, as a forking launcher's parent does, and a run whose task raised outside
+  Dagster's own error handling (the run could not be read) is failed with the traceback;
+  run monitoring is the safety net for both (a code location that does not import is
+  reported by Dagster itself: "Could not load job definition." with the traceback);
 - pool processes die with the worker's main process (Linux ``PR_SET_PDEATHSIG``), so a
   worker is alive or gone as a whole, which is what the health check's ping can see;
-- with ``preload``, the main process imports the code location before it forks the pool,
-  so no pool process pays for that import on its first run.
+- the main process imports Dagster, dagster-celery and the instance's storage classes, and
+  with ``preload`` the code location, before it forks the pool, so a pool process's first
+  run does not pay for those imports.
 """
 
 from __future__ import annotations
@@ -128,9 +130,9 @@ def fail_run(
 ) -> None:
     """A run's task failed outside Dagster's own error handling: end the run, with why.
 
-    In a pool process: an error before the run executed (the code location does not load),
-    with its traceback. In the main process: the pool process running it died
-    (``WorkerLostError``).
+    In a pool process: an error Dagster's run worker did not catch (it reports a code
+    location that does not load itself), with its traceback. In the main process: the pool
+    process running it died (``WorkerLostError``).
     """
     run_id = run_id_of(kwargs)
     if sender is None or sender.name != TASK_EXECUTE_JOB_NAME or run_id is None:

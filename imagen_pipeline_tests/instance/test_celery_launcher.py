@@ -1,0 +1,519 @@
+"""ImagenCeleryRunLauncher and ``imagen worker`` on scripts/dagster.celery.yaml: a private
+real Redis, real Postgres, real worker processes and, for the queue tests, a real daemon.
+
+Runs are created in the instance and launched with ``DagsterInstance.launch_run``, as the
+daemon's run queue does, or made by the daemon from ``imagen.jobs`` rows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psutil
+import pytest
+import yaml
+from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
+
+from imagen_pipeline.defs.run_identity import GPU_QUEUE, TAG_CELERY_QUEUE
+from imagen_pipeline.instance import celery_launcher
+from imagen_pipeline.instance.celery_launcher import (
+    BROKER_ENV,
+    WORKER_TAG,
+    ImagenCeleryRunLauncher,
+)
+from imagen_pipeline_tests.fixtures.celery import RedisServer, Worker, Workers
+from imagen_pipeline_tests.fixtures.daemon import POOL_LIMITS, DaemonStack
+from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT, subprocess_env
+from imagen_pipeline_tests.instance.launch_target import generate_image_job
+
+CELERY_INSTANCE = REPO_ROOT / "scripts" / "dagster.celery.yaml"
+DEFAULT_QUEUE = "dagster"
+TERMINAL = {"done", "failed", "canceled"}
+POOL_CHECK_BOUND_S = 6
+"""A killed pool process's run is failed by the worker within Celery's pool check (5 s)."""
+
+
+@pytest.fixture
+def instance(
+    tmp_path: Path,
+    fresh_database_url: str,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[dg.DagsterInstance]:
+    """An instance built from scripts/dagster.celery.yaml on a fresh database and Redis."""
+    monkeypatch.setenv("DAGSTER_PG_URL", fresh_database_url)
+    monkeypatch.setenv(BROKER_ENV, redis_server.url)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(CELERY_INSTANCE.read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    # Workers import launch_target by module name, as a code server would.
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for pool, limit in POOL_LIMITS.items():
+            instance.event_log_storage.set_concurrency_slots(pool, limit)
+        yield instance
+
+
+@pytest.fixture
+def config_file(write_config: Callable[..., Path], tmp_path: Path) -> Path:
+    """imagen.yaml with a fast and a slow (60 s) mock backend; the slow one logs its calls."""
+    return write_config(
+        {
+            "default_backend": "mock",
+            "backends": {
+                "mock": {"type": "mock"},
+                "slow": {
+                    "type": "mock",
+                    "latency_s": 60,
+                    "calls_log": str(tmp_path / "slow_calls.jsonl"),
+                },
+            },
+        }
+    )
+
+
+def launch(instance: dg.DagsterInstance, config_file: Path, prompt: str, backend: str) -> str:
+    """Create a ``generate_image`` run and launch it through the instance; returns its id."""
+    recon = dg.reconstructable(generate_image_job)
+    run = instance.create_run_for_job(
+        job_def=generate_image_job(),
+        run_config={
+            "ops": {"enrich_prompt": {"config": {"prompt": prompt, "backend": backend}}},
+            "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
+        },
+        job_code_origin=recon.get_python_origin(),
+    )
+    instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]
+    return run.run_id
+
+
+def wait_for_status(
+    instance: dg.DagsterInstance,
+    run_id: str,
+    statuses: set[dg.DagsterRunStatus],
+    timeout_s: float = 120,
+) -> dg.DagsterRun:
+    """Poll until the run reaches one of ``statuses``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = instance.get_run_by_id(run_id)
+        assert run is not None
+        if run.status in statuses:
+            return run
+        if time.monotonic() > deadline:
+            pytest.fail(f"run {run_id} is {run.status}, expected one of {statuses}")
+        time.sleep(0.1)
+
+
+def wait_for_step(instance: dg.DagsterInstance, run_id: str, step_key: str) -> None:
+    """Poll until ``step_key`` has started in the run."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        records = instance.get_records_for_run(
+            run_id, of_type=dg.DagsterEventType.STEP_START
+        ).records
+        if any(r.event_log_entry.step_key == step_key for r in records):
+            return
+        time.sleep(0.1)
+    pytest.fail(f"step {step_key} of run {run_id} did not start")
+
+
+def engine_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """The run's engine event messages."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+    return [
+        (r.event_log_entry.dagster_event.message if r.event_log_entry.dagster_event else None)
+        or r.event_log_entry.user_message
+        for r in records.records
+    ]
+
+
+def run_process(instance: dg.DagsterInstance, run_id: str) -> int:
+    """The pid of the process that executes the run (Dagster's own engine event)."""
+    for message in engine_messages(instance, run_id):
+        found = re.match(r"Started process for run \(pid: (\d+)\)", message)
+        if found:
+            return int(found.group(1))
+    pytest.fail(f"run {run_id} has no 'Started process' event")
+
+
+def logged_success(worker: Worker, run_id: str) -> bool:
+    """Whether Dagster's console log line for the run's success is in the worker's output."""
+    return any(run_id in line and "RUN_SUCCESS" in line for line in worker.log().splitlines())
+
+
+def seconds_until_finished(
+    instance: dg.DagsterInstance, run_id: str, since: float, timeout_s: float = 120
+) -> float:
+    """How long after ``since`` (``time.time()``) the run was marked finished."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.is_finished:
+            return time.time() - since
+        if time.monotonic() > deadline:
+            pytest.fail(f"run {run_id} was not marked finished within {timeout_s}s")
+        time.sleep(0.05)
+
+
+def test_broker_and_backend_have_one_source_and_rpc_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(BROKER_ENV, raising=False)
+    monkeypatch.delenv(celery_launcher.BACKEND_ENV, raising=False)
+    assert celery_launcher.celery_urls() == ("redis://127.0.0.1:6379/0",) * 2
+    monkeypatch.setenv(BROKER_ENV, "redis://broker:6379/1")
+    assert celery_launcher.celery_urls() == ("redis://broker:6379/1",) * 2
+    monkeypatch.setenv(celery_launcher.BACKEND_ENV, "rpc://")
+    with pytest.raises(dg.DagsterInvariantViolationError, match="rpc://"):
+        celery_launcher.celery_urls()
+    assert "broker" not in ImagenCeleryRunLauncher.config_type()
+    assert "backend" not in ImagenCeleryRunLauncher.config_type()
+    # The pipeline's tag is dagster-celery's own.
+    assert TAG_CELERY_QUEUE == DAGSTER_CELERY_QUEUE_TAG
+
+
+def test_runs_execute_on_a_worker_that_names_itself_in_the_run(
+    instance: dg.DagsterInstance,
+    config_file: Path,
+    celery_workers: Workers,
+    tmp_path: Path,
+) -> None:
+    assert isinstance(instance.run_launcher, ImagenCeleryRunLauncher)
+    worker = celery_workers.start("cloud@hostb", subprocess_env())
+    run_ids = [launch(instance, config_file, f"lighthouse {i}", "mock") for i in range(3)]
+    runs = [wait_for_status(instance, run_id, {dg.DagsterRunStatus.SUCCESS}) for run_id in run_ids]
+
+    for run in runs:
+        assert run.tags[WORKER_TAG] == "cloud@hostb"
+        pid = run_process(instance, run.run_id)
+        assert pid in worker.pool_pids()
+        assert any(
+            m.startswith("Celery worker cloud@hostb (host ") and f"pid {pid})" in m
+            for m in engine_messages(instance, run.run_id)
+        )
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
+    # Dagster's console log reaches the worker's output as Dagster wrote it.
+    assert "WARNING/ForkPoolWorker" not in worker.log()
+    assert all(logged_success(worker, run_id) for run_id in run_ids)
+
+
+def test_terminate_from_another_process_cancels_the_run(
+    instance: dg.DagsterInstance, config_file: Path, celery_workers: Workers, tmp_path: Path
+) -> None:
+    celery_workers.start("cloud@hostb", subprocess_env())
+    run_id = launch(instance, config_file, "a slow lighthouse", "slow")
+    wait_for_step(instance, run_id, "generate_cloud")
+    run = wait_for_status(instance, run_id, {dg.DagsterRunStatus.STARTED})
+    assert instance.run_launcher.check_run_worker_health(run).status.name == "RUNNING"
+
+    # As the webserver or the jobs sensor would: another process, the same instance.
+    terminate = (
+        "import dagster as dg, sys\n"
+        "with dg.DagsterInstance.get() as instance:\n"
+        "    print(instance.run_launcher.terminate(sys.argv[1]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", terminate, run_id],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "True"), result.stderr
+
+    wait_for_status(instance, run_id, {dg.DagsterRunStatus.CANCELED}, timeout_s=30)
+    assert not list((tmp_path / "out").glob("*.png"))
+    # One interrupt ends the run: the interrupted generation is not retried.
+    assert len((tmp_path / "slow_calls.jsonl").read_text().splitlines()) == 1
+
+
+def test_terminate_before_a_worker_took_the_run_cancels_it(
+    instance: dg.DagsterInstance, config_file: Path
+) -> None:
+    run_id = launch(instance, config_file, "nobody serves this queue yet", "mock")
+    assert instance.run_launcher.terminate(run_id)
+    wait_for_status(instance, run_id, {dg.DagsterRunStatus.CANCELED}, timeout_s=5)
+
+
+def test_a_killed_pool_process_fails_its_run_at_once(
+    instance: dg.DagsterInstance, config_file: Path, celery_workers: Workers
+) -> None:
+    """Also for a pool process that survived a revoke before: Celery then reports its
+    task revoked, not lost (one pool process, so the second run lands on it)."""
+    celery_workers.start("cloud@hostb", subprocess_env(), concurrency=1)
+    canceled = launch(instance, config_file, "a lighthouse canceled first", "slow")
+    wait_for_step(instance, canceled, "generate_cloud")
+    instance.run_launcher.terminate(canceled)
+    wait_for_status(instance, canceled, {dg.DagsterRunStatus.CANCELED}, timeout_s=30)
+
+    for prompt in ("a doomed lighthouse", "another doomed lighthouse"):
+        run_id = launch(instance, config_file, prompt, "slow")
+        wait_for_step(instance, run_id, "generate_cloud")
+        process = psutil.Process(run_process(instance, run_id))
+        killed_at = time.time()
+        process.kill()
+
+        # The worker's main process reports it when Celery's pool sees the exit: at once,
+        # or at its periodic pool check (every 5 s) for a process it does not watch yet.
+        assert seconds_until_finished(instance, run_id, killed_at) < POOL_CHECK_BOUND_S
+        failed = instance.get_run_by_id(run_id)
+        assert failed is not None and failed.status == dg.DagsterRunStatus.FAILURE
+        assert any(
+            "Celery worker cloud@hostb lost the run's pool process" in m
+            for m in engine_messages(instance, run_id)
+        )
+        assert instance.run_launcher.check_run_worker_health(failed).status.name == "FAILED"
+
+
+def test_a_dead_worker_fails_the_health_check_once_silent_for_the_grace(
+    instance: dg.DagsterInstance,
+    config_file: Path,
+    celery_workers: Workers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(celery_launcher, "SILENT_GRACE_S", 3.0)
+    worker = celery_workers.start("cloud@hostb", subprocess_env())
+    run_id = launch(instance, config_file, "a lighthouse on a dying host", "slow")
+    wait_for_step(instance, run_id, "generate_cloud")
+    pool = worker.pool_pids()
+    celery_workers.kill(worker)
+    # The pool dies with the main process: nothing keeps executing the run.
+    psutil.wait_procs([psutil.Process(pid) for pid in pool if psutil.pid_exists(pid)], 10)
+    assert not any(psutil.pid_exists(pid) for pid in pool)
+
+    run = instance.get_run_by_id(run_id)
+    assert run is not None and run.status == dg.DagsterRunStatus.STARTED
+    launcher = instance.run_launcher
+    first = launcher.check_run_worker_health(run)
+    assert (first.status.name, first.msg) == ("RUNNING", "worker cloud@hostb silent for 0s")
+    time.sleep(3)
+    last = launcher.check_run_worker_health(run)
+    assert last.status.name == "FAILED"
+    assert "Celery worker cloud@hostb has not answered" in (last.msg or "")
+
+
+def test_a_worker_that_cannot_load_the_code_location_fails_the_run_with_the_traceback(
+    instance: dg.DagsterInstance,
+    celery_workers: Workers,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = tmp_path / "fragile_location.py"
+    module.write_text(
+        textwrap.dedent(
+            """
+            import dagster as dg
+
+            @dg.op
+            def hello() -> None:
+                pass
+
+            @dg.job
+            def fragile() -> None:
+                hello()
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fragile_location  # type: ignore[import-not-found]
+
+    recon = dg.reconstructable(fragile_location.fragile)
+    run = instance.create_run_for_job(
+        job_def=fragile_location.fragile, job_code_origin=recon.get_python_origin()
+    )
+    module.write_text("raise RuntimeError('this code location is broken')\n")
+    celery_workers.start("cloud@hostb", subprocess_env())
+
+    instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]
+    wait_for_status(instance, run.run_id, {dg.DagsterRunStatus.FAILURE}, timeout_s=30)
+    records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+    [error] = [
+        r.event_log_entry.dagster_event.event_specific_data.error  # type: ignore[union-attr]
+        for r in records.records
+        if r.event_log_entry.message.endswith("Could not load job definition.")
+    ]
+    assert "RuntimeError: this code location is broken" in error.to_string()
+    assert any("fragile_location.py" in frame for frame in error.stack)
+    assert "Celery worker cloud@hostb (host " in " ".join(engine_messages(instance, run.run_id))
+
+
+# End to end: imagen.jobs rows, a real daemon, Celery workers.
+
+
+@pytest.fixture
+def celery_stack(
+    daemon_stack: DaemonStack, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> DaemonStack:
+    """The daemon stack on scripts/dagster.celery.yaml and the test's Redis (not started)."""
+    (daemon_stack.home / "dagster.yaml").write_text(CELERY_INSTANCE.read_text())
+    daemon_stack.env[BROKER_ENV] = redis_server.url
+    monkeypatch.setenv(BROKER_ENV, redis_server.url)
+    return daemon_stack
+
+
+def set_instance(stack: DaemonStack, section: str, **settings: Any) -> None:
+    """Change settings of one section of the stack's dagster.yaml (before it starts)."""
+    path = stack.home / "dagster.yaml"
+    config = yaml.safe_load(path.read_text())
+    config[section].update(settings)
+    path.write_text(yaml.safe_dump(config))
+
+
+def all_settled(rows: dict[int, dict[str, Any]]) -> bool:
+    return bool(rows) and all(row["status"] in TERMINAL for row in rows.values())
+
+
+def job_runs(stack: DaemonStack, job_id: int) -> list[dg.DagsterRun]:
+    """Every run made for ``job_id``, oldest first."""
+    with dg.DagsterInstance.from_config(str(stack.home)) as instance:
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(tags={"imagen/job_id": str(job_id)}), ascending=True
+        )
+    return [record.dagster_run for record in records]
+
+
+def images_per_job(stack: DaemonStack) -> dict[int, int]:
+    with stack.connect() as conn:
+        rows = conn.execute("SELECT job_id, count(*) AS n FROM imagen.images GROUP BY 1")
+        return {row["job_id"]: row["n"] for row in rows}
+
+
+def backend_calls(stack: DaemonStack) -> list[dict[str, Any]]:
+    if not stack.calls_log.exists():
+        return []
+    return [json.loads(line) for line in stack.calls_log.read_text().splitlines()]
+
+
+def running_run(stack: DaemonStack, job_id: int) -> tuple[str, int]:
+    """Wait until the job's row is running; returns its run and the run's process."""
+    rows = stack.wait_for(lambda rows: rows[job_id]["status"] == "running", 120)
+    run_id = rows[job_id]["run_id"]
+    with dg.DagsterInstance.from_config(str(stack.home)) as instance:
+        return run_id, run_process(instance, run_id)
+
+
+def test_gpu_runs_execute_only_on_the_gpu_host_and_cloud_runs_on_the_other(
+    celery_stack: DaemonStack, celery_workers: Workers
+) -> None:
+    config = yaml.safe_load(celery_stack.config_file.read_text())
+    celery_stack.configure(backends={**config["backends"], "gpu": {"type": "mock", "pool": "gpu"}})
+    gpu = celery_workers.start("gpu@gpuhost", celery_stack.env, queues=(GPU_QUEUE,))
+    cloud = celery_workers.start("cloud@cloudhost", celery_stack.env)
+    celery_stack.start()
+    gpu_jobs = [celery_stack.insert_job(f"gpu {i}", backend="gpu", width=64) for i in range(3)]
+    cloud_jobs = [celery_stack.insert_job(f"cloud {i}", width=64) for i in range(3)]
+    rows = celery_stack.wait_for(all_settled, 180)
+
+    assert {row["status"] for row in rows.values()} == {"done"}
+    with dg.DagsterInstance.from_config(str(celery_stack.home)) as instance:
+        for job_ids, worker, queue in (
+            (gpu_jobs, gpu, GPU_QUEUE),
+            (cloud_jobs, cloud, DEFAULT_QUEUE),
+        ):
+            for job_id in job_ids:
+                [run] = job_runs(celery_stack, job_id)
+                assert run.tags[WORKER_TAG] == worker.name
+                assert run.tags.get(TAG_CELERY_QUEUE, DEFAULT_QUEUE) == queue
+                messages = engine_messages(instance, run.run_id)
+                assert any(m.startswith(f"Celery worker {worker.name} (host ") for m in messages)
+                assert logged_success(worker, run.run_id)
+
+
+def test_a_killed_pool_process_fails_its_run_and_the_job_ends_with_one_image(
+    celery_stack: DaemonStack, celery_workers: Workers
+) -> None:
+    celery_workers.start("cloud@cloudhost", celery_stack.env)
+    celery_stack.start()
+    job_id = celery_stack.insert_job("a patient owl", backend="patient", width=64, height=64)
+    celery_stack.wait_for(lambda rows: backend_calls(celery_stack) != [])
+    run_id, pid = running_run(celery_stack, job_id)
+    killed_at = time.time()
+    psutil.Process(pid).kill()
+
+    assert celery_stack.seconds_until_finished(run_id, killed_at) < POOL_CHECK_BOUND_S
+    rows = celery_stack.wait_for(all_settled, 180)
+    assert rows[job_id]["status"] == "done", rows[job_id]["error"]
+    runs = job_runs(celery_stack, job_id)
+    assert [run.status.value for run in runs] == ["FAILURE", "SUCCESS"]
+    assert runs[1].parent_run_id == run_id and rows[job_id]["run_id"] == runs[1].run_id
+    assert images_per_job(celery_stack) == {job_id: 1}
+    assert len(list(celery_stack.output_dir.glob("*.png"))) == 1
+
+
+def test_a_dead_worker_host_is_noticed_by_run_monitoring_and_the_job_ends_with_one_image(
+    celery_stack: DaemonStack, celery_workers: Workers
+) -> None:
+    """The whole worker dies (main and pool: a lost host): nothing reports the run, run
+    monitoring (every 5 s) fails it once the worker has been silent for 15 s (the
+    launcher's grace for broker restarts); the retried run finishes on another worker."""
+    doomed = celery_workers.start("doomed@hosta", celery_stack.env)
+    celery_stack.start()
+    job_id = celery_stack.insert_job("a patient owl", backend="patient", width=64, height=64)
+    celery_stack.wait_for(lambda rows: backend_calls(celery_stack) != [])
+    run_id, _ = running_run(celery_stack, job_id)
+    killed_at = time.time()
+    celery_workers.kill(doomed)
+
+    bound = celery_launcher.SILENT_GRACE_S + 2 * 5 + celery_launcher.PING_TIMEOUT_S
+    assert celery_stack.seconds_until_finished(run_id, killed_at) < bound
+    celery_workers.start("spare@hostb", celery_stack.env)
+    rows = celery_stack.wait_for(all_settled, 180)
+    assert rows[job_id]["status"] == "done", rows[job_id]["error"]
+    runs = job_runs(celery_stack, job_id)
+    assert [run.status.value for run in runs] == ["FAILURE", "SUCCESS"]
+    assert runs[1].tags[WORKER_TAG] == "spare@hostb"
+    assert images_per_job(celery_stack) == {job_id: 1}
+    assert len(list(celery_stack.output_dir.glob("*.png"))) == 1
+
+
+def test_canceling_a_running_job_cancels_its_run_on_the_worker(
+    celery_stack: DaemonStack, celery_workers: Workers
+) -> None:
+    celery_workers.start("cloud@cloudhost", celery_stack.env)
+    celery_stack.start()
+    job_id = celery_stack.insert_job("a slow snail", backend="slow", width=64, height=64)
+    celery_stack.wait_for(lambda rows: backend_calls(celery_stack) != [])
+    with celery_stack.connect() as conn:
+        conn.execute("UPDATE imagen.jobs SET status = 'canceled' WHERE id = %s", (job_id,))
+    rows = celery_stack.wait_for(lambda rows: rows[job_id]["finished_at"] is not None, 120)
+    assert rows[job_id]["status"] == "canceled"
+    [run] = job_runs(celery_stack, job_id)
+    assert run.status == dg.DagsterRunStatus.CANCELED
+    assert len(backend_calls(celery_stack)) == 1
+    assert images_per_job(celery_stack) == {}
+
+
+def test_a_redis_restart_mid_burst_loses_no_job_and_makes_none_twice(
+    celery_stack: DaemonStack, celery_workers: Workers, redis_server: RedisServer
+) -> None:
+    """The restarted Redis (no persistence) has lost the queued tasks and every result:
+    their runs fail at run monitoring's start timeout (20 s here) and are retried; the
+    running ones finish, and are not failed by health checks while their worker
+    reconnects."""
+    set_instance(celery_stack, "run_monitoring", start_timeout_seconds=20)
+    celery_workers.start("cloud@cloudhost", celery_stack.env, concurrency=3)
+    celery_stack.start()
+    job_ids = [
+        celery_stack.insert_job(f"burst {i}", backend="steady", width=64, height=64)
+        for i in range(8)
+    ]
+    celery_stack.wait_for(
+        lambda rows: sum(row["status"] == "running" for row in rows.values()) >= 2, 120
+    )
+    redis_server.restart()
+    rows = celery_stack.wait_for(all_settled, 300)
+
+    assert {row["status"] for row in rows.values()} == {"done"}, rows
+    assert images_per_job(celery_stack) == dict.fromkeys(job_ids, 1)
+    assert len(list(celery_stack.output_dir.glob("*.png"))) == len(job_ids)
