@@ -4,20 +4,29 @@ Usage:
     .venv/bin/python scripts/bench_queue.py [--sequential 30] [--burst 100] [--serial 20]
         [--serial-latency 2.0] [--fast-path] [--max-concurrent-runs N]
         [--compute-logs local|noop] [--stock-storage]
+        [--launcher default|forking|celery ...]
         [--server-url postgresql://postgres@127.0.0.1/postgres]
 
 A count of 0 skips that part.
 
 Starts a real stack on a throwaway database: `dagster-daemon run` on a Postgres-backed
-instance (scripts/dagster.postgres.yaml) and, with --fast-path, `dagster-webserver` plus
-`imagen queue listen`. Jobs are INSERTed with plain SQL as flexsiebels does. Reports:
+instance and, with --fast-path, `dagster-webserver` plus `imagen queue listen`. The instance
+config follows --launcher (default: forking): `forking` is scripts/dagster.postgres.yaml,
+`default` the same without its run_launcher block (Dagster's default launcher), `celery`
+scripts/dagster.celery.yaml plus a private `redis-server` and two `imagen worker`s on this
+machine (the default queue with max_concurrent_runs processes, imagen_gpu with the GPU run
+limit). With several launchers, each part runs once per launcher, one after the other, each
+on a fresh stack and database, so the launchers share the machine's state of the moment.
+Jobs are INSERTed with plain SQL as flexsiebels does. Reports, per launcher:
 
 - sequential: insert -> done latency (created_at -> finished_at, database clock) p50/p95;
 - burst: N rows inserted at once, time until all are done, rows per minute;
 - serial: N jobs on a mock that holds one GPU lock for --serial-latency seconds per image;
   total time against the ideal N x latency (does the GPU wait for Dagster?);
-- peak RSS of every process the stack started (daemon, code servers, runs, webserver);
-- import_dagster_s: how long ``import dagster`` takes here, to compare machines and days.
+- peak RSS of every process the stack started (daemon, code servers, runs, webserver,
+  and for celery Redis and the workers), the highest over its parts;
+- import_dagster_s (once): how long ``import dagster`` takes here, to compare machines and
+  days.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,7 +49,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
@@ -52,6 +63,20 @@ from imagen_pipeline.db.migrate import migrate
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TERMINAL = ("done", "failed", "canceled")
+LAUNCHERS = ("default", "forking", "celery")
+INSTANCE_CONFIGS = {
+    "default": REPO_ROOT / "scripts" / "dagster.postgres.yaml",
+    "forking": REPO_ROOT / "scripts" / "dagster.postgres.yaml",
+    "celery": REPO_ROOT / "scripts" / "dagster.celery.yaml",
+}
+GPU_QUEUE = "imagen_gpu"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def database_url(server_url: str, name: str) -> str:
@@ -102,25 +127,33 @@ class RssSampler(threading.Thread):
             self.peak_bytes = max(self.peak_bytes, total)
 
 
+class Options(NamedTuple):
+    """How every stack of one invocation is set up (the command line)."""
+
+    fast_path: bool
+    serial_latency: float
+    max_concurrent_runs: int | None
+    compute_logs: str | None
+    stock_storage: bool
+
+
 class Stack:
     """The processes of one benchmark stack and the database they share."""
 
-    def __init__(
-        self,
-        url: str,
-        workdir: Path,
-        fast_path: bool,
-        serial_latency: float,
-        max_concurrent_runs: int | None,
-        compute_logs: str | None,
-        stock_storage: bool,
-    ) -> None:
+    def __init__(self, url: str, workdir: Path, launcher: str, options: Options) -> None:
         self.url = url
         self.workdir = workdir
-        self.fast_path = fast_path
+        self.launcher = launcher
+        self.fast_path = options.fast_path
+        serial_latency = options.serial_latency
+        max_concurrent_runs = options.max_concurrent_runs
+        compute_logs = options.compute_logs
+        stock_storage = options.stock_storage
         home = workdir / "dagster_home"
         home.mkdir()
-        instance = yaml.safe_load((REPO_ROOT / "scripts" / "dagster.postgres.yaml").read_text())
+        instance = yaml.safe_load(INSTANCE_CONFIGS[launcher].read_text())
+        if launcher == "default":
+            del instance["run_launcher"]
         if max_concurrent_runs:
             instance["concurrency"]["runs"]["max_concurrent_runs"] = max_concurrent_runs
         self.max_concurrent_runs = instance["concurrency"]["runs"]["max_concurrent_runs"]
@@ -135,6 +168,8 @@ class Stack:
             # dagster-postgres as shipped: a new connection for every query.
             instance["storage"] = {"postgres": instance["storage"]["custom"]["config"]}
         self.storage = "stock postgres" if stock_storage else "pooled postgres"
+        limits = instance["concurrency"]["runs"]["tag_concurrency_limits"]
+        self.gpu_run_limit = next(limit["limit"] for limit in limits if limit["value"] == GPU_QUEUE)
         self.compute_logs = (
             "noop" if "NoOp" in str(instance.get("compute_logs", {})) else "local (default)"
         )
@@ -167,10 +202,14 @@ class Stack:
             "IMAGEN_CONFIG": str(workdir / "imagen.yaml"),
             "IMAGEN_WEBSERVER_URL": f"http://127.0.0.1:{self.port}",
         }
+        if launcher == "celery":
+            self.redis_port = free_port()
+            self.env["IMAGEN_CELERY_BROKER_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
         # A deployed package has its bytecode cached; without this every run worker would
         # compile imagen_pipeline anew where the environment sets PYTHONDONTWRITEBYTECODE.
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.sampler: RssSampler | None = None
 
     def spawn(self, name: str, args: list[str]) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
@@ -195,6 +234,8 @@ class Stack:
                 check=True,
                 capture_output=True,
             )
+        if self.launcher == "celery":
+            self.start_celery()
         self.spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace])
         if self.fast_path:
             self.spawn(
@@ -216,6 +257,32 @@ class Stack:
                     if httpx.get(f"http://127.0.0.1:{self.port}/server_info").is_success:
                         break
                 time.sleep(0.5)
+
+    def start_celery(self) -> None:
+        """A private Redis and the two workers of a GPU host and a cloud host."""
+        redis_server = shutil.which("redis-server")
+        if redis_server is None:
+            raise SystemExit("--launcher celery needs redis-server on PATH")
+        self.spawn(
+            "redis",
+            [redis_server, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""],
+        )
+        workers = {
+            "cloud": ["--concurrency", str(self.max_concurrent_runs)],
+            "gpu": ["--queue", GPU_QUEUE, "--concurrency", str(self.gpu_run_limit)],
+        }
+        for name, args in workers.items():
+            self.spawn(
+                f"worker-{name}",
+                [str(BIN / "imagen"), "worker", "--hostname", f"{name}@bench", *args],
+            )
+        deadline = time.monotonic() + 120
+        for name in workers:
+            log = self.workdir / f"worker-{name}.log"
+            while f"{name}@bench ready." not in log.read_text(errors="replace"):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"imagen worker {name} did not start; see {log}")
+                time.sleep(0.2)
 
     def stop(self) -> None:
         for process in self.processes:
@@ -240,9 +307,7 @@ class Stack:
         spans = {}
         with dg.DagsterInstance.get() as instance:
             for row in rows.values():
-                [record] = instance.get_run_records(
-                    filters=dg.RunsFilter(tags={"imagen/job_id": str(row["id"])}), limit=1
-                )
+                record = finished_run_record(instance, row["id"])
                 assert record.start_time is not None and record.end_time is not None
                 created = record.create_timestamp.timestamp()
                 spans[row["id"]] = {
@@ -276,6 +341,21 @@ class Stack:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"jobs not done after {timeout_s}s: {rows}")
             time.sleep(0.05)
+
+
+def finished_run_record(
+    instance: dg.DagsterInstance, job_id: int, timeout_s: float = 30
+) -> dg.RunRecord:
+    """The newest run of ``job_id`` once it has ended (the row is marked done by the run's
+    last step, a moment before the run records its end)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        [record] = instance.get_run_records(
+            filters=dg.RunsFilter(tags={"imagen/job_id": str(job_id)}), limit=1
+        )
+        if record.end_time is not None or time.monotonic() > deadline:
+            return record
+        time.sleep(0.1)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -367,6 +447,38 @@ def import_dagster_s(repeats: int = 5) -> float:
     return round(statistics.median(times), 2)
 
 
+@contextmanager
+def running_stack(server_url: str, launcher: str, options: Options) -> Iterator[Stack]:
+    """A started stack for ``launcher`` on a fresh database, warmed up by one job."""
+    with (
+        throwaway_database(server_url) as url,
+        tempfile.TemporaryDirectory(prefix=f"imagen-bench-{launcher}-") as tmp,
+    ):
+        stack = Stack(url, Path(tmp), launcher, options)
+        try:
+            stack.start()
+            stack.sampler = RssSampler([p.pid for p in stack.processes])
+            stack.sampler.start()
+            check_all_done(stack.wait_done(stack.insert(1), 300))
+            yield stack
+        finally:
+            if stack.sampler is not None:
+                stack.sampler.stop_event.set()
+                stack.sampler.join()
+            stack.stop()
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures to compare launchers by."""
+    return {
+        "sequential_p50_s": result.get("sequential", {}).get("p50_s"),
+        "sequential_p95_s": result.get("sequential", {}).get("p95_s"),
+        "burst_rows_per_min": result.get("burst", {}).get("rows_per_min"),
+        "serial_total_s": result.get("serial", {}).get("total_s"),
+        "peak_rss_mb": result.get("peak_rss_mb"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -386,50 +498,53 @@ def main() -> None:
         action="store_true",
         help="dagster-postgres' own storage (NullPool) instead of PooledPostgresStorage",
     )
+    parser.add_argument(
+        "--launcher",
+        nargs="+",
+        choices=LAUNCHERS,
+        default=["forking"],
+        help="run launchers to compare (each part runs once per launcher, in this order)",
+    )
     args = parser.parse_args()
+    options = Options(
+        fast_path=args.fast_path,
+        serial_latency=args.serial_latency,
+        max_concurrent_runs=args.max_concurrent_runs,
+        compute_logs=args.compute_logs,
+        stock_storage=args.stock_storage,
+    )
+    parts = {
+        "sequential": (args.sequential, lambda stack: bench_sequential(stack, args.sequential)),
+        "burst": (args.burst, lambda stack: bench_burst(stack, args.burst)),
+        "serial": (
+            args.serial,
+            lambda stack: bench_serial(stack, args.serial, args.serial_latency),
+        ),
+    }
 
     results: dict[str, Any] = {
         "fast_path": args.fast_path,
         "cpus": os.cpu_count(),
         "import_dagster_s": import_dagster_s(),
+        "launchers": {launcher: {} for launcher in args.launcher},
     }
-    with (
-        throwaway_database(args.server_url) as url,
-        tempfile.TemporaryDirectory(prefix="imagen-bench-") as tmp,
-    ):
-        stack = Stack(
-            url,
-            Path(tmp),
-            args.fast_path,
-            args.serial_latency,
-            args.max_concurrent_runs,
-            args.compute_logs,
-            args.stock_storage,
-        )
-        results["max_concurrent_runs"] = stack.max_concurrent_runs
-        results["compute_logs"] = stack.compute_logs
-        results["storage"] = stack.storage
-        stack.start()
-        sampler = RssSampler([p.pid for p in stack.processes])
-        sampler.start()
-        try:
-            warmup = stack.insert(1)
-            check_all_done(stack.wait_done(warmup, 300))
-
-            if args.sequential:
-                results["sequential"] = bench_sequential(stack, args.sequential)
-                print(json.dumps(results["sequential"]), flush=True)
-            if args.burst:
-                results["burst"] = bench_burst(stack, args.burst)
-                print(json.dumps(results["burst"]), flush=True)
-            if args.serial:
-                results["serial"] = bench_serial(stack, args.serial, args.serial_latency)
-                print(json.dumps(results["serial"]), flush=True)
-        finally:
-            sampler.stop_event.set()
-            sampler.join()
-            stack.stop()
-        results["peak_rss_mb"] = round(sampler.peak_bytes / 2**20)
+    for part, (count, bench) in parts.items():
+        if not count:
+            continue
+        for launcher in args.launcher:
+            result = results["launchers"][launcher]
+            with running_stack(args.server_url, launcher, options) as stack:
+                result.update(
+                    max_concurrent_runs=stack.max_concurrent_runs,
+                    compute_logs=stack.compute_logs,
+                    storage=stack.storage,
+                )
+                result[part] = bench(stack)
+            assert stack.sampler is not None
+            peak = round(stack.sampler.peak_bytes / 2**20)
+            result["peak_rss_mb"] = max(peak, result.get("peak_rss_mb", 0))
+            print(json.dumps({"launcher": launcher, part: result[part]}), flush=True)
+    results["summary"] = {name: summary(result) for name, result in results["launchers"].items()}
     print(json.dumps(results, indent=2))
 
 
