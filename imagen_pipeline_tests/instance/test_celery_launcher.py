@@ -183,6 +183,27 @@ def test_broker_and_backend_have_one_source_and_rpc_is_refused(
     assert TAG_CELERY_QUEUE == DAGSTER_CELERY_QUEUE_TAG
 
 
+def test_the_worker_needs_dagster_home_with_the_celery_launcher(tmp_path: Path) -> None:
+    def worker(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["imagen", "worker"],
+            env=subprocess_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    unset = worker()
+    assert unset.returncode == 2
+    assert "imagen: error: DAGSTER_HOME is not set" in unset.stderr
+    home = tmp_path / "sqlite_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    other = worker(DAGSTER_HOME=str(home))
+    assert other.returncode == 1
+    assert "launches runs with DefaultRunLauncher, not ImagenCeleryRunLauncher" in other.stderr
+
+
 def test_runs_execute_on_a_worker_that_names_itself_in_the_run(
     instance: dg.DagsterInstance,
     config_file: Path,
