@@ -49,7 +49,12 @@ def test_bench_queue_writes_an_instance_config_for_either_storage(tmp_path: Path
     for stock in (False, True):
         workdir = tmp_path / ("stock" if stock else "pooled")
         workdir.mkdir()
-        stack = bench.Stack("postgresql://unused/db", workdir, False, 2.0, 3, "noop", stock)
+        stack = bench.Stack(
+            "postgresql://unused/db",
+            workdir,
+            "forking",
+            bench.Options(False, 2.0, 3, "noop", stock),
+        )
         config = yaml.safe_load((workdir / "dagster_home" / "dagster.yaml").read_text())
         assert config["concurrency"]["runs"]["max_concurrent_runs"] == 3
         assert "NoOpComputeLogManager" in str(config["compute_logs"])
@@ -88,7 +93,9 @@ def test_bench_gpu_boxes_configures_both_backends_and_the_limits_from_them(
     tmp_path: Path,
 ) -> None:
     bench = load_script("bench_gpu_boxes")
-    stack = bench.Stack("postgresql://unused/db", tmp_path, False, 2.0, None, None, False)
+    stack = bench.Stack(
+        "postgresql://unused/db", tmp_path, "forking", bench.Options(False, 2.0, None, None, False)
+    )
     pool = bench.configure(stack, ["http://127.0.0.1:8188", "http://127.0.0.1:8189"], None)
     assert pool == 5, "2 + 2 slots on the boxes, 1 for the stack's serial GPU mock"
     config = parse_config(yaml.safe_load((tmp_path / "imagen.yaml").read_text()))

@@ -33,7 +33,15 @@ import psycopg
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_queue import BIN, REPO_ROOT, Stack, check_all_done, import_dagster_s, throwaway_database
+from bench_queue import (
+    BIN,
+    REPO_ROOT,
+    Options,
+    Stack,
+    check_all_done,
+    import_dagster_s,
+    throwaway_database,
+)
 
 sys.path.insert(0, str(REPO_ROOT))  # the loopback ComfyUI server lives with the tests
 
@@ -173,7 +181,10 @@ def main() -> None:
             fake.step_delay_s = args.latency / STEPS
             fake.preview_frames = False
         stack = Stack(
-            url, workdir, args.fast_path, args.latency, args.max_concurrent_runs, None, False
+            url,
+            workdir,
+            "forking",
+            Options(args.fast_path, args.latency, args.max_concurrent_runs, None, False),
         )
         pool = configure(stack, [fake.url for fake in fakes], args.run_limit)
         stack.start()

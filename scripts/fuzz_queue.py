@@ -36,7 +36,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_queue import Stack, import_dagster_s, throwaway_database
+from bench_queue import Options, Stack, import_dagster_s, throwaway_database
 
 STYLES = ["none", "photo", "watercolor", "blog-header", "cinematic", "minimal", "illustration"]
 CLIENT = "0f0f0f0f-0000-4000-8000-00000000000f"
@@ -181,7 +181,7 @@ def main() -> None:
             with psycopg.connect(url, autocommit=True) as conn:
                 for (name,) in conn.execute(REQUEST_RULES).fetchall():
                     conn.execute(f"ALTER TABLE imagen.jobs DROP CONSTRAINT {name}")
-        stack = Stack(url, Path(tmp), False, 0.1, None, None, False)
+        stack = Stack(url, Path(tmp), "forking", Options(False, 0.1, None, None, False))
         stack.start()
         expected: dict[int, bool] = {}
         refused: Counter[str] = Counter()
