@@ -3,8 +3,9 @@
 
 It is Celery's own worker (prefork pool) on the launcher's app, so broker, backend and
 Celery settings come from the instance config in ``$DAGSTER_HOME`` and the environment,
-exactly as the launcher reads them. Each task is dagster-celery's ``execute_job``, which
-executes the run in the pool process. Added around it, through Celery's signals:
+exactly as the launcher reads them. Each task is dagster-celery's ``execute_job`` (this
+module's version of it, :func:`register_run_task`), which executes the run in the pool
+process. Added around it, through Celery's signals:
 
 - before a run starts, the run is tagged ``imagen/worker_host`` with the worker's name
   (``name@host``) and its log says which worker and host took it; the launcher's health
@@ -35,11 +36,13 @@ from typing import Any
 import dagster as dg
 from celery import Celery, Task, signals
 
-# dagster-celery packs the task's arguments with Dagster's serializer; reading the run id
-# back takes its unpacker, as the task itself does (the only Dagster-internal import here).
+# What dagster-celery's own run task imports: the function `dagster api execute_run` runs,
+# and the unpacker of the task's arguments (packed with Dagster's serializer). The only
+# Dagster-internal imports here.
+from dagster._cli.api import _execute_run_command_body
+from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import unpack_value
 from dagster_celery.config import TASK_EXECUTE_JOB_NAME
-from dagster_celery.tasks import create_execute_job_task
 
 from imagen_pipeline.instance.celery_launcher import WORKER_TAG, ImagenCeleryRunLauncher
 
@@ -194,10 +197,33 @@ def report_end(instance: dg.DagsterInstance, run_id: str, message: str) -> None:
         instance.report_run_failed(run)
 
 
+def register_run_task(app: Celery) -> None:
+    """dagster-celery's ``execute_job`` task (same name and arguments), executing every run
+    of a pool process on that process's one instance (:func:`pool_instance`).
+
+    The stock task opens a new instance per run. Dagster's Postgres storages do not close
+    their pooled connections when an instance is disposed, so in a pool process, which
+    outlives its runs, every run left its connections open until garbage collection: with
+    six pool processes a burst of 100 runs took Postgres past its 100 connections ("too many
+    clients already"). One instance per process keeps one set of connections and skips
+    opening the storage for each run.
+    """
+
+    @app.task(bind=True, name=TASK_EXECUTE_JOB_NAME, track_started=True)
+    def execute_job(_task: Task, execute_job_args_packed: dict[str, Any]) -> int:
+        args = unpack_value(execute_job_args_packed, as_type=ExecuteRunArgs)
+        return _execute_run_command_body(
+            instance=pool_instance(),
+            run_id=args.run_id,
+            write_stream_fn=lambda _event: None,
+            set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
+        )
+
+
 def worker_app(launcher: ImagenCeleryRunLauncher) -> Celery:
     """The launcher's Celery app with the run task and this module's signal handlers."""
     app = launcher.celery
-    create_execute_job_task(app)
+    register_run_task(app)
     signals.worker_process_init.connect(die_with_parent, weak=False)
     signals.task_prerun.connect(announce_run, weak=False)
     signals.task_failure.connect(fail_run, weak=False)
