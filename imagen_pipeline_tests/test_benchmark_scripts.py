@@ -52,7 +52,7 @@ def test_bench_queue_writes_an_instance_config_for_either_storage(tmp_path: Path
         stack = bench.Stack(
             "postgresql://unused/db",
             workdir,
-            "forking",
+            "celery",
             bench.Options(False, 2.0, 3, "noop", stock),
         )
         config = yaml.safe_load((workdir / "dagster_home" / "dagster.yaml").read_text())
@@ -94,7 +94,7 @@ def test_bench_gpu_boxes_configures_both_backends_and_the_limits_from_them(
 ) -> None:
     bench = load_script("bench_gpu_boxes")
     stack = bench.Stack(
-        "postgresql://unused/db", tmp_path, "forking", bench.Options(False, 2.0, None, None, False)
+        "postgresql://unused/db", tmp_path, "celery", bench.Options(False, 2.0, None, None, False)
     )
     pool = bench.configure(stack, ["http://127.0.0.1:8188", "http://127.0.0.1:8189"], None)
     assert pool == 5, "2 + 2 slots on the boxes, 1 for the stack's serial GPU mock"

@@ -183,7 +183,7 @@ def main() -> None:
         stack = Stack(
             url,
             workdir,
-            "forking",
+            "celery",
             Options(args.fast_path, args.latency, args.max_concurrent_runs, None, False),
         )
         pool = configure(stack, [fake.url for fake in fakes], args.run_limit)

@@ -4,27 +4,29 @@ Usage:
     .venv/bin/python scripts/bench_queue.py [--sequential 30] [--burst 100] [--serial 20]
         [--serial-latency 2.0] [--fast-path] [--max-concurrent-runs N]
         [--compute-logs local|noop] [--stock-storage]
-        [--launcher default|forking|celery ...]
+        [--launcher default|celery ...]
         [--server-url postgresql://postgres@127.0.0.1/postgres]
 
 A count of 0 skips that part.
 
 Starts a real stack on a throwaway database: `dagster-daemon run` on a Postgres-backed
 instance and, with --fast-path, `dagster-webserver` plus `imagen queue listen`. The instance
-config follows --launcher (default: forking): `forking` is scripts/dagster.postgres.yaml,
-`default` the same without its run_launcher block (Dagster's default launcher), `celery`
-scripts/dagster.celery.yaml plus a private `redis-server` and two `imagen worker`s on this
-machine (the default queue with max_concurrent_runs processes, imagen_gpu with the GPU run
-limit). With several launchers, each part runs once per launcher, one after the other, each
-on a fresh stack and database, so the launchers share the machine's state of the moment.
+config follows --launcher (default: celery): `celery` is scripts/dagster.postgres.yaml (the
+production config, with its Celery run launcher) plus a private `redis-server` and two
+`imagen worker`s on this machine (the default queue with max_concurrent_runs processes,
+imagen_gpu with the GPU run limit); `default` the same without its run_launcher block
+(Dagster's default launcher, a fresh interpreter per run). With several launchers, each
+part runs once per launcher, one after the other, each on a fresh stack and database, so
+the launchers share the machine's state of the moment.
 Jobs are INSERTed with plain SQL as flexsiebels does. Reports, per launcher:
 
 - sequential: insert -> done latency (created_at -> finished_at, database clock) p50/p95;
 - burst: N rows inserted at once, time until all are done, rows per minute;
 - serial: N jobs on a mock that holds one GPU lock for --serial-latency seconds per image;
   total time against the ideal N x latency (does the GPU wait for Dagster?);
-- peak RSS of every process the stack started (daemon, code servers, runs, webserver,
-  and for celery Redis and the workers), the highest over its parts;
+- peak RSS and PSS of every process the stack started (daemon, code servers, runs,
+  webserver, and for celery Redis and the workers), the highest over its parts; PSS shares
+  each page among the processes that map it, so it is what the stack occupies;
 - import_dagster_s (once): how long ``import dagster`` takes here, to compare machines and
   days.
 """
@@ -63,12 +65,8 @@ from imagen_pipeline.db.migrate import migrate
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TERMINAL = ("done", "failed", "canceled")
-LAUNCHERS = ("default", "forking", "celery")
-INSTANCE_CONFIGS = {
-    "default": REPO_ROOT / "scripts" / "dagster.postgres.yaml",
-    "forking": REPO_ROOT / "scripts" / "dagster.postgres.yaml",
-    "celery": REPO_ROOT / "scripts" / "dagster.celery.yaml",
-}
+LAUNCHERS = ("default", "celery")
+PRODUCTION_INSTANCE = REPO_ROOT / "scripts" / "dagster.postgres.yaml"
 GPU_QUEUE = "imagen_gpu"
 
 
@@ -102,18 +100,22 @@ def throwaway_database(server_url: str) -> Iterator[str]:
 
 
 class RssSampler(threading.Thread):
-    """Samples the summed RSS of the process groups the stack started."""
+    """Samples the summed memory of the process groups the stack started: RSS (pages a
+    process shares with others, such as a forked worker's with its parent, counted once per
+    process) and PSS (each shared page divided among the processes that share it, so the sum
+    is what the stack really occupies)."""
 
     def __init__(self, groups: list[int]) -> None:
         super().__init__(daemon=True)
         self.groups = groups
         self.peak_bytes = 0
+        self.peak_pss_bytes = 0
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         page = os.sysconf("SC_PAGE_SIZE")
         while not self.stop_event.wait(0.25):
-            total = 0
+            total = pss = 0
             for pid_dir in Path("/proc").iterdir():
                 if not pid_dir.name.isdigit():
                     continue
@@ -122,9 +124,19 @@ class RssSampler(threading.Thread):
                     if int(stat[2]) not in self.groups:  # field 5: process group
                         continue
                     total += int((pid_dir / "statm").read_text().split()[1]) * page
+                    pss += proportional_set_size(pid_dir)
                 except (OSError, IndexError, ValueError):
                     continue
             self.peak_bytes = max(self.peak_bytes, total)
+            self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
+
+
+def proportional_set_size(pid_dir: Path) -> int:
+    """A process's PSS in bytes, from ``/proc/<pid>/smaps_rollup``."""
+    for line in (pid_dir / "smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 class Options(NamedTuple):
@@ -151,7 +163,7 @@ class Stack:
         stock_storage = options.stock_storage
         home = workdir / "dagster_home"
         home.mkdir()
-        instance = yaml.safe_load(INSTANCE_CONFIGS[launcher].read_text())
+        instance = yaml.safe_load(PRODUCTION_INSTANCE.read_text())
         if launcher == "default":
             del instance["run_launcher"]
         if max_concurrent_runs:
@@ -168,8 +180,6 @@ class Stack:
             # dagster-postgres as shipped: a new connection for every query.
             instance["storage"] = {"postgres": instance["storage"]["custom"]["config"]}
         self.storage = "stock postgres" if stock_storage else "pooled postgres"
-        limits = instance["concurrency"]["runs"]["tag_concurrency_limits"]
-        self.gpu_run_limit = next(limit["limit"] for limit in limits if limit["value"] == GPU_QUEUE)
         self.compute_logs = (
             "noop" if "NoOp" in str(instance.get("compute_logs", {})) else "local (default)"
         )
@@ -210,6 +220,14 @@ class Stack:
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.processes: list[subprocess.Popen[bytes]] = []
         self.sampler: RssSampler | None = None
+
+    @property
+    def gpu_run_limit(self) -> int:
+        """The instance's run-queue limit on GPU runs, as its dagster.yaml says now (a
+        benchmark may change it before :meth:`start`)."""
+        instance = yaml.safe_load((self.workdir / "dagster_home" / "dagster.yaml").read_text())
+        limits = instance["concurrency"]["runs"]["tag_concurrency_limits"]
+        return int(next(limit["limit"] for limit in limits if limit["value"] == GPU_QUEUE))
 
     def spawn(self, name: str, args: list[str]) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
@@ -476,6 +494,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "burst_rows_per_min": result.get("burst", {}).get("rows_per_min"),
         "serial_total_s": result.get("serial", {}).get("total_s"),
         "peak_rss_mb": result.get("peak_rss_mb"),
+        "peak_pss_mb": result.get("peak_pss_mb"),
     }
 
 
@@ -502,7 +521,7 @@ def main() -> None:
         "--launcher",
         nargs="+",
         choices=LAUNCHERS,
-        default=["forking"],
+        default=["celery"],
         help="run launchers to compare (each part runs once per launcher, in this order)",
     )
     args = parser.parse_args()
@@ -543,6 +562,8 @@ def main() -> None:
             assert stack.sampler is not None
             peak = round(stack.sampler.peak_bytes / 2**20)
             result["peak_rss_mb"] = max(peak, result.get("peak_rss_mb", 0))
+            peak_pss = round(stack.sampler.peak_pss_bytes / 2**20)
+            result["peak_pss_mb"] = max(peak_pss, result.get("peak_pss_mb", 0))
             print(json.dumps({"launcher": launcher, part: result[part]}), flush=True)
     results["summary"] = {name: summary(result) for name, result in results["launchers"].items()}
     print(json.dumps(results, indent=2))

@@ -181,7 +181,7 @@ def main() -> None:
             with psycopg.connect(url, autocommit=True) as conn:
                 for (name,) in conn.execute(REQUEST_RULES).fetchall():
                     conn.execute(f"ALTER TABLE imagen.jobs DROP CONSTRAINT {name}")
-        stack = Stack(url, Path(tmp), "forking", Options(False, 0.1, None, None, False))
+        stack = Stack(url, Path(tmp), "celery", Options(False, 0.1, None, None, False))
         stack.start()
         expected: dict[int, bool] = {}
         refused: Counter[str] = Counter()

@@ -1,5 +1,5 @@
 """``imagen worker``: a Celery worker that executes runs of the instance in ``$DAGSTER_HOME``
-(scripts/dagster.celery.yaml; see docs/deployment.md "More than one host")."""
+(scripts/dagster.postgres.yaml; see docs/deployment.md "More than one host")."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def worker(
 ) -> None:
     """Execute runs sent by the Celery run launcher; runs until stopped.
 
-    Needs DAGSTER_HOME (an instance using scripts/dagster.celery.yaml, the same on every
+    Needs DAGSTER_HOME (an instance using scripts/dagster.postgres.yaml, the same on every
     host), DAGSTER_PG_URL, IMAGEN_CELERY_BROKER_URL (default redis://127.0.0.1:6379/0) and
     the environment the runs need (IMAGEN_CONFIG, IMAGEN_DATABASE_URL, credentials).
     SIGTERM stops it after its runs finish.
@@ -55,7 +55,7 @@ def worker(
     if not os.environ.get("DAGSTER_HOME"):
         raise CliError(
             "DAGSTER_HOME is not set: the worker executes runs of the instance there "
-            "(its dagster.yaml from scripts/dagster.celery.yaml)"
+            "(its dagster.yaml from scripts/dagster.postgres.yaml)"
         )
     from imagen_pipeline.instance.celery_worker import WorkerSetupError, run_worker
 

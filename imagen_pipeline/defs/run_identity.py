@@ -34,7 +34,7 @@ POOLS = {"gpu": "imagen_gpu", "cloud": "imagen_cloud"}
 """The backend's ``pool`` setting -> the Dagster pool of the generate step."""
 TAG_CELERY_QUEUE = "dagster-celery/queue"
 """dagster-celery's tag naming the Celery queue a run is sent to (read only by the Celery
-run launcher, scripts/dagster.celery.yaml; other launchers ignore it)."""
+run launcher, scripts/dagster.postgres.yaml; other launchers ignore it)."""
 GPU_QUEUE = "imagen_gpu"
 """The Celery queue of runs whose generate step uses the GPU pool: the GPU host's worker
 serves it. Other runs carry no queue tag and go to the launcher's ``default_queue``."""

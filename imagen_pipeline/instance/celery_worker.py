@@ -11,7 +11,7 @@ process. Added around it, through Celery's signals:
   (``name@host``) and its log says which worker and host took it; the launcher's health
   check pings that worker;
 - a run whose pool process died (``kill -9``, OOM) is failed at once by the worker's main
-  process, as a forking launcher's parent does, and a run whose task raised outside
+  process (as a parent process would for its child), and a run whose task raised outside
   Dagster's own error handling (the run could not be read) is failed with the traceback;
   run monitoring is the safety net for both (a code location that does not import is
   reported by Dagster itself: "Could not load job definition." with the traceback);
@@ -67,7 +67,7 @@ def launcher_of(instance: dg.DagsterInstance) -> ImagenCeleryRunLauncher:
         raise WorkerSetupError(
             f"the instance in {instance.root_directory} launches runs with "
             f"{type(launcher).__name__}, not ImagenCeleryRunLauncher: use "
-            "scripts/dagster.celery.yaml as its dagster.yaml (docs/deployment.md)"
+            "scripts/dagster.postgres.yaml as its dagster.yaml (docs/deployment.md)"
         )
     return launcher
 

@@ -1,4 +1,4 @@
-"""ImagenCeleryRunLauncher and ``imagen worker`` on scripts/dagster.celery.yaml: a private
+"""ImagenCeleryRunLauncher and ``imagen worker`` on scripts/dagster.postgres.yaml: a private
 real Redis, real Postgres, real worker processes and, for the queue tests, a real daemon.
 
 Runs are created in the instance and launched with ``DagsterInstance.launch_run``, as the
@@ -8,7 +8,6 @@ daemon's run queue does, or made by the daemon from ``imagen.jobs`` rows.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import textwrap
@@ -30,12 +29,11 @@ from imagen_pipeline.instance.celery_launcher import (
     WORKER_TAG,
     ImagenCeleryRunLauncher,
 )
-from imagen_pipeline_tests.fixtures.celery import RedisServer, Worker, Workers
+from imagen_pipeline_tests.fixtures.celery import RedisServer, Worker, Workers, run_process
 from imagen_pipeline_tests.fixtures.daemon import POOL_LIMITS, DaemonStack
-from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT, subprocess_env
+from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE, REPO_ROOT, subprocess_env
 from imagen_pipeline_tests.instance.launch_target import generate_image_job
 
-CELERY_INSTANCE = REPO_ROOT / "scripts" / "dagster.celery.yaml"
 DEFAULT_QUEUE = "dagster"
 TERMINAL = {"done", "failed", "canceled"}
 POOL_CHECK_BOUND_S = 6
@@ -49,12 +47,12 @@ def instance(
     redis_server: RedisServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[dg.DagsterInstance]:
-    """An instance built from scripts/dagster.celery.yaml on a fresh database and Redis."""
+    """An instance built from scripts/dagster.postgres.yaml on a fresh database and Redis."""
     monkeypatch.setenv("DAGSTER_PG_URL", fresh_database_url)
     monkeypatch.setenv(BROKER_ENV, redis_server.url)
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(CELERY_INSTANCE.read_text())
+    (home / "dagster.yaml").write_text(PRODUCTION_INSTANCE.read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     # Workers import launch_target by module name, as a code server would.
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
@@ -136,15 +134,6 @@ def engine_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
         or r.event_log_entry.user_message
         for r in records.records
     ]
-
-
-def run_process(instance: dg.DagsterInstance, run_id: str) -> int:
-    """The pid of the process that executes the run (Dagster's own engine event)."""
-    for message in engine_messages(instance, run_id):
-        found = re.match(r"Started process for run \(pid: (\d+)\)", message)
-        if found:
-            return int(found.group(1))
-    pytest.fail(f"run {run_id} has no 'Started process' event")
 
 
 def logged_success(worker: Worker, run_id: str) -> bool:
@@ -373,13 +362,10 @@ def test_a_worker_that_cannot_load_the_code_location_fails_the_run_with_the_trac
 
 
 @pytest.fixture
-def celery_stack(
-    daemon_stack: DaemonStack, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
-) -> DaemonStack:
-    """The daemon stack on scripts/dagster.celery.yaml and the test's Redis (not started)."""
-    (daemon_stack.home / "dagster.yaml").write_text(CELERY_INSTANCE.read_text())
-    daemon_stack.env[BROKER_ENV] = redis_server.url
-    monkeypatch.setenv(BROKER_ENV, redis_server.url)
+def celery_stack(daemon_stack: DaemonStack) -> DaemonStack:
+    """The daemon stack with its Redis running and no worker: each test starts its own."""
+    daemon_stack.own_worker = False
+    daemon_stack.start_broker()
     return daemon_stack
 
 
@@ -516,7 +502,7 @@ def test_canceling_a_running_job_cancels_its_run_on_the_worker(
 
 
 def test_a_redis_restart_mid_burst_loses_no_job_and_makes_none_twice(
-    celery_stack: DaemonStack, celery_workers: Workers, redis_server: RedisServer
+    celery_stack: DaemonStack, celery_workers: Workers
 ) -> None:
     """The restarted Redis (no persistence) has lost the queued tasks and every result:
     their runs fail at run monitoring's start timeout (20 s here) and are retried; the
@@ -532,7 +518,7 @@ def test_a_redis_restart_mid_burst_loses_no_job_and_makes_none_twice(
     celery_stack.wait_for(
         lambda rows: sum(row["status"] == "running" for row in rows.values()) >= 2, 120
     )
-    redis_server.restart()
+    celery_stack.redis.restart()
     rows = celery_stack.wait_for(all_settled, 300)
 
     assert {row["status"] for row in rows.values()} == {"done"}, rows

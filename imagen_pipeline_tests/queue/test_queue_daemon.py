@@ -201,14 +201,15 @@ def test_canceling_a_running_job_terminates_its_run(daemon_stack: DaemonStack) -
 def test_a_killed_run_worker_is_noticed_and_the_job_still_ends_with_one_image(
     daemon_stack: DaemonStack,
 ) -> None:
-    """The launcher that forked the worker sees it die (docs/deployment.md: within a
-    second; checked here against 3 s); the run is retried into one image."""
+    """The ``imagen worker`` whose pool process died fails its run (docs/deployment.md:
+    0.1 s, at most Celery's 5 s pool check; checked here against 6 s); the run is retried
+    into one image."""
     daemon_stack.env["IMAGEN_RUN_STALLED_AFTER_S"] = "8"
     daemon_stack.start()
     job_id = daemon_stack.insert_job("a steady tortoise", backend="steady", width=64, height=64)
     daemon_stack.wait_for(lambda rows: backend_calls(daemon_stack) != [])
     run_id, killed_at = daemon_stack.kill_a_worker()
-    assert daemon_stack.seconds_until_finished(run_id, killed_at) < 3
+    assert daemon_stack.seconds_until_finished(run_id, killed_at) < 6
     rows = daemon_stack.wait_for(all_settled, 180)
     assert rows[job_id]["status"] == "done", rows[job_id]["error"]
     with dg.DagsterInstance.from_config(str(daemon_stack.home)) as instance:
@@ -223,9 +224,10 @@ def test_a_killed_run_worker_is_noticed_and_the_job_still_ends_with_one_image(
 def test_a_worker_left_by_a_restarted_daemon_is_noticed_by_run_monitoring(
     daemon_stack: DaemonStack,
 ) -> None:
-    """After a daemon restart the new daemon did not fork the running workers: run monitoring
-    (every 5 s) notices a dead one; docs/deployment.md gives 10 s. The retried run ends the
-    job done, and the row names that run, which succeeded."""
+    """A run worker that dies after the daemon was restarted is still noticed (by the
+    ``imagen worker`` that ran it, or run monitoring every 5 s); docs/deployment.md gives
+    10 s. The retried run ends the job done, and the row names that run, which
+    succeeded."""
     daemon_stack.start()
     job_id = daemon_stack.insert_job("a patient owl", backend="patient", width=64, height=64)
     daemon_stack.wait_for(lambda rows: backend_calls(daemon_stack) != [])
