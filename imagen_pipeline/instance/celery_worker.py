@@ -79,11 +79,21 @@ def default_concurrency(instance: dg.DagsterInstance) -> int:
 
 
 def pool_instance() -> dg.DagsterInstance:
-    """This pool process's instance (opened on first use; never in the main process)."""
+    """This pool process's instance (opened when the process starts, see
+    :func:`open_pool_instance`; never in the main process)."""
     pid = os.getpid()
     if pid not in _pool_instances:
         _pool_instances[pid] = dg.DagsterInstance.get()
     return _pool_instances[pid]
+
+
+def open_pool_instance(**_: Any) -> None:
+    """In a new pool process: open its instance and connect its run storage now, so the
+    process's first run does not wait for them (a failure is left to the first run)."""
+    try:
+        pool_instance().get_runs_count()
+    except Exception:
+        logger.exception("could not open the instance in pool process %s", os.getpid())
 
 
 def run_id_of(kwargs: dict[str, Any] | None) -> str | None:
@@ -225,6 +235,7 @@ def worker_app(launcher: ImagenCeleryRunLauncher) -> Celery:
     app = launcher.celery
     register_run_task(app)
     signals.worker_process_init.connect(die_with_parent, weak=False)
+    signals.worker_process_init.connect(open_pool_instance, weak=False)
     signals.task_prerun.connect(announce_run, weak=False)
     signals.task_failure.connect(fail_run, weak=False)
     signals.task_revoked.connect(end_killed_run, weak=False)
