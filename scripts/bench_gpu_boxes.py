@@ -38,7 +38,6 @@ from bench_queue import (
     REPO_ROOT,
     Options,
     Stack,
-    check_all_done,
     import_dagster_s,
     throwaway_database,
 )
@@ -130,7 +129,7 @@ def run_batch(
     started = time.time()
     ids = stack.insert(count, backend=backend)
     rows = stack.wait_done(ids, 1800)
-    check_all_done(rows)
+    stack.check_all_done(rows)
     finished = max(float(row["finished"]) for row in rows.values())
     spans = stack.spans(rows)
     first_id = min(spans, key=lambda job: spans[job]["pickup"] + spans[job]["queue_and_launch"])
@@ -193,7 +192,7 @@ def main() -> None:
         results["max_concurrent_runs"] = stack.max_concurrent_runs
         results["fast_path"] = args.fast_path
         try:
-            check_all_done(stack.wait_done(stack.insert(1), 300))
+            stack.check_all_done(stack.wait_done(stack.insert(1), 300))
             one = None
             if not args.skip_one_box:
                 one = run_batch(stack, fakes, "one_box", args.jobs, args.latency, 1)

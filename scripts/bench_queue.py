@@ -61,6 +61,7 @@ import yaml
 from psycopg import sql
 
 from imagen_pipeline.db.migrate import migrate
+from imagen_pipeline.defs.run_errors import run_step_failure
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -319,6 +320,20 @@ class Stack:
             ).fetchall()
         return [row[0] for row in rows]
 
+    def check_all_done(self, rows: dict[int, dict[str, Any]]) -> None:
+        """Raise, with the operator's error text of each failed run (the stack's instance
+        is gone once the benchmark exits), unless every row is done."""
+        failed = {i: r for i, r in rows.items() if r["status"] != "done"}
+        if not failed:
+            return
+        os.environ.update({k: self.env[k] for k in ("DAGSTER_HOME", "DAGSTER_PG_URL")})
+        with dg.DagsterInstance.get() as instance:
+            why = {
+                i: (run_step_failure(instance, r["run_id"]) if r["run_id"] else None) or r["error"]
+                for i, r in failed.items()
+            }
+        raise RuntimeError(f"jobs did not succeed: {why}")
+
     def spans(self, rows: dict[int, dict[str, Any]]) -> dict[int, dict[str, float]]:
         """Per row: insert -> run created (pickup) -> run started -> run ended (run)."""
         os.environ.update({k: self.env[k] for k in ("DAGSTER_HOME", "DAGSTER_PG_URL")})
@@ -347,7 +362,7 @@ class Stack:
         while True:
             with psycopg.connect(self.url) as conn:
                 cursor = conn.execute(
-                    "SELECT id, status, error, extract(epoch FROM created_at) AS created, "
+                    "SELECT id, status, error, run_id, extract(epoch FROM created_at) AS created, "
                     "extract(epoch FROM finished_at) AS finished FROM imagen.jobs "
                     "WHERE id = ANY(%s)",
                     (ids,),
@@ -382,12 +397,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def check_all_done(rows: dict[int, dict[str, Any]]) -> None:
-    failed = {i: r["error"] for i, r in rows.items() if r["status"] != "done"}
-    if failed:
-        raise RuntimeError(f"jobs did not succeed: {failed}")
-
-
 def bench_sequential(stack: Stack, count: int) -> dict[str, Any]:
     """Insert one job at a time and wait for it: insert -> done latency.
 
@@ -399,7 +408,7 @@ def bench_sequential(stack: Stack, count: int) -> dict[str, Any]:
     latencies, all_rows = [], {}
     for _ in range(count):
         rows = stack.wait_done(stack.insert(1), 120)
-        check_all_done(rows)
+        stack.check_all_done(rows)
         all_rows.update(rows)
         (row,) = rows.values()
         latencies.append(float(row["finished"] - row["created"]))
@@ -417,7 +426,7 @@ def bench_burst(stack: Stack, count: int) -> dict[str, Any]:
     """Insert ``count`` jobs at once: time until the last is done."""
     started = time.time()
     rows = stack.wait_done(stack.insert(count), 1800)
-    check_all_done(rows)
+    stack.check_all_done(rows)
     elapsed = max(float(r["finished"]) for r in rows.values()) - started
     return {
         "jobs": count,
@@ -431,7 +440,7 @@ def bench_serial(stack: Stack, count: int, latency_s: float) -> dict[str, Any]:
     """``count`` jobs on the serial GPU mock: does the GPU wait for Dagster?"""
     started = time.time()
     rows = stack.wait_done(stack.insert(count, backend="gpu"), 1800)
-    check_all_done(rows)
+    stack.check_all_done(rows)
     finished = max(float(r["finished"]) for r in rows.values())
     calls = [
         json.loads(line) for line in (stack.workdir / "gpu_calls.jsonl").read_text().splitlines()
@@ -477,7 +486,7 @@ def running_stack(server_url: str, launcher: str, options: Options) -> Iterator[
             stack.start()
             stack.sampler = RssSampler([p.pid for p in stack.processes])
             stack.sampler.start()
-            check_all_done(stack.wait_done(stack.insert(1), 300))
+            stack.check_all_done(stack.wait_done(stack.insert(1), 300))
             yield stack
         finally:
             if stack.sampler is not None:
