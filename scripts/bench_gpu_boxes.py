@@ -1,8 +1,8 @@
 """Benchmark one GPU box against two: does a second box double the throughput?
 
 Usage:
-    .venv/bin/python scripts/bench_gpu_boxes.py [--jobs 40] [--latency 2.0]
-        [--server-url postgresql://postgres@127.0.0.1/postgres]
+    .venv/bin/python scripts/bench_gpu_boxes.py [--jobs 40] [--latency 2.0] [--warm-up 6]
+        [--skip-one-box] [--fast-path] [--server-url postgresql://postgres@127.0.0.1/postgres]
 
 Starts the queue's real stack (scripts/bench_queue.py's Stack: dagster-daemon on the
 production instance config, a throwaway database) and two loopback ComfyUI servers (the
@@ -13,6 +13,11 @@ Dagster's limits come from `imagen config limits` arithmetic over the configured
 time from the first insert to the last done against the ideal (jobs x latency / boxes),
 the share of images each box made, and the throughput ratio two boxes / one box.
 import_dagster_s says how fast the machine is today.
+
+Before the first measured batch, --warm-up jobs run on the two boxes (default 6, the GPU
+run limit), so the stack is as a deployed one that has been running: every GPU worker
+process, the webserver and the daemon have done their first runs. --warm-up 0 measures a
+stack that just started.
 """
 
 from __future__ import annotations
@@ -165,6 +170,9 @@ def main() -> None:
     parser.add_argument("--max-concurrent-runs", type=int, help="instead of the production 6")
     parser.add_argument("--skip-one-box", action="store_true")
     parser.add_argument(
+        "--warm-up", type=int, default=6, help="jobs on the two boxes before measuring"
+    )
+    parser.add_argument(
         "--fast-path",
         action="store_true",
         help="rows picked up by `imagen queue listen` (NOTIFY) too, not the sensor alone",
@@ -193,6 +201,10 @@ def main() -> None:
         results["fast_path"] = args.fast_path
         try:
             stack.check_all_done(stack.wait_done(stack.insert(1), 300))
+            if args.warm_up:
+                warm_up = stack.insert(args.warm_up, backend="two_boxes")
+                stack.check_all_done(stack.wait_done(warm_up, 600))
+            results["warm_up_jobs"] = args.warm_up
             one = None
             if not args.skip_one_box:
                 one = run_batch(stack, fakes, "one_box", args.jobs, args.latency, 1)
