@@ -25,62 +25,55 @@ USAGE_TABLE = dg.AssetKey(["mai", "imagen_usage"])
 _MADE_BY = "Materialized by the generate_image job"
 
 ASSET_SPECS = [
-    dg.AssetSpec(
-        JOBS_TABLE,
-        description=(
-            "The `imagen.jobs` queue in Postgres: a web client (flexsiebels) inserts a row, "
-            "the `imagen_jobs_sensor` (or `imagen queue listen`) turns it into one "
-            "`generate_image` run and the run reports its progress and result in the row. "
-            "Needs `IMAGEN_DATABASE_URL`."
+    spec.replace_attributes(group_name=GROUP, owners=OWNERS)
+    for spec in (
+        dg.AssetSpec(
+            JOBS_TABLE,
+            description=(
+                "The `imagen.jobs` queue in Postgres: a web client (flexsiebels) inserts a row, "
+                "the `imagen_jobs_sensor` (or `imagen queue listen`) turns it into one "
+                "`generate_image` run and the run reports its progress and result in the row. "
+                "Needs `IMAGEN_DATABASE_URL`."
+            ),
+            kinds={"postgres"},
         ),
-        group_name=GROUP,
-        owners=OWNERS,
-        kinds={"postgres"},
-    ),
-    dg.AssetSpec(
-        IMAGE,
-        deps=[JOBS_TABLE],
-        description=(
-            "Image files with their JSON sidecars in `output.directory` of imagen.yaml. "
-            f"{_MADE_BY} (`write_files`), one materialization per image: path, prompt, "
-            "backend, model, seed, cost and a preview."
+        dg.AssetSpec(
+            IMAGE,
+            deps=[JOBS_TABLE],
+            description=(
+                "Image files with their JSON sidecars in `output.directory` of imagen.yaml. "
+                f"{_MADE_BY} (`write_files`), one materialization per image: path, prompt, "
+                "backend, model, seed, cost and a preview."
+            ),
+            kinds={"file"},
         ),
-        group_name=GROUP,
-        owners=OWNERS,
-        kinds={"file"},
-    ),
-    dg.AssetSpec(
-        STORAGE_OBJECT,
-        deps=[IMAGE],
-        description=(
-            "The image and its sidecar as objects in Supabase Storage, when imagen.yaml has "
-            f"a `cloud:` block. {_MADE_BY} (`cloud_sync`), with the object's URL."
+        dg.AssetSpec(
+            STORAGE_OBJECT,
+            deps=[IMAGE],
+            description=(
+                "The image and its sidecar as objects in Supabase Storage, when imagen.yaml has "
+                f"a `cloud:` block. {_MADE_BY} (`cloud_sync`), with the object's URL."
+            ),
+            kinds={"supabase"},
         ),
-        group_name=GROUP,
-        owners=OWNERS,
-        kinds={"supabase"},
-    ),
-    dg.AssetSpec(
-        IMAGES_TABLE,
-        deps=[IMAGE, STORAGE_OBJECT],
-        description=(
-            "One `imagen.images` row per image (what the web UI lists). "
-            f"{_MADE_BY} (`record_usage`), when `IMAGEN_DATABASE_URL` is set."
+        dg.AssetSpec(
+            IMAGES_TABLE,
+            deps=[IMAGE, STORAGE_OBJECT],
+            description=(
+                "One `imagen.images` row per image (what the web UI lists). "
+                f"{_MADE_BY} (`record_usage`), when `IMAGEN_DATABASE_URL` is set."
+            ),
+            kinds={"postgres"},
         ),
-        group_name=GROUP,
-        owners=OWNERS,
-        kinds={"postgres"},
-    ),
-    dg.AssetSpec(
-        USAGE_TABLE,
-        deps=[IMAGE],
-        description=(
-            "One `mai.imagen_usage` row per backend call, with its cost and the price's "
-            f"source; the budget guard reads it. {_MADE_BY} (`record_usage`), when "
-            "`IMAGEN_DATABASE_URL` is set."
+        dg.AssetSpec(
+            USAGE_TABLE,
+            deps=[IMAGE],
+            description=(
+                "One `mai.imagen_usage` row per backend call, with its cost and the price's "
+                f"source; the budget guard reads it. {_MADE_BY} (`record_usage`), when "
+                "`IMAGEN_DATABASE_URL` is set."
+            ),
+            kinds={"postgres"},
         ),
-        group_name=GROUP,
-        owners=OWNERS,
-        kinds={"postgres"},
-    ),
+    )
 ]

@@ -123,8 +123,7 @@ def bound_in_code(resources: Mapping[str, Any]) -> dict[str, BackendInstance]:
     by instance name: these take the place of the file's instances of that name."""
     return {
         resource.instance: resource.backend_instance()
-        for key, resource in resources.items()
-        if key.startswith(KEY_PREFIX) and isinstance(resource, BackendResource)
+        for resource in _backends_among(resources)
         if resource.from_code
     }
 
@@ -136,8 +135,7 @@ def changed_since_load(resources: Mapping[str, Any], loaded: LoadedConfig) -> li
     that reads another file (``--config``) is not compared."""
     shown = {
         resource.instance: resource
-        for key, resource in resources.items()
-        if key.startswith(KEY_PREFIX) and isinstance(resource, BackendResource)
+        for resource in _backends_among(resources)
         if resource.source == loaded.source_label
     }
     if not shown:
@@ -151,4 +149,13 @@ def changed_since_load(resources: Mapping[str, Any], loaded: LoadedConfig) -> li
         if name not in shown
         or name not in current
         or (shown[name].type, shown[name].settings) != (current[name].type, current[name].settings)
+    ]
+
+
+def _backends_among(resources: Mapping[str, Any]) -> list[BackendResource]:
+    """The backend resources among a run's resources."""
+    return [
+        resource
+        for key, resource in resources.items()
+        if key.startswith(KEY_PREFIX) and isinstance(resource, BackendResource)
     ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -18,42 +17,11 @@ from imagen_pipeline.backends.replicate.backend import ReplicateBackend
 from imagen_pipeline.cli.config_cmd import sample_config_text
 from imagen_pipeline.config.loader import LoadedConfig, load_config
 from imagen_pipeline.errors import ConfigError
+from imagen_pipeline_tests.fakes.comfyui_server import CLASSIC_WORKFLOW
 
 COMMENT = re.compile(r"^(?P<indent>\s*)# ?(?P<text>.*)$")
 YAML_KEY = re.compile(r"^[a-z_][a-z0-9_]*:(\s|$)")
 """A commented line that starts a YAML block: a lowercase key (prose starts otherwise)."""
-
-# ComfyUI's default graph as "Export (API)" saves it: the node ids the sample's user
-# workflow block maps.
-DEFAULT_COMFYUI_GRAPH: dict[str, Any] = {
-    "3": {
-        "class_type": "KSampler",
-        "inputs": {
-            "seed": 156680208700286,
-            "steps": 20,
-            "cfg": 8,
-            "sampler_name": "euler",
-            "scheduler": "normal",
-            "denoise": 1,
-            "model": ["4", 0],
-            "positive": ["6", 0],
-            "negative": ["7", 0],
-            "latent_image": ["5", 0],
-        },
-    },
-    "4": {
-        "class_type": "CheckpointLoaderSimple",
-        "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"},
-    },
-    "5": {
-        "class_type": "EmptyLatentImage",
-        "inputs": {"width": 512, "height": 512, "batch_size": 1},
-    },
-    "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
-    "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-    "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
-}
 
 
 def uncomment_blocks(text: str) -> tuple[str, list[str]]:
@@ -98,7 +66,7 @@ def load_every_block(sample: str, tmp_path: Path) -> tuple[LoadedConfig, list[st
         if block["type"] == "comfyui" and str(workflow).endswith(".json"):
             path = tmp_path / "workflows" / Path(workflow).name
             path.parent.mkdir(exist_ok=True)
-            path.write_text(json.dumps(DEFAULT_COMFYUI_GRAPH), encoding="utf-8")
+            path.write_text(json.dumps(CLASSIC_WORKFLOW), encoding="utf-8")
             block["workflow"] = str(path)
     config_path = tmp_path / "imagen.yaml"
     config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")

@@ -30,7 +30,7 @@ from imagen_pipeline.instance.celery_launcher import (
     ImagenCeleryRunLauncher,
 )
 from imagen_pipeline_tests.fixtures.celery import RedisServer, Worker, Workers, run_process
-from imagen_pipeline_tests.fixtures.daemon import POOL_LIMITS, DaemonStack
+from imagen_pipeline_tests.fixtures.daemon import POOL_LIMITS, DaemonStack, seconds_until_finished
 from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE, REPO_ROOT, subprocess_env
 from imagen_pipeline_tests.instance.launch_target import generate_image_job
 
@@ -139,20 +139,6 @@ def engine_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
 def logged_success(worker: Worker, run_id: str) -> bool:
     """Whether Dagster's console log line for the run's success is in the worker's output."""
     return any(run_id in line and "RUN_SUCCESS" in line for line in worker.log().splitlines())
-
-
-def seconds_until_finished(
-    instance: dg.DagsterInstance, run_id: str, since: float, timeout_s: float = 120
-) -> float:
-    """How long after ``since`` (``time.time()``) the run was marked finished."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        run = instance.get_run_by_id(run_id)
-        if run is not None and run.is_finished:
-            return time.time() - since
-        if time.monotonic() > deadline:
-            pytest.fail(f"run {run_id} was not marked finished within {timeout_s}s")
-        time.sleep(0.05)
 
 
 def test_broker_and_backend_have_one_source_and_rpc_is_refused(
