@@ -35,7 +35,6 @@ from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE, REPO_ROOT
 from imagen_pipeline_tests.instance.launch_target import generate_image_job
 
 DEFAULT_QUEUE = "dagster"
-TERMINAL = {"done", "failed", "canceled"}
 POOL_CHECK_BOUND_S = 6
 """A killed pool process's run is failed by the worker within Celery's pool check (5 s)."""
 
@@ -363,10 +362,6 @@ def set_instance(stack: DaemonStack, section: str, **settings: Any) -> None:
     path.write_text(yaml.safe_dump(config))
 
 
-def all_settled(rows: dict[int, dict[str, Any]]) -> bool:
-    return bool(rows) and all(row["status"] in TERMINAL for row in rows.values())
-
-
 def job_runs(stack: DaemonStack, job_id: int) -> list[dg.DagsterRun]:
     """Every run made for ``job_id``, oldest first."""
     with dg.DagsterInstance.from_config(str(stack.home)) as instance:
@@ -406,7 +401,7 @@ def test_gpu_runs_execute_only_on_the_gpu_host_and_cloud_runs_on_the_other(
     celery_stack.start()
     gpu_jobs = [celery_stack.insert_job(f"gpu {i}", backend="gpu", width=64) for i in range(3)]
     cloud_jobs = [celery_stack.insert_job(f"cloud {i}", width=64) for i in range(3)]
-    rows = celery_stack.wait_for(all_settled, 180)
+    rows = celery_stack.wait_until_settled(180)
 
     assert {row["status"] for row in rows.values()} == {"done"}
     with dg.DagsterInstance.from_config(str(celery_stack.home)) as instance:
@@ -435,7 +430,7 @@ def test_a_killed_pool_process_fails_its_run_and_the_job_ends_with_one_image(
     psutil.Process(pid).kill()
 
     assert celery_stack.seconds_until_finished(run_id, killed_at) < POOL_CHECK_BOUND_S
-    rows = celery_stack.wait_for(all_settled, 180)
+    rows = celery_stack.wait_until_settled(180)
     assert rows[job_id]["status"] == "done", rows[job_id]["error"]
     runs = job_runs(celery_stack, job_id)
     assert [run.status.value for run in runs] == ["FAILURE", "SUCCESS"]
@@ -461,7 +456,7 @@ def test_a_dead_worker_host_is_noticed_by_run_monitoring_and_the_job_ends_with_o
     bound = celery_launcher.SILENT_GRACE_S + 2 * 5 + celery_launcher.PING_TIMEOUT_S
     assert celery_stack.seconds_until_finished(run_id, killed_at) < bound
     celery_workers.start("spare@hostb", celery_stack.env)
-    rows = celery_stack.wait_for(all_settled, 180)
+    rows = celery_stack.wait_until_settled(180)
     assert rows[job_id]["status"] == "done", rows[job_id]["error"]
     runs = job_runs(celery_stack, job_id)
     assert [run.status.value for run in runs] == ["FAILURE", "SUCCESS"]
@@ -505,7 +500,7 @@ def test_a_redis_restart_mid_burst_loses_no_job_and_makes_none_twice(
         lambda rows: sum(row["status"] == "running" for row in rows.values()) >= 2, 120
     )
     celery_stack.redis.restart()
-    rows = celery_stack.wait_for(all_settled, 300)
+    rows = celery_stack.wait_until_settled(300)
 
     assert {row["status"] for row in rows.values()} == {"done"}, rows
     assert images_per_job(celery_stack) == dict.fromkeys(job_ids, 1)

@@ -14,12 +14,6 @@ from PIL import Image
 
 from imagen_pipeline_tests.fixtures.daemon import DaemonStack
 
-TERMINAL = {"done", "failed", "canceled"}
-
-
-def all_settled(rows: dict[int, dict[str, Any]]) -> bool:
-    return bool(rows) and all(row["status"] in TERMINAL for row in rows.values())
-
 
 def images_by_job(stack: DaemonStack) -> dict[int, list[dict[str, Any]]]:
     with stack.connect() as conn:
@@ -44,7 +38,7 @@ def test_rows_reach_done_failed_with_errors_and_links(daemon_stack: DaemonStack)
     blank = daemon_stack.insert_job("   ")
     broken = daemon_stack.insert_job("a kite", backend="broken", width=64, height=64)
     daemon_stack.start()
-    rows = daemon_stack.wait_for(all_settled)
+    rows = daemon_stack.wait_until_settled()
 
     done = rows[good]
     assert done["status"] == "done", done["error"]
@@ -118,7 +112,7 @@ def test_the_shapes_that_stopped_the_queue_fail_alone_through_a_real_daemon(
             hostile[name] = row["id"]
     last = daemon_stack.insert_job("another valid kite", width=64, height=64)
     daemon_stack.start()
-    rows = daemon_stack.wait_for(all_settled)
+    rows = daemon_stack.wait_until_settled()
 
     assert (rows[first]["status"], rows[last]["status"]) == ("done", "done")
     errors = {name: (rows[i]["status"], rows[i]["error"]) for name, i in hostile.items()}
@@ -150,7 +144,7 @@ def test_daemon_killed_mid_batch_then_restarted_makes_one_image_per_job(
     )
     daemon_stack.kill_daemon()
     daemon_stack.start()
-    rows = daemon_stack.wait_for(all_settled, timeout_s=400)
+    rows = daemon_stack.wait_until_settled(400)
 
     assert {rows[job_id]["status"] for job_id in job_ids} == {"done"}
     images = images_by_job(daemon_stack)
@@ -170,7 +164,7 @@ def test_the_notify_fast_path_launches_through_the_webserver(daemon_stack: Daemo
         assert time.monotonic() < deadline, "the listener did not start"
         time.sleep(0.2)
     job_id = daemon_stack.insert_job("a paper boat", width=128, height=128)
-    rows = daemon_stack.wait_for(all_settled)
+    rows = daemon_stack.wait_until_settled()
     assert rows[job_id]["status"] == "done", rows[job_id]["error"]
     with dg.DagsterInstance.from_config(str(daemon_stack.home)) as instance:
         [record] = instance.get_run_records(
@@ -210,7 +204,7 @@ def test_a_killed_run_worker_is_noticed_and_the_job_still_ends_with_one_image(
     daemon_stack.wait_for(lambda rows: backend_calls(daemon_stack) != [])
     run_id, killed_at = daemon_stack.kill_a_worker()
     assert daemon_stack.seconds_until_finished(run_id, killed_at) < 6
-    rows = daemon_stack.wait_for(all_settled, 180)
+    rows = daemon_stack.wait_until_settled(180)
     assert rows[job_id]["status"] == "done", rows[job_id]["error"]
     with dg.DagsterInstance.from_config(str(daemon_stack.home)) as instance:
         runs = instance.get_run_records(filters=dg.RunsFilter(tags={"imagen/job_id": str(job_id)}))
@@ -235,7 +229,7 @@ def test_a_worker_left_by_a_restarted_daemon_is_noticed_by_run_monitoring(
     daemon_stack.start()
     run_id, killed_at = daemon_stack.kill_a_worker()
     assert daemon_stack.seconds_until_finished(run_id, killed_at) < 10
-    rows = daemon_stack.wait_for(all_settled, 180)
+    rows = daemon_stack.wait_until_settled(180)
     assert rows[job_id]["status"] == "done", rows[job_id]["error"]
     with dg.DagsterInstance.from_config(str(daemon_stack.home)) as instance:
         final = instance.get_run_by_id(rows[job_id]["run_id"])
