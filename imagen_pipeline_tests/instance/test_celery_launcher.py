@@ -20,7 +20,8 @@ import dagster as dg
 import psutil
 import pytest
 import yaml
-from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
+from celery import signals
+from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG, DAGSTER_CELERY_TASK_ID_TAG
 
 from imagen_pipeline.defs.run_identity import GPU_QUEUE, TAG_CELERY_QUEUE
 from imagen_pipeline.instance import celery_launcher
@@ -201,6 +202,61 @@ def test_runs_execute_on_a_worker_that_names_itself_in_the_run(
     # Dagster's console log reaches the worker's output as Dagster wrote it.
     assert "WARNING/ForkPoolWorker" not in worker.log()
     assert all(logged_success(worker, run_id) for run_id in run_ids)
+
+
+def test_the_run_names_its_task_before_the_task_is_sent(
+    instance: dg.DagsterInstance, config_file: Path
+) -> None:
+    """A worker takes a sent task at once and writes the run; a tag written after the send
+    could lose that write or be lost to it (Dagster rewrites the whole stored run)."""
+    recon = dg.reconstructable(generate_image_job)
+    run = instance.create_run_for_job(
+        job_def=generate_image_job(),
+        run_config={
+            "ops": {"enrich_prompt": {"config": {"prompt": "a tagged lighthouse"}}},
+            "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
+        },
+        job_code_origin=recon.get_python_origin(),
+    )
+    seen: dict[str, str | None] = {}
+
+    def stored_tag(headers: dict[str, Any], **_: Any) -> None:
+        stored = instance.get_run_by_id(run.run_id)
+        assert stored is not None
+        seen[headers["id"]] = stored.tags.get(DAGSTER_CELERY_TASK_ID_TAG)
+
+    signals.before_task_publish.connect(stored_tag, weak=False)
+    try:
+        instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]
+    finally:
+        signals.before_task_publish.disconnect(stored_tag)
+    [(task_id, tag_at_send)] = seen.items()
+    assert tag_at_send == task_id
+    launched = instance.get_run_by_id(run.run_id)
+    assert launched is not None and launched.tags[DAGSTER_CELERY_TASK_ID_TAG] == task_id
+
+
+def test_the_health_check_trusts_the_backend_and_storage_over_a_stale_copy_of_the_run(
+    instance: dg.DagsterInstance, config_file: Path, celery_workers: Workers
+) -> None:
+    """Run monitoring checks a copy of the run read before it checks; the copy may miss
+    tags written since (this failed running runs in a burst of 40)."""
+    celery_workers.start("cloud@hostb", subprocess_env())
+    run_id = launch(instance, config_file, "a lighthouse checked late", "slow")
+    wait_for_step(instance, run_id, "generate_cloud")
+    run = wait_for_status(instance, run_id, {dg.DagsterRunStatus.STARTED})
+    launcher = instance.run_launcher
+    untagged = {
+        key: value
+        for key, value in run.tags.items()
+        if key not in {DAGSTER_CELERY_TASK_ID_TAG, WORKER_TAG}
+    }
+    no_worker = {key: value for key, value in run.tags.items() if key != WORKER_TAG}
+    for tags in (untagged, no_worker):
+        health = launcher.check_run_worker_health(run.with_tags(tags))
+        assert (health.status.name, health.msg) == ("RUNNING", None)
+    assert instance.run_launcher.terminate(run_id)
+    wait_for_status(instance, run_id, {dg.DagsterRunStatus.CANCELED}, timeout_s=30)
 
 
 def test_terminate_from_another_process_cancels_the_run(
