@@ -107,14 +107,19 @@ def prompt_spans(fake: FakeComfyUI, since: float) -> list[tuple[float, float]]:
 
 
 def timeline(fakes: list[FakeComfyUI], started: float, finished: float) -> dict[str, float]:
-    """Where the time beyond the ideal went: insert -> first prompt executing, the boxes'
-    idle time between their prompts, last prompt done -> last row done."""
+    """Where the time beyond the ideal went: insert -> first prompt executing on each box,
+    how long a prompt took on the fake (execution start -> success; the ideal assumes
+    exactly the latency), the boxes' idle time between their prompts, last prompt done ->
+    last row done."""
     per_box = [spans for fake in fakes if (spans := prompt_spans(fake, started))]
     first = min(spans[0][0] for spans in per_box)
     last = max(spans[-1][1] for spans in per_box)
     idle = [sum(max(0.0, nxt[0] - prev[1]) for prev, nxt in pairwise(spans)) for spans in per_box]
+    durations = [end - start for spans in per_box for start, end in spans]
     return {
         "insert_to_first_prompt_s": round(first - started, 2),
+        "insert_to_first_prompt_per_box_s": [round(spans[0][0] - started, 2) for spans in per_box],
+        "prompt_s_mean": round(sum(durations) / len(durations), 3),
         "box_idle_between_prompts_s": [round(value, 2) for value in idle],
         "last_prompt_to_last_done_s": round(finished - last, 2),
     }

@@ -102,6 +102,34 @@ def test_jobs_spread_over_the_servers_while_each_is_busy(
     assert (len(a.submitted()), len(b.submitted())) == (2, 2)
 
 
+def test_two_runs_that_start_together_go_to_two_idle_servers(
+    boxes: tuple[FakeComfyUI, FakeComfyUI, FakeComfyUI],
+) -> None:
+    """Each server has two slots, so either would take both runs; the least busy one at the
+    moment a run takes its slot gets it (runs that rank the servers before either has taken
+    a slot would both queue on the first)."""
+    a, b, _ = boxes
+    for fake in (a, b):
+        fake.step_delay_s = 0.02
+    adapter = backend(a.url, b.url, pool_limit=2)
+
+    def run(run_id: str, start: threading.Barrier, made: dict[str, str]) -> None:
+        start.wait()
+        made[run_id] = adapter.generate(request(), context(run_id)).metadata.server
+
+    for round_ in range(3):
+        made: dict[str, str] = {}
+        start = threading.Barrier(2)
+        workers = [
+            threading.Thread(target=run, args=(f"run-{round_}-{n}", start, made)) for n in range(2)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=WAIT_S)
+        assert sorted(made.values()) == ["box0", "box1"], made
+
+
 def test_a_server_without_the_model_files_never_gets_the_job(
     boxes: tuple[FakeComfyUI, FakeComfyUI, FakeComfyUI],
 ) -> None:

@@ -357,7 +357,8 @@ class FakeComfyUI:
         self.combo_style = "legacy"
         """How ``/object_info`` lists model files: "legacy" or "v3" (COMBO with options)."""
         self.step_delay_s = 0.0
-        """Seconds per sampler step."""
+        """Seconds per sampler step, timed from the start of sampling: a prompt samples for
+        steps x step_delay_s however long sending each step's messages takes."""
         self.node_delay_s: dict[str, float] = {}
         """Seconds a node of a class (other than a sampler) takes. Like ComfyUI, such a node
         has no progress bar and runs to its end when interrupted: the interrupt takes effect
@@ -906,6 +907,8 @@ class FakeComfyUI:
         sid: str | None,
     ) -> None:
         prompt_id = run.item.prompt_id
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         for step in range(1, steps + 1):
             if self.restart_at_step == step:
                 self.restart_at_step = None
@@ -926,8 +929,9 @@ class FakeComfyUI:
                     raise _ServerRestartedError
                 if run.interrupted:
                     raise _PromptInterruptedError
+                started = loop.time() - (step - 1) * self.step_delay_s
             if self.step_delay_s:
-                await asyncio.sleep(self.step_delay_s)
+                await asyncio.sleep(max(0.0, started + step * self.step_delay_s - loop.time()))
             await self._progress_state(run, states, node_id, step, steps, "running", sid)
             await self._send(
                 "progress",

@@ -31,6 +31,7 @@ from imagen_pipeline.backends.comfyui.servers import (
     ServerConfig,
     dispatch_order,
     normalized_url,
+    take_least_busy,
 )
 from imagen_pipeline.backends.comfyui.slots import SLOT_POLL_S, QueueSlots, Slot, default_state_dir
 from imagen_pipeline.backends.comfyui.validation import workflow_problems
@@ -339,7 +340,8 @@ class ComfyUIBackend(ImageBackend):
         checked: set[str] = set()
         while True:
             ready = []
-            for server in self._candidates(servers, context, skipped):
+            candidates, following = self._candidates(servers, context, skipped)
+            for server in candidates:
                 if server.name not in checked:
                     try:
                         with ComfyUIClient(server.url, self.request_timeout_s, log) as probe:
@@ -359,7 +361,7 @@ class ComfyUIBackend(ImageBackend):
                     "the job: " + "; ".join(f"{name}: {why}" for name, why in skipped.items()),
                     summary=skip_summary(skipped),
                 )
-            server, slot = self._take_slot(ready, holder, deadline, log)
+            server, slot = self._take_slot(ready, holder, deadline, log, following)
             held: Slot | None = slot
             try:
                 with ComfyUIClient(server.url, self.request_timeout_s, log) as client:
@@ -388,17 +390,17 @@ class ComfyUIBackend(ImageBackend):
 
     def _candidates(
         self, servers: list[Server], context: GenerationContext, skipped: dict[str, str]
-    ) -> list[Server]:
+    ) -> tuple[list[Server], Server | None]:
         """The servers to try, in dispatch order: those not skipped in this attempt and not
-        waiting out a backoff (all of them when every one is). On a retry, a server that
-        still has an earlier attempt's prompt comes first, so the prompt is followed there
-        instead of made again elsewhere."""
+        waiting out a backoff (all of them when every one is); and, on a retry, the server
+        that still has an earlier attempt's prompt, which comes first, so the prompt is
+        followed there instead of made again elsewhere."""
         now = time.time()
         order = [server for server in dispatch_order(servers, now) if server.name not in skipped]
         live = [server for server in order if server.down_until() <= now]
         order = live or order
         if context.attempt == 0 or len(servers) == 1:
-            return order
+            return order, None
         for server in order:
             with ComfyUIClient(server.url, self.request_timeout_s, context.log) as client:
                 for attempt in range(context.attempt):
@@ -407,8 +409,8 @@ class ComfyUIBackend(ImageBackend):
                     except BackendError:
                         break
                     if found is not Where.MISSING:
-                        return [server, *(other for other in order if other is not server)]
-        return order
+                        return [server, *(other for other in order if other is not server)], server
+        return order, None
 
     @staticmethod
     def _skip(server: Server, error: BackendError, skipped: dict[str, str], log: Any) -> None:
@@ -421,18 +423,22 @@ class ComfyUIBackend(ImageBackend):
         log.warning(f"ComfyUI server {server.name}: {reason}; trying another server")
 
     def _take_slot(
-        self, servers: list[Server], holder: str, deadline: float, log: Any
+        self,
+        servers: list[Server],
+        holder: str,
+        deadline: float,
+        log: Any,
+        preferred: Server | None = None,
     ) -> tuple[Server, Slot]:
-        """A queue slot on the first of ``servers`` that has one free, waiting for one until
-        ``deadline`` (with a fallback: for at most ``fallback_after_s``, then the fallback's
-        turn)."""
+        """A queue slot on ``preferred`` or else the least busy of ``servers`` (see
+        :func:`take_least_busy`), waiting for one until ``deadline`` (with a fallback: for at
+        most ``fallback_after_s``, then the fallback's turn)."""
         waited = False
         fall_back_at = time.monotonic() + self.fallback_after_s if self.fallback else deadline
         while True:
-            for server in servers:
-                slot = server.slots.try_take(holder)
-                if slot is not None:
-                    return server, slot
+            taken = take_least_busy(servers, holder, preferred)
+            if taken is not None:
+                return taken
             if not waited:
                 waited = True
                 for server in servers:

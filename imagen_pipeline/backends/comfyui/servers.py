@@ -1,5 +1,5 @@
-"""The servers of one ComfyUI instance: their settings, their health, and the order a job
-tries them in.
+"""The servers of one ComfyUI instance: their settings, their health, the order a job
+tries them in, and the least busy one's queue slot.
 
 A server that could not be reached is marked down in a small file beside its queue slots
 (``<state_dir>/<server>/health.json``), so every run on this machine skips it for a while:
@@ -9,6 +9,7 @@ job tries it again (the re-probe); one that answers is marked up and gets work a
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from imagen_pipeline.backends.comfyui.slots import QueueSlots
+from imagen_pipeline.backends.comfyui.slots import QueueSlots, Slot
 from imagen_pipeline.output.files import write_atomic
 
 FIRST_BACKOFF_S = 5.0
@@ -112,3 +113,33 @@ def dispatch_order(servers: list[Server], now: float) -> list[Server]:
         return (2, down_until, index)
 
     return [server for _, server in sorted(enumerate(servers), key=key)]
+
+
+def take_least_busy(
+    servers: list[Server], holder: str, preferred: Server | None = None
+) -> tuple[Server, Slot] | None:
+    """A queue slot on ``preferred`` if it has one free, else on the server of ``servers``
+    with the most free slots right now (their order breaks ties), or None when every slot
+    is held.
+
+    Runs choose under one lock file: two runs that start together would otherwise both see
+    two idle servers, rank them alike and both queue on the first.
+    """
+    if not servers:
+        return None
+    lock_path = servers[0].slots.folder.parent / "dispatch.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a+", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            ranked = sorted(
+                enumerate(servers),
+                key=lambda item: (item[1] is not preferred, -item[1].slots.free(), item[0]),
+            )
+            for _, server in ranked:
+                slot = server.slots.try_take(holder)
+                if slot is not None:
+                    return server, slot
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return None
