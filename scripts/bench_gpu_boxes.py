@@ -134,7 +134,8 @@ def run_batch(
     boxes: int,
 ) -> dict[str, Any]:
     """``count`` jobs on ``backend`` at once: time to the last done, ideal, share per box,
-    where the time beyond the ideal went, and how busy the machine's cores were."""
+    where the time beyond the ideal went, how busy the machine's cores were, and how many runs
+    recorded a run failure (a healthy stack: none)."""
     busy_before, total_before = cpu_ticks()
     started = time.time()
     ids = stack.insert(count, backend=backend)
@@ -163,6 +164,7 @@ def run_batch(
         "first_run_s": spans[first_id],
         **timeline(fakes[:boxes], started, finished),
         "cpu_busy": round((busy_after - busy_before) / (total_after - total_before), 2),
+        "runs_marked_failed": stack.runs_marked_failed(rows),
     }
 
 

@@ -350,6 +350,22 @@ class Stack:
                 }
         return spans
 
+    def runs_marked_failed(self, rows: dict[int, dict[str, Any]]) -> int:
+        """How many runs of ``rows``' jobs recorded a run failure, including runs that went
+        on to succeed (run monitoring misjudging a live run); a healthy stack has none."""
+        os.environ.update({k: self.env[k] for k in ("DAGSTER_HOME", "DAGSTER_PG_URL")})
+        failed = 0
+        with dg.DagsterInstance.get() as instance:
+            for row in rows.values():
+                for record in instance.get_run_records(
+                    filters=dg.RunsFilter(tags={"imagen/job_id": str(row["id"])})
+                ):
+                    failures = instance.get_records_for_run(
+                        record.dagster_run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE
+                    ).records
+                    failed += bool(failures)
+        return failed
+
     def phases(self, rows: dict[int, dict[str, Any]]) -> dict[str, float]:
         """Median time per phase over ``rows`` (see :meth:`spans`)."""
         spans = list(self.spans(rows).values())
