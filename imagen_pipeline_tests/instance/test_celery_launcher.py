@@ -80,10 +80,12 @@ def config_file(write_config: Callable[..., Path], tmp_path: Path) -> Path:
     )
 
 
-def launch(instance: dg.DagsterInstance, config_file: Path, prompt: str, backend: str) -> str:
-    """Create a ``generate_image`` run and launch it through the instance; returns its id."""
+def create_run(
+    instance: dg.DagsterInstance, config_file: Path, prompt: str, backend: str
+) -> dg.DagsterRun:
+    """A ``generate_image`` run in the instance, not launched yet."""
     recon = dg.reconstructable(generate_image_job)
-    run = instance.create_run_for_job(
+    return instance.create_run_for_job(
         job_def=generate_image_job(),
         run_config={
             "ops": {"enrich_prompt": {"config": {"prompt": prompt, "backend": backend}}},
@@ -91,6 +93,11 @@ def launch(instance: dg.DagsterInstance, config_file: Path, prompt: str, backend
         },
         job_code_origin=recon.get_python_origin(),
     )
+
+
+def launch(instance: dg.DagsterInstance, config_file: Path, prompt: str, backend: str) -> str:
+    """Create a ``generate_image`` run and launch it through the instance; returns its id."""
+    run = create_run(instance, config_file, prompt, backend)
     instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]
     return run.run_id
 
@@ -209,15 +216,7 @@ def test_the_run_names_its_task_before_the_task_is_sent(
 ) -> None:
     """A worker takes a sent task at once and writes the run; a tag written after the send
     could lose that write or be lost to it (Dagster rewrites the whole stored run)."""
-    recon = dg.reconstructable(generate_image_job)
-    run = instance.create_run_for_job(
-        job_def=generate_image_job(),
-        run_config={
-            "ops": {"enrich_prompt": {"config": {"prompt": "a tagged lighthouse"}}},
-            "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
-        },
-        job_code_origin=recon.get_python_origin(),
-    )
+    run = create_run(instance, config_file, "a tagged lighthouse", "mock")
     seen: dict[str, str | None] = {}
 
     def stored_tag(headers: dict[str, Any], **_: Any) -> None:
