@@ -69,6 +69,7 @@ TERMINAL = ("done", "failed", "canceled")
 LAUNCHERS = ("default", "celery")
 PRODUCTION_INSTANCE = REPO_ROOT / "scripts" / "dagster.postgres.yaml"
 GPU_QUEUE = "imagen_gpu"
+COMPUTE_LOGS = ("local", "noop")
 
 
 def free_port() -> int:
@@ -176,13 +177,15 @@ class Stack:
                 "class": "NoOpComputeLogManager",
             }
         elif compute_logs == "local":
+            # Dagster's default manager: the same files, echoed to the console by a `tail`
+            # and a watcher process per stream and run.
             instance.pop("compute_logs", None)
         if stock_storage:
             # dagster-postgres as shipped: a new connection for every query.
             instance["storage"] = {"postgres": instance["storage"]["custom"]["config"]}
         self.storage = "stock postgres" if stock_storage else "pooled postgres"
-        self.compute_logs = (
-            "noop" if "NoOp" in str(instance.get("compute_logs", {})) else "local (default)"
+        self.compute_logs = str(
+            instance.get("compute_logs", {}).get("class", "LocalComputeLogManager")
         )
         (home / "dagster.yaml").write_text(yaml.safe_dump(instance))
         config = {
@@ -535,7 +538,9 @@ def main() -> None:
         "--max-concurrent-runs", type=int, help="override concurrency.runs.max_concurrent_runs"
     )
     parser.add_argument(
-        "--compute-logs", choices=["local", "noop"], help="override the compute log manager"
+        "--compute-logs",
+        choices=COMPUTE_LOGS,
+        help="instead of the shipped FileComputeLogManager: Dagster's default (local) or none",
     )
     parser.add_argument(
         "--stock-storage",

@@ -1,0 +1,106 @@
+"""Dagster's local compute logs without the per-run ``tail`` processes.
+
+Dagster's ``LocalComputeLogManager`` captures a run's stdout and stderr into files under
+``$DAGSTER_HOME/storage`` (the run's "stdout" and "stderr" in the UI) and, so the output
+still reaches the console, mirrors each file back to the process's own stream: a ``tail -F``
+and a Python watcher process for stdout, two more for stderr, started and stopped for every
+run. In an ``imagen worker`` pool process that is four processes, two of them interpreters,
+per image, started while the run competes for the CPU with the runs beside it; the mirrored
+output only lands in the worker's journal, which already has each run's Dagster log.
+
+:class:`FileComputeLogManager` captures into the same files, read the same way by the UI,
+and mirrors nothing. Use it on hosts that execute runs in a worker (scripts/dagster.postgres.yaml);
+``dagster job execute`` on the local instance keeps Dagster's manager, which echoes a step's
+output to the terminal.
+
+Dagster-internal imports: ``LocalComputeLogManager`` itself (public, configured in
+``dagster.yaml`` by this module path, but not exported by ``dagster``), and what its
+``capture_logs`` uses: ``redirect_to_file`` (the capture, minus the mirror), ``ensure_file``
+and ``touch_file`` (the end-of-capture marker). So the Dagster pin applies
+(imagen_pipeline_tests/instance/test_file_compute_logs.py checks them).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+from dagster._core.execution.compute_logs import redirect_to_file
+from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
+from dagster._core.storage.local_compute_log_manager import (
+    IO_TYPE_EXTENSION,
+    LocalComputeLogManager,
+)
+from dagster._utils import ensure_file, touch_file
+
+if TYPE_CHECKING:
+    # Only for annotations: Dagster passes this to every configurable class.
+    from dagster._serdes import ConfigurableClassData
+
+DEFAULT_SUBDIRECTORY = "storage"
+"""Where Dagster's own manager keeps compute logs, under ``$DAGSTER_HOME``."""
+
+
+def default_base_dir() -> str:
+    """``$DAGSTER_HOME/storage``, the folder Dagster's default manager uses."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        raise dg.DagsterInvariantViolationError(
+            "compute_logs: FileComputeLogManager needs base_dir, or DAGSTER_HOME set to "
+            "put the logs under $DAGSTER_HOME/storage as Dagster does"
+        )
+    return str(Path(home) / DEFAULT_SUBDIRECTORY)
+
+
+class FileComputeLogManager(LocalComputeLogManager):
+    """``LocalComputeLogManager`` that captures stdout and stderr into its files without
+    mirroring them to the console (no ``tail`` or watcher processes per run).
+
+    Config: ``base_dir`` (default ``$DAGSTER_HOME/storage``, as Dagster's default manager)
+    and ``polling_timeout``, as for ``LocalComputeLogManager``.
+    """
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        """``LocalComputeLogManager``'s fields, with ``base_dir`` optional."""
+        return {
+            "base_dir": dg.Field(
+                dg.StringSource,
+                is_required=False,
+                description="Folder of the captured files; default $DAGSTER_HOME/storage.",
+            ),
+            "polling_timeout": dg.Field(dg.Float, is_required=False),
+        }
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> FileComputeLogManager:
+        """Build the manager from its ``dagster.yaml`` block."""
+        return cls(
+            base_dir=config_value.get("base_dir") or default_base_dir(),
+            polling_timeout=config_value.get("polling_timeout"),
+            inst_data=inst_data,
+        )
+
+    @contextmanager
+    def capture_logs(self, log_key: Sequence[str]) -> Iterator[CapturedLogContext]:
+        """Send this process's stdout and stderr to the log key's files while the block runs."""
+        paths = {
+            io_type: self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[io_type])
+            for io_type in (ComputeIOType.STDOUT, ComputeIOType.STDERR)
+        }
+        for path in paths.values():
+            ensure_file(path)
+        with (
+            redirect_to_file(sys.stdout, paths[ComputeIOType.STDOUT]),
+            redirect_to_file(sys.stderr, paths[ComputeIOType.STDERR]),
+        ):
+            yield CapturedLogContext(log_key)
+        # The marker Dagster's manager leaves: the UI stops waiting for more output.
+        touch_file(self.complete_artifact_path(log_key))

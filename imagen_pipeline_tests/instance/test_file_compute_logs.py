@@ -1,0 +1,122 @@
+"""FileComputeLogManager against Dagster's LocalComputeLogManager: the same files, read the
+same way by the UI, and no processes started per run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from imagen_pipeline.instance.file_compute_logs import FileComputeLogManager
+from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE, VENV_BIN, subprocess_env
+from imagen_pipeline_tests.instance import compute_logs_probe
+from imagen_pipeline_tests.instance.compute_logs_probe import STDERR_TEXT, STDOUT_TEXT
+
+FILE_MANAGER = {
+    "module": "imagen_pipeline.instance.file_compute_logs",
+    "class": "FileComputeLogManager",
+}
+DAGSTER_MANAGER = {
+    "module": "dagster.core.storage.local_compute_log_manager",
+    "class": "LocalComputeLogManager",
+}
+
+
+def run_probe(
+    tmp_path: Path, manager: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> tuple[dg.DagsterInstance, str, list[str]]:
+    """Execute the probe job on a SQLite instance with ``manager`` as its compute log
+    manager; returns the instance, the run id and the probe op's child processes."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    if manager is DAGSTER_MANAGER:
+        manager = {**manager, "config": {"base_dir": str(home / "storage")}}
+    (home / "dagster.yaml").write_text(yaml.safe_dump({"compute_logs": manager}))
+    result = tmp_path / "children.json"
+    subprocess.run(
+        [
+            str(VENV_BIN / "dagster"),
+            "job",
+            "execute",
+            "-f",
+            compute_logs_probe.__file__,
+            "-j",
+            "compute_logs_probe",
+        ],
+        env=subprocess_env(DAGSTER_HOME=str(home), PROBE_RESULT=str(result)),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    instance = dg.DagsterInstance.from_config(str(home))
+    (run,) = instance.get_runs()
+    return instance, run.run_id, json.loads(result.read_text())
+
+
+def captured(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]:
+    """The run's captured stdout and stderr, read as the webserver reads them."""
+    (event,) = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.LOGS_CAPTURED
+    ).records
+    data = event.event_log_entry.dagster_event.logs_captured_data  # type: ignore[union-attr]
+    manager = instance.compute_log_manager
+    log_key = manager.build_log_key_for_run(run_id, data.file_key)
+    assert manager.is_capture_complete(log_key)
+    log = manager.get_log_data(log_key)
+    return (log.stdout or b"").decode(), (log.stderr or b"").decode()
+
+
+def test_the_run_output_is_captured_without_a_process_per_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance, run_id, children = run_probe(tmp_path, FILE_MANAGER, monkeypatch)
+    with instance:
+        stdout, stderr = captured(instance, run_id)
+    assert STDOUT_TEXT in stdout
+    assert STDERR_TEXT in stderr
+    assert children == []
+
+
+def test_dagsters_own_manager_captures_the_same_and_starts_tail_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contrast that shows what the other test measures (and that a Dagster upgrade has
+    not made it vacuous)."""
+    instance, run_id, children = run_probe(tmp_path, DAGSTER_MANAGER, monkeypatch)
+    with instance:
+        stdout, stderr = captured(instance, run_id)
+    assert STDOUT_TEXT in stdout
+    assert STDERR_TEXT in stderr
+    assert sum(command.startswith("tail -F") for command in children) == 2
+
+
+def test_the_production_instance_uses_it() -> None:
+    config = yaml.safe_load(PRODUCTION_INSTANCE.read_text())
+    assert config["compute_logs"] == FILE_MANAGER
+
+
+@pytest.mark.parametrize(
+    ("configured", "folder"),
+    [({}, "dagster_home/storage"), ({"base_dir": "elsewhere"}, "elsewhere")],
+)
+def test_logs_go_under_dagster_home_unless_configured(
+    configured: dict[str, str], folder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.chdir(tmp_path)
+    manager = FileComputeLogManager.from_config_value(None, configured)
+    path = Path(manager.get_captured_local_path(["run-1", "compute_logs", "abc"], "out"))
+    assert path.resolve().is_relative_to((tmp_path / folder).resolve())
+
+
+def test_without_dagster_home_or_base_dir_the_error_says_what_to_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    with pytest.raises(dg.DagsterInvariantViolationError, match="base_dir, or DAGSTER_HOME"):
+        FileComputeLogManager.from_config_value(None, {})
