@@ -3,6 +3,7 @@
 Usage:
     .venv/bin/python scripts/bench_gpu_boxes.py [--jobs 40] [--latency 2.0] [--warm-up 6]
         [--batches 1] [--skip-one-box] [--fast-path] [--compute-logs local|noop]
+        [--dequeue-interval 0.5]
         [--server-url postgresql://postgres@127.0.0.1/postgres]
 
 Starts the queue's real stack (scripts/bench_queue.py's Stack: dagster-daemon on the
@@ -61,9 +62,11 @@ STEPS = 20
 """Sampler steps of the flux-dev template: each takes latency / STEPS on the fake."""
 
 
-def configure(stack: Stack, urls: list[str], run_limit: int | None) -> int:
+def configure(
+    stack: Stack, urls: list[str], run_limit: int | None, dequeue_interval: float | None = None
+) -> int:
     """Add the one-box and two-box backends to the stack's imagen.yaml, set Dagster's limits
-    from them; returns the imagen_gpu pool limit."""
+    from them (and the run queue's interval, if given); returns the imagen_gpu pool limit."""
     config_path = stack.workdir / "imagen.yaml"
     config = yaml.safe_load(config_path.read_text())
     box = {"type": "comfyui", "workflow": "flux-dev", "poll_interval_s": 0.2}
@@ -79,6 +82,8 @@ def configure(stack: Stack, urls: list[str], run_limit: int | None) -> int:
     for limit in instance["concurrency"]["runs"]["tag_concurrency_limits"]:
         if limit.get("value") == "imagen_gpu":
             limit["limit"] = run_limit or capacity.run_limit
+    if dequeue_interval is not None:
+        instance["run_coordinator"]["config"]["dequeue_interval_seconds"] = dequeue_interval
     instance_path.write_text(yaml.safe_dump(instance))
     return capacity.op_pool_limit
 
@@ -189,6 +194,11 @@ def main() -> None:
         help="instead of the shipped FileComputeLogManager: Dagster's default (local) or none",
     )
     parser.add_argument(
+        "--dequeue-interval",
+        type=float,
+        help="seconds between the daemon's looks at the run queue (shipped: 0.5)",
+    )
+    parser.add_argument(
         "--warm-up", type=int, default=6, help="jobs on the two boxes before measuring"
     )
     parser.add_argument(
@@ -214,13 +224,16 @@ def main() -> None:
                 args.fast_path, args.latency, args.max_concurrent_runs, args.compute_logs, False
             ),
         )
-        pool = configure(stack, [fake.url for fake in fakes], args.run_limit)
+        pool = configure(stack, [fake.url for fake in fakes], args.run_limit, args.dequeue_interval)
         stack.start()
         set_gpu_pool(stack, pool)
         results["imagen_gpu_pool"] = pool
         results["max_concurrent_runs"] = stack.max_concurrent_runs
         results["fast_path"] = args.fast_path
         results["compute_logs"] = stack.compute_logs
+        results["dequeue_interval_s"] = yaml.safe_load(
+            (workdir / "dagster_home" / "dagster.yaml").read_text()
+        )["run_coordinator"]["config"]["dequeue_interval_seconds"]
         try:
             stack.check_all_done(stack.wait_done(stack.insert(1), 300))
             if args.warm_up:

@@ -16,13 +16,13 @@ output to the terminal.
 Dagster-internal imports: ``LocalComputeLogManager`` itself (public, configured in
 ``dagster.yaml`` by this module path, but not exported by ``dagster``), and what its
 ``capture_logs`` uses: ``redirect_to_file`` (the capture, minus the mirror), ``ensure_file``
-and ``touch_file`` (the end-of-capture marker). So the Dagster pin applies
+and ``touch_file`` (the end-of-capture marker); and its ``_base_dir``, set from the
+instance's folder when no ``base_dir`` is configured. So the Dagster pin applies
 (imagen_pipeline_tests/instance/test_file_compute_logs.py checks them).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -43,27 +43,32 @@ if TYPE_CHECKING:
     from dagster._serdes import ConfigurableClassData
 
 DEFAULT_SUBDIRECTORY = "storage"
-"""Where Dagster's own manager keeps compute logs, under ``$DAGSTER_HOME``."""
-
-
-def default_base_dir() -> str:
-    """``$DAGSTER_HOME/storage``, the folder Dagster's default manager uses."""
-    home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        raise dg.DagsterInvariantViolationError(
-            "compute_logs: FileComputeLogManager needs base_dir, or DAGSTER_HOME set to "
-            "put the logs under $DAGSTER_HOME/storage as Dagster does"
-        )
-    return str(Path(home) / DEFAULT_SUBDIRECTORY)
+"""Where Dagster's own manager keeps compute logs, under the instance's root directory."""
 
 
 class FileComputeLogManager(LocalComputeLogManager):
     """``LocalComputeLogManager`` that captures stdout and stderr into its files without
     mirroring them to the console (no ``tail`` or watcher processes per run).
 
-    Config: ``base_dir`` (default ``$DAGSTER_HOME/storage``, as Dagster's default manager)
-    and ``polling_timeout``, as for ``LocalComputeLogManager``.
+    Config: ``base_dir`` (default: the instance's ``storage`` folder, ``$DAGSTER_HOME/storage``,
+    as for Dagster's default manager) and ``polling_timeout``, as for ``LocalComputeLogManager``.
     """
+
+    def __init__(
+        self,
+        base_dir: str | None = None,
+        polling_timeout: float | None = None,
+        inst_data: ConfigurableClassData | None = None,
+    ) -> None:
+        super().__init__(base_dir or "", polling_timeout, inst_data)
+        self._configured_base_dir = base_dir
+
+    def register_instance(self, instance: dg.DagsterInstance) -> None:
+        """Without ``base_dir``: the instance's ``storage`` folder, as Dagster's default
+        manager (``$DAGSTER_HOME/storage``)."""
+        super().register_instance(instance)
+        if not self._configured_base_dir:
+            self._base_dir = str(Path(instance.root_directory) / DEFAULT_SUBDIRECTORY)
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:
@@ -83,7 +88,7 @@ class FileComputeLogManager(LocalComputeLogManager):
     ) -> FileComputeLogManager:
         """Build the manager from its ``dagster.yaml`` block."""
         return cls(
-            base_dir=config_value.get("base_dir") or default_base_dir(),
+            base_dir=config_value.get("base_dir"),
             polling_timeout=config_value.get("polling_timeout"),
             inst_data=inst_data,
         )

@@ -27,13 +27,12 @@ DAGSTER_MANAGER = {
 
 
 def run_probe(
-    tmp_path: Path, manager: dict[str, object], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, manager: dict[str, object]
 ) -> tuple[dg.DagsterInstance, str, list[str]]:
     """Execute the probe job on a SQLite instance with ``manager`` as its compute log
     manager; returns the instance, the run id and the probe op's child processes."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
     if manager is DAGSTER_MANAGER:
         manager = {**manager, "config": {"base_dir": str(home / "storage")}}
     (home / "dagster.yaml").write_text(yaml.safe_dump({"compute_logs": manager}))
@@ -71,10 +70,8 @@ def captured(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]:
     return (log.stdout or b"").decode(), (log.stderr or b"").decode()
 
 
-def test_the_run_output_is_captured_without_a_process_per_stream(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    instance, run_id, children = run_probe(tmp_path, FILE_MANAGER, monkeypatch)
+def test_the_run_output_is_captured_without_a_process_per_stream(tmp_path: Path) -> None:
+    instance, run_id, children = run_probe(tmp_path, FILE_MANAGER)
     with instance:
         stdout, stderr = captured(instance, run_id)
     assert STDOUT_TEXT in stdout
@@ -83,11 +80,11 @@ def test_the_run_output_is_captured_without_a_process_per_stream(
 
 
 def test_dagsters_own_manager_captures_the_same_and_starts_tail_processes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """The contrast that shows what the other test measures (and that a Dagster upgrade has
     not made it vacuous)."""
-    instance, run_id, children = run_probe(tmp_path, DAGSTER_MANAGER, monkeypatch)
+    instance, run_id, children = run_probe(tmp_path, DAGSTER_MANAGER)
     with instance:
         stdout, stderr = captured(instance, run_id)
     assert STDOUT_TEXT in stdout
@@ -104,19 +101,19 @@ def test_the_production_instance_uses_it() -> None:
     ("configured", "folder"),
     [({}, "dagster_home/storage"), ({"base_dir": "elsewhere"}, "elsewhere")],
 )
-def test_logs_go_under_dagster_home_unless_configured(
+def test_logs_go_under_the_instance_unless_configured(
     configured: dict[str, str], folder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    monkeypatch.chdir(tmp_path)
-    manager = FileComputeLogManager.from_config_value(None, configured)
-    path = Path(manager.get_captured_local_path(["run-1", "compute_logs", "abc"], "out"))
-    assert path.resolve().is_relative_to((tmp_path / folder).resolve())
-
-
-def test_without_dagster_home_or_base_dir_the_error_says_what_to_set(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+    """Also without DAGSTER_HOME: an instance opened from its folder keeps its logs there."""
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    with pytest.raises(dg.DagsterInvariantViolationError, match="base_dir, or DAGSTER_HOME"):
-        FileComputeLogManager.from_config_value(None, {})
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    manager = {**FILE_MANAGER, "config": configured} if configured else FILE_MANAGER
+    (home / "dagster.yaml").write_text(yaml.safe_dump({"compute_logs": manager}))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.compute_log_manager, FileComputeLogManager)
+        path = instance.compute_log_manager.get_captured_local_path(
+            ["run-1", "compute_logs", "abc"], "out"
+        )
+    assert Path(path).resolve().is_relative_to((tmp_path / folder).resolve())
