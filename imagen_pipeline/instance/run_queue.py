@@ -11,6 +11,10 @@ coordinator's config and constructor insist on an integer.
 a number of seconds of at least 0.5: the daemon sleeps in 0.5 s steps between looks, so a
 shorter interval would look no more often. Each look is the run coordinator's usual reads of
 the queued and in-progress runs.
+
+It relies on the daemon reading ``dequeue_interval_seconds`` from the coordinator when it
+starts (``dagster/_daemon/controller.py``), so the Dagster pin applies
+(imagen_pipeline_tests/instance/test_run_queue.py checks the daemon it builds).
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from dagster._core.run_coordinator import QueuedRunCoordinator
 
 if TYPE_CHECKING:
     # Only for annotations: Dagster passes this to every configurable class.
@@ -44,7 +47,7 @@ def checked_interval(value: float | None) -> float:
     return interval
 
 
-class FrequentQueuedRunCoordinator(QueuedRunCoordinator):
+class FrequentQueuedRunCoordinator(dg.QueuedRunCoordinator):
     """``QueuedRunCoordinator`` whose ``dequeue_interval_seconds`` may be a fraction of a
     second (at least 0.5; default 0.5). Every other field is ``QueuedRunCoordinator``'s."""
 
@@ -82,7 +85,7 @@ class FrequentQueuedRunCoordinator(QueuedRunCoordinator):
     @classmethod
     def config_type(cls) -> dict[str, Any]:
         """``QueuedRunCoordinator``'s fields, with a fractional ``dequeue_interval_seconds``."""
-        fields = dict(QueuedRunCoordinator.config_type())  # type: ignore[call-overload]
+        fields = dict(dg.QueuedRunCoordinator.config_type())  # type: ignore[call-overload]
         fields["dequeue_interval_seconds"] = dg.Field(
             dg.Float,
             is_required=False,
