@@ -53,11 +53,13 @@ def test_bench_queue_writes_an_instance_config_for_either_storage(tmp_path: Path
             "postgresql://unused/db",
             workdir,
             "celery",
-            bench.Options(False, 2.0, 3, "noop", stock),
+            bench.Options(False, 2.0, 3, "noop", stock, 1.0 if stock else None),
         )
         config = yaml.safe_load((workdir / "dagster_home" / "dagster.yaml").read_text())
         assert config["concurrency"]["runs"]["max_concurrent_runs"] == 3
         assert "NoOpComputeLogManager" in str(config["compute_logs"])
+        interval = config["run_coordinator"]["config"]["dequeue_interval_seconds"]
+        assert interval == stack.dequeue_interval == (1.0 if stock else 0.5)
         if stock:
             assert config["storage"] == {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}
         else:

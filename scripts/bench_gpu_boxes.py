@@ -62,11 +62,9 @@ STEPS = 20
 """Sampler steps of the flux-dev template: each takes latency / STEPS on the fake."""
 
 
-def configure(
-    stack: Stack, urls: list[str], run_limit: int | None, dequeue_interval: float | None = None
-) -> int:
+def configure(stack: Stack, urls: list[str], run_limit: int | None) -> int:
     """Add the one-box and two-box backends to the stack's imagen.yaml, set Dagster's limits
-    from them (and the run queue's interval, if given); returns the imagen_gpu pool limit."""
+    from them; returns the imagen_gpu pool limit."""
     config_path = stack.workdir / "imagen.yaml"
     config = yaml.safe_load(config_path.read_text())
     box = {"type": "comfyui", "workflow": "flux-dev", "poll_interval_s": 0.2}
@@ -82,8 +80,6 @@ def configure(
     for limit in instance["concurrency"]["runs"]["tag_concurrency_limits"]:
         if limit.get("value") == "imagen_gpu":
             limit["limit"] = run_limit or capacity.run_limit
-    if dequeue_interval is not None:
-        instance["run_coordinator"]["config"]["dequeue_interval_seconds"] = dequeue_interval
     instance_path.write_text(yaml.safe_dump(instance))
     return capacity.op_pool_limit
 
@@ -221,19 +217,22 @@ def main() -> None:
             workdir,
             "celery",
             Options(
-                args.fast_path, args.latency, args.max_concurrent_runs, args.compute_logs, False
+                args.fast_path,
+                args.latency,
+                args.max_concurrent_runs,
+                args.compute_logs,
+                False,
+                args.dequeue_interval,
             ),
         )
-        pool = configure(stack, [fake.url for fake in fakes], args.run_limit, args.dequeue_interval)
+        pool = configure(stack, [fake.url for fake in fakes], args.run_limit)
         stack.start()
         set_gpu_pool(stack, pool)
         results["imagen_gpu_pool"] = pool
         results["max_concurrent_runs"] = stack.max_concurrent_runs
         results["fast_path"] = args.fast_path
         results["compute_logs"] = stack.compute_logs
-        results["dequeue_interval_s"] = yaml.safe_load(
-            (workdir / "dagster_home" / "dagster.yaml").read_text()
-        )["run_coordinator"]["config"]["dequeue_interval_seconds"]
+        results["dequeue_interval_s"] = stack.dequeue_interval
         try:
             stack.check_all_done(stack.wait_done(stack.insert(1), 300))
             if args.warm_up:

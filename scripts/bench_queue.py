@@ -3,7 +3,7 @@
 Usage:
     .venv/bin/python scripts/bench_queue.py [--sequential 30] [--burst 100] [--serial 20]
         [--serial-latency 2.0] [--fast-path] [--max-concurrent-runs N]
-        [--compute-logs local|noop] [--stock-storage]
+        [--compute-logs local|noop] [--dequeue-interval 0.5] [--stock-storage]
         [--launcher default|celery ...]
         [--server-url postgresql://postgres@127.0.0.1/postgres]
 
@@ -149,6 +149,8 @@ class Options(NamedTuple):
     max_concurrent_runs: int | None
     compute_logs: str | None
     stock_storage: bool
+    dequeue_interval: float | None = None
+    """Seconds between the daemon's looks at the run queue, instead of the shipped 0.5."""
 
 
 class Stack:
@@ -180,6 +182,11 @@ class Stack:
             # Dagster's default manager: the same files, echoed to the console by a `tail`
             # and a watcher process per stream and run.
             instance.pop("compute_logs", None)
+        if options.dequeue_interval is not None:
+            instance["run_coordinator"]["config"]["dequeue_interval_seconds"] = (
+                options.dequeue_interval
+            )
+        self.dequeue_interval = instance["run_coordinator"]["config"]["dequeue_interval_seconds"]
         if stock_storage:
             # dagster-postgres as shipped: a new connection for every query.
             instance["storage"] = {"postgres": instance["storage"]["custom"]["config"]}
@@ -543,6 +550,11 @@ def main() -> None:
         help="instead of the shipped FileComputeLogManager: Dagster's default (local) or none",
     )
     parser.add_argument(
+        "--dequeue-interval",
+        type=float,
+        help="seconds between the daemon's looks at the run queue (shipped: 0.5)",
+    )
+    parser.add_argument(
         "--stock-storage",
         action="store_true",
         help="dagster-postgres' own storage (NullPool) instead of PooledPostgresStorage",
@@ -561,6 +573,7 @@ def main() -> None:
         max_concurrent_runs=args.max_concurrent_runs,
         compute_logs=args.compute_logs,
         stock_storage=args.stock_storage,
+        dequeue_interval=args.dequeue_interval,
     )
     parts = {
         "sequential": (args.sequential, lambda stack: bench_sequential(stack, args.sequential)),
@@ -586,6 +599,7 @@ def main() -> None:
                 result.update(
                     max_concurrent_runs=stack.max_concurrent_runs,
                     compute_logs=stack.compute_logs,
+                    dequeue_interval_s=stack.dequeue_interval,
                     storage=stack.storage,
                 )
                 result[part] = bench(stack)
