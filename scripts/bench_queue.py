@@ -427,7 +427,7 @@ def bench_sequential(stack: Stack, count: int) -> dict[str, Any]:
     """Insert one job at a time and wait for it: insert -> done latency.
 
     Jobs arrive after a random pause: with a fixed one, the insert-to-done cycle locks in
-    phase with the daemon's 1 s run queue loop and the median moves by up to a second
+    phase with the daemon's run queue loop and the median moves by up to a second
     from one run of the script to the next.
     """
     pauses = random.Random(0)
