@@ -45,6 +45,7 @@ from dagster._serdes import unpack_value
 from dagster_celery.config import TASK_EXECUTE_JOB_NAME
 
 from imagen_pipeline.instance.celery_launcher import WORKER_TAG, ImagenCeleryRunLauncher
+from imagen_pipeline.instance.file_compute_logs import ECHO_ENV
 
 CODE_LOCATION_MODULE = "imagen_pipeline.definitions"
 """The code location ``workspace.yaml`` loads, preloaded by the worker."""
@@ -276,6 +277,9 @@ def run_worker(
     with dg.DagsterInstance.get() as instance:
         launcher = launcher_of(instance)
         concurrency = concurrency or default_concurrency(instance)
+    # A run's output goes to its compute log files (the UI); echoing it here would only
+    # repeat it in the worker's journal, at four processes per run (file_compute_logs).
+    os.environ.setdefault(ECHO_ENV, "0")
     app = worker_app(launcher)
     if preload:
         preload_code_location()

@@ -9,9 +9,9 @@ per image, started while the run competes for the CPU with the runs beside it; t
 output only lands in the worker's journal, which already has each run's Dagster log.
 
 :class:`FileComputeLogManager` captures into the same files, read the same way by the UI,
-and mirrors nothing. Use it on hosts that execute runs in a worker (scripts/dagster.postgres.yaml);
-``dagster job execute`` on the local instance keeps Dagster's manager, which echoes a step's
-output to the terminal.
+and in an ``imagen worker`` (which sets ``IMAGEN_COMPUTE_LOG_ECHO=0`` for its runs) mirrors
+nothing. Everywhere else it echoes as Dagster's does: ``dagster job execute`` from a shell
+on the same instance still shows a step's output in the terminal.
 
 Dagster-internal imports: ``LocalComputeLogManager`` itself (public, configured in
 ``dagster.yaml`` by this module path, but not exported by ``dagster``), and what its
@@ -23,6 +23,7 @@ instance's folder when no ``base_dir`` is configured. So the Dagster pin applies
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,13 +43,16 @@ if TYPE_CHECKING:
     # Only for annotations: Dagster passes this to every configurable class.
     from dagster._serdes import ConfigurableClassData
 
+ECHO_ENV = "IMAGEN_COMPUTE_LOG_ECHO"
+"""``0``: capture without echoing to the console (``imagen worker`` sets it for its runs)."""
 DEFAULT_SUBDIRECTORY = "storage"
 """Where Dagster's own manager keeps compute logs, under the instance's root directory."""
 
 
 class FileComputeLogManager(LocalComputeLogManager):
-    """``LocalComputeLogManager`` that captures stdout and stderr into its files without
-    mirroring them to the console (no ``tail`` or watcher processes per run).
+    """``LocalComputeLogManager`` that, where ``$IMAGEN_COMPUTE_LOG_ECHO`` is ``0`` (in an
+    ``imagen worker``), captures stdout and stderr into its files without mirroring them to
+    the console (no ``tail`` or watcher processes per run); elsewhere exactly Dagster's.
 
     Config: ``base_dir`` (default: the instance's ``storage`` folder, ``$DAGSTER_HOME/storage``,
     as for Dagster's default manager) and ``polling_timeout``, as for ``LocalComputeLogManager``.
@@ -95,7 +99,12 @@ class FileComputeLogManager(LocalComputeLogManager):
 
     @contextmanager
     def capture_logs(self, log_key: Sequence[str]) -> Iterator[CapturedLogContext]:
-        """Send this process's stdout and stderr to the log key's files while the block runs."""
+        """Send this process's stdout and stderr to the log key's files while the block runs;
+        echoed to the console as Dagster does unless ``$IMAGEN_COMPUTE_LOG_ECHO`` is ``0``."""
+        if os.environ.get(ECHO_ENV, "1") != "0":
+            with super().capture_logs(log_key) as context:
+                yield context
+            return
         paths = {
             io_type: self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[io_type])
             for io_type in (ComputeIOType.STDOUT, ComputeIOType.STDERR)

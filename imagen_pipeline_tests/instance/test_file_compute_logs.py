@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from imagen_pipeline.instance.file_compute_logs import FileComputeLogManager
+from imagen_pipeline.instance.file_compute_logs import ECHO_ENV, FileComputeLogManager
 from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE, VENV_BIN, subprocess_env
 from imagen_pipeline_tests.instance import compute_logs_probe
 from imagen_pipeline_tests.instance.compute_logs_probe import STDERR_TEXT, STDOUT_TEXT
@@ -27,10 +27,11 @@ DAGSTER_MANAGER = {
 
 
 def run_probe(
-    tmp_path: Path, manager: dict[str, object]
+    tmp_path: Path, manager: dict[str, object], echo: str | None = None
 ) -> tuple[dg.DagsterInstance, str, list[str]]:
     """Execute the probe job on a SQLite instance with ``manager`` as its compute log
-    manager; returns the instance, the run id and the probe op's child processes."""
+    manager (and ``$IMAGEN_COMPUTE_LOG_ECHO`` set to ``echo``); returns the instance, the run
+    id and the probe op's child processes."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     if manager is DAGSTER_MANAGER:
@@ -47,7 +48,11 @@ def run_probe(
             "-j",
             "compute_logs_probe",
         ],
-        env=subprocess_env(DAGSTER_HOME=str(home), PROBE_RESULT=str(result)),
+        env=subprocess_env(
+            DAGSTER_HOME=str(home),
+            PROBE_RESULT=str(result),
+            **({ECHO_ENV: echo} if echo is not None else {}),
+        ),
         check=True,
         capture_output=True,
         timeout=120,
@@ -70,8 +75,11 @@ def captured(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]:
     return (log.stdout or b"").decode(), (log.stderr or b"").decode()
 
 
-def test_the_run_output_is_captured_without_a_process_per_stream(tmp_path: Path) -> None:
-    instance, run_id, children = run_probe(tmp_path, FILE_MANAGER)
+def test_in_a_worker_the_run_output_is_captured_without_a_process_per_stream(
+    tmp_path: Path,
+) -> None:
+    """As in an ``imagen worker``, which sets IMAGEN_COMPUTE_LOG_ECHO=0 for its runs."""
+    instance, run_id, children = run_probe(tmp_path, FILE_MANAGER, echo="0")
     with instance:
         stdout, stderr = captured(instance, run_id)
     assert STDOUT_TEXT in stdout
@@ -79,12 +87,13 @@ def test_the_run_output_is_captured_without_a_process_per_stream(tmp_path: Path)
     assert children == []
 
 
-def test_dagsters_own_manager_captures_the_same_and_starts_tail_processes(
-    tmp_path: Path,
+@pytest.mark.parametrize("manager", [DAGSTER_MANAGER, FILE_MANAGER], ids=["dagster", "file"])
+def test_outside_a_worker_it_echoes_as_dagsters_own_manager_with_tail_processes(
+    manager: dict[str, object], tmp_path: Path
 ) -> None:
-    """The contrast that shows what the other test measures (and that a Dagster upgrade has
-    not made it vacuous)."""
-    instance, run_id, children = run_probe(tmp_path, DAGSTER_MANAGER)
+    """``dagster job execute`` from a shell still echoes; and the contrast that shows what
+    the other test measures (so a Dagster upgrade has not made it vacuous)."""
+    instance, run_id, children = run_probe(tmp_path, manager)
     with instance:
         stdout, stderr = captured(instance, run_id)
     assert STDOUT_TEXT in stdout
