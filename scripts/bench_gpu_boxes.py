@@ -44,10 +44,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_queue import (
     BIN,
-    COMPUTE_LOGS,
     REPO_ROOT,
     Options,
     Stack,
+    add_instance_options,
     import_dagster_s,
     throwaway_database,
 )
@@ -184,16 +184,7 @@ def main() -> None:
     parser.add_argument(
         "--batches", type=int, default=1, help="two-box batches, one after the other"
     )
-    parser.add_argument(
-        "--compute-logs",
-        choices=COMPUTE_LOGS,
-        help="instead of the shipped FileComputeLogManager: Dagster's default (local) or none",
-    )
-    parser.add_argument(
-        "--dequeue-interval",
-        type=float,
-        help="seconds between the daemon's looks at the run queue (shipped: 0.5)",
-    )
+    add_instance_options(parser)
     parser.add_argument(
         "--warm-up", type=int, default=6, help="jobs on the two boxes before measuring"
     )

@@ -69,7 +69,6 @@ TERMINAL = ("done", "failed", "canceled")
 LAUNCHERS = ("default", "celery")
 PRODUCTION_INSTANCE = REPO_ROOT / "scripts" / "dagster.postgres.yaml"
 GPU_QUEUE = "imagen_gpu"
-COMPUTE_LOGS = ("local", "noop")
 
 
 def free_port() -> int:
@@ -533,6 +532,21 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def add_instance_options(parser: argparse.ArgumentParser) -> None:
+    """The options that change the production instance config: --compute-logs and
+    --dequeue-interval (Options.compute_logs, Options.dequeue_interval)."""
+    parser.add_argument(
+        "--compute-logs",
+        choices=("local", "noop"),
+        help="instead of the shipped FileComputeLogManager: Dagster's default (local) or none",
+    )
+    parser.add_argument(
+        "--dequeue-interval",
+        type=float,
+        help="seconds between the daemon's looks at the run queue (shipped: 0.5)",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -544,16 +558,7 @@ def main() -> None:
     parser.add_argument(
         "--max-concurrent-runs", type=int, help="override concurrency.runs.max_concurrent_runs"
     )
-    parser.add_argument(
-        "--compute-logs",
-        choices=COMPUTE_LOGS,
-        help="instead of the shipped FileComputeLogManager: Dagster's default (local) or none",
-    )
-    parser.add_argument(
-        "--dequeue-interval",
-        type=float,
-        help="seconds between the daemon's looks at the run queue (shipped: 0.5)",
-    )
+    add_instance_options(parser)
     parser.add_argument(
         "--stock-storage",
         action="store_true",

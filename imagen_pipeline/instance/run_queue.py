@@ -19,14 +19,9 @@ starts (``dagster/_daemon/controller.py``), so the Dagster pin applies
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dagster as dg
-
-if TYPE_CHECKING:
-    # Only for annotations: Dagster passes this to every configurable class.
-    from dagster._serdes import ConfigurableClassData
 
 SHORTEST_INTERVAL_S = 0.5
 """How often the daemon checks whether its interval has passed (``IntervalDaemon``)."""
@@ -51,30 +46,9 @@ class FrequentQueuedRunCoordinator(dg.QueuedRunCoordinator):
     """``QueuedRunCoordinator`` whose ``dequeue_interval_seconds`` may be a fraction of a
     second (at least 0.5; default 0.5). Every other field is ``QueuedRunCoordinator``'s."""
 
-    def __init__(
-        self,
-        max_concurrent_runs: int | None = None,
-        tag_concurrency_limits: Sequence[Mapping[str, Any]] | None = None,
-        dequeue_interval_seconds: float | None = None,
-        dequeue_use_threads: bool | None = None,
-        dequeue_num_workers: int | None = None,
-        max_user_code_failure_retries: int | None = None,
-        user_code_failure_retry_delay: int | None = None,
-        block_op_concurrency_limited_runs: Mapping[str, Any] | None = None,
-        inst_data: ConfigurableClassData | None = None,
-    ) -> None:
+    def __init__(self, dequeue_interval_seconds: float | None = None, **fields: Any) -> None:
         interval = checked_interval(dequeue_interval_seconds)
-        super().__init__(
-            max_concurrent_runs=max_concurrent_runs,
-            tag_concurrency_limits=tag_concurrency_limits,
-            dequeue_interval_seconds=None,
-            dequeue_use_threads=dequeue_use_threads,
-            dequeue_num_workers=dequeue_num_workers,
-            max_user_code_failure_retries=max_user_code_failure_retries,
-            user_code_failure_retry_delay=user_code_failure_retry_delay,
-            block_op_concurrency_limited_runs=block_op_concurrency_limited_runs,
-            inst_data=inst_data,
-        )
+        super().__init__(dequeue_interval_seconds=None, **fields)
         self._interval_s = interval
 
     @property
