@@ -1,13 +1,14 @@
-"""Making the image of a plan, once: re-use the image an earlier run of the same job made,
-else check today's budget, call the backend and stage the bytes.
+"""Making the images of a plan, once each: re-use the images an earlier run of the same job
+made, else check today's budget for the images still to make, call the backend and stage
+the bytes.
 
-Plain Python (the generate op is a thin layer over :func:`make_image`): errors are the
+Plain Python (the generate op is a thin layer over :func:`make_images`): errors are the
 pipeline's own, each saying whether a retry can help.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import psycopg
@@ -19,9 +20,11 @@ from imagen_pipeline.generation import GeneratedImage, run_generation
 from imagen_pipeline.output.store import find_job_generation
 from imagen_pipeline.planning import GenerationPlan
 from imagen_pipeline.usage.budget import (
+    BudgetAsk,
     BudgetExceededError,
     BudgetUncheckableError,
     check_budget,
+    release_run_holds,
 )
 
 
@@ -57,22 +60,60 @@ FailedCall = Callable[[GenerationPlan, BackendError], None]
 backend's, or a fallback's), before the error goes on."""
 
 
+ContextFor = Callable[[GenerationPlan], GenerationContext]
+"""The generation context of one variation's call (its progress listener, its log label)."""
+
+
+def make_images(
+    plan: GenerationPlan,
+    context_for: ContextFor,
+    connect: Callable[[], psycopg.Connection] | None,
+    on_failed_call: FailedCall | None = None,
+) -> Iterator[MadeImage]:
+    """The images of ``plan``, one per variation in order, each generated at most once per
+    job (``connect``: the imagen database, for the budget; None when none is configured).
+
+    The budget check before the first call holds every image still to make, so a request
+    for several images is priced whole; when a call fails, the run's holds are dropped (a
+    retry checks again).
+    """
+    variations = plan.variations
+    earlier = {
+        variant.variation: find_job_generation(variant, plan.output.path, plan.output.naming)
+        for variant in variations
+    }
+    to_make = [number for number, image in earlier.items() if image is None]
+    context: GenerationContext | None = None
+    try:
+        for variant in variations:
+            previous = earlier[variant.variation]
+            if previous is not None:
+                yield MadeImage(previous, reused=True)
+                continue
+            context = context_for(variant)
+            holding = tuple(number for number in to_make if number >= variant.variation)
+            yield make_image(variant, context, connect, on_failed_call, holding)
+    except BaseException:
+        if connect is not None and context is not None:
+            context.log.info(release_run_holds(connect, context.run_id))
+        raise
+
+
 def make_image(
     plan: GenerationPlan,
     context: GenerationContext,
     connect: Callable[[], psycopg.Connection] | None,
     on_failed_call: FailedCall | None = None,
+    holding: tuple[int, ...] = (),
 ) -> MadeImage:
-    """The image of ``plan``, generated at most once per job (``connect``: the imagen
-    database, for the budget check; None when none is configured)."""
-    previous = find_job_generation(plan, plan.output.path, plan.output.naming)
-    if previous is not None:
-        return MadeImage(previous, reused=True)
+    """Generate the image of ``plan`` (one variation), with its fallbacks; ``holding``: the
+    variations the budget check holds (this one first; default: this one)."""
+    holding = holding or (plan.variation,)
     try:
-        return _generate(plan, context, connect)
+        return _generate(plan, context, connect, holding)
     except BackendUnavailableError as error:
         if plan.fallbacks:
-            return _fall_back(plan, context, connect, error, on_failed_call)
+            return _fall_back(plan, context, connect, error, on_failed_call, holding)
         _tell(on_failed_call, plan, error)
         raise
     except BackendError as error:
@@ -89,11 +130,20 @@ def _generate(
     plan: GenerationPlan,
     context: GenerationContext,
     connect: Callable[[], psycopg.Connection] | None,
+    holding: tuple[int, ...],
 ) -> MadeImage:
+    """Check the options and the budget for this requester, then call the backend."""
     instance = plan.backend_instance()
-    note = check_budget(
-        plan.budget, plan.backend, instance.backend.estimate_price(plan.request), connect
+    instance.backend.check_options(plan.request.backend_opts, from_client=plan.spec.from_client)
+    ask = BudgetAsk(
+        instance=plan.backend,
+        price=instance.backend.estimate_price(plan.request),
+        run_id=context.run_id,
+        variations=holding,
+        owner=plan.owner_user_id,
+        from_client=plan.spec.from_client,
     )
+    note = check_budget(plan.budget, ask, connect)
     image = run_generation(plan, instance, context, plan.output.path)
     return MadeImage(image, reused=False, budget_note=note)
 
@@ -104,6 +154,7 @@ def _fall_back(
     connect: Callable[[], psycopg.Connection] | None,
     unavailable: BackendUnavailableError,
     on_failed_call: FailedCall | None,
+    holding: tuple[int, ...],
 ) -> MadeImage:
     """The image from the first ``fallback`` instance the budget allows; a fallback whose
     call the budget refuses (or cannot price) is not taken, and the error says so. A
@@ -114,7 +165,7 @@ def _fall_back(
         context.log.warning(f"{planned.fallback_reason}; trying {fallback.backend!r}")
         gen_context = replace(context, instance_name=fallback.backend)
         try:
-            return _generate(planned, gen_context, connect)
+            return _generate(planned, gen_context, connect, holding)
         except (BudgetExceededError, BudgetUncheckableError) as error:
             refused.append(f"fallback {fallback.backend!r} not taken: {error}")
         except BackendError as error:

@@ -80,6 +80,14 @@ class ImageSpec(RequestFields):
     owner_user_id: str | None = None
     priority: int = 0
 
+    @property
+    def from_client(self) -> bool:
+        """True for a request from a row of ``imagen.jobs`` (a web client): its
+        ``backend_opts`` are held to the backend's ``client_options``. Every other source
+        (imagen.yaml, ``imagen generate``, the launchpad, ``dagster job execute``) is the
+        operator's. Known from the job id the sensor puts in the run, never from a column."""
+        return self.job_id is not None
+
 
 class OutputPlan(BaseModel):
     """Where the run writes its image: ``output`` of imagen.yaml, the folder made absolute."""
@@ -157,16 +165,26 @@ class GenerationPlan(BaseModel):
         return self.model_copy(update={"variation": number, "request": request})
 
     def falling_back(self, to: FallbackPlan, summary: str) -> GenerationPlan:
-        """This plan bound to the fallback ``to`` instead, with why."""
+        """This plan bound to the fallback ``to`` instead, with why. The request keeps the
+        options ``to`` takes from this requester; the others are left out and named in the
+        reason."""
+        fallback = build_backend(to.backend, {"type": to.backend_type, **to.backend_settings})
+        kept, dropped = fallback.backend.accepted_options(
+            self.request.backend_opts, from_client=self.spec.from_client
+        )
+        reason = f"fell back from {self.backend}: {summary}"
+        if dropped:
+            reason += f"; options {to.backend} does not take were left out: {', '.join(dropped)}"
         return self.model_copy(
             update={
                 "backend": to.backend,
                 "backend_type": to.backend_type,
                 "backend_settings": to.backend_settings,
                 "model": to.model,
+                "request": self.request.model_copy(update={"backend_opts": kept}),
                 "fallbacks": [],
                 "fell_back_from": self.backend,
-                "fallback_reason": f"fell back from {self.backend}: {summary}",
+                "fallback_reason": reason,
             }
         )
 
@@ -291,10 +309,12 @@ def validate_spec(spec: ImageSpec, config: LoadedConfig) -> None:
 
 
 def plan_generation(spec: ImageSpec, config: LoadedConfig) -> GenerationPlan:
-    """Validate ``spec``, apply its style preset and defaults, and bind it to a backend."""
+    """Validate ``spec``, apply its style preset and defaults, and bind it to a backend whose
+    option rules allow its ``backend_opts`` (a client's: its ``client_options``)."""
     validate_spec(spec, config)
     preset = get_style(spec.style)
     instance = config.backend(spec.backend or config.config.default_backend)
+    instance.backend.check_options(spec.backend_opts, from_client=spec.from_client)
     prompt, negative = apply_style(preset, spec.prompt, spec.negative)
     request = GenerationRequest(
         prompt=prompt,

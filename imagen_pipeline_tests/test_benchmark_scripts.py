@@ -71,7 +71,10 @@ def test_fuzz_queue_knows_which_rows_the_pipeline_must_accept() -> None:
     """The fuzz script's oracle agrees with the pipeline's checks (so its mismatch count is
     about the queue, not about the script)."""
     fuzz = load_script("fuzz_queue")
-    config = parse_config({"backends": {"mock": {"type": "mock"}}})
+    client_options = load_script("bench_queue").MOCK_CLIENT_OPTIONS
+    config = parse_config(
+        {"backends": {"mock": {"type": "mock", "client_options": client_options}}}
+    )
     rng = random.Random(7)
     seen = {True: 0, False: 0}
     for number in range(300):

@@ -70,7 +70,12 @@ def test_every_server_down_the_fallback_makes_the_image_and_the_lineage_says_why
     reason = "fell back from gpu: 2 servers unreachable"
     [stored] = result.output_for_node("write_files")
     sidecar = json.loads(Path(stored.sidecar_path).read_text(encoding="utf-8"))
-    assert sidecar["backend"] == {"instance": "mock", "type": "mock", "fallback": reason}
+    assert sidecar["backend"] == {
+        "instance": "mock",
+        "type": "mock",
+        "options": {},
+        "fallback": reason,
+    }
     materialization = result.asset_materializations_for_node("write_files")[0]
     assert materialization.metadata["fallback"].value == reason
     assert materialization.metadata["backend"].value == "mock"

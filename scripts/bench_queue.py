@@ -70,6 +70,9 @@ LAUNCHERS = ("default", "celery")
 PRODUCTION_INSTANCE = REPO_ROOT / "scripts" / "dagster.postgres.yaml"
 GPU_QUEUE = "imagen_gpu"
 
+MOCK_CLIENT_OPTIONS = {"3.cfg": {"min": 1, "max": 10}}
+"""What a web client may set on the stack's mock (scripts/fuzz_queue.py's valid rows use it)."""
+
 
 def free_port() -> int:
     """A TCP port nothing listens on now."""
@@ -198,7 +201,11 @@ class Stack:
             "default_backend": "mock",
             "output": {"directory": str(workdir / "out")},
             "backends": {
-                "mock": {"type": "mock", "calls_log": str(workdir / "calls.jsonl")},
+                "mock": {
+                    "type": "mock",
+                    "calls_log": str(workdir / "calls.jsonl"),
+                    "client_options": MOCK_CLIENT_OPTIONS,
+                },
                 "gpu": {
                     "type": "mock",
                     "pool": "gpu",

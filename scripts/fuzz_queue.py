@@ -8,7 +8,8 @@ Starts the stack of scripts/bench_queue.py (a real `dagster-daemon` on a Postgre
 instance from scripts/dagster.postgres.yaml, throwaway database), then INSERTs --rows rows
 in small batches as a signed-in web client would (role `authenticated` with JWT claims),
 about half of them hostile: any JSON in backend_opts (`__class__`-style keys, arrays, null,
-deep nesting, huge strings, huge numbers), extreme integers, control characters, unknown
+deep nesting, huge strings, huge numbers, options past the mock's client_options),
+extreme integers, control characters, unknown
 styles and backends, any Unicode. With --without-rules the database's request rules are
 dropped first and rows are written by the service role, so only the pipeline's own checks
 stand between a row and the queue. Bounded by --rows and --seconds.
@@ -90,6 +91,10 @@ HOSTILE: dict[str, Any] = {
             {"huge": "x" * r.randint(16_400, 60_000)},
             {"big": 2**53},
             {"n": -(10**30)},
+            {"3.cfg": 50},
+            {"num_outputs": 4},
+            {"image": "http://169.254.169.254/latest/meta-data"},
+            {"a": {"b": [1, None, "x"]}},
         ]
     ),
     "attempts": lambda r: r.choice([3, 7, 2**31 - 1]),
@@ -111,7 +116,7 @@ def valid_row(rng: random.Random) -> dict[str, Any]:
         "height": rng.choice([None, 64, 96]),
         "steps": rng.choice([None, 1, 200]),
         "seed": rng.choice([None, 0, 2**32 - 1]),
-        "backend_opts": rng.choice([{}, {"3.cfg": 2.5}, {"a": {"b": [1, None, "x"]}}]),
+        "backend_opts": rng.choice([{}, {"3.cfg": 2.5}, {"3.cfg": 10}]),
     }
 
 

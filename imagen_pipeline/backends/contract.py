@@ -13,18 +13,28 @@ import hashlib
 import io
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
+from imagen_pipeline.backends.options import (
+    OptionRule,
+    check_options,
+    is_file_input,
+    rule_problems,
+    set_by_field,
+)
 from imagen_pipeline.backends.pricing import FREE, Price, PriceSource
 from imagen_pipeline.backends.progress import ProgressListener
-from imagen_pipeline.errors import PermanentBackendError
+from imagen_pipeline.errors import InvalidRequestError, PermanentBackendError
 
 MAX_SEED = 2**32 - 1
 """Largest seed accepted everywhere (fits every backend's seed field)."""
+REQUEST_FIELD_OPTIONS = ("prompt", "negative", "width", "height", "steps", "seed", "count")
+"""Request fields: an option of the same name never replaces them, on any backend."""
 
 
 class GenerationRequest(BaseModel):
@@ -40,7 +50,9 @@ class GenerationRequest(BaseModel):
     seed: int | None = Field(default=None, description="Seed; None: the backend picks one.")
     style: str = Field(default="none", description="Style preset the prompt was enriched with.")
     backend_opts: dict[str, Any] = Field(
-        default_factory=dict, description="Adapter-specific options passed through unchanged."
+        default_factory=dict,
+        description="Adapter-specific options, checked by the adapter's option rules "
+        "(:meth:`ImageBackend.check_options`).",
     )
 
 
@@ -179,6 +191,13 @@ class ImageBackend(BaseModel, ABC):
         gt=0,
         description="With a fallback: how long to wait for a free queue slot before using it.",
     )
+    client_options: dict[str, OptionRule] | None = Field(
+        default=None,
+        description="The backend_opts a web client (a row of imagen.jobs) may set, each with "
+        "{min, max} (add type: integer for whole numbers) or {choices: [...]}; {} allows "
+        "none. Unset: the adapter's default (docs/backends.md). The operator's own requests "
+        "may set any option the adapter takes.",
+    )
 
     @abstractmethod
     def generate(self, request: GenerationRequest, context: GenerationContext) -> GenerationResult:
@@ -200,3 +219,71 @@ class ImageBackend(BaseModel, ABC):
     def check(self) -> BackendCheck:
         """Probe reachability, credentials and model cheaply; default: nothing to probe."""
         return BackendCheck(reachable=None, credentials=None, model_present=None)
+
+    # -- options ---------------------------------------------------------------------------
+
+    def client_option_rules(self) -> dict[str, OptionRule]:
+        """The options a web client may set: ``client_options``, else the adapter's default."""
+        if self.client_options is not None:
+            return dict(self.client_options)
+        return self.default_client_options()
+
+    def default_client_options(self) -> dict[str, OptionRule]:
+        """What this adapter takes from anyone when ``client_options`` is unset: nothing."""
+        return {}
+
+    def reserved_option(self, key: str) -> str | None:
+        """Why option ``key`` may not be sent (it sets what a request field or the pipeline
+        sets), or None."""
+        return set_by_field(key) if key in REQUEST_FIELD_OPTIONS else None
+
+    def option_problem(self, key: str, value: Any) -> str | None:
+        """Why this adapter cannot take ``key: value`` from anyone, or None."""
+        return None
+
+    def options_problem(self, options: Mapping[str, Any]) -> tuple[str, str] | None:
+        """An option that is valid alone but not with the others (or the config's): its key
+        and why; None when they go together."""
+        return None
+
+    def takes_file(self, key: str) -> bool:
+        """True when option ``key`` makes the backend fetch or read an image, file or URL."""
+        return is_file_input(key)
+
+    def check_options(self, options: Mapping[str, Any], *, from_client: bool) -> None:
+        """Raise :class:`~imagen_pipeline.errors.InvalidRequestError` naming the first option
+        that may not be sent: one that sets a request field (for anyone), one a client may
+        not set or sets out of bounds (``from_client``), one the adapter cannot take."""
+        check_options(
+            options,
+            from_client=from_client,
+            rules=self.client_option_rules(),
+            reserved=self.reserved_option,
+            adapter=self.option_problem,
+        )
+        together = self.options_problem(options)
+        if together is not None:
+            raise InvalidRequestError(f"backend_opts.{together[0]}", together[1])
+
+    def accepted_options(
+        self, options: Mapping[str, Any], *, from_client: bool
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The options this instance takes from this requester, and the keys it does not
+        (a fallback instance keeps what it can of a request planned for another)."""
+        kept: dict[str, Any] = {}
+        for key, value in options.items():
+            try:
+                self.check_options({key: value}, from_client=from_client)
+            except InvalidRequestError:
+                continue
+            kept[key] = value
+        return kept, sorted(set(options) - set(kept))
+
+    def client_option_problems(self) -> list[tuple[str, str]]:
+        """Entries of the client allow-list that no client may be offered, with why."""
+        return rule_problems(
+            self.client_option_rules(),
+            reserved=self.reserved_option,
+            adapter=self.option_problem,
+            takes_file=self.takes_file,
+        )

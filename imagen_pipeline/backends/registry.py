@@ -101,4 +101,9 @@ def build_backend(name: str, block: Any) -> BackendInstance:
                 error, backend_cls, prefix=path, secret_fields=backend_cls.credential_fields
             )
         ) from None
+    problems = backend.client_option_problems()
+    if problems:
+        raise ConfigError(
+            "; ".join(f"{path}.client_options.{key}: {problem}" for key, problem in problems)
+        )
     return BackendInstance(name=name, type_name=str(type_name), backend=backend)

@@ -54,6 +54,7 @@ def upsert_image_row(
                 "local_path": stored.image_path,
                 "sidecar_path": stored.sidecar_path,
                 "backend_type": plan.backend_type,
+                "backend_options": plan.request.backend_opts,
                 "negative": plan.request.negative,
                 "extra": meta.extra,
                 "written_by_run_id": run_id,

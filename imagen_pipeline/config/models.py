@@ -129,6 +129,28 @@ class BackendBudget(BaseModel):
     daily_usd: float = Field(ge=0, description="Most this instance may spend per UTC day.")
 
 
+class OwnerLimits(BaseModel):
+    """Daily limits of one owner (the account of a web client) on one instance or overall."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily_usd: float | None = Field(
+        default=None, ge=0, description="Most one owner's jobs may spend per UTC day."
+    )
+    daily_images: int | None = Field(
+        default=None, ge=0, description="Most images one owner's jobs may make per UTC day."
+    )
+
+
+class PerOwnerBudget(OwnerLimits):
+    """Limits per owner of ``imagen.jobs`` rows (``budget.per_owner``); off by default."""
+
+    backends: dict[str, OwnerLimits] = Field(
+        default_factory=dict,
+        description="Per-instance limits per owner: instance name -> {daily_usd, daily_images}.",
+    )
+
+
 class BudgetConfig(BaseModel):
     """Daily spending limits (``budget:``), checked before each backend call."""
 
@@ -140,11 +162,23 @@ class BudgetConfig(BaseModel):
     backends: dict[str, BackendBudget] = Field(
         default_factory=dict, description="Per-instance limits: instance name -> {daily_usd}."
     )
+    per_owner: PerOwnerBudget = Field(
+        default_factory=PerOwnerBudget,
+        description="Limits for each owner of imagen.jobs rows (a web client's account), "
+        "overall and per instance; they apply to queued jobs only. Off by default.",
+    )
 
     @property
     def configured(self) -> bool:
         """True when any limit is set."""
-        return self.daily_usd is not None or bool(self.backends)
+        owner = self.per_owner
+        return (
+            self.daily_usd is not None
+            or bool(self.backends)
+            or owner.daily_usd is not None
+            or owner.daily_images is not None
+            or bool(owner.backends)
+        )
 
 
 class QueueConfig(BaseModel):
@@ -198,10 +232,14 @@ class ImagenConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_budget_backends(self) -> ImagenConfig:
-        unknown = sorted(set(self.budget.backends) - set(self.backends))
-        if unknown:
-            raise ConfigError(
-                f"budget.backends.{unknown[0]}: not a configured backend; "
-                f"configured backends: {', '.join(sorted(self.backends))}"
-            )
+        for section, names in (
+            ("budget.backends", self.budget.backends),
+            ("budget.per_owner.backends", self.budget.per_owner.backends),
+        ):
+            unknown = sorted(set(names) - set(self.backends))
+            if unknown:
+                raise ConfigError(
+                    f"{section}.{unknown[0]}: not a configured backend; "
+                    f"configured backends: {', '.join(sorted(self.backends))}"
+                )
         return self

@@ -27,6 +27,9 @@ def image_materialization(stored: StoredImage) -> dg.AssetMaterialization:
         "style": dg.MetadataValue.text(plan.request.style),
         "backend": dg.MetadataValue.text(plan.backend),
         "backend_type": dg.MetadataValue.text(plan.backend_type),
+        "backend_options": (
+            dg.MetadataValue.json(plan.request.backend_opts) if plan.request.backend_opts else None
+        ),
         "backend_server": dg.MetadataValue.text(meta.server) if meta.server else None,
         "fallback": (dg.MetadataValue.text(plan.fallback_reason) if plan.fallback_reason else None),
         "model": dg.MetadataValue.text(meta.model),

@@ -14,8 +14,8 @@ import dagster as dg
 
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.backends.progress import ProgressThrottle
-from imagen_pipeline.cloud.errors import database_errors
 from imagen_pipeline.cloud.sync import SyncOutcome, sync_image
+from imagen_pipeline.db.errors import DatabaseStep, database_errors
 from imagen_pipeline.defs.backend_resources import bound_in_code, changed_since_load
 from imagen_pipeline.defs.failures import step_errors
 from imagen_pipeline.defs.lineage import (
@@ -28,7 +28,7 @@ from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_identity import POOLS, made_by_tags, own_job, run_tags, tag_run
 from imagen_pipeline.errors import BackendError
 from imagen_pipeline.generation import GeneratedImage, discard_job_record
-from imagen_pipeline.make_image import make_image
+from imagen_pipeline.make_image import make_images
 from imagen_pipeline.output.store import StoredImage, store_image
 from imagen_pipeline.planning import GenerationPlan, plan_generation
 from imagen_pipeline.queue.progress import JobProgress
@@ -109,10 +109,7 @@ def _generate_op(kind: str, pool: str) -> dg.OpDefinition:
         own_job(context, plan, imagen_db)
         progress = job_progress(plan, context.run_id, imagen_db)
         try:
-            return [
-                _make_variation(context, variant, imagen_db, progress)
-                for variant in plan.variations
-            ]
+            return _make_variations(context, plan, imagen_db, progress)
         finally:
             if progress is not None:
                 progress.close()
@@ -120,29 +117,34 @@ def _generate_op(kind: str, pool: str) -> dg.OpDefinition:
     return generate
 
 
-def _make_variation(
+def _make_variations(
     context: dg.OpExecutionContext,
     plan: GenerationPlan,
     imagen_db: ImagenDatabaseResource,
     progress: JobProgress | None,
-) -> GeneratedImage:
-    """One image of the request: re-used or generated, with its lines in the run's log."""
-    label = f"backend {plan.backend!r} ({plan.backend_type}): "
-    if plan.spec.count > 1:
-        label = f"image {plan.variation + 1}/{plan.spec.count}, {label}"
+) -> list[GeneratedImage]:
+    """The request's images, re-used or generated, with their lines in the run's log."""
     connect = imagen_db.connect if imagen_db.configured() else None
-    if progress is not None:
-        progress.image(plan.variation)
-    gen_context = GenerationContext(
-        run_id=context.run_id,
-        attempt=context.retry_number,
-        instance_name=plan.backend,
-        variation=plan.variation,
-        log=context.log,
-        progress=ProgressThrottle(
-            context.log, label.removesuffix(": "), (progress,) if progress else ()
-        ),
-    )
+
+    def label(variant: GenerationPlan) -> str:
+        text = f"backend {variant.backend!r} ({variant.backend_type}): "
+        if plan.spec.count > 1:
+            text = f"image {variant.variation + 1}/{plan.spec.count}, {text}"
+        return text
+
+    def context_for(variant: GenerationPlan) -> GenerationContext:
+        if progress is not None:
+            progress.image(variant.variation)
+        return GenerationContext(
+            run_id=context.run_id,
+            attempt=context.retry_number,
+            instance_name=variant.backend,
+            variation=variant.variation,
+            log=context.log,
+            progress=ProgressThrottle(
+                context.log, label(variant).removesuffix(": "), (progress,) if progress else ()
+            ),
+        )
 
     def failed_call(failed: GenerationPlan, error: BackendError) -> None:
         if connect is not None:
@@ -152,20 +154,25 @@ def _make_variation(
                 )
             )
 
-    with step_errors(context, backend=label):
-        try:
-            made = make_image(plan, gen_context, connect, failed_call)
-        except BackendError as error:
-            if error.transient:
-                context.log.warning(
-                    f"{label}transient failure on attempt {context.retry_number + 1}: {error}"
-                )
-            raise
-    if made.budget_note:
-        context.log.info(made.budget_note)
-    context.log.info(("" if made.reused else label) + made.describe(plan))
-    tag_run(context, made_by_tags(made.image))
-    return made.image
+    images = []
+    made_images = make_images(plan, context_for, connect, failed_call)
+    for variant in plan.variations:
+        with step_errors(context, backend=label(variant)):
+            try:
+                made = next(made_images)
+            except BackendError as error:
+                if error.transient:
+                    context.log.warning(
+                        f"{label(variant)}transient failure on attempt "
+                        f"{context.retry_number + 1}: {error}"
+                    )
+                raise
+        if made.budget_note:
+            context.log.info(made.budget_note)
+        context.log.info(("" if made.reused else label(variant)) + made.describe(variant))
+        tag_run(context, made_by_tags(made.image))
+        images.append(made.image)
+    return images
 
 
 generate_gpu = _generate_op("gpu", POOLS["gpu"])
@@ -234,7 +241,7 @@ def record_usage(
     images = list(zip(stored, synced, strict=True))
     with (
         step_errors(context),
-        database_errors("recording the image and usage rows", imagen_db.url_env),
+        database_errors(DatabaseStep.RECORDING, imagen_db.url_env),
     ):
         if imagen_db.configured():
             with imagen_db.connect() as conn:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from imagen_pipeline.defs.failures import failure
+from imagen_pipeline.db.errors import DatabaseStep, database_errors
+from imagen_pipeline.defs.failures import failure, step_errors
 from imagen_pipeline.defs.resources import ImagenDatabaseResource
 from imagen_pipeline.generation import GeneratedImage
 from imagen_pipeline.planning import GenerationPlan
@@ -99,7 +100,12 @@ def own_job(
         return
     if not imagen_db.configured():
         raise failure(f"run is for imagen.jobs row {job_id} but {imagen_db.url_env} is not set")
-    with imagen_db.connect() as conn:
+    step = DatabaseStep.RECORDING if finished_work else DatabaseStep.OWNERSHIP
+    with (
+        step_errors(context),
+        database_errors(step, imagen_db.url_env),
+        imagen_db.connect() as conn,
+    ):
         ownership = take_ownership(
             conn,
             job_id,

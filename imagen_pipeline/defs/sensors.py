@@ -14,6 +14,7 @@ import dagster as dg
 import psycopg
 
 from imagen_pipeline.db.connection import DATABASE_URL_ENV
+from imagen_pipeline.db.errors import DatabaseStep, database_errors
 from imagen_pipeline.defs.job_runs import run_request_for
 from imagen_pipeline.defs.jobs import generate_image
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
@@ -270,7 +271,7 @@ def evaluate_queue(
         return dg.SkipReason(f"{imagen_db.url_env} is not set; the imagen.jobs queue is off")
     config = imagen.load()
     cursor = QueueCursor.parse(context.cursor)
-    with imagen_db.connect() as conn:
+    with database_errors(DatabaseStep.CLAIM, imagen_db.url_env), imagen_db.connect() as conn:
         next_after = reconcile(conn, context.instance, cursor.reconcile_after, context.log)
         batch = take_batch(conn, CLAIM_BATCH, config)
     for job_id in batch.exhausted:

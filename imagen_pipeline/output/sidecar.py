@@ -57,6 +57,7 @@ def build_sidecar(
         "backend": {
             "instance": plan.backend,
             "type": plan.backend_type,
+            "options": request.backend_opts,
             **({"fallback": plan.fallback_reason} if plan.fell_back_from else {}),
         },
         "result": generated.metadata.model_dump(mode="json"),

@@ -12,13 +12,15 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict
 
 from imagen_pipeline.backends.pricing import describe_cost
-from imagen_pipeline.cloud.errors import CloudSyncError, database_errors
+from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.cloud.images import image_run_holding, upsert_image_row
 from imagen_pipeline.cloud.sync import SyncOutcome
+from imagen_pipeline.db.errors import DatabaseStep, DatabaseUnavailableError, database_errors
 from imagen_pipeline.errors import BackendError
 from imagen_pipeline.output.store import StoredImage
 from imagen_pipeline.planning import GenerationPlan
 from imagen_pipeline.queue.repository import finish
+from imagen_pipeline.usage.budget import release_holds
 
 ERROR_MAX_CHARS = 2000
 
@@ -64,7 +66,8 @@ def insert_usage_row(
     stored: StoredImage,
     image_id: int | None,
 ) -> bool:
-    """Insert the usage row of a successful generation; False if it was already recorded."""
+    """Insert the usage row of a successful generation and drop its budget hold; False if it
+    was already recorded."""
     generated = stored.generated
     plan = generated.plan
     meta = generated.metadata
@@ -92,7 +95,9 @@ def insert_usage_row(
             "variation": plan.variation,
         },
     )
-    return cursor.rowcount == 1
+    inserted = cursor.rowcount == 1
+    release_holds(cursor, generated.run_id, plan.variation)
+    return inserted
 
 
 def record_images(
@@ -187,13 +192,14 @@ def record_failed_generation(
     attempt: int,
     error: BackendError,
 ) -> str:
-    """Usage row (status ``failed``, cost 0) for a backend call that failed; returns a note.
+    """Usage row (status ``failed``, cost 0) for a backend call that failed, its budget hold
+    dropped (a retry checks again); returns a note.
 
     Never raises for database problems: the backend's error is what the run must report.
     """
     try:
         with (
-            database_errors("recording a failed generation"),
+            database_errors(DatabaseStep.FAILED_CALL),
             connect() as conn,
             conn.transaction(),
             conn.cursor() as cursor,
@@ -221,6 +227,7 @@ def record_failed_generation(
                     "variation": plan.variation,
                 },
             )
-    except (CloudSyncError, psycopg.Error) as db_error:
+            release_holds(cursor, run_id, plan.variation)
+    except (DatabaseUnavailableError, psycopg.Error) as db_error:
         return f"usage of the failed call not recorded: {db_error}"
     return f"usage of the failed call recorded (attempt {attempt + 1})"

@@ -31,7 +31,11 @@ from imagen_pipeline.backends.contract import (
 from imagen_pipeline.backends.progress import Progress, ProgressListener, ProgressThrottle
 from imagen_pipeline.backends.registry import build_backend
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline.errors import PermanentBackendError, TransientBackendError
+from imagen_pipeline.errors import (
+    InvalidRequestError,
+    PermanentBackendError,
+    TransientBackendError,
+)
 from imagen_pipeline_tests.fakes.comfyui_server import (
     CLASSIC_WORKFLOW,
     DROP_AFTER_QUEUE,
@@ -209,7 +213,7 @@ def test_other_templates_put_the_request_at_their_own_nodes(
 
 
 def test_user_workflow_file_with_its_own_mapping_overrides_and_request_options(
-    fake: FakeComfyUI, tmp_path: Path, logs: pytest.LogCaptureFixture
+    fake: FakeComfyUI, tmp_path: Path
 ) -> None:
     path = tmp_path / "classic.json"
     path.write_text(json.dumps(CLASSIC_WORKFLOW), encoding="utf-8")
@@ -228,7 +232,7 @@ def test_user_workflow_file_with_its_own_mapping_overrides_and_request_options(
         overrides={"3.cfg": 1.0, "3.scheduler": "simple"},
     )
     result = adapter.generate(
-        request(negative="text", steps=9, backend_opts={"3.sampler_name": "heun", "x": 1}),
+        request(negative="text", steps=9, backend_opts={"3.sampler_name": "heun"}),
         context(),
     )
     graph = sent_graph(fake)
@@ -240,14 +244,41 @@ def test_user_workflow_file_with_its_own_mapping_overrides_and_request_options(
     assert value(graph, "3.sampler_name") == "heun"
     assert decoded(result.image).size == (768, 512)
     assert result.metadata.model == "flux1-dev-fp8.safetensors"
-    assert "backend_opts.x is not '<node id>.<input name>'; ignored" in logs.text
 
 
-def test_request_option_naming_a_missing_node_is_permanent_and_sends_nothing(
-    fake: FakeComfyUI,
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"99.cfg": 3}, r"backend_opts\.99\.cfg: no node '99'"),
+        (
+            {"x": 1},
+            r"backend_opts\.x: is not an option of a ComfyUI workflow; its options are "
+            r"guidance and '<node id>\.<input name>'",
+        ),
+        (
+            {"17.scheduler": ["3", 0]},
+            r"backend_opts\.17\.scheduler: must be a text, number or true/false value",
+        ),
+        (
+            {"27.width": 5000},
+            r"backend_opts\.27\.width: sets width, which only the request's width field may set",
+        ),
+        (
+            {"27.batch_size": 4},
+            r"backend_opts\.27\.batch_size: sets how many images one prompt makes, which only "
+            r"the request's count field may set",
+        ),
+        (
+            {"26.guidance": 3},
+            r"backend_opts\.26\.guidance: sets guidance, which only the guidance option may set",
+        ),
+    ],
+)
+def test_an_option_the_workflow_cannot_take_is_refused_for_anyone_and_sends_nothing(
+    fake: FakeComfyUI, options: dict[str, Any], error: str
 ) -> None:
-    with pytest.raises(PermanentBackendError, match=r"backend_opts\.99\.steps: no node '99'"):
-        backend(fake).generate(request(backend_opts={"99.steps": 3}), context())
+    with pytest.raises(InvalidRequestError, match=error):
+        backend(fake).generate(request(backend_opts=options), context())
     assert fake.received == []
 
 
@@ -864,7 +895,7 @@ def test_generate_image_job_end_to_end_with_a_retried_history_read(
     with Image.open(stored.image_path) as image:
         assert (image.format, image.size) == ("PNG", (768, 512))
     sidecar = json.loads(Path(stored.sidecar_path).read_text(encoding="utf-8"))
-    assert sidecar["backend"] == {"instance": "gpu", "type": "comfyui"}
+    assert sidecar["backend"] == {"instance": "gpu", "type": "comfyui", "options": {}}
     assert sidecar["result"]["seed"] == value(graph, "25.noise_seed")
     assert sidecar["result"]["extra"]["prompt_id"] == body["prompt_id"]
     logs = "\n".join(

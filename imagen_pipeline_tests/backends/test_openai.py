@@ -24,6 +24,7 @@ from imagen_pipeline.backends.registry import build_backend
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.errors import (
     ConfigError,
+    InvalidRequestError,
     MissingCredentialError,
     PermanentBackendError,
     TransientBackendError,
@@ -208,12 +209,12 @@ def test_webp_output_with_compression_organization_and_project_headers(
 def test_backend_opts_override_config_per_request(fake: FakeOpenAI, key_env: None) -> None:
     adapter = backend(fake, quality="low")
     result = adapter.generate(
-        request(width=1344, height=768, backend_opts={"quality": "high", "size": "auto"}),
+        request(width=1344, height=768, backend_opts={"quality": "high"}),
         context(),
     )
     body = sent_body(fake)
-    assert (body["quality"], body["size"]) == ("high", "auto")
-    assert result.metadata.extra["size"] == "1024x1024", "the size the API reports"
+    assert (body["quality"], body["size"]) == ("high", "1344x768")
+    assert result.metadata.extra["size"] == "1344x768", "the size the API reports"
 
 
 def test_the_fake_refuses_what_the_adapter_refuses(fake: FakeOpenAI, key_env: None) -> None:
@@ -346,16 +347,10 @@ def test_config_values_are_validated_against_the_models_rules(
         ),
         pytest.param(
             {},
-            {"backend_opts": {"size": "4096x2048"}},
-            r"backend_opts\.size 4096x2048: 8,388,608 pixels; allowed 655,360 to 8,294,400; "
-            r"size 4096x2048: the longest edge may be at most 3,840",
-            id="opts-size-two-rules",
-        ),
-        pytest.param(
-            {},
-            {"backend_opts": {"size": "big"}},
-            r"backend_opts\.size: 'big' is not auto or WIDTHxHEIGHT",
-            id="opts-size-form",
+            {"backend_opts": {"size": "auto"}},
+            r"backend_opts\.size: sets the image size, which only the request's width and "
+            r"height fields may set",
+            id="opts-size",
         ),
         pytest.param(
             {},
@@ -379,7 +374,8 @@ def test_config_values_are_validated_against_the_models_rules(
         pytest.param(
             {},
             {"backend_opts": {"n": 4}},
-            r"backend_opts\.n: set by the pipeline",
+            r"backend_opts\.n: sets how many images one call makes, which only the request's "
+            r"count field may set",
             id="opts-n",
         ),
         pytest.param(
@@ -404,10 +400,11 @@ def test_request_problems_fail_before_any_request(
     message: str,
 ) -> None:
     adapter = backend(fake, **fields)
-    with pytest.raises(PermanentBackendError, match=message):
+    with pytest.raises((PermanentBackendError, InvalidRequestError), match=message):
         adapter.estimate_price(request(**req))
-    with pytest.raises(PermanentBackendError, match=message):
+    with pytest.raises((PermanentBackendError, InvalidRequestError), match=message) as raised:
         adapter.generate(request(**req), context())
+    assert not raised.value.transient
     assert fake.received == []
 
 
@@ -697,7 +694,7 @@ def test_generate_image_job_end_to_end_with_a_retried_server_error(
         assert (image.format, image.size) == ("PNG", (1360, 768))
     sidecar_text = Path(stored.sidecar_path).read_text(encoding="utf-8")
     sidecar = json.loads(sidecar_text)
-    assert sidecar["backend"] == {"instance": "oai", "type": "openai"}
+    assert sidecar["backend"] == {"instance": "oai", "type": "openai", "options": {}}
     assert sidecar["result"]["seed"] is None
     usage = sidecar["result"]["extra"]["usage"]
     assert usage["output_tokens"] == 1055

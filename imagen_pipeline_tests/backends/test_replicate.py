@@ -331,9 +331,8 @@ def test_server_errors_and_unreachable_api_are_transient(
         ),
         pytest.param(
             lambda fake: None,
-            {"extra_input": {"num_inference_steps": 9}},
-            "invalid request \\(422\\): - input.num_inference_steps: Must be less than or "
-            "equal to 4",
+            {"extra_input": {"output_quality": 101}},
+            "invalid request \\(422\\): - input.output_quality: Must be less than or equal to 100",
             id="422-validation",
         ),
         pytest.param(
@@ -625,7 +624,7 @@ def test_generate_image_job_end_to_end_with_a_retried_poll(
         assert (image.format, image.size) == ("PNG", (1344, 768))
     sidecar_text = Path(stored.sidecar_path).read_text(encoding="utf-8")
     sidecar = json.loads(sidecar_text)
-    assert sidecar["backend"] == {"instance": "flux", "type": "replicate"}
+    assert sidecar["backend"] == {"instance": "flux", "type": "replicate", "options": {}}
     assert sidecar["result"]["extra"]["prediction_id"] == prediction_id
     assert sidecar["result"]["seed"] == create_body(fake)["input"]["seed"]
     assert sidecar["result"]["cost_usd"] == 0.003

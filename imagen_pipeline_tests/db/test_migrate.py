@@ -30,6 +30,7 @@ def test_shipped_files_follow_the_supabase_cli_naming() -> None:
         "usage_price_source",
         "backend_server",
         "jobs_priority_progress_variations",
+        "budget_holds",
     ]
     assert all(len(m.version) == 14 and m.version.isdigit() for m in migrations)
 
@@ -47,7 +48,12 @@ def test_migrate_applies_everything_once_and_records_cli_history(fresh_database_
             "SELECT table_schema || '.' || table_name FROM information_schema.tables "
             "WHERE table_schema IN ('imagen', 'mai') ORDER BY 1"
         ).fetchall()
-    assert [t for (t,) in tables] == ["imagen.images", "imagen.jobs", "mai.imagen_usage"]
+    assert [t for (t,) in tables] == [
+        "imagen.images",
+        "imagen.jobs",
+        "mai.imagen_budget_holds",
+        "mai.imagen_usage",
+    ]
 
 
 def test_plain_postgres_without_bootstrap_is_refused_with_the_flag_to_use(

@@ -55,7 +55,7 @@ def test_only_prompt_needed_image_sidecar_chunks_and_lineage(
         assert image.text["imagen.run_id"] == result.run_id
     sidecar = json.loads(Path(stored.sidecar_path).read_text())
     assert sidecar["dagster"]["run_id"] == result.run_id
-    assert sidecar["backend"] == {"instance": "mock", "type": "mock"}
+    assert sidecar["backend"] == {"instance": "mock", "type": "mock", "options": {}}
     assert sidecar["result"]["seed"] == 11
 
     event = dagster_instance.get_latest_materialization_event(IMAGE)

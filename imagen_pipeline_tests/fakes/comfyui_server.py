@@ -943,12 +943,16 @@ class FakeComfyUI:
                 await self._send_bytes(frame, sid)
 
     def _save(self, item: _Item, node_id: str) -> list[dict[str, str]]:
+        """One file per image of the batch, as SaveImage writes them (counter per file)."""
         prefix = str(item.prompt[node_id]["inputs"].get("filename_prefix", "ComfyUI"))
         subfolder, _, name = prefix.rpartition("/")
-        self._counter += 1
-        filename = f"{name}_{self._counter:05}_.png"
-        self._files[("output", subfolder, filename)] = _render(item.prompt)
-        return [{"filename": filename, "subfolder": subfolder, "type": "output"}]
+        saved = []
+        for _ in range(_batch_size(item.prompt)):
+            self._counter += 1
+            filename = f"{name}_{self._counter:05}_.png"
+            self._files[("output", subfolder, filename)] = _render(item.prompt)
+            saved.append({"filename": filename, "subfolder": subfolder, "type": "output"})
+        return saved
 
     def _finish(
         self,
@@ -1096,6 +1100,14 @@ def _steps(prompt: dict[str, Any], sampler_id: str) -> int:
     if isinstance(sigmas, list):
         return int(prompt[sigmas[0]]["inputs"].get("steps", 20))
     return 20
+
+
+def _batch_size(prompt: dict[str, Any]) -> int:
+    """Images the prompt's latent (or empty image) source makes at once."""
+    for node in prompt.values():
+        if node["class_type"] in LATENT_CLASSES:
+            return int(node["inputs"].get("batch_size", 1))
+    return 1
 
 
 def _preview() -> bytes:

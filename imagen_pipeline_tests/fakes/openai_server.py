@@ -339,14 +339,16 @@ class FakeOpenAI:
         quality = body.get("quality", "auto")
         rendered_quality = "high" if quality == "auto" else quality
         width, height = (int(part) for part in rendered_size.split("x"))
+        count = body.get("n", 1)
         text_tokens = math.ceil(len(prompt) / 4)
-        output_tokens = math.ceil(
+        output_tokens = count * math.ceil(
             OUTPUT_TOKENS_PER_MEGAPIXEL[rendered_quality] * width * height / 1_000_000
         )
+        encoded = base64.b64encode(image).decode()
         return {
             "created": int(time.time()),
             "background": "opaque",
-            "data": [{"b64_json": base64.b64encode(image).decode()}],
+            "data": [{"b64_json": encoded} for _ in range(count)],
             "output_format": output_format,
             "quality": rendered_quality,
             "size": rendered_size,

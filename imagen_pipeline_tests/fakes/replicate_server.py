@@ -535,13 +535,18 @@ class FakeReplicate:
         data["metrics"] = {"predict_time": 0.42, "total_time": 0.5}
         if prediction.outcome == "succeeded":
             image, extension, mime = render_output(prediction.model, data["input"])
-            if self.output_as_data_uri:
-                url = f"data:{mime};base64,{base64.b64encode(image).decode()}"
-            else:
-                path = f"/pbxt/{secrets.token_hex(12)}/out-0.{extension}"
-                self._files[path] = (image, mime)
-                url = f"{self.origin}{path}"
-            data["output"] = [url] if prediction.model.output == "list" else url
+            urls = []
+            # A list-output model makes num_outputs images (each billed by Replicate).
+            count = data["input"].get("num_outputs", 1) if prediction.model.output == "list" else 1
+            folder = secrets.token_hex(12)
+            for index in range(count):
+                if self.output_as_data_uri:
+                    urls.append(f"data:{mime};base64,{base64.b64encode(image).decode()}")
+                else:
+                    path = f"/pbxt/{folder}/out-{index}.{extension}"
+                    self._files[path] = (image, mime)
+                    urls.append(f"{self.origin}{path}")
+            data["output"] = urls if prediction.model.output == "list" else urls[0]
         elif prediction.outcome in ("failed", "aborted"):
             data["error"] = prediction.error
 

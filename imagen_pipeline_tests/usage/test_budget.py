@@ -20,7 +20,7 @@ from imagen_pipeline.db.connection import connect
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.defs.run_errors import run_step_failure
 from imagen_pipeline.errors import ConfigError
-from imagen_pipeline.usage.budget import BudgetExceededError, check_budget
+from imagen_pipeline.usage.budget import BudgetAsk, BudgetExceededError, check_budget
 from imagen_pipeline_tests.fixtures.queue import run_requests
 
 OWNER = "00000000-0000-4000-8000-0000000000b1"
@@ -200,6 +200,10 @@ def usd(amount: float) -> Price:
     return Price(amount, "config", "test price")
 
 
+def ask(instance: str, price: Price, run_id: str = "run-1", **fields: Any) -> BudgetAsk:
+    return BudgetAsk(instance=instance, price=price, run_id=run_id, **fields)
+
+
 def test_today_is_the_utc_day(migrated_database_url: str) -> None:
     spend(migrated_database_url, "flux", 0.75, NOON - timedelta(hours=12, seconds=1))
     spend(migrated_database_url, "flux", 0.5, NOON - timedelta(hours=12))
@@ -209,20 +213,21 @@ def test_today_is_the_utc_day(migrated_database_url: str) -> None:
     def opener() -> psycopg.Connection:
         return connect(migrated_database_url)
 
-    note = check_budget(budget, "flux", usd(0.25), opener, now=NOON)
+    note = check_budget(budget, ask("flux", usd(0.25)), opener, now=NOON)
     assert note == (
         "budget ok (2026-11-24 UTC): budget.backends.flux.daily_usd: $0.7500 of $1.00 spent "
         "on 'flux'"
     )
     with pytest.raises(BudgetExceededError, match=r"today's spend \(2026-11-24 UTC\) on 'flux'"):
-        check_budget(budget, "flux", usd(0.26), opener, now=NOON)
+        check_budget(budget, ask("flux", usd(0.26)), opener, now=NOON)
     past_midnight_in_berlin = datetime(2026, 11, 25, 0, 30, tzinfo=timezone(timedelta(hours=1)))
     with pytest.raises(BudgetExceededError, match=r"\(2026-11-24 UTC\) on 'flux' is \$0\.7500"):
-        check_budget(budget, "flux", usd(0.26), opener, now=past_midnight_in_berlin)
+        check_budget(budget, ask("flux", usd(0.26)), opener, now=past_midnight_in_berlin)
     assert (
-        check_budget(budget, "flux", usd(1.0), opener, now=NOON + timedelta(hours=12)) is not None
+        check_budget(budget, ask("flux", usd(1.0)), opener, now=NOON + timedelta(hours=12))
+        is not None
     )
-    assert check_budget(budget, "other", usd(99.0), opener, now=NOON) is None
+    assert check_budget(budget, ask("other", usd(99.0)), opener, now=NOON) is None
 
 
 def test_a_budget_cannot_be_checked_for_a_backend_whose_price_is_unknown(
@@ -235,13 +240,13 @@ def test_a_budget_cannot_be_checked_for_a_backend_whose_price_is_unknown(
         return connect(migrated_database_url)
 
     with pytest.raises(ConfigError) as raised:
-        check_budget(budget, "openai", unknown, opener, now=NOON)
+        check_budget(budget, ask("openai", unknown), opener, now=NOON)
     assert str(raised.value) == (
         "budget.daily_usd is set but the price of backend 'openai' is unknown (no price known "
         "for gpt-image-2: set token_prices), so the budget cannot be checked; backend 'openai' "
         "was not called"
     )
-    assert check_budget(BudgetConfig(), "openai", unknown, opener, now=NOON) is None
+    assert check_budget(BudgetConfig(), ask("openai", unknown), opener, now=NOON) is None
 
 
 def test_the_budget_block_is_validated() -> None:

@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +54,12 @@ from imagen_pipeline.backends.contract import (
     derived_seed,
     verify_image,
 )
+from imagen_pipeline.backends.options import (
+    OptionRule,
+    is_file_input,
+    names_url_or_file,
+    set_by_field,
+)
 from imagen_pipeline.errors import (
     BackendError,
     BackendUnavailableError,
@@ -67,6 +74,11 @@ ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "imagen-pipeline/comfyui")
 """Namespace of the prompt and client ids derived from a run."""
 
 GIB = 1024**3
+MAX_GUIDANCE = 100
+"""Largest guidance ComfyUI's FluxGuidance node takes."""
+CLIENT_GUIDANCE = OptionRule(min=1, max=10)
+"""What a web client may send as ``guidance`` when ``client_options`` is unset (FLUX's
+useful range; it changes neither the GPU time nor the image count)."""
 
 
 def prompt_id_for(context: GenerationContext, attempt: int) -> str:
@@ -149,7 +161,10 @@ class ComfyUIBackend(ImageBackend):
         "different model file or scheduler).",
     )
     guidance: float | None = Field(
-        default=None, ge=0, le=100, description="FLUX guidance; empty: the workflow's value."
+        default=None,
+        ge=0,
+        le=MAX_GUIDANCE,
+        description="FLUX guidance; empty: the workflow's value.",
     )
     timeout_s: float = Field(
         default=600.0,
@@ -261,6 +276,70 @@ class ComfyUIBackend(ImageBackend):
         workflow = self.load()
         return workflow.model_file() or Path(workflow.name).stem
 
+    # -- options ------------------------------------------------------------------------------
+
+    @cached_property
+    def _option_workflow(self) -> Workflow:
+        """The workflow that option checks look at (loaded once per adapter)."""
+        return self.load()
+
+    def default_client_options(self) -> dict[str, OptionRule]:
+        """``guidance`` from 1 to 10 when the workflow maps guidance; nothing else."""
+        if "guidance" in self._option_workflow.inputs:
+            return {"guidance": CLIENT_GUIDANCE}
+        return {}
+
+    def reserved_option(self, key: str) -> str | None:
+        """A node path that reaches a mapped request field, the output name or a batch size."""
+        reason = super().reserved_option(key)
+        target = _target(key)
+        if reason is not None or target is None:
+            return reason
+        workflow = self._option_workflow
+        field = workflow.field_at(target)
+        if field == "guidance":
+            return "sets guidance, which only the guidance option may set"
+        if field == "filename_prefix":
+            return "sets the output file name, which only the pipeline sets"
+        if field is not None:
+            return set_by_field(field)
+        if workflow.sets_count(target):
+            return set_by_field("count", "how many images one prompt makes")
+        return None
+
+    def option_problem(self, key: str, value: Any) -> str | None:
+        """``guidance`` must be a number; any other key an existing literal input of the
+        workflow, set to text, a number or true/false (a list would link nodes)."""
+        if key == "guidance":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return f"must be a number, got {value!r}"
+            return None if 0 <= value <= MAX_GUIDANCE else f"must be from 0 to {MAX_GUIDANCE}"
+        target = _target(key)
+        if target is None:
+            return (
+                "is not an option of a ComfyUI workflow; its options are guidance and "
+                "'<node id>.<input name>' (e.g. '17.scheduler')"
+            )
+        problem = self._option_workflow.check_target(target)
+        if problem is not None:
+            return problem
+        if value is None or not isinstance(value, str | int | float | bool):
+            return "must be a text, number or true/false value"
+        return None
+
+    def takes_file(self, key: str) -> bool:
+        """A loader's model file, a LoadImage image, or an input named like a file or URL."""
+        target = _target(key)
+        if target is None:
+            return is_file_input(key)
+        current = self._option_workflow.graph.get(target.node_id, {}).get("inputs", {})
+        value = current.get(target.input_name)
+        return (
+            self._option_workflow.names_file(target)
+            or is_file_input(target.input_name)
+            or (isinstance(value, str) and names_url_or_file(value))
+        )
+
     # -- generate ----------------------------------------------------------------------------
 
     def generate(self, request: GenerationRequest, context: GenerationContext) -> GenerationResult:
@@ -279,7 +358,7 @@ class ComfyUIBackend(ImageBackend):
             values["negative"] = request.negative
         if request.steps is not None:
             values["steps"] = request.steps
-        extra = self._request_options(workflow, request, values, log)
+        extra = self._request_options(request, values)
         graph, unmapped = workflow.build(values, extra)
         for request_field in unmapped:
             if request_field != "filename_prefix":
@@ -464,33 +543,17 @@ class ComfyUIBackend(ImageBackend):
             time.sleep(SLOT_POLL_S)
 
     def _request_options(
-        self,
-        workflow: Workflow,
-        request: GenerationRequest,
-        values: dict[str, Any],
-        log: Any,
+        self, request: GenerationRequest, values: dict[str, Any]
     ) -> dict[Target, Any]:
-        """Guidance from the request or config, and per-request ``<node>.<input>`` values."""
+        """Guidance from the request or config, and per-request ``<node>.<input>`` values
+        (checked by the rules for anyone; a client's were checked against client_options
+        before the call)."""
+        self.check_options(request.backend_opts, from_client=False)
         options = dict(request.backend_opts)
         guidance = options.pop("guidance", self.guidance)
         if guidance is not None:
-            if isinstance(guidance, bool) or not isinstance(guidance, int | float):
-                message = f"backend_opts.guidance: must be a number, got {guidance!r}"
-                raise PermanentBackendError(message, public=message)
             values["guidance"] = float(guidance)
-        extra: dict[Target, Any] = {}
-        for key, value in options.items():
-            try:
-                target = parse_target(key)
-            except ValueError:
-                log.info(f"ComfyUI: backend_opts.{key} is not '<node id>.<input name>'; ignored")
-                continue
-            problem = workflow.check_target(target)
-            if problem:
-                message = f"backend_opts.{key}: {problem}"
-                raise PermanentBackendError(message, public=message)
-            extra[target] = value
-        return extra
+        return {parse_target(key): value for key, value in options.items()}
 
     def _run(
         self,
@@ -665,6 +728,14 @@ class ComfyUIBackend(ImageBackend):
             detail=f"{summary}; workflow {workflow.name} valid on the server"
             + (f", model {model} present" if model else " (it needs no model file)"),
         )
+
+
+def _target(key: str) -> Target | None:
+    """``"17.scheduler"`` as a workflow input, or None for any other option key."""
+    try:
+        return parse_target(key)
+    except ValueError:
+        return None
 
 
 def skip_summary(skipped: dict[str, str]) -> str:

@@ -45,6 +45,20 @@ MODEL_FILE_INPUTS: dict[str, tuple[str, ...]] = {
 }
 """Loader class -> inputs naming model files the server must have (checked before submitting)."""
 
+IMAGE_FILE_INPUTS: dict[str, tuple[str, ...]] = {
+    "LoadImage": ("image",),
+    "LoadImageMask": ("image",),
+    "LoadImageOutput": ("image",),
+}
+"""Node class -> inputs naming an image file on the server (read when the prompt runs)."""
+
+COUNT_INPUTS: dict[str, tuple[str, ...]] = {
+    "RepeatLatentBatch": ("amount",),
+    "RepeatImageBatch": ("amount",),
+}
+"""Node class -> inputs that multiply the images one prompt makes (besides any
+``batch_size``, which every latent and image source in ComfyUI names so)."""
+
 
 @dataclass(frozen=True)
 class Template:
@@ -225,6 +239,28 @@ class Workflow:
             if MODEL_INPUTS.get(item.class_type) == item.input_name:
                 return item.filename
         return None
+
+    def field_at(self, target: Target) -> str | None:
+        """The request field mapped to ``target``, if any."""
+        for request_field, targets in self.inputs.items():
+            if target in targets:
+                return request_field
+        return None
+
+    def sets_count(self, target: Target) -> bool:
+        """True for an input that makes one prompt render several images (a batch size)."""
+        class_type = self.class_type(target.node_id)
+        return target.input_name == "batch_size" or target.input_name in COUNT_INPUTS.get(
+            class_type, ()
+        )
+
+    def names_file(self, target: Target) -> bool:
+        """True for an input naming a file on the server: a model file or an image to load."""
+        class_type = self.class_type(target.node_id)
+        return target.input_name in (
+            *MODEL_FILE_INPUTS.get(class_type, ()),
+            *IMAGE_FILE_INPUTS.get(class_type, ()),
+        )
 
     def check_target(self, target: Target) -> str | None:
         """Why ``target`` cannot take a literal value (missing node/input, a link), or None."""

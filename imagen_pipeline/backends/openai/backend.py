@@ -13,6 +13,7 @@ tables and the error table.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
@@ -51,6 +52,7 @@ from imagen_pipeline.backends.openai.pricing import (
     token_prices_for,
 )
 from imagen_pipeline.backends.openai.request import PreparedRequest, SizePolicy, prepare_request
+from imagen_pipeline.backends.options import OptionRule, set_by_field
 from imagen_pipeline.backends.pricing import Price
 from imagen_pipeline.backends.retired import retirement_message
 from imagen_pipeline.config.secrets import resolve_secret
@@ -66,6 +68,22 @@ OPTION_FIELDS = (
     "moderation",
 )
 """Config fields sent as body parameters of the same name when set."""
+
+RESERVED_PARAMETERS: dict[str, str] = {
+    "model": "sets the model, which only the backend's configuration sets",
+    "prompt": set_by_field("prompt"),
+    "n": set_by_field("count", "how many images one call makes"),
+    "size": set_by_field("width and height", "the image size"),
+}
+"""Body parameters the pipeline sets from the request and the config: no option sets them."""
+CLIENT_OPTIONS: dict[str, OptionRule] = {
+    "background": OptionRule(choices=["opaque", "auto"]),
+    "output_format": OptionRule(choices=["png", "jpeg", "webp"]),
+    "output_compression": OptionRule(type="integer", min=0, max=100),
+}
+"""What a web client may set when ``client_options`` is unset: parameters that change
+neither the price nor the content rules (quality changes the price and moderation the rules,
+so only the operator can open them to clients)."""
 
 
 class OpenAIImagesBackend(ImageBackend):
@@ -200,8 +218,30 @@ class OpenAIImagesBackend(ImageBackend):
         options = {name: getattr(self, name) for name in OPTION_FIELDS}
         return {name: value for name, value in options.items() if value is not None}
 
+    def default_client_options(self) -> dict[str, OptionRule]:
+        """background, output_format and output_compression (see CLIENT_OPTIONS)."""
+        return dict(CLIENT_OPTIONS)
+
+    def reserved_option(self, key: str) -> str | None:
+        """model, prompt, n and size: set from the config and the request's fields."""
+        return RESERVED_PARAMETERS.get(key) or super().reserved_option(key)
+
+    def option_problem(self, key: str, value: Any) -> str | None:
+        """A parameter the model family does not take, or a value it does not accept."""
+        problem = parameter_problem(self.resolved_family(), self.model, key, value)
+        return problem.partition(": ")[2] if problem else None
+
+    def options_problem(self, options: Mapping[str, Any]) -> tuple[str, str] | None:
+        """output_compression without output_format jpeg or webp (the config's counting)."""
+        problems = combination_problems({**self.configured_options(), **options})
+        if not problems:
+            return None
+        key, _, reason = problems[0].partition(": ")
+        return key, reason
+
     def prepare(self, request: GenerationRequest, log: Any = None) -> PreparedRequest:
         """The validated request body; any problem fails before a request is sent."""
+        self.check_options(request.backend_opts, from_client=False)
         return prepare_request(
             request,
             model=self.model,

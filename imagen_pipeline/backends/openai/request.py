@@ -39,7 +39,8 @@ def prepare_request(
     log: Any = None,
 ) -> PreparedRequest:
     """The body of ``request`` for ``model``: the size the model renders, the configured
-    ``options``, then the request's ``backend_opts``, all checked against the family.
+    ``options``, then the request's ``backend_opts`` (already checked by the option rules:
+    none sets model, prompt, n or size), all checked against the family.
 
     Any problem is a permanent error before a request is sent; ``log`` (if given) hears
     about a size moved to the closest one the model renders.
@@ -52,7 +53,7 @@ def prepare_request(
             f"prompt: {len(request.prompt)} characters; {model} accepts at most "
             f"{rules.max_prompt_chars}"
         )
-    if not size_problems(requested) or "size" in request.backend_opts:
+    if not size_problems(requested):
         size = requested
     elif size_policy == "exact":
         size = requested
@@ -71,9 +72,6 @@ def prepare_request(
     body["size"] = size
     body.update(options)
     for name, value in request.backend_opts.items():
-        if name in ("model", "prompt", "n"):
-            problems.append(f"backend_opts.{name}: set by the pipeline, not by backend_opts")
-            continue
         problem = parameter_problem(family, model, name, value)
         if problem:
             problems.append(f"backend_opts.{problem}")

@@ -14,7 +14,8 @@ import time
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from imagen_pipeline.backends.contract import (
     BackendCheck,
@@ -27,9 +28,10 @@ from imagen_pipeline.backends.contract import (
     verify_image,
 )
 from imagen_pipeline.backends.http_transport import USER_AGENT, probe_model
+from imagen_pipeline.backends.options import OptionRule, set_by_field
 from imagen_pipeline.backends.pricing import Price
 from imagen_pipeline.backends.replicate.client import ReplicateApi, problem_detail, redact
-from imagen_pipeline.backends.replicate.inputs import build_input
+from imagen_pipeline.backends.replicate.inputs import RESERVED_INPUTS, build_input
 from imagen_pipeline.backends.replicate.models import (
     InputStyle,
     image_price,
@@ -40,6 +42,9 @@ from imagen_pipeline.config.secrets import resolve_secret
 from imagen_pipeline.errors import ImagenError
 
 DEFAULT_BASE_URL = "https://api.replicate.com/v1"
+CLIENT_GUIDANCE = OptionRule(min=0, max=10)
+"""What a web client may send as ``guidance`` to FLUX dev when ``client_options`` is unset:
+the model's whole range (its input schema, read 2026-12-02); it does not change the price."""
 
 
 class ReplicateBackend(ImageBackend):
@@ -73,7 +78,8 @@ class ReplicateBackend(ImageBackend):
     extra_input: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra model inputs sent with every prediction (e.g. go_fast, "
-        "safety_tolerance); a request's backend_opts override them.",
+        "safety_tolerance); a request's backend_opts override them. Inputs that carry a "
+        "request field (prompt, seed, size, steps, num_outputs) are refused.",
     )
     prices: dict[str, float] = Field(
         default_factory=dict,
@@ -119,8 +125,39 @@ class ReplicateBackend(ImageBackend):
             raise ValueError("must be an http(s) URL such as https://api.replicate.com/v1")
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _check_extra_input(self) -> ReplicateBackend:
+        problems = [
+            InitErrorDetails(
+                type=PydanticCustomError("reserved_input", "{reason}", {"reason": reason}),
+                loc=("extra_input", key),
+                input=value,
+            )
+            for key, value in self.extra_input.items()
+            if (reason := self.reserved_option(key)) is not None
+        ]
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+    def resolved_input_style(self) -> InputStyle:
+        """The input style requests are mapped with (``auto`` resolved from the model)."""
+        return resolve_input_style(parse_model_ref(self.model), self.input_style)
+
+    def default_client_options(self) -> dict[str, OptionRule]:
+        """``guidance`` (0 to 10) for FLUX dev; nothing for other models."""
+        return {"guidance": CLIENT_GUIDANCE} if self.resolved_input_style() == "flux-dev" else {}
+
+    def reserved_option(self, key: str) -> str | None:
+        """A model input that carries a request field (see RESERVED_INPUTS)."""
+        if key in RESERVED_INPUTS:
+            field, what = RESERVED_INPUTS[key]
+            return set_by_field(field, what)
+        return super().reserved_option(key)
+
     def generate(self, request: GenerationRequest, context: GenerationContext) -> GenerationResult:
         """Create (or recover) a prediction, wait for it and download its image."""
+        self.check_options(request.backend_opts, from_client=False)
         field_path = (
             f"backends.{context.instance_name}.api_token_env"
             if context.instance_name
@@ -128,7 +165,7 @@ class ReplicateBackend(ImageBackend):
         )
         token = resolve_secret(self.api_token_env, field_path)
         ref = parse_model_ref(self.model)
-        style = resolve_input_style(ref, self.input_style)
+        style = self.resolved_input_style()
         seed = request.seed if request.seed is not None else derived_seed(context)
         data, steps = build_input(
             request,

@@ -38,6 +38,26 @@ the models' input schemas on Replicate (FLUX1.1 pro; FLUX.2 pro, flex and max), 
 2026-12-02. The server rounds other sizes; sending fitting ones keeps the sidecar true."""
 
 
+SIZE = ("width and height", "the image size")
+RESERVED_INPUTS: dict[str, tuple[str, str]] = {
+    "prompt": ("prompt", ""),
+    "negative_prompt": ("negative", "the negative prompt"),
+    "seed": ("seed", ""),
+    "width": ("width", ""),
+    "height": ("height", ""),
+    "aspect_ratio": SIZE,
+    "megapixels": SIZE,
+    "resolution": SIZE,
+    "num_inference_steps": ("steps", ""),
+    "num_outputs": ("count", "how many images one prediction makes"),
+    "num_images": ("count", "how many images one prediction makes"),
+    "number_of_images": ("count", "how many images one prediction makes"),
+    "batch_size": ("count", "how many images one prediction makes"),
+}
+"""Model inputs that carry a request field (on FLUX and the generic ``width``/``height``
+models), with the field: no option and no ``extra_input`` sets them."""
+
+
 def flux_size(width: int, height: int) -> tuple[dict[str, str], tuple[int, int]]:
     """FLUX schnell/dev inputs closest to ``width`` x ``height``, and the size they render."""
     target = math.log(width / height)
