@@ -80,3 +80,45 @@ def test_parse_size() -> None:
     assert parse_size("640 X 480") == (640, 480)
     with pytest.raises(InvalidRequestError, match="size: expected WIDTHxHEIGHT such as 1024x1024"):
         parse_size("big")
+
+
+CLIENT_CONFIG = {
+    "default_backend": "gpu",
+    "backends": {
+        "gpu": {
+            "type": "comfyui",
+            "url": "http://127.0.0.1:1",
+            "fallback": ["cloud"],
+            "client_options": {"17.scheduler": {"choices": ["simple", "karras"]}},
+        },
+        "cloud": {"type": "mock", "client_options": {"strength": {"min": 0, "max": 1}}},
+    },
+}
+
+
+def test_a_client_request_is_held_to_the_allow_list_and_the_operators_is_not() -> None:
+    config = parse_config(CLIENT_CONFIG)
+    opts = {"17.denoise": 0.5}
+    with pytest.raises(InvalidRequestError) as raised:
+        plan_generation(ImageSpec(prompt="a fox", backend_opts=opts, job_id=7), config)
+    assert raised.value.public == (
+        "backend_opts.17.denoise: is not an option a client may set here; allowed: "
+        "17.scheduler (one of simple, karras)"
+    )
+    operator = plan_generation(ImageSpec(prompt="a fox", backend_opts=opts), config)
+    assert operator.request.backend_opts == opts
+
+
+def test_a_fallback_keeps_the_options_it_takes_from_the_same_requester() -> None:
+    config = parse_config(CLIENT_CONFIG)
+    spec = ImageSpec(prompt="a fox", backend_opts={"17.scheduler": "karras"}, job_id=7)
+    plan = plan_generation(spec, config)
+    fallen = plan.falling_back(plan.fallbacks[0], "1 server unreachable")
+    assert fallen.request.backend_opts == {}
+    assert fallen.fallback_reason == (
+        "fell back from gpu: 1 server unreachable; options cloud does not take were left "
+        "out: 17.scheduler"
+    )
+    operator = plan_generation(spec.model_copy(update={"job_id": None}), config)
+    kept = operator.falling_back(operator.fallbacks[0], "1 server unreachable")
+    assert kept.request.backend_opts == {"17.scheduler": "karras"}, "the mock takes anything"

@@ -1,7 +1,8 @@
 """Generated hostile ``imagen.jobs`` rows against the real claim code, sensor and listener.
 
 Batches mix valid rows with rows a hostile or buggy web client could write: any JSON in
-``backend_opts`` (``__class__``-style keys, arrays, ``null``, deep nesting, huge strings),
+``backend_opts`` (``__class__``-style keys, arrays, ``null``, deep nesting, huge strings,
+options outside the backends' ``client_options``),
 extreme integers, any Unicode in the text columns. Each batch runs twice over: once with the
 database's rules (inserted as a signed-in client, so the database refuses what it can), once
 with those rules dropped and the rows written by the service role (the pipeline's own layer
@@ -103,9 +104,24 @@ def nest(levels: int, leaf: Any) -> Any:
     return leaf
 
 
+CLIENT_OPTIONS = {
+    "strength": {"min": 0, "max": 1},
+    "3.scheduler": {"choices": ["simple", "karras"]},
+}
+"""What the test's backends let a client set (their ``client_options``)."""
 backend_opts = column(
-    st.dictionaries(SAFE_KEY, safe_json.filter(lambda v: depth(v) <= 3), max_size=4),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "strength": st.floats(0, 1) | st.integers(0, 1),
+            "3.scheduler": st.sampled_from(["simple", "karras"]),
+        },
+    ),
     st.sampled_from([[], None, "text", 7, True])
+    | st.dictionaries(SAFE_KEY, safe_json, min_size=1, max_size=4).filter(
+        lambda opts: not set(opts) <= set(CLIENT_OPTIONS)
+    )
+    | st.sampled_from([{"strength": 2}, {"strength": "1"}, {"3.scheduler": "normal"}])
     | st.dictionaries(
         st.sampled_from(["__class__", "__set__", "__frozenset__", "__enum__", "_x", "", "a b"]),
         st.sampled_from(["os.system", [1], "a.B", {"__class__": "x"}]),
@@ -119,14 +135,6 @@ backend_opts = column(
 priority = column(st.integers(0, 10), INT4.filter(lambda n: not -100 <= n <= 100))
 count = column(st.integers(1, 8), INT4.filter(lambda n: not 1 <= n <= 8))
 attempts = column(st.sampled_from([0, 1, 2]), st.sampled_from([3, 4, 2**31 - 1]))
-
-
-def depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((depth(v) for v in value), default=0)
-    return 0
 
 
 @dataclass
@@ -230,7 +238,10 @@ def make_harness(
 ) -> Harness:
     config_file = write_config(
         {
-            "backends": {"mock": {"type": "mock"}, "gpu_box": {"type": "mock", "pool": "gpu"}},
+            "backends": {
+                "mock": {"type": "mock", "client_options": CLIENT_OPTIONS},
+                "gpu_box": {"type": "mock", "pool": "gpu", "client_options": CLIENT_OPTIONS},
+            },
             "queue": {"max_in_flight_per_owner": None},
         }
     )

@@ -10,8 +10,10 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
+import yaml
 from PIL import Image
 
+from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
 from imagen_pipeline_tests.fixtures.daemon import DaemonStack
 
 
@@ -30,15 +32,41 @@ def backend_calls(stack: DaemonStack) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stack.calls_log.read_text().splitlines()]
 
 
-def test_rows_reach_done_failed_with_errors_and_links(daemon_stack: DaemonStack) -> None:
+def test_rows_reach_done_failed_with_errors_and_links(
+    daemon_stack: DaemonStack, tmp_path: Path
+) -> None:
     good = daemon_stack.insert_job(
         "a red kite over the dunes", style="watercolor", width=256, height=192
     )
     bad_style = daemon_stack.insert_job("a blue kite", style="vaporwave")
     blank = daemon_stack.insert_job("   ")
     broken = daemon_stack.insert_job("a kite", backend="broken", width=64, height=64)
-    daemon_stack.start()
-    rows = daemon_stack.wait_until_settled()
+    with running_fake_comfyui() as gpu_box:
+        backends = yaml.safe_load(daemon_stack.config_file.read_text())["backends"]
+        gpu = {"type": "comfyui", "url": gpu_box.url, "state_dir": str(tmp_path / "slots")}
+        daemon_stack.configure(backends={**backends, "gpu_box": gpu})
+        allowed = daemon_stack.insert_job(
+            "a kite at dusk", backend="gpu_box", width=64, height=64, backend_opts='{"guidance": 4}'
+        )
+        batch = daemon_stack.insert_job(
+            "64 kites", backend="gpu_box", width=64, height=64, backend_opts='{"27.batch_size": 64}'
+        )
+        daemon_stack.start()
+        rows = daemon_stack.wait_until_settled()
+        # Issue 24: a client's batch size by node path never reaches the GPU box; the
+        # allowed option does, and the box renders one image for it.
+        assert (rows[batch]["status"], rows[batch]["error"]) == (
+            "failed",
+            "backend_opts.27.batch_size: sets how many images one prompt makes, which only the "
+            "request's count field may set",
+        )
+        assert rows[allowed]["status"] == "done", rows[allowed]["error"]
+        [prompt] = [body["prompt"] for body in gpu_box.submitted()]
+        assert prompt["27"]["inputs"]["batch_size"] == 1
+        assert prompt["26"]["inputs"]["guidance"] == 4.0
+        assert images_by_job(daemon_stack)[allowed][0]["metadata"]["backend_options"] == {
+            "guidance": 4
+        }
 
     done = rows[good]
     assert done["status"] == "done", done["error"]

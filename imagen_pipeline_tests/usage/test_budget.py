@@ -17,13 +17,16 @@ from imagen_pipeline.backends.pricing import Price
 from imagen_pipeline.config.loader import parse_config
 from imagen_pipeline.config.models import BudgetConfig
 from imagen_pipeline.db.connection import connect
+from imagen_pipeline.db.errors import DatabaseUnavailableError
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline.defs.run_errors import run_step_failure
+from imagen_pipeline.defs.run_errors import run_public_failure, run_step_failure
 from imagen_pipeline.errors import ConfigError
 from imagen_pipeline.usage.budget import BudgetAsk, BudgetExceededError, check_budget
+from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fixtures.queue import run_requests
 
 OWNER = "00000000-0000-4000-8000-0000000000b1"
+OTHER = "00000000-0000-4000-8000-0000000000b2"
 NOON = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
@@ -33,17 +36,19 @@ def sql(url: str, statement: str, params: Any = None) -> list[dict[str, Any]]:
         return cursor.fetchall() if cursor.description else []
 
 
-def spend(url: str, instance: str, cost: float, at: datetime | None = None) -> None:
+def spend(
+    url: str, instance: str, cost: float, at: datetime | None = None, owner: str | None = None
+) -> None:
     """A usage row as an earlier generation would have left it."""
     sql(
         url,
         """
         INSERT INTO mai.imagen_usage (generation_key, backend_instance, backend_type, model,
-                                      cost_usd, run_id, status, created_at)
+                                      cost_usd, run_id, status, created_at, owner_user_id)
         VALUES (gen_random_uuid()::text, %s, 'replicate', 'flux', %s, 'earlier-run',
-                'succeeded', %s)
+                'succeeded', %s, %s)
         """,
-        (instance, cost, at or datetime.now(UTC)),
+        (instance, cost, at or datetime.now(UTC), owner),
     )
 
 
@@ -259,3 +264,150 @@ def test_the_budget_block_is_validated() -> None:
         parse_config({"budget": {"daily_usd": -1}})
     with pytest.raises(ConfigError, match=r"budget\.backends\.mock\.dayly_usd: unknown key"):
         parse_config({"budget": {"backends": {"mock": {"dayly_usd": 1}}}})
+
+
+def test_a_request_for_several_images_is_priced_whole_before_the_first_call(
+    migrated_database_url: str,
+) -> None:
+    budget = BudgetConfig.model_validate({"daily_usd": 0.9})
+
+    def opener() -> psycopg.Connection:
+        return connect(migrated_database_url)
+
+    with pytest.raises(BudgetExceededError) as raised:
+        check_budget(budget, ask("mock", usd(0.25), variations=(0, 1, 2, 3)), opener, now=NOON)
+    assert "these 4 images are estimated at $1.0000" in str(raised.value)
+    assert sql(migrated_database_url, "SELECT * FROM mai.imagen_budget_holds") == []
+    assert check_budget(budget, ask("mock", usd(0.25), variations=(0, 1, 2)), opener, now=NOON)
+    held = sql(migrated_database_url, "SELECT variation FROM mai.imagen_budget_holds ORDER BY 1")
+    assert [row["variation"] for row in held] == [0, 1, 2]
+    # The same run checking again for its later images does not count its own holds twice.
+    assert check_budget(budget, ask("mock", usd(0.25), variations=(1, 2)), opener, now=NOON)
+
+
+def test_runs_checking_at_the_same_time_cannot_pass_the_budget_together(
+    migrated_database_url: str,
+) -> None:
+    budget = BudgetConfig.model_validate({"backends": {"mock": {"daily_usd": 1.0}}})
+
+    def opener() -> psycopg.Connection:
+        return connect(migrated_database_url)
+
+    assert check_budget(budget, ask("mock", usd(0.6), run_id="run-a"), opener, now=NOON)
+    with pytest.raises(BudgetExceededError) as raised:
+        check_budget(budget, ask("mock", usd(0.6), run_id="run-b"), opener, now=NOON)
+    assert "with $0.6000 held for calls in progress" in str(raised.value)
+    sql(migrated_database_url, "UPDATE mai.imagen_budget_holds SET expires_at = now()")
+    assert check_budget(budget, ask("mock", usd(0.6), run_id="run-b"), opener, now=NOON), (
+        "a hold left by a run that died counts only until it expires"
+    )
+
+
+def test_the_budget_check_with_the_database_down_does_not_claim_an_image_was_made() -> None:
+    budget = BudgetConfig.model_validate({"daily_usd": 5.0})
+    url = f"postgresql://postgres@127.0.0.1:{closed_port()}/imagen"
+    with pytest.raises(DatabaseUnavailableError) as raised:
+        check_budget(budget, ask("mock", usd(0.25)), lambda: connect(url), now=NOON)
+    assert raised.value.transient
+    assert str(raised.value).startswith(
+        "imagen database ($IMAGEN_DATABASE_URL) failed while checking today's budget: "
+    )
+    assert raised.value.public == (
+        "today's budget could not be checked because the pipeline's database did not answer, "
+        "so no image was made; retry the job later"
+    )
+
+
+def test_a_queued_job_with_the_database_down_at_its_budget_check_says_no_image_was_made(
+    budget_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IMAGEN_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{closed_port()}/x")
+    result = execute(dagster_instance, budget_config({"daily_usd": 5.0}))
+    assert not result.success
+    public = run_public_failure(dagster_instance, result.run_id) or ""
+    assert "no image was made" in public and "the image was made" not in public
+    assert calls(tmp_path) == 0
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == 3, "a database outage is retried like any transient failure"
+
+
+def owners_jobs(
+    url: str, config_file: Path, instance: dg.DagsterInstance, owners: list[str]
+) -> dict[str, dict[str, Any]]:
+    """One job per owner through the sensor and a run each; their rows by owner."""
+    ids = {}
+    for owner in owners:
+        [job] = sql(
+            url,
+            "INSERT INTO imagen.jobs (owner_user_id, prompt, width, height) "
+            "VALUES (%s, 'a fox', 64, 64) RETURNING id",
+            (owner,),
+        )
+        ids[owner] = job["id"]
+    for request in run_requests(instance, config_file):
+        run_config = request.run_config
+        run_config["resources"] = {"imagen": {"config": {"config_path": str(config_file)}}}
+        build_generate_image_job(retry_delay_s=0).execute_in_process(
+            run_config=run_config, tags=request.tags, instance=instance, raise_on_error=False
+        )
+    run_requests(instance, config_file)
+    return {
+        owner: sql(url, "SELECT * FROM imagen.jobs WHERE id = %s", (job_id,))[0]
+        for owner, job_id in ids.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("budget", "earlier", "error"),
+    [
+        pytest.param(
+            {"per_owner": {"daily_images": 2}},
+            [0.25, 0.25],
+            r"your limit of 2 images per day on all backends is reached \(2 made or in progress "
+            r"today, this request asks for 1\); it resets at 00:00 UTC, in \d+ (h \d+ )?min",
+            id="images-overall",
+        ),
+        pytest.param(
+            {"per_owner": {"backends": {"mock": {"daily_usd": 0.6}}}},
+            [0.25, 0.25],
+            r"your limit of \$0\.60 per day on 'mock' would be exceeded \(\$0\.50 spent or in "
+            r"progress today, this request about \$0\.25\); it resets at 00:00 UTC, in \d+ "
+            r"(h \d+ )?min",
+            id="dollars-per-instance",
+        ),
+    ],
+)
+def test_an_owner_over_a_daily_limit_fails_alone_and_the_other_owners_job_is_done(
+    migrated_database_url: str,
+    budget_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    tmp_path: Path,
+    budget: dict[str, Any],
+    earlier: list[float],
+    error: str,
+) -> None:
+    for cost in earlier:
+        spend(migrated_database_url, "mock", cost, owner=OWNER)
+    spend(migrated_database_url, "mock", 5.0, owner=None)
+    config_file = budget_config(budget)
+    rows = owners_jobs(migrated_database_url, config_file, dagster_instance, [OWNER, OTHER])
+    assert rows[OTHER]["status"] == "done"
+    assert rows[OWNER]["status"] == "failed"
+    assert re.fullmatch(error, rows[OWNER]["error"]), rows[OWNER]["error"]
+    assert calls(tmp_path) == 1, "the owner over the limit never reached the backend"
+    assert execute(dagster_instance, config_file).success, (
+        "the operator's own runs are not held to a per-owner limit"
+    )
+
+
+def test_per_owner_limits_name_configured_backends() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"budget\.per_owner\.backends\.replicate: not a configured backend",
+    ):
+        parse_config({"budget": {"per_owner": {"backends": {"replicate": {"daily_images": 2}}}}})
+    with pytest.raises(ConfigError, match=r"budget\.per_owner\.daily_images: Input should be"):
+        parse_config({"budget": {"per_owner": {"daily_images": -1}}})
