@@ -15,7 +15,7 @@ import yaml
 from imagen_pipeline.config.loader import parse_config
 from imagen_pipeline.defs.jobs import generate_image
 from imagen_pipeline.errors import ImagenError
-from imagen_pipeline.planning import plan_generation
+from imagen_pipeline.generate.plan import plan_generation
 from imagen_pipeline.queue.rows import JobRow
 from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT
 

@@ -54,7 +54,7 @@ from bench_queue import (
 
 sys.path.insert(0, str(REPO_ROOT))  # the loopback ComfyUI server lives with the tests
 
-from imagen_pipeline.config.capacity import gpu_capacity
+from imagen_pipeline.backends.capacity import gpu_capacity
 from imagen_pipeline.config.loader import parse_config
 from imagen_pipeline_tests.fakes.comfyui_server import FakeComfyUI, running_fake_comfyui
 

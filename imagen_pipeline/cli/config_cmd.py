@@ -74,7 +74,7 @@ def sample(write_to: str | None, force: bool) -> None:
 def limits(file: str | None, dagster_yaml: Path | None) -> None:
     """The Dagster limits FILE's GPU backends need: the imagen_gpu op pool (every slot of
     every box) and the run-queue limit on GPU runs (one more)."""
-    from imagen_pipeline.config.capacity import GPU_POOL, gpu_capacity, set_gpu_run_limit
+    from imagen_pipeline.backends.capacity import GPU_POOL, gpu_capacity, set_gpu_run_limit
     from imagen_pipeline.config.loader import load_config
 
     try:

@@ -20,8 +20,8 @@ from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_errors import step_failure_text
 from imagen_pipeline.errors import ImagenError
+from imagen_pipeline.generate.plan import MAX_COUNT, ImageSpec, parse_size, plan_generation
 from imagen_pipeline.output.store import StoredImage
-from imagen_pipeline.planning import MAX_COUNT, ImageSpec, parse_size, plan_generation
 from imagen_pipeline.prompts.styles import load_styles
 
 RUN_SOURCE_TAG = "imagen/source"

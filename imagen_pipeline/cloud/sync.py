@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from imagen_pipeline.atomic_files import write_atomic
 from imagen_pipeline.cloud.errors import CloudSyncError
-from imagen_pipeline.cloud.paths import UNOWNED, render_object_path, sidecar_object_path
 from imagen_pipeline.cloud.storage import BucketInfo, SupabaseStorage
 from imagen_pipeline.config.models import CloudConfig
 from imagen_pipeline.errors import OutputError
-from imagen_pipeline.output.files import write_atomic
+from imagen_pipeline.naming.object_paths import UNOWNED, render_object_path, sidecar_object_path
 from imagen_pipeline.output.sidecar import sidecar_bytes
 from imagen_pipeline.output.store import StoredImage
 

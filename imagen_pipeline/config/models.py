@@ -18,10 +18,10 @@ from pydantic import (
     model_validator,
 )
 
-from imagen_pipeline.cloud.paths import DEFAULT_PATH_TEMPLATE, validate_path_template
 from imagen_pipeline.config.secrets import is_env_var_name
 from imagen_pipeline.errors import ConfigError
-from imagen_pipeline.output.naming import DEFAULT_NAMING, validate_template
+from imagen_pipeline.naming.file_names import DEFAULT_NAMING, validate_template
+from imagen_pipeline.naming.object_paths import DEFAULT_PATH_TEMPLATE, validate_path_template
 
 DEFAULT_BACKENDS: dict[str, dict[str, Any]] = {"mock": {"type": "mock"}}
 

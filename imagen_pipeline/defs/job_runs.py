@@ -7,7 +7,7 @@ import dagster as dg
 
 from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_identity import TAG_SOURCE, run_tags
-from imagen_pipeline.planning import GenerationPlan
+from imagen_pipeline.generate.plan import GenerationPlan
 from imagen_pipeline.queue.rows import JobRow
 
 

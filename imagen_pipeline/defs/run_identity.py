@@ -13,8 +13,8 @@ import dagster as dg
 from imagen_pipeline.db.errors import DatabaseStep, database_errors
 from imagen_pipeline.defs.failures import failure, step_errors
 from imagen_pipeline.defs.resources import ImagenDatabaseResource
-from imagen_pipeline.generation import GeneratedImage
-from imagen_pipeline.planning import GenerationPlan
+from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.staging import GeneratedImage
 from imagen_pipeline.queue.repository import take_ownership
 
 TAG_BACKEND = "imagen/backend"

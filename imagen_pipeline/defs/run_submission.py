@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from dagster_graphql import DagsterGraphQLClient
 
 from imagen_pipeline.defs.job_runs import run_config_for, run_tags_for
-from imagen_pipeline.planning import GenerationPlan
+from imagen_pipeline.generate.plan import GenerationPlan
 from imagen_pipeline.queue.rows import JobRow
 
 JOB_NAME = "generate_image"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from imagen_pipeline import __version__
 
 if TYPE_CHECKING:
-    from imagen_pipeline.generation import GeneratedImage
+    from imagen_pipeline.generate.staging import GeneratedImage
 
 SIDECAR_SCHEMA_VERSION = 1
 SOFTWARE = f"imagen_pipeline {__version__}"

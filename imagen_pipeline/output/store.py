@@ -17,10 +17,11 @@ from pathlib import Path
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from imagen_pipeline.atomic_files import remove_if_empty, sha256_file, write_atomic
 from imagen_pipeline.errors import OutputError
-from imagen_pipeline.generation import GeneratedImage, job_record_path
-from imagen_pipeline.output.files import remove_if_empty, sha256_file, write_atomic
-from imagen_pipeline.output.naming import render_name, resolve_inside, slug_for
+from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.staging import GeneratedImage, job_record_path
+from imagen_pipeline.naming.file_names import render_name, resolve_inside, slug_for
 from imagen_pipeline.output.png_text import add_text_chunks, is_png
 from imagen_pipeline.output.sidecar import (
     build_sidecar,
@@ -28,7 +29,6 @@ from imagen_pipeline.output.sidecar import (
     sidecar_bytes,
     sidecar_path_for,
 )
-from imagen_pipeline.planning import GenerationPlan
 
 MAX_NAME_ATTEMPTS = 10_000
 

@@ -23,7 +23,7 @@ import psycopg
 from imagen_pipeline.config.loader import LoadedConfig
 from imagen_pipeline.db.connection import connect
 from imagen_pipeline.errors import ImagenError
-from imagen_pipeline.planning import GenerationPlan
+from imagen_pipeline.generate.plan import GenerationPlan
 from imagen_pipeline.queue import repository
 from imagen_pipeline.queue.intake import Refused, admit
 from imagen_pipeline.queue.rows import JobRow

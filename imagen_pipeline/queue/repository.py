@@ -251,7 +251,7 @@ def retry(conn: psycopg.Connection, job_id: int) -> RetryOutcome:
     next claim starts attempt + 1.
 
     The run of that attempt re-uses an image an earlier attempt already generated
-    (:mod:`imagen_pipeline.generation`), so a job that failed after generation is not
+    (:mod:`imagen_pipeline.generate.staging`), so a job that failed after generation is not
     generated twice.
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:

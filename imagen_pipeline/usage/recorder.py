@@ -17,10 +17,10 @@ from imagen_pipeline.cloud.images import image_run_holding, upsert_image_row
 from imagen_pipeline.cloud.sync import SyncOutcome
 from imagen_pipeline.db.errors import DatabaseStep, DatabaseUnavailableError, database_errors
 from imagen_pipeline.errors import BackendError
+from imagen_pipeline.generate.budget import release_holds
+from imagen_pipeline.generate.plan import GenerationPlan
 from imagen_pipeline.output.store import StoredImage
-from imagen_pipeline.planning import GenerationPlan
 from imagen_pipeline.queue.repository import finish
-from imagen_pipeline.usage.budget import release_holds
 
 ERROR_MAX_CHARS = 2000
 

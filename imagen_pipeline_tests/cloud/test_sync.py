@@ -17,9 +17,9 @@ from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.cloud.sync import object_path, sync_image
 from imagen_pipeline.config.loader import parse_config
 from imagen_pipeline.config.models import CloudConfig
-from imagen_pipeline.generation import run_generation
+from imagen_pipeline.generate.plan import ImageSpec, plan_generation
+from imagen_pipeline.generate.staging import run_generation
 from imagen_pipeline.output.store import StoredImage, store_image
-from imagen_pipeline.planning import ImageSpec, plan_generation
 from imagen_pipeline_tests.cloud.conftest import BUCKET, FALLBACK_OWNER, OWNER
 from imagen_pipeline_tests.fakes.storage_server import DROP_AFTER_STORE, FakeStorage
 

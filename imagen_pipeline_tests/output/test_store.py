@@ -11,9 +11,9 @@ from PIL import Image
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.config.loader import parse_config
 from imagen_pipeline.errors import OutputError
-from imagen_pipeline.generation import GeneratedImage, run_generation
+from imagen_pipeline.generate.plan import ImageSpec, plan_generation
+from imagen_pipeline.generate.staging import GeneratedImage, run_generation
 from imagen_pipeline.output.store import store_image
-from imagen_pipeline.planning import ImageSpec, plan_generation
 
 NAMING = "{date}_{slug}_{seed}"
 

@@ -30,8 +30,8 @@ from imagen_pipeline.backends.openai.pricing import usage_cost_usd
 from imagen_pipeline.config.loader import load_config
 from imagen_pipeline.db.connection import connect
 from imagen_pipeline.errors import ImagenError
-from imagen_pipeline.make_image import MadeImage, make_images
-from imagen_pipeline.planning import GenerationPlan, ImageSpec, plan_generation
+from imagen_pipeline.generate.make import MadeImage, make_images
+from imagen_pipeline.generate.plan import GenerationPlan, ImageSpec, plan_generation
 from imagen_pipeline.queue.intake import Batch, take_batch
 from imagen_pipeline_tests.fakes.comfyui_server import FakeComfyUI, running_fake_comfyui
 from imagen_pipeline_tests.fakes.openai_server import FakeOpenAI, running_fake_openai

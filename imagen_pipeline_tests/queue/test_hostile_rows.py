@@ -30,7 +30,7 @@ from psycopg.types.json import Jsonb
 from imagen_pipeline.config.loader import LoadedConfig, load_config
 from imagen_pipeline.defs.job_runs import run_config_for
 from imagen_pipeline.defs.jobs import generate_image
-from imagen_pipeline.planning import GenerationPlan
+from imagen_pipeline.generate.plan import GenerationPlan
 from imagen_pipeline.prompts.styles import load_styles
 from imagen_pipeline.queue.listener import handle_notification
 from imagen_pipeline.queue.rows import JobRow

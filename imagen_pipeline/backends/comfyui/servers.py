@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from imagen_pipeline.atomic_files import write_atomic
 from imagen_pipeline.backends.comfyui.slots import QueueSlots, Slot
-from imagen_pipeline.output.files import write_atomic
 
 FIRST_BACKOFF_S = 5.0
 MAX_BACKOFF_S = 300.0

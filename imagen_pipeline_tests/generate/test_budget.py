@@ -21,7 +21,7 @@ from imagen_pipeline.db.errors import DatabaseUnavailableError
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.defs.run_errors import run_public_failure, run_step_failure
 from imagen_pipeline.errors import ConfigError
-from imagen_pipeline.usage.budget import BudgetAsk, BudgetExceededError, check_budget
+from imagen_pipeline.generate.budget import BudgetAsk, BudgetExceededError, check_budget
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fixtures.queue import run_requests
 

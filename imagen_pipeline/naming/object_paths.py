@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 
-from imagen_pipeline.output.naming import check_relative_template, render_template
+from imagen_pipeline.naming.file_names import check_relative_template, render_template
 
 DEFAULT_PATH_TEMPLATE = "{owner}/{date}/{filename}"
 PATH_FIELDS: dict[str, str] = {

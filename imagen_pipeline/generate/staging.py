@@ -20,11 +20,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from imagen_pipeline.atomic_files import remove_if_empty, write_atomic
 from imagen_pipeline.backends.contract import GenerationContext, GenerationMetadata, ImageFacts
 from imagen_pipeline.backends.registry import BackendInstance
 from imagen_pipeline.errors import PermanentBackendError
-from imagen_pipeline.output.files import remove_if_empty, write_atomic
-from imagen_pipeline.planning import GenerationPlan
+from imagen_pipeline.generate.plan import GenerationPlan
 
 STAGING_DIRNAME = ".imagen-staging"
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}

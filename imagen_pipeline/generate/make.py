@@ -16,16 +16,16 @@ import psycopg
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.backends.pricing import describe_cost
 from imagen_pipeline.errors import BackendError, BackendUnavailableError
-from imagen_pipeline.generation import GeneratedImage, run_generation
-from imagen_pipeline.output.store import find_job_generation
-from imagen_pipeline.planning import GenerationPlan
-from imagen_pipeline.usage.budget import (
+from imagen_pipeline.generate.budget import (
     BudgetAsk,
     BudgetExceededError,
     BudgetUncheckableError,
     check_budget,
     release_run_holds,
 )
+from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.staging import GeneratedImage, run_generation
+from imagen_pipeline.output.store import find_job_generation
 
 
 @dataclass(frozen=True)

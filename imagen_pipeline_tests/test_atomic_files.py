@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imagen_pipeline.output.files import sha256_file, write_atomic
+from imagen_pipeline.atomic_files import sha256_file, write_atomic
 
 
 def test_write_atomic_creates_file_and_leaves_no_temp(tmp_path: Path) -> None:

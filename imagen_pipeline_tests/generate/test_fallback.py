@@ -22,7 +22,7 @@ from imagen_pipeline.defs.run_errors import run_step_failure
 from imagen_pipeline.errors import ConfigError
 from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
-from imagen_pipeline_tests.fixtures.imagen import step_failure_text
+from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT, step_failure_text
 
 
 def run(instance: dg.DagsterInstance, config_file: Path) -> dg.ExecuteInProcessResult:
@@ -194,7 +194,7 @@ def test_fallback_after_s_must_be_positive() -> None:
 
 
 def test_the_shipped_gpu_pool_example_is_valid() -> None:
-    example = Path(__file__).resolve().parents[1] / "examples" / "imagen.gpu-pool.yaml"
+    example = REPO_ROOT / "examples" / "imagen.gpu-pool.yaml"
     loaded = parse_config(yaml.safe_load(example.read_text(encoding="utf-8")), example)
     gpu = loaded.backend("gpu").backend
     assert [server.url for server in gpu.configured_servers()] == [  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imagen_pipeline.cloud.paths import (
+from imagen_pipeline.naming.object_paths import (
     DEFAULT_PATH_TEMPLATE,
     render_object_path,
     sidecar_object_path,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagen_pipeline.output.naming import (
+from imagen_pipeline.naming.file_names import (
     NAMING_FIELDS,
     render_name,
     resolve_inside,

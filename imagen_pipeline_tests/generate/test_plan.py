@@ -6,7 +6,7 @@ import pytest
 
 from imagen_pipeline.config.loader import parse_config
 from imagen_pipeline.errors import InvalidRequestError
-from imagen_pipeline.planning import ImageSpec, parse_size, plan_generation
+from imagen_pipeline.generate.plan import ImageSpec, parse_size, plan_generation
 
 CONFIG = parse_config(
     {
