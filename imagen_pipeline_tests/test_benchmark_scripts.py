@@ -12,10 +12,10 @@ import dagster as dg
 import pytest
 import yaml
 
-from imagen_pipeline.config.loader import parse_config
 from imagen_pipeline.defs.jobs import generate_image
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.generate.plan import plan_generation
+from imagen_pipeline.generate.setup import parse_setup
 from imagen_pipeline.queue.rows import JobRow
 from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT
 
@@ -72,9 +72,7 @@ def test_fuzz_queue_knows_which_rows_the_pipeline_must_accept() -> None:
     about the queue, not about the script)."""
     fuzz = load_script("fuzz_queue")
     client_options = load_script("bench_queue").MOCK_CLIENT_OPTIONS
-    config = parse_config(
-        {"backends": {"mock": {"type": "mock", "client_options": client_options}}}
-    )
+    config = parse_setup({"backends": {"mock": {"type": "mock", "client_options": client_options}}})
     rng = random.Random(7)
     seen = {True: 0, False: 0}
     for number in range(300):
@@ -103,7 +101,7 @@ def test_bench_gpu_boxes_configures_both_backends_and_the_limits_from_them(
     )
     pool = bench.configure(stack, ["http://127.0.0.1:8188", "http://127.0.0.1:8189"], None)
     assert pool == 5, "2 + 2 slots on the boxes, 1 for the stack's serial GPU mock"
-    config = parse_config(yaml.safe_load((tmp_path / "imagen.yaml").read_text()))
+    config = parse_setup(yaml.safe_load((tmp_path / "imagen.yaml").read_text()))
     assert config.backend("two_boxes").backend.queue_slots() == {  # type: ignore[attr-defined]
         "http://127.0.0.1:8188": 2,
         "http://127.0.0.1:8189": 2,

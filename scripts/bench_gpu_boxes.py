@@ -55,7 +55,7 @@ from bench_queue import (
 sys.path.insert(0, str(REPO_ROOT))  # the loopback ComfyUI server lives with the tests
 
 from imagen_pipeline.backends.capacity import gpu_capacity
-from imagen_pipeline.config.loader import parse_config
+from imagen_pipeline.generate.setup import parse_setup
 from imagen_pipeline_tests.fakes.comfyui_server import FakeComfyUI, running_fake_comfyui
 
 STEPS = 20
@@ -74,7 +74,7 @@ def configure(stack: Stack, urls: list[str], run_limit: int | None) -> int:
         "servers": [{"url": url, "label": f"box{n}", "slots": 2} for n, url in enumerate(urls)],
     }
     config_path.write_text(yaml.safe_dump(config))
-    capacity = gpu_capacity(parse_config(config, config_path))
+    capacity = gpu_capacity(parse_setup(config, config_path).backends)
     instance_path = stack.workdir / "dagster_home" / "dagster.yaml"
     instance = yaml.safe_load(instance_path.read_text())
     for limit in instance["concurrency"]["runs"]["tag_concurrency_limits"]:

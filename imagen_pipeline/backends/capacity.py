@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagen_pipeline.config.loader import LoadedConfig
+from imagen_pipeline.backends.registry import Backends
 
 GPU_POOL = "imagen_gpu"
 GPU_TAG_LIMIT = re.compile(
@@ -39,10 +39,10 @@ class GpuCapacity:
         return self.op_pool_limit + 1
 
 
-def gpu_capacity(loaded: LoadedConfig) -> GpuCapacity:
+def gpu_capacity(backends: Backends) -> GpuCapacity:
     """The GPU capacity of the configured backends."""
     slots: dict[str, int] = {}
-    for instance in loaded.backends.values():
+    for instance in backends.values():
         if instance.backend.pool != "gpu":
             continue
         found = instance.backend.queue_slots() or {f"backend {instance.name}": 1}

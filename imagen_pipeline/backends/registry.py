@@ -1,11 +1,13 @@
-"""Backend types by name, and building a configured instance from its ``imagen.yaml`` block.
+"""Backend types by name, and building configured instances from their ``imagen.yaml``
+blocks into :class:`Backends`, the instances a run may use.
 
 Adding an adapter: write its module, then add one line to ``BACKEND_TYPES``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,3 +109,51 @@ def build_backend(name: str, block: Any) -> BackendInstance:
             "; ".join(f"{path}.client_options.{key}: {problem}" for key, problem in problems)
         )
     return BackendInstance(name=name, type_name=str(type_name), backend=backend)
+
+
+@dataclass(frozen=True)
+class Backends(Mapping[str, BackendInstance]):
+    """The backend instances a run may use, by name, and where they were configured."""
+
+    instances: Mapping[str, BackendInstance] = dataclasses.field(default_factory=dict)
+    source_label: str = ""
+
+    def __getitem__(self, name: str) -> BackendInstance:
+        return self.instances[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.instances)
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def instance(self, name: str) -> BackendInstance:
+        """The instance called ``name``, or an error listing the configured ones."""
+        try:
+            return self.instances[name]
+        except KeyError:
+            where = f" in {self.source_label}" if self.source_label else ""
+            raise ConfigError(
+                f"backend {name!r} is not configured{where}; "
+                f"configured backends: {', '.join(sorted(self.instances))}"
+            ) from None
+
+    def names(self) -> list[str]:
+        """The instance names, sorted."""
+        return sorted(self.instances)
+
+    def replaced(self, instances: Mapping[str, BackendInstance]) -> Backends:
+        """These instances with ``instances`` added, or taking the place of those of the same
+        name."""
+        return Backends({**self.instances, **instances}, self.source_label)
+
+
+def build_backends(blocks: Mapping[str, Any], source_label: str = "") -> Backends:
+    """Every ``backends.<name>`` block built into its adapter; an error names the file."""
+    try:
+        instances = {name: build_backend(name, block) for name, block in blocks.items()}
+    except ConfigError as error:
+        if source_label:
+            raise ConfigError(f"{source_label}: {error.message}") from None
+        raise
+    return Backends(instances, source_label)

@@ -6,8 +6,8 @@ import click
 
 from imagen_pipeline.backends.contract import BackendCheck
 from imagen_pipeline.cli.errors import CliError
-from imagen_pipeline.config.loader import load_config
 from imagen_pipeline.errors import ImagenError
+from imagen_pipeline.generate.setup import load_setup
 
 
 def _mark(value: bool | None) -> str:
@@ -20,7 +20,7 @@ def _mark(value: bool | None) -> str:
 def backends(config_path: str | None, check: bool) -> None:
     """List backend instances with their type and whether their credentials are set."""
     try:
-        loaded = load_config(config_path)
+        setup = load_setup(config_path)
     except ImagenError as error:
         raise CliError(str(error)) from None
     rows = [
@@ -32,7 +32,7 @@ def backends(config_path: str | None, check: bool) -> None:
             *(("REACHABLE", "MODEL OK", "DETAIL") if check else ()),
         )
     ]
-    for name, instance in sorted(loaded.backends.items()):
+    for name, instance in sorted(setup.backends.items()):
         missing = instance.missing_credentials()
         needed = instance.credential_env_vars()
         if not needed:
@@ -41,7 +41,7 @@ def backends(config_path: str | None, check: bool) -> None:
             credentials = "missing " + ", ".join(missing)
         else:
             credentials = "set (" + ", ".join(needed.values()) + ")"
-        default = "*" if name == loaded.config.default_backend else ""
+        default = "*" if name == setup.config.default_backend else ""
         row: tuple[str, ...] = (
             name + default,
             instance.type_name,
@@ -66,7 +66,7 @@ def backends(config_path: str | None, check: bool) -> None:
         click.echo(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
-    click.echo(f"(* default backend; config: {loaded.source_label})")
+    click.echo(f"(* default backend; config: {setup.source_label})")
 
 
 def _probe(check: object) -> BackendCheck:

@@ -75,10 +75,10 @@ def limits(file: str | None, dagster_yaml: Path | None) -> None:
     """The Dagster limits FILE's GPU backends need: the imagen_gpu op pool (every slot of
     every box) and the run-queue limit on GPU runs (one more)."""
     from imagen_pipeline.backends.capacity import GPU_POOL, gpu_capacity, set_gpu_run_limit
-    from imagen_pipeline.config.loader import load_config
+    from imagen_pipeline.generate.setup import load_setup
 
     try:
-        capacity = gpu_capacity(load_config(file))
+        capacity = gpu_capacity(load_setup(file).backends)
     except ConfigError as error:
         raise CliError(str(error)) from None
     boxes = ", ".join(f"{where} {count}" for where, count in sorted(capacity.slots.items()))
@@ -110,14 +110,15 @@ def limits(file: str | None, dagster_yaml: Path | None) -> None:
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
 def validate(file: str | None) -> None:
     """Check FILE (default: the config imagen would use) and summarise it."""
-    from imagen_pipeline.config.loader import load_config
+    from imagen_pipeline.generate.setup import load_setup
 
     try:
-        loaded = load_config(file)
+        setup = load_setup(file)
     except ConfigError as error:
         raise CliError(str(error)) from None
+    loaded = setup.loaded
     names = ", ".join(
-        f"{name} ({instance.type_name})" for name, instance in sorted(loaded.backends.items())
+        f"{name} ({setup.backend(name).type_name})" for name in setup.backends.names()
     )
     click.echo(f"{loaded.source_label}: ok")
     click.echo(f"  default_backend: {loaded.config.default_backend}")

@@ -15,12 +15,12 @@ import dagster as dg
 
 from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
 from imagen_pipeline.cli.instance import cli_instance
-from imagen_pipeline.config.loader import load_config
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_errors import step_failure_text
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.generate.plan import MAX_COUNT, ImageSpec, parse_size, plan_generation
+from imagen_pipeline.generate.setup import load_setup
 from imagen_pipeline.output.store import StoredImage
 from imagen_pipeline.prompts.styles import load_styles
 
@@ -135,11 +135,11 @@ def generate(
             count=count,
             backend_opts=_parse_opts(opts),
         )
-        loaded = load_config(config_path)
-        plan_generation(spec, loaded)
+        setup = load_setup(config_path)
+        plan_generation(spec, setup)
     except ImagenError as error:
         raise CliError(str(error)) from None
-    source = str(loaded.source) if loaded.source else None
+    source = str(setup.loaded.source) if setup.loaded.source else None
     for stored in run_generate_job(spec, source, verbose):
         meta = stored.generated.metadata
         click.echo(

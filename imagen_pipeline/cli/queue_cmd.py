@@ -12,10 +12,10 @@ import click
 import psycopg
 
 from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
-from imagen_pipeline.config.loader import load_config
 from imagen_pipeline.db.connection import DATABASE_URL_ENV, connect, database_url
 from imagen_pipeline.defs.run_submission import GraphQLRunSubmitter
 from imagen_pipeline.errors import ImagenError
+from imagen_pipeline.generate.setup import load_setup
 from imagen_pipeline.queue.listener import listen
 from imagen_pipeline.queue.repository import retry
 
@@ -44,7 +44,7 @@ def listen_command(webserver_url: str, dsn: str | None, config_path: str | None)
     """
     try:
         dsn = database_url(dsn)
-        load_config(config_path)
+        load_setup(config_path)
         submitter = GraphQLRunSubmitter(webserver_url)
     except (ImagenError, ValueError) as error:
         raise CliError(str(error)) from None
@@ -58,7 +58,7 @@ def listen_command(webserver_url: str, dsn: str | None, config_path: str | None)
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    listen(dsn, lambda: load_config(config_path), submitter, stop)
+    listen(dsn, lambda: load_setup(config_path), submitter, stop)
 
 
 @queue.command("retry")

@@ -3,19 +3,21 @@
 Search order: an explicit path (``--config``), the env var ``IMAGEN_CONFIG``, then
 ``$XDG_CONFIG_HOME/imagen.yaml`` (default ``~/.config/imagen.yaml``); when none exists the
 built-in default applies (one ``mock`` backend, output to ``./output``).
+
+This layer reads and validates the settings; each backend block stays a mapping here and is
+built into its adapter by :func:`imagen_pipeline.backends.registry.build_backends`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from imagen_pipeline.backends.registry import BackendInstance, build_backend
 from imagen_pipeline.config.models import ImagenConfig
 from imagen_pipeline.config.validation import describe_validation_error
 from imagen_pipeline.errors import ConfigError
@@ -49,11 +51,10 @@ def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | N
 
 @dataclass(frozen=True)
 class LoadedConfig:
-    """A validated config with its backend instances built and paths resolved."""
+    """A validated config and where it came from (paths resolved against its folder)."""
 
     source: Path | None
     config: ImagenConfig
-    backends: dict[str, BackendInstance] = field(default_factory=dict)
 
     @property
     def source_label(self) -> str:
@@ -69,21 +70,6 @@ class LoadedConfig:
             directory = base / directory
         return directory.resolve()
 
-    def with_backends(self, instances: dict[str, BackendInstance]) -> LoadedConfig:
-        """This config with ``instances`` added, or taking the place of those of the same
-        name (backends bound in code, see :mod:`imagen_pipeline.defs.backend_resources`)."""
-        return replace(self, backends={**self.backends, **instances})
-
-    def backend(self, name: str) -> BackendInstance:
-        """The instance called ``name``, or an error listing the configured ones."""
-        try:
-            return self.backends[name]
-        except KeyError:
-            raise ConfigError(
-                f"backend {name!r} is not configured in {self.source_label}; "
-                f"configured backends: {', '.join(sorted(self.backends))}"
-            ) from None
-
 
 def parse_config(raw: Any, source: Path | None = None) -> LoadedConfig:
     """Validate already-parsed YAML (a mapping) into a :class:`LoadedConfig`."""
@@ -94,19 +80,11 @@ def parse_config(raw: Any, source: Path | None = None) -> LoadedConfig:
         raise ConfigError(f"{label}: top level must be a mapping of keys such as default_backend")
     try:
         config = ImagenConfig.model_validate(raw)
-        if not config.backends:
-            raise ConfigError("backends: at least one backend instance is required")
-        backends = {name: build_backend(name, block) for name, block in config.backends.items()}
-        if config.default_backend not in backends:
-            raise ConfigError(
-                f"default_backend: {config.default_backend!r} is not a configured backend; "
-                f"configured backends: {', '.join(sorted(backends))}"
-            )
     except ValidationError as error:
         raise ConfigError(f"{label}:\n{describe_validation_error(error, ImagenConfig)}") from None
     except ConfigError as error:
         raise ConfigError(f"{label}: {error.message}") from None
-    return LoadedConfig(source=source, config=config, backends=backends)
+    return LoadedConfig(source=source, config=config)
 
 
 def load_config(explicit: str | os.PathLike[str] | None = None) -> LoadedConfig:

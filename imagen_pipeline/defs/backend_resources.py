@@ -24,8 +24,8 @@ import dagster as dg
 from pydantic import Field
 
 from imagen_pipeline.backends.registry import BackendInstance, build_backend
-from imagen_pipeline.config.loader import LoadedConfig, load_config
 from imagen_pipeline.errors import ConfigError
+from imagen_pipeline.generate.setup import Setup, load_setup
 
 KEY_PREFIX = "backend_"
 FROM_CODE = "code"
@@ -95,16 +95,16 @@ def resource_key(instance: str) -> str:
     return KEY_PREFIX + re.sub(r"[^A-Za-z0-9_]", "_", instance)
 
 
-def backend_resources(loaded: LoadedConfig) -> dict[str, BackendResource]:
+def backend_resources(loaded: Setup) -> dict[str, BackendResource]:
     """One resource per configured instance, keyed by :func:`resource_key`.
 
     Two names that map to one key (``flux-dev`` and ``flux_dev``) keep the first in sorted
     order; the other is still usable by name, it is only not listed as a resource.
     """
     resources: dict[str, BackendResource] = {}
-    for name in sorted(loaded.backends):
+    for name in loaded.backends.names():
         resources.setdefault(
-            resource_key(name), BackendResource.of(loaded.backends[name], loaded.source_label)
+            resource_key(name), BackendResource.of(loaded.backend(name), loaded.source_label)
         )
     return resources
 
@@ -113,7 +113,7 @@ def load_backend_resources() -> dict[str, BackendResource]:
     """The resources of the imagen.yaml found now; none when it cannot be read (the code
     location still loads, and every run reports the config error)."""
     try:
-        return backend_resources(load_config())
+        return backend_resources(load_setup())
     except ConfigError:
         return {}
 
@@ -128,7 +128,7 @@ def bound_in_code(resources: Mapping[str, Any]) -> dict[str, BackendInstance]:
     }
 
 
-def changed_since_load(resources: Mapping[str, Any], loaded: LoadedConfig) -> list[str]:
+def changed_since_load(resources: Mapping[str, Any], loaded: Setup) -> list[str]:
     """Instances whose settings in ``loaded`` (imagen.yaml as a run reads it) differ from the
     resources read from the same file when the code location loaded, or that were added or
     removed since: what the resources page shows out of date until the next reload. A run

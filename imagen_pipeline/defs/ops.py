@@ -27,9 +27,10 @@ from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResourc
 from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_identity import POOLS, made_by_tags, own_job, run_tags, tag_run
 from imagen_pipeline.errors import BackendError
+from imagen_pipeline.generate.job_records import discard_job_record
 from imagen_pipeline.generate.make import make_images
 from imagen_pipeline.generate.plan import GenerationPlan, plan_generation
-from imagen_pipeline.generate.staging import GeneratedImage, discard_job_record
+from imagen_pipeline.generate.staging import GeneratedImage
 from imagen_pipeline.output.store import StoredImage, store_image
 from imagen_pipeline.queue.progress import JobProgress
 from imagen_pipeline.usage.recorder import (

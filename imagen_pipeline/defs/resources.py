@@ -8,9 +8,9 @@ import dagster as dg
 import psycopg
 from pydantic import Field
 
-from imagen_pipeline.config.loader import LoadedConfig, load_config
 from imagen_pipeline.config.secrets import resolve_secret
 from imagen_pipeline.db.connection import connect
+from imagen_pipeline.generate.setup import Setup, load_setup
 
 
 class ImagenResource(dg.ConfigurableResource):
@@ -27,9 +27,9 @@ class ImagenResource(dg.ConfigurableResource):
         "~/.config/imagen.yaml, then the built-in default (mock backend, ./output).",
     )
 
-    def load(self) -> LoadedConfig:
-        """Find, read and validate the config."""
-        return load_config(self.config_path)
+    def load(self) -> Setup:
+        """Find, read and validate the config, and build its backend instances."""
+        return load_setup(self.config_path)
 
 
 class ImagenDatabaseResource(dg.ConfigurableResource):

@@ -23,9 +23,9 @@ from imagen_pipeline.generate.budget import (
     check_budget,
     release_run_holds,
 )
+from imagen_pipeline.generate.job_records import find_job_generation, record_generation
 from imagen_pipeline.generate.plan import GenerationPlan
 from imagen_pipeline.generate.staging import GeneratedImage, run_generation
-from imagen_pipeline.output.store import find_job_generation
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,7 @@ def make_images(
     retry checks again).
     """
     variations = plan.variations
-    earlier = {
-        variant.variation: find_job_generation(variant, plan.output.path, plan.output.naming)
-        for variant in variations
-    }
+    earlier = {variant.variation: find_job_generation(variant) for variant in variations}
     to_make = [number for number, image in earlier.items() if image is None]
     context: GenerationContext | None = None
     try:
@@ -145,6 +142,7 @@ def _generate(
     )
     note = check_budget(plan.budget, ask, connect)
     image = run_generation(plan, instance, context, plan.output.path)
+    record_generation(image)
     return MadeImage(image, reused=False, budget_note=note)
 
 

@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from imagen_pipeline.backends.contract import MAX_SEED, GenerationRequest
 from imagen_pipeline.backends.registry import BackendInstance, build_backend
-from imagen_pipeline.config.loader import LoadedConfig
 from imagen_pipeline.config.models import BudgetConfig, CloudConfig
 from imagen_pipeline.errors import InvalidRequestError
+from imagen_pipeline.generate.setup import Setup
 from imagen_pipeline.prompts.styles import apply_style, get_style
 
 DEFAULT_SIZE = 1024
@@ -286,7 +286,7 @@ def parse_backend_opts(text: str) -> dict[str, Any]:
     return value
 
 
-def validate_spec(spec: ImageSpec, config: LoadedConfig) -> None:
+def validate_spec(spec: ImageSpec, config: Setup) -> None:
     """Raise :class:`InvalidRequestError` for the first field outside its allowed values."""
     _check_text("prompt", spec.prompt, required=True)
     _check_text("negative", spec.negative, required=False)
@@ -297,7 +297,7 @@ def validate_spec(spec: ImageSpec, config: LoadedConfig) -> None:
         raise InvalidRequestError(
             "backend",
             f"{backend!r} is not a backend this server offers; leave it empty for the default",
-            detail=f"{config.source_label}; configured backends: {', '.join(sorted(configured))}",
+            detail=f"{config.source_label}; configured backends: {', '.join(configured.names())}",
         )
     _check_range("width", spec.width, MIN_SIZE, MAX_SIZE, multiple=8)
     _check_range("height", spec.height, MIN_SIZE, MAX_SIZE, multiple=8)
@@ -308,7 +308,7 @@ def validate_spec(spec: ImageSpec, config: LoadedConfig) -> None:
     check_backend_opts(spec.backend_opts)
 
 
-def plan_generation(spec: ImageSpec, config: LoadedConfig) -> GenerationPlan:
+def plan_generation(spec: ImageSpec, config: Setup) -> GenerationPlan:
     """Validate ``spec``, apply its style preset and defaults, and bind it to a backend whose
     option rules allow its ``backend_opts`` (a client's: its ``client_options``)."""
     validate_spec(spec, config)

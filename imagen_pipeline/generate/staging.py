@@ -3,13 +3,8 @@
 The staged file lives in ``<output dir>/.imagen-staging/`` (same filesystem as the final
 image, so moving it is cheap; the folder is removed once nothing is left in it) and is what
 the Dagster op hands to the next step: a path, never image bytes, so "re-execute from
-failure" reuses it without calling the backend.
-
-For a run of an ``imagen.jobs`` row, ``job-<id>.json`` (``job-<id>-v<n>.json`` for
-variation n > 0) beside it records each generation until the job is done, so a later run
-of the same job (a retried job, a row requeued after a lost run) re-uses the images it
-finds instead of calling the backend again and makes only the missing ones
-(:func:`imagen_pipeline.output.store.find_job_generation`).
+failure" reuses it without calling the backend. A queued job's generations are recorded
+beside it (:mod:`imagen_pipeline.generate.job_records`).
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from imagen_pipeline.atomic_files import remove_if_empty, write_atomic
+from imagen_pipeline.atomic_files import write_atomic
 from imagen_pipeline.backends.contract import GenerationContext, GenerationMetadata, ImageFacts
 from imagen_pipeline.backends.registry import BackendInstance
 from imagen_pipeline.errors import PermanentBackendError
@@ -59,21 +54,6 @@ def variation_suffix(variation: int) -> str:
     """``-v<n>`` for variation n > 0; nothing for the first (or only) image, whose names
     stay those of a request for one image."""
     return f"-v{variation}" if variation else ""
-
-
-def job_record_path(output_dir: Path, job_id: int, variation: int = 0) -> Path:
-    """Where the generation of image ``variation`` of job ``job_id`` is recorded until the
-    job is done."""
-    return staging_dir(output_dir) / f"job-{job_id}{variation_suffix(variation)}.json"
-
-
-def discard_job_record(generated: GeneratedImage) -> None:
-    """Forget the generation of a job that is done."""
-    if generated.plan.spec.job_id is not None:
-        output_dir = Path(generated.staged_path).parent.parent
-        path = job_record_path(output_dir, generated.plan.spec.job_id, generated.plan.variation)
-        path.unlink(missing_ok=True)
-        remove_if_empty(path.parent)
 
 
 def supported_format(facts: ImageFacts) -> str:
@@ -123,9 +103,4 @@ def run_generation(
         attempt=context.attempt,
         generated_at=datetime.now(UTC),
     )
-    if plan.spec.job_id is not None:
-        write_atomic(
-            job_record_path(output_dir, plan.spec.job_id, plan.variation),
-            generated.model_dump_json().encode(),
-        )
     return generated

@@ -2,8 +2,9 @@
 
 Idempotent: if an earlier attempt already wrote this generation (same generating run and
 source hash) under one of the candidate names, that file is reused instead of writing a
-second image. :func:`find_job_generation` uses the same rule to tell whether a job's earlier
-generation can still be re-used.
+second image. A queued job's record learns where its image was stored
+(:func:`~imagen_pipeline.generate.job_records.record_stored`), so a later run of the job
+re-uses it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pydantic import BaseModel, ConfigDict
 
 from imagen_pipeline.atomic_files import remove_if_empty, sha256_file, write_atomic
 from imagen_pipeline.errors import OutputError
-from imagen_pipeline.generate.plan import GenerationPlan
-from imagen_pipeline.generate.staging import GeneratedImage, job_record_path
+from imagen_pipeline.generate.job_records import record_stored
+from imagen_pipeline.generate.staging import GeneratedImage
 from imagen_pipeline.naming.file_names import render_name, resolve_inside, slug_for
 from imagen_pipeline.output.png_text import add_text_chunks, is_png
 from imagen_pipeline.output.sidecar import (
@@ -120,47 +121,6 @@ def _base_path(generated: GeneratedImage, output_dir: Path, naming: str) -> Path
         raise OutputError(f"cannot place {relative} in the output folder: {error}") from None
 
 
-def stored_copy(generated: GeneratedImage, output_dir: Path, naming: str) -> Path | None:
-    """The file an earlier attempt wrote for this very generation, if there is one."""
-    for image_path in _candidates(_base_path(generated, output_dir, naming), generated.extension):
-        if image_path.exists():
-            if _written_by(image_path, generated):
-                return image_path
-        elif not sidecar_path_for(image_path).exists():
-            return None
-    return None
-
-
-def find_job_generation(
-    plan: GenerationPlan, output_dir: Path, naming: str
-) -> GeneratedImage | None:
-    """The image an earlier run of the same ``imagen.jobs`` row generated for the same
-    request and backend (or its fallback), if it is still on disk (staged, or already stored
-    under its final name)."""
-    if plan.spec.job_id is None:
-        return None
-    try:
-        previous = GeneratedImage.model_validate_json(
-            job_record_path(output_dir, plan.spec.job_id, plan.variation).read_bytes()
-        )
-    except (OSError, ValueError):
-        return None
-    made_for = previous.plan.fell_back_from or previous.plan.backend
-    if (
-        made_for != plan.backend
-        or previous.plan.request != plan.request
-        or previous.plan.variation != plan.variation
-    ):
-        return None
-    staged = Path(previous.staged_path)
-    if staged.is_file() and sha256_file(staged) == previous.sha256:
-        return previous
-    try:
-        return previous if stored_copy(previous, output_dir, naming) else None
-    except OutputError:
-        return None
-
-
 def store_image(
     generated: GeneratedImage,
     output_dir: Path,
@@ -203,6 +163,7 @@ def store_image(
         except OSError as error:
             raise OutputError(f"cannot write {sidecar_path}: {error.strerror or error}") from None
         written_sidecar = sidecar_path
+    record_stored(generated, image_path, digest)
     staged = Path(generated.staged_path)
     staged.unlink(missing_ok=True)
     remove_if_empty(staged.parent)

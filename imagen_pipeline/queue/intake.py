@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import psycopg
 
-from imagen_pipeline.config.loader import LoadedConfig
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.generate.plan import GenerationPlan, plan_generation
+from imagen_pipeline.generate.setup import Setup
 from imagen_pipeline.queue import repository
 from imagen_pipeline.queue.rows import JobRow
 
@@ -42,7 +42,7 @@ class Refused:
     detail: str
 
 
-def admit(conn: psycopg.Connection, row: JobRow, config: LoadedConfig) -> Admitted | Refused:
+def admit(conn: psycopg.Connection, row: JobRow, config: Setup) -> Admitted | Refused:
     """Plan a claimed row, or fail it with its reason."""
     try:
         return Admitted(row, plan_generation(row.to_spec(), config))
@@ -66,7 +66,7 @@ class Batch:
     exhausted: list[int]
 
 
-def take_batch(conn: psycopg.Connection, limit: int, config: LoadedConfig) -> Batch:
+def take_batch(conn: psycopg.Connection, limit: int, config: Setup) -> Batch:
     """Fail pending rows without attempts left, claim up to ``limit`` rows (fairly, see
     :func:`~imagen_pipeline.queue.repository.claim_pending`), admit each."""
     exhausted = repository.fail_exhausted(conn)

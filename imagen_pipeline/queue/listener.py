@@ -20,10 +20,10 @@ from typing import Protocol
 
 import psycopg
 
-from imagen_pipeline.config.loader import LoadedConfig
 from imagen_pipeline.db.connection import connect
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.setup import Setup
 from imagen_pipeline.queue import repository
 from imagen_pipeline.queue.intake import Refused, admit
 from imagen_pipeline.queue.rows import JobRow
@@ -44,7 +44,7 @@ class RunSubmitter(Protocol):
 def handle_notification(
     conn: psycopg.Connection,
     payload: str,
-    load_config: Callable[[], LoadedConfig],
+    load_setup: Callable[[], Setup],
     submitter: RunSubmitter,
 ) -> str:
     """Claim and launch the row named by one notification; returns what happened."""
@@ -53,7 +53,7 @@ def handle_notification(
     except ValueError:
         return f"ignored notification {payload!r} (not a job id)"
     try:
-        config = load_config()
+        config = load_setup()
     except ImagenError as error:
         return f"row {job_id}: imagen.yaml cannot be loaded, left for the sensor: {error}"
     per_owner = config.config.queue.max_in_flight_per_owner
@@ -83,7 +83,7 @@ def handle_notification(
 
 def listen(
     dsn: str | None,
-    load_config: Callable[[], LoadedConfig],
+    load_setup: Callable[[], Setup],
     submitter: RunSubmitter,
     stop: threading.Event,
     on_ready: Callable[[], None] | None = None,
@@ -101,7 +101,7 @@ def listen(
                 while not stop.is_set():
                     for notify in listen_conn.notifies(timeout=1.0):
                         logger.info(
-                            handle_notification(work_conn, notify.payload, load_config, submitter)
+                            handle_notification(work_conn, notify.payload, load_setup, submitter)
                         )
                         if stop.is_set():
                             break

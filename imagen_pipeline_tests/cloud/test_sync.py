@@ -15,9 +15,9 @@ import pytest
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.cloud.sync import object_path, sync_image
-from imagen_pipeline.config.loader import parse_config
 from imagen_pipeline.config.models import CloudConfig
 from imagen_pipeline.generate.plan import ImageSpec, plan_generation
+from imagen_pipeline.generate.setup import parse_setup
 from imagen_pipeline.generate.staging import run_generation
 from imagen_pipeline.output.store import StoredImage, store_image
 from imagen_pipeline_tests.cloud.conftest import BUCKET, FALLBACK_OWNER, OWNER
@@ -27,7 +27,7 @@ RUN_ID = "5d0c6c1e-0000-4000-8000-00000000abcd"
 
 
 def stored_image(tmp_path: Path, owner: str | None = None, sidecar: bool = True) -> StoredImage:
-    loaded = parse_config(
+    loaded = parse_setup(
         {
             "output": {"directory": str(tmp_path / "out")},
             "cloud": {"bucket": BUCKET, "owner_user_id": FALLBACK_OWNER},

@@ -9,11 +9,12 @@ import pytest
 from imagen_pipeline.cli.config_cmd import sample_config_text
 from imagen_pipeline.config.loader import find_config_path, load_config, parse_config
 from imagen_pipeline.errors import ConfigError
+from imagen_pipeline.generate.setup import load_setup, parse_setup
 
 
 def test_builtin_default_when_no_file_exists() -> None:
-    loaded = load_config()
-    assert loaded.source is None
+    loaded = load_setup()
+    assert loaded.loaded.source is None
     assert loaded.config.default_backend == "mock"
     assert sorted(loaded.backends) == ["mock"]
     assert loaded.output_dir == (Path.cwd() / "output").resolve()
@@ -86,14 +87,14 @@ def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
 
 def test_unknown_backend_type_lists_registered_types() -> None:
     with pytest.raises(ConfigError) as error:
-        parse_config({"default_backend": "x", "backends": {"x": {"type": "dalle9"}}})
+        parse_setup({"default_backend": "x", "backends": {"x": {"type": "dalle9"}}})
     assert "backends.x.type: unknown backend type 'dalle9'; registered types: " in str(error.value)
     assert "mock" in str(error.value)
 
 
 def test_unknown_backend_field_lists_allowed_fields() -> None:
     with pytest.raises(ConfigError) as error:
-        parse_config({"backends": {"mock": {"type": "mock", "latncy_s": 1}}})
+        parse_setup({"backends": {"mock": {"type": "mock", "latncy_s": 1}}})
     assert "backends.mock: unknown key 'latncy_s' for type 'mock'; allowed keys: type, " in str(
         error.value
     )
@@ -102,7 +103,7 @@ def test_unknown_backend_field_lists_allowed_fields() -> None:
 
 def test_backend_field_value_error_names_path() -> None:
     with pytest.raises(ConfigError, match=r"backends\.mock\.latency_s: Input should be"):
-        parse_config({"backends": {"mock": {"type": "mock", "latency_s": "slow"}}})
+        parse_setup({"backends": {"mock": {"type": "mock", "latency_s": "slow"}}})
 
 
 def test_default_backend_must_be_configured() -> None:
@@ -110,7 +111,7 @@ def test_default_backend_must_be_configured() -> None:
         ConfigError,
         match=r"default_backend: 'gpu' is not a configured backend; configured backends: mock",
     ):
-        parse_config({"default_backend": "gpu"})
+        parse_setup({"default_backend": "gpu"})
 
 
 def test_naming_template_errors_list_allowed_fields() -> None:
@@ -123,5 +124,5 @@ def test_naming_template_errors_list_allowed_fields() -> None:
 def test_sample_config_is_valid(tmp_path: Path) -> None:
     path = tmp_path / "sample.yaml"
     path.write_text(sample_config_text())
-    loaded = load_config(path)
+    loaded = load_setup(path)
     assert loaded.config.default_backend in loaded.backends

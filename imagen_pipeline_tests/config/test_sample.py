@@ -15,8 +15,8 @@ from imagen_pipeline.backends.mock import MockBackend
 from imagen_pipeline.backends.openai.backend import OpenAIImagesBackend
 from imagen_pipeline.backends.replicate.backend import ReplicateBackend
 from imagen_pipeline.cli.config_cmd import sample_config_text
-from imagen_pipeline.config.loader import LoadedConfig, load_config
 from imagen_pipeline.errors import ConfigError
+from imagen_pipeline.generate.setup import Setup, load_setup
 from imagen_pipeline_tests.fakes.comfyui_server import CLASSIC_WORKFLOW
 
 COMMENT = re.compile(r"^(?P<indent>\s*)# ?(?P<text>.*)$")
@@ -49,14 +49,14 @@ def uncomment_blocks(text: str) -> tuple[str, list[str]]:
 def test_sample_loads_as_printed_with_only_the_mock(tmp_path: Path) -> None:
     path = tmp_path / "imagen.yaml"
     path.write_text(sample_config_text(), encoding="utf-8")
-    loaded = load_config(path)
+    loaded = load_setup(path)
     assert loaded.config.default_backend == "mock"
     assert {name: i.type_name for name, i in loaded.backends.items()} == {"mock": "mock"}
     assert loaded.config.cloud is None
     assert not loaded.config.budget.configured
 
 
-def load_every_block(sample: str, tmp_path: Path) -> tuple[LoadedConfig, list[str]]:
+def load_every_block(sample: str, tmp_path: Path) -> tuple[Setup, list[str]]:
     """Uncomment every block of ``sample``, write the files the blocks name (a user workflow
     goes to ``tmp_path`` and its block points there) and load it with the project's loader."""
     text, blocks = uncomment_blocks(sample)
@@ -70,7 +70,7 @@ def load_every_block(sample: str, tmp_path: Path) -> tuple[LoadedConfig, list[st
             block["workflow"] = str(path)
     config_path = tmp_path / "imagen.yaml"
     config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return load_config(config_path), blocks
+    return load_setup(config_path), blocks
 
 
 def test_every_commented_block_of_the_sample_is_valid(tmp_path: Path) -> None:

@@ -14,13 +14,13 @@ from typing import Any
 import dagster as dg
 import yaml
 
-from imagen_pipeline.config.loader import load_config
 from imagen_pipeline.defs.backend_resources import (
     BackendResource,
     backend_resources,
     resource_key,
 )
 from imagen_pipeline.defs.jobs import build_generate_image_job
+from imagen_pipeline.generate.setup import load_setup
 from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT, subprocess_env
 
 BACKENDS: dict[str, Any] = {
@@ -45,7 +45,7 @@ def test_every_instance_is_a_resource_with_its_settings_and_no_secret(
     write_config: Callable[..., Path], monkeypatch: Any
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value")
-    loaded = load_config(write_config(BACKENDS))
+    loaded = load_setup(write_config(BACKENDS))
     resources = backend_resources(loaded)
     assert sorted(resources) == ["backend_flux_box", "backend_mock", "backend_oai"]
     box = resources["backend_flux_box"]
@@ -120,7 +120,7 @@ def test_a_backend_passed_as_a_resource_is_used_even_over_the_file(
     write_config: Callable[..., Path], dagster_instance: dg.DagsterInstance
 ) -> None:
     config_file = write_config({"backends": {"mock": {"type": "mock"}}})
-    as_loaded = backend_resources(load_config(config_file))
+    as_loaded = backend_resources(load_setup(config_file))
     job = build_generate_image_job(retry_delay_s=0, backends=as_loaded)
     studio = BackendResource(instance="mock", type="mock", settings='{"model": "studio-v2"}')
     result = job.execute_in_process(
@@ -151,7 +151,7 @@ def test_an_edit_of_imagen_yaml_applies_to_the_next_run_without_a_reload(
 ) -> None:
     config_file = write_config({"backends": {"mock": {"type": "mock", "model": "before"}}})
     job = build_generate_image_job(
-        retry_delay_s=0, backends=backend_resources(load_config(config_file))
+        retry_delay_s=0, backends=backend_resources(load_setup(config_file))
     )
     edited = yaml.safe_load(config_file.read_text())
     edited["backends"]["mock"]["model"] = "after"
@@ -174,7 +174,7 @@ def test_a_run_of_the_file_as_loaded_or_of_another_file_reports_no_change(
     loaded_file = write_config({"backends": {"mock": {"type": "mock"}}})
     other_file = write_config({"backends": {"mock": {"type": "mock", "model": "x"}}}, "b.yaml")
     job = build_generate_image_job(
-        retry_delay_s=0, backends=backend_resources(load_config(loaded_file))
+        retry_delay_s=0, backends=backend_resources(load_setup(loaded_file))
     )
     for config_file in (loaded_file, other_file):
         result = job.execute_in_process(

@@ -16,10 +16,10 @@ import yaml
 
 from imagen_pipeline.backends.comfyui.servers import Server
 from imagen_pipeline.backends.registry import build_backend
-from imagen_pipeline.config.loader import parse_config
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.defs.run_errors import run_step_failure
 from imagen_pipeline.errors import ConfigError
+from imagen_pipeline.generate.setup import parse_setup
 from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT, step_failure_text
@@ -153,7 +153,7 @@ def test_no_free_slot_within_fallback_after_s_hands_the_job_to_the_fallback(
         config_file = write_config(
             {"default_backend": "gpu", "backends": {"gpu": block, "mock": {"type": "mock"}}}
         )
-        loaded = parse_config(
+        loaded = parse_setup(
             {"backends": {"gpu": block, "mock": {"type": "mock"}}, "default_backend": "gpu"}
         )
         adapter = loaded.backend("gpu").backend
@@ -185,7 +185,7 @@ def test_no_free_slot_within_fallback_after_s_hands_the_job_to_the_fallback(
 def test_the_fallback_list_is_validated(fallback: Any, message: str) -> None:
     block = {"type": "comfyui", "url": "http://mrock:8188", "fallback": fallback}
     with pytest.raises(ConfigError, match=message):
-        parse_config({"backends": {"gpu": block, "mock": {"type": "mock"}}})
+        parse_setup({"backends": {"gpu": block, "mock": {"type": "mock"}}})
 
 
 def test_fallback_after_s_must_be_positive() -> None:
@@ -195,7 +195,7 @@ def test_fallback_after_s_must_be_positive() -> None:
 
 def test_the_shipped_gpu_pool_example_is_valid() -> None:
     example = REPO_ROOT / "examples" / "imagen.gpu-pool.yaml"
-    loaded = parse_config(yaml.safe_load(example.read_text(encoding="utf-8")), example)
+    loaded = parse_setup(yaml.safe_load(example.read_text(encoding="utf-8")), example)
     gpu = loaded.backend("gpu").backend
     assert [server.url for server in gpu.configured_servers()] == [  # type: ignore[attr-defined]
         "http://127.0.0.1:8188",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from imagen_pipeline.config.loader import parse_config
 from imagen_pipeline.errors import InvalidRequestError
 from imagen_pipeline.generate.plan import ImageSpec, parse_size, plan_generation
+from imagen_pipeline.generate.setup import parse_setup
 
-CONFIG = parse_config(
+CONFIG = parse_setup(
     {
         "default_backend": "fast",
         "backends": {"fast": {"type": "mock"}, "slow": {"type": "mock", "model": "slow-v2"}},
@@ -97,7 +97,7 @@ CLIENT_CONFIG = {
 
 
 def test_a_client_request_is_held_to_the_allow_list_and_the_operators_is_not() -> None:
-    config = parse_config(CLIENT_CONFIG)
+    config = parse_setup(CLIENT_CONFIG)
     opts = {"17.denoise": 0.5}
     with pytest.raises(InvalidRequestError) as raised:
         plan_generation(ImageSpec(prompt="a fox", backend_opts=opts, job_id=7), config)
@@ -110,7 +110,7 @@ def test_a_client_request_is_held_to_the_allow_list_and_the_operators_is_not() -
 
 
 def test_a_fallback_keeps_the_options_it_takes_from_the_same_requester() -> None:
-    config = parse_config(CLIENT_CONFIG)
+    config = parse_setup(CLIENT_CONFIG)
     spec = ImageSpec(prompt="a fox", backend_opts={"17.scheduler": "karras"}, job_id=7)
     plan = plan_generation(spec, config)
     fallen = plan.falling_back(plan.fallbacks[0], "1 server unreachable")

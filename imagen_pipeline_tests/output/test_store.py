@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from imagen_pipeline.backends.contract import GenerationContext
-from imagen_pipeline.config.loader import parse_config
 from imagen_pipeline.errors import OutputError
 from imagen_pipeline.generate.plan import ImageSpec, plan_generation
+from imagen_pipeline.generate.setup import parse_setup
 from imagen_pipeline.generate.staging import GeneratedImage, run_generation
 from imagen_pipeline.output.store import store_image
 
@@ -21,7 +21,7 @@ NAMING = "{date}_{slug}_{seed}"
 def generate(
     out: Path, run_id: str = "run-1", prompt: str = "a red fox", seed: int = 5
 ) -> GeneratedImage:
-    config = parse_config({"output": {"directory": str(out)}})
+    config = parse_setup({"output": {"directory": str(out)}})
     plan = plan_generation(
         ImageSpec(prompt=prompt, seed=seed, width=128, height=96, job_id=17), config
     )

@@ -27,11 +27,11 @@ from psycopg.types.json import Jsonb
 from imagen_pipeline.backends.comfyui.workflow import load_workflow
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.backends.openai.pricing import usage_cost_usd
-from imagen_pipeline.config.loader import load_config
 from imagen_pipeline.db.connection import connect
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.generate.make import MadeImage, make_images
 from imagen_pipeline.generate.plan import GenerationPlan, ImageSpec, plan_generation
+from imagen_pipeline.generate.setup import load_setup
 from imagen_pipeline.queue.intake import Batch, take_batch
 from imagen_pipeline_tests.fakes.comfyui_server import FakeComfyUI, running_fake_comfyui
 from imagen_pipeline_tests.fakes.openai_server import FakeOpenAI, running_fake_openai
@@ -211,7 +211,7 @@ class Queue:
     def take(self) -> Batch:
         """One intake pass, as the sensor makes it."""
         with psycopg.connect(self.url) as conn:
-            return take_batch(conn, 50, load_config(str(self.config_file)))
+            return take_batch(conn, 50, load_setup(str(self.config_file)))
 
     def generate(self, plan: GenerationPlan) -> list[MadeImage]:
         """The job's images, with the budget checked on the database."""
@@ -561,7 +561,7 @@ def test_the_operator_cannot_set_a_request_field_through_an_option_either(
     config_file = write_config(
         {"default_backend": "b", "backends": {"b": comfyui_block(comfyui, tmp_path, None)}}
     )
-    loaded = load_config(str(config_file))
+    loaded = load_setup(str(config_file))
     with pytest.raises(ImagenError) as raised:
         plan_generation(
             ImageSpec(prompt="a fox", backend="b", backend_opts={"27.batch_size": 64}), loaded

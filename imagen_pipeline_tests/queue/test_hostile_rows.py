@@ -27,10 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from imagen_pipeline.config.loader import LoadedConfig, load_config
 from imagen_pipeline.defs.job_runs import run_config_for
 from imagen_pipeline.defs.jobs import generate_image
 from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.setup import Setup, load_setup
 from imagen_pipeline.prompts.styles import load_styles
 from imagen_pipeline.queue.listener import handle_notification
 from imagen_pipeline.queue.rows import JobRow
@@ -219,10 +219,10 @@ class Harness:
 
     def notify(self, job_id: int) -> None:
         with psycopg.connect(self.url) as conn:
-            handle_notification(conn, str(job_id), self.load_config, self)
+            handle_notification(conn, str(job_id), self.load_setup, self)
 
-    def load_config(self) -> LoadedConfig:
-        return load_config(str(self.config_file))
+    def load_setup(self) -> Setup:
+        return load_setup(str(self.config_file))
 
     def submit(self, row: JobRow, plan: GenerationPlan) -> str:
         """As the GraphQL submitter would: the run config crosses a serialization boundary."""

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from imagen_pipeline.config.loader import LoadedConfig, load_config
 from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.setup import Setup, load_setup
 from imagen_pipeline.queue.listener import RELEASED, handle_notification, listen
 from imagen_pipeline.queue.rows import JobRow
 
@@ -34,9 +34,9 @@ class RecordingSubmitter:
 
 
 @pytest.fixture
-def config_loader(write_config: Callable[..., Path]) -> Callable[[], LoadedConfig]:
+def config_loader(write_config: Callable[..., Path]) -> Callable[[], Setup]:
     path = write_config({"backends": {"mock": {"type": "mock"}}})
-    return lambda: load_config(str(path))
+    return lambda: load_setup(str(path))
 
 
 def insert(url: str, **fields: Any) -> int:
@@ -59,7 +59,7 @@ def job(url: str, job_id: int) -> dict[str, Any]:
 
 
 def test_a_notification_claims_the_row_and_submits_its_run(
-    migrated_database_url: str, config_loader: Callable[[], LoadedConfig]
+    migrated_database_url: str, config_loader: Callable[[], Setup]
 ) -> None:
     job_id = insert(migrated_database_url, style="photo")
     submitter = RecordingSubmitter()
@@ -74,7 +74,7 @@ def test_a_notification_claims_the_row_and_submits_its_run(
 
 
 def test_a_failed_submission_releases_the_claim_for_the_sensor(
-    migrated_database_url: str, config_loader: Callable[[], LoadedConfig]
+    migrated_database_url: str, config_loader: Callable[[], Setup]
 ) -> None:
     job_id = insert(migrated_database_url)
     submitter = RecordingSubmitter(ConnectionError("webserver refused the connection"))
@@ -88,7 +88,7 @@ def test_a_failed_submission_releases_the_claim_for_the_sensor(
 
 
 def test_an_invalid_row_fails_with_its_reason_and_launches_nothing(
-    migrated_database_url: str, config_loader: Callable[[], LoadedConfig]
+    migrated_database_url: str, config_loader: Callable[[], Setup]
 ) -> None:
     job_id = insert(migrated_database_url, style="vaporwave")
     submitter = RecordingSubmitter()
@@ -101,7 +101,7 @@ def test_an_invalid_row_fails_with_its_reason_and_launches_nothing(
 
 
 def test_a_garbage_payload_is_ignored(
-    migrated_database_url: str, config_loader: Callable[[], LoadedConfig]
+    migrated_database_url: str, config_loader: Callable[[], Setup]
 ) -> None:
     with psycopg.connect(migrated_database_url) as conn:
         outcome = handle_notification(conn, "hello", config_loader, RecordingSubmitter())
@@ -109,7 +109,7 @@ def test_a_garbage_payload_is_ignored(
 
 
 def test_the_loop_launches_rows_inserted_while_it_listens(
-    migrated_database_url: str, config_loader: Callable[[], LoadedConfig]
+    migrated_database_url: str, config_loader: Callable[[], Setup]
 ) -> None:
     submitter = RecordingSubmitter()
     stop, ready = threading.Event(), threading.Event()

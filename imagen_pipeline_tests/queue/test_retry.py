@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 
 from imagen_pipeline.cli.main import cli
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline.generate.staging import job_record_path
+from imagen_pipeline.generate.job_records import job_record_path
 from imagen_pipeline.queue.rows import MAX_ATTEMPTS
 from imagen_pipeline_tests.fixtures.queue import run_requests, web_session
 
