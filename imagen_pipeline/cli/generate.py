@@ -23,8 +23,7 @@ from imagen_pipeline.generate.plan import MAX_COUNT, ImageSpec, parse_size, plan
 from imagen_pipeline.generate.setup import load_setup
 from imagen_pipeline.output.store import StoredImage
 from imagen_pipeline.prompts.styles import load_styles
-
-RUN_SOURCE_TAG = "imagen/source"
+from imagen_pipeline.run_tags import TAG_SOURCE
 
 
 def _parse_opts(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -62,7 +61,7 @@ def run_generate_job(spec: ImageSpec, config_path: str | None, verbose: bool) ->
             ),
             instance=instance,
             run_config=run_config,
-            tags={RUN_SOURCE_TAG: "cli"},
+            tags={TAG_SOURCE: "cli"},
             raise_on_error=False,
         ) as result,
     ):

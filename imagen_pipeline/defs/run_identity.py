@@ -16,29 +16,22 @@ from imagen_pipeline.defs.resources import ImagenDatabaseResource
 from imagen_pipeline.generate.plan import GenerationPlan
 from imagen_pipeline.generate.staging import GeneratedImage
 from imagen_pipeline.queue.repository import take_ownership
+from imagen_pipeline.run_tags import (
+    GPU_QUEUE,
+    TAG_BACKEND,
+    TAG_CELERY_QUEUE,
+    TAG_FALLBACK,
+    TAG_JOB_ATTEMPT,
+    TAG_JOB_ID,
+    TAG_OWNER,
+    TAG_POOL,
+    TAG_PRIORITY,
+    TAG_SERVER,
+    TAG_STYLE,
+)
 
-TAG_BACKEND = "imagen/backend"
-TAG_STYLE = "imagen/style"
-TAG_JOB_ID = "imagen/job_id"
-TAG_JOB_ATTEMPT = "imagen/job_attempt"
-TAG_OWNER = "imagen/owner"
-TAG_POOL = "imagen/pool"
-"""The Dagster pool of the run's generate step; the run queue limits GPU runs by it."""
-TAG_PRIORITY = "dagster/priority"
-"""Dagster's own run priority tag: the run queue launches higher values first."""
-TAG_SOURCE = "imagen/source"
-TAG_SERVER = "imagen/server"
-"""The server (GPU box) that made the image; set once the generate step knows it."""
-TAG_FALLBACK = "imagen/fallback"
-"""The fallback instance that made the image, when the backend could not take the job."""
 POOLS = {"gpu": "imagen_gpu", "cloud": "imagen_cloud"}
 """The backend's ``pool`` setting -> the Dagster pool of the generate step."""
-TAG_CELERY_QUEUE = "dagster-celery/queue"
-"""dagster-celery's tag naming the Celery queue a run is sent to (read only by the Celery
-run launcher, scripts/dagster.postgres.yaml; other launchers ignore it)."""
-GPU_QUEUE = "imagen_gpu"
-"""The Celery queue of runs whose generate step uses the GPU pool: the GPU host's worker
-serves it. Other runs carry no queue tag and go to the launcher's ``default_queue``."""
 
 
 def run_tags(plan: GenerationPlan) -> dict[str, str]:

@@ -19,12 +19,12 @@ from imagen_pipeline.defs.job_runs import run_request_for
 from imagen_pipeline.defs.jobs import generate_image
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.defs.run_errors import run_public_failure
-from imagen_pipeline.defs.run_identity import TAG_JOB_ATTEMPT, TAG_JOB_ID
 from imagen_pipeline.errors import ConfigError
 from imagen_pipeline.queue import repository
 from imagen_pipeline.queue.intake import take_batch
 from imagen_pipeline.queue.reconcile import Decision, RunFacts, decide
 from imagen_pipeline.queue.rows import MAX_ATTEMPTS, JobRow
+from imagen_pipeline.run_tags import TAG_JOB_ATTEMPT, TAG_JOB_ID, TAG_WILL_RETRY
 
 INTERVAL_ENV = "IMAGEN_SENSOR_INTERVAL_S"
 DEFAULT_INTERVAL_S = 1
@@ -33,7 +33,6 @@ RECONCILE_BATCH = 200
 STALE_AFTER = timedelta(minutes=2)
 STALLED_AFTER_ENV = "IMAGEN_RUN_STALLED_AFTER_S"
 DEFAULT_STALLED_AFTER = timedelta(minutes=30)
-WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on failed runs it will retry
 LIVE_STATUSES = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.QUEUED,
@@ -167,7 +166,7 @@ def run_facts(
         facts[job_id] = RunFacts(
             run_id=run.run_id,
             status=run.status.value,
-            will_retry=run.tags.get(WILL_RETRY_TAG) == "true",
+            will_retry=run.tags.get(TAG_WILL_RETRY) == "true",
             step_failure=run_public_failure(instance, run.run_id) if failed else None,
             idle_s=idle_seconds(instance, run.run_id, now) if long_running else None,
         )

@@ -50,11 +50,11 @@ from dagster_celery.tags import (
 )
 from kombu.exceptions import OperationalError
 
+from imagen_pipeline.run_tags import TAG_WORKER
+
 BROKER_ENV = "IMAGEN_CELERY_BROKER_URL"
 BACKEND_ENV = "IMAGEN_CELERY_BACKEND_URL"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
-WORKER_TAG = "imagen/worker_host"
-"""The Celery worker (``name@host``) that executes the run; set when its task starts."""
 PING_TIMEOUT_S = 2.0
 SILENT_GRACE_S = 15.0
 """How long a run's worker may stay silent before its run counts as lost: a broker restart
@@ -246,7 +246,7 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
                 return CheckRunHealthResult(
                     WorkerStatus.FAILED, "Celery task revoked: its pool process was killed."
                 )
-            worker = started_by(meta) or run.tags.get(WORKER_TAG)
+            worker = started_by(meta) or run.tags.get(TAG_WORKER)
             if worker is None:
                 return self._health_from_silence(run.run_id, None, state)
             answered = bool(

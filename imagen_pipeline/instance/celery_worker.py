@@ -44,8 +44,9 @@ from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import unpack_value
 from dagster_celery.config import TASK_EXECUTE_JOB_NAME
 
-from imagen_pipeline.instance.celery_launcher import WORKER_TAG, ImagenCeleryRunLauncher
+from imagen_pipeline.instance.celery_launcher import ImagenCeleryRunLauncher
 from imagen_pipeline.instance.file_compute_logs import ECHO_ENV
+from imagen_pipeline.run_tags import TAG_WORKER
 
 CODE_LOCATION_MODULE = "imagen_pipeline.definitions"
 """The code location ``workspace.yaml`` loads, preloaded by the worker."""
@@ -125,7 +126,7 @@ def announce_run(
         run = instance.get_run_by_id(run_id)
         if run is None:
             return
-        instance.add_run_tags(run_id, {WORKER_TAG: worker})
+        instance.add_run_tags(run_id, {TAG_WORKER: worker})
         instance.report_engine_event(
             f"Celery worker {worker} (host {socket.gethostname()}, pid {os.getpid()}) "
             "is executing the run.",

@@ -30,7 +30,12 @@ from imagen_pipeline.backends.contract import (
 from imagen_pipeline.backends.http_transport import USER_AGENT, probe_model
 from imagen_pipeline.backends.options import OptionRule, set_by_field
 from imagen_pipeline.backends.pricing import Price
-from imagen_pipeline.backends.replicate.client import ReplicateApi, problem_detail, redact
+from imagen_pipeline.backends.replicate.client import (
+    ApiSettings,
+    ReplicateApi,
+    problem_detail,
+    redact,
+)
 from imagen_pipeline.backends.replicate.inputs import RESERVED_INPUTS, build_input
 from imagen_pipeline.backends.replicate.models import (
     InputStyle,
@@ -140,6 +145,11 @@ class ReplicateBackend(ImageBackend):
             raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
 
+    def api_settings(self) -> ApiSettings:
+        """The settings the API calls use."""
+        names = ApiSettings.__dataclass_fields__
+        return ApiSettings(**{name: getattr(self, name) for name in names})
+
     def resolved_input_style(self) -> InputStyle:
         """The input style requests are mapped with (``auto`` resolved from the model)."""
         return resolve_input_style(parse_model_ref(self.model), self.input_style)
@@ -178,7 +188,7 @@ class ReplicateBackend(ImageBackend):
         data.update(self.extra_input)
         data.update(request.backend_opts)
         started = time.monotonic()
-        with ReplicateApi(self, token, context.log) as api:
+        with ReplicateApi(self.api_settings(), token, context.log) as api:
             prediction = api.find_existing(ref, data) if context.attempt > 0 else None
             recovered = prediction is not None
             if prediction is None:

@@ -12,8 +12,9 @@ import base64
 import binascii
 import re
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -27,9 +28,6 @@ from imagen_pipeline.backends.http_transport import (
 )
 from imagen_pipeline.backends.replicate.models import ModelRef
 from imagen_pipeline.errors import BackendError, PermanentBackendError, TransientBackendError
-
-if TYPE_CHECKING:
-    from imagen_pipeline.backends.replicate.backend import ReplicateBackend
 
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 """4xx answers of the API worth a retry (every 5xx is)."""
@@ -77,10 +75,26 @@ def retry_after_s(response: httpx.Response, detail: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+@dataclass(frozen=True)
+class ApiSettings:
+    """What the calls need of the instance's settings (``imagen.yaml``'s block)."""
+
+    base_url: str
+    api_token_env: str
+    request_timeout_s: float
+    sync_wait_s: int
+    poll_interval_s: float
+    timeout_s: float
+    download_timeout_s: float
+    max_download_bytes: int
+    recovery_window_s: float
+    recovery_max_pages: int
+
+
 class ReplicateApi:
     """The HTTP calls of one generation. The token stays in here, out of every message."""
 
-    def __init__(self, settings: ReplicateBackend, token: str, log: Any) -> None:
+    def __init__(self, settings: ApiSettings, token: str, log: Any) -> None:
         self.settings = settings
         self.base_url = settings.base_url
         self.log = log
