@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from imagen_pipeline.backends.comfyui import ComfyUIBackend
-from imagen_pipeline.backends.comfyui.backend import client_id_for, prompt_id_for
+from imagen_pipeline.backends.comfyui.prompts import client_id_for, prompt_id_for
 from imagen_pipeline.backends.comfyui.slots import QueueSlots, default_state_dir
 from imagen_pipeline.backends.contract import (
     MAX_SEED,

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from imagen_pipeline.backends.comfyui.templates import TEMPLATES
 from imagen_pipeline.backends.comfyui.workflow import (
     REQUEST_FIELDS,
-    TEMPLATES,
     Target,
     is_link,
     load_workflow,

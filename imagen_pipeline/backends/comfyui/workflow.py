@@ -1,4 +1,4 @@
-"""ComfyUI workflows: the built-in templates, the request-field mapping and its validation.
+"""ComfyUI workflows: a template or file, the request-field mapping and its validation.
 
 A workflow is a graph in ComfyUI's API format (``{node id: {"class_type", "inputs"}}``, what
 "Export (API)" saves). The mapping says where each request field goes as
@@ -12,9 +12,10 @@ import copy
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from imagen_pipeline.backends.comfyui.templates import TEMPLATES, builtin_names
 
 REQUEST_FIELDS: dict[str, tuple[type, ...]] = {
     "prompt": (str,),
@@ -58,68 +59,6 @@ COUNT_INPUTS: dict[str, tuple[str, ...]] = {
 }
 """Node class -> inputs that multiply the images one prompt makes (besides any
 ``batch_size``, which every latent and image source in ComfyUI names so)."""
-
-
-@dataclass(frozen=True)
-class Template:
-    """A built-in workflow: its JSON file and where the request fields go."""
-
-    name: str
-    filename: str
-    description: str
-    inputs: Mapping[str, tuple[str, ...]]
-
-
-TEMPLATES: dict[str, Template] = {
-    template.name: template
-    for template in (
-        Template(
-            name="flux-dev",
-            filename="flux-dev.json",
-            description="FLUX.1 dev from split files (UNETLoader in fp8, DualCLIPLoader, "
-            "VAELoader) with SamplerCustomAdvanced; 20 steps, guidance 3.5",
-            inputs={
-                "prompt": ("6.text",),
-                "seed": ("25.noise_seed",),
-                "width": ("27.width", "30.width"),
-                "height": ("27.height", "30.height"),
-                "steps": ("17.steps",),
-                "guidance": ("26.guidance",),
-                "filename_prefix": ("9.filename_prefix",),
-            },
-        ),
-        Template(
-            name="flux-schnell",
-            filename="flux-schnell.json",
-            description="FLUX.1 schnell from split files with SamplerCustomAdvanced; 4 steps, "
-            "no guidance",
-            inputs={
-                "prompt": ("6.text",),
-                "seed": ("25.noise_seed",),
-                "width": ("27.width",),
-                "height": ("27.height",),
-                "steps": ("17.steps",),
-                "filename_prefix": ("9.filename_prefix",),
-            },
-        ),
-        Template(
-            name="flux-fp8",
-            filename="flux-fp8.json",
-            description="FLUX.1 dev fp8 single checkpoint (CheckpointLoaderSimple) with KSampler "
-            "at cfg 1; 20 steps, guidance 3.5",
-            inputs={
-                "prompt": ("6.text",),
-                "negative": ("33.text",),
-                "seed": ("31.seed",),
-                "width": ("27.width",),
-                "height": ("27.height",),
-                "steps": ("31.steps",),
-                "guidance": ("35.guidance",),
-                "filename_prefix": ("9.filename_prefix",),
-            },
-        ),
-    )
-}
 
 
 @dataclass(frozen=True)
@@ -298,11 +237,6 @@ class Workflow:
         return [target.node_id for target in self.inputs.get("filename_prefix", ())]
 
 
-def builtin_names() -> list[str]:
-    """Names accepted as ``workflow:`` without a path."""
-    return sorted(TEMPLATES)
-
-
 def load_workflow(
     workflow: str, inputs: Mapping[str, Any], overrides: Mapping[str, Any]
 ) -> Workflow:
@@ -313,12 +247,7 @@ def load_workflow(
     """
     template = TEMPLATES.get(workflow)
     if template is not None:
-        text = (
-            resources.files(__package__)
-            .joinpath("templates", template.filename)
-            .read_text(encoding="utf-8")
-        )
-        graph = json.loads(text)
+        graph = template.graph()
         base_inputs: Mapping[str, Any] = template.inputs
     else:
         graph = _read_graph_file(workflow)
