@@ -23,9 +23,8 @@ What this subclass changes, each for a reason the stock class gets wrong here:
 - resuming a run is off: the stock resume task does not accept the arguments the stock
   launcher sends it (``resume_job_args_packed`` against ``execute_job_args_packed``).
 
-Dagster-internal imports: what the public base class forces on a subclass (the
-run-launcher types its methods take and return, and ``ConfigurableClassData``), and the
-run task's argument type (``ExecuteRunArgs``, packed as dagster-celery packs it).
+Dagster-internal names (the run-launcher types the public base class forces on a subclass,
+the run task's argument type): :mod:`imagen_pipeline.instance.dagster_internals`.
 """
 
 from __future__ import annotations
@@ -38,9 +37,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
-from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
-from dagster._grpc.types import ExecuteRunArgs
-from dagster._serdes import ConfigurableClassData, pack_value
 from dagster_celery.config import TASK_EXECUTE_JOB_NAME
 from dagster_celery.launcher import CeleryRunLauncher
 from dagster_celery.tags import (
@@ -50,6 +46,15 @@ from dagster_celery.tags import (
 )
 from kombu.exceptions import OperationalError
 
+from imagen_pipeline.instance.dagster_internals import (
+    CheckRunHealthResult,
+    ConfigurableClassData,
+    ExecuteRunArgs,
+    LaunchRunContext,
+    WorkerStatus,
+    launcher_instance,
+    pack_value,
+)
 from imagen_pipeline.run_tags import TAG_WORKER
 
 BROKER_ENV = "IMAGEN_CELERY_BROKER_URL"
@@ -159,11 +164,11 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
             raise dg.DagsterInvariantViolationError(f"run {run.run_id} has no job code origin")
         task_id = str(uuid.uuid4())
         queue = run.tags.get(DAGSTER_CELERY_QUEUE_TAG, self.default_queue)
-        self._instance.add_run_tags(run.run_id, {DAGSTER_CELERY_TASK_ID_TAG: task_id})
+        launcher_instance(self).add_run_tags(run.run_id, {DAGSTER_CELERY_TASK_ID_TAG: task_id})
         args = ExecuteRunArgs(
             job_origin=run.job_code_origin,
             run_id=run.run_id,
-            instance_ref=self._instance.get_ref(),
+            instance_ref=launcher_instance(self).get_ref(),
             set_exit_code_on_failure=True,
         )
         self.celery.send_task(
@@ -174,7 +179,7 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
             routing_key=f"{queue}.{TASK_EXECUTE_JOB_NAME}",
             priority=run_priority(run),
         )
-        self._instance.report_engine_event(
+        launcher_instance(self).report_engine_event(
             f"Sent to Celery queue {queue} as task {task_id}.",
             run,
             cls=self.__class__,
@@ -188,13 +193,13 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
         stop is a failure). A run whose task no worker has started yet is canceled here:
         the revoked task will not run it.
         """
-        run = self._instance.get_run_by_id(run_id)
+        run = launcher_instance(self).get_run_by_id(run_id)
         if run is None or run.is_finished:
             return False
         task_id = run.tags.get(DAGSTER_CELERY_TASK_ID_TAG)
-        self._instance.report_run_canceling(run)
+        launcher_instance(self).report_run_canceling(run)
         if task_id is None:
-            self._instance.report_engine_event(
+            launcher_instance(self).report_engine_event(
                 "Unable to find the Celery task of this run to revoke.",
                 dagster_run=run,
                 cls=self.__class__,
@@ -202,15 +207,15 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
             return False
         result = self.celery.AsyncResult(task_id)
         result.revoke(terminate=True, signal="SIGINT")
-        self._instance.report_engine_event(
+        launcher_instance(self).report_engine_event(
             f"Revoked Celery task {task_id} (SIGINT to its worker process).",
             dagster_run=run,
             cls=self.__class__,
         )
         if run.status == dg.DagsterRunStatus.STARTING and result.state == "PENDING":
-            current = self._instance.get_run_by_id(run_id)
+            current = launcher_instance(self).get_run_by_id(run_id)
             if current is not None and current.status == dg.DagsterRunStatus.CANCELING:
-                self._instance.report_run_canceled(
+                launcher_instance(self).report_run_canceled(
                     current, message="Canceled before a Celery worker started the run."
                 )
         return True
@@ -228,7 +233,7 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
         task_id = run.tags.get(DAGSTER_CELERY_TASK_ID_TAG)
         if task_id is None:
             # Run monitoring's copy of the run may predate its tags; read the run again.
-            run = self._instance.get_run_by_id(run.run_id) or run
+            run = launcher_instance(self).get_run_by_id(run.run_id) or run
             task_id = run.tags.get(DAGSTER_CELERY_TASK_ID_TAG)
         if task_id is None:
             return CheckRunHealthResult(WorkerStatus.NOT_FOUND, "run has no Celery task id tag")

@@ -35,16 +35,14 @@ from typing import Any
 
 import dagster as dg
 from celery import Celery, Task, signals
-
-# What dagster-celery's own run task imports: the function `dagster api execute_run` runs,
-# and the unpacker of the task's arguments (packed with Dagster's serializer). The only
-# Dagster-internal imports here.
-from dagster._cli.api import _execute_run_command_body
-from dagster._grpc.types import ExecuteRunArgs
-from dagster._serdes import unpack_value
 from dagster_celery.config import TASK_EXECUTE_JOB_NAME
 
 from imagen_pipeline.instance.celery_launcher import ImagenCeleryRunLauncher
+from imagen_pipeline.instance.dagster_internals import (
+    ExecuteRunArgs,
+    _execute_run_command_body,
+    unpack_value,
+)
 from imagen_pipeline.instance.file_compute_logs import ECHO_ENV
 from imagen_pipeline.run_tags import TAG_WORKER
 

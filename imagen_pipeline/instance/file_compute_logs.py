@@ -13,12 +13,8 @@ and in an ``imagen worker`` (which sets ``IMAGEN_COMPUTE_LOG_ECHO=0`` for its ru
 nothing. Everywhere else it echoes as Dagster's does: ``dagster job execute`` from a shell
 on the same instance still shows a step's output in the terminal.
 
-Dagster-internal imports: ``LocalComputeLogManager`` itself (public, configured in
-``dagster.yaml`` by this module path, but not exported by ``dagster``), and what its
-``capture_logs`` uses: ``redirect_to_file`` (the capture, minus the mirror), ``ensure_file``
-and ``touch_file`` (the end-of-capture marker); and its ``_base_dir``, set from the
-instance's folder when no ``base_dir`` is configured. So the Dagster pin applies
-(imagen_pipeline_tests/instance/test_file_compute_logs.py checks them).
+It extends ``LocalComputeLogManager`` with Dagster-internal names, all listed in
+:mod:`imagen_pipeline.instance.dagster_internals`.
 """
 
 from __future__ import annotations
@@ -28,20 +24,21 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dagster as dg
-from dagster._core.execution.compute_logs import redirect_to_file
-from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
-from dagster._core.storage.local_compute_log_manager import (
-    IO_TYPE_EXTENSION,
-    LocalComputeLogManager,
-)
-from dagster._utils import ensure_file, touch_file
 
-if TYPE_CHECKING:
-    # Only for annotations: Dagster passes this to every configurable class.
-    from dagster._serdes import ConfigurableClassData
+from imagen_pipeline.instance.dagster_internals import (
+    IO_TYPE_EXTENSION,
+    CapturedLogContext,
+    ComputeIOType,
+    ConfigurableClassData,
+    LocalComputeLogManager,
+    ensure_file,
+    redirect_to_file,
+    set_capture_folder,
+    touch_file,
+)
 
 ECHO_ENV = "IMAGEN_COMPUTE_LOG_ECHO"
 """``0``: capture without echoing to the console (``imagen worker`` sets it for its runs)."""
@@ -72,7 +69,7 @@ class FileComputeLogManager(LocalComputeLogManager):
         manager (``$DAGSTER_HOME/storage``)."""
         super().register_instance(instance)
         if not self._configured_base_dir:
-            self._base_dir = str(Path(instance.root_directory) / DEFAULT_SUBDIRECTORY)
+            set_capture_folder(self, str(Path(instance.root_directory) / DEFAULT_SUBDIRECTORY))
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:

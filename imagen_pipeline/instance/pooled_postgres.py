@@ -13,15 +13,13 @@ Use it in ``dagster.yaml`` in place of ``storage: postgres:`` (scripts/dagster.p
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dagster as dg
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
-if TYPE_CHECKING:
-    # Only for annotations: Dagster passes this to every configurable class.
-    from dagster._serdes import ConfigurableClassData
+from imagen_pipeline.instance.dagster_internals import ConfigurableClassData
 
 # dagster-webserver's defaults for the same pool.
 POOL_RECYCLE_S = 3600

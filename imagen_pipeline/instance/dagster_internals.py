@@ -1,0 +1,140 @@
+"""Every private Dagster name the instance plumbing uses, in one place.
+
+Dagster 1.13 has no public API for what these classes extend: a run launcher's types and
+the task body dagster-celery runs, a compute log manager's capture, the class data every
+configurable instance class receives. They are imported here and nowhere else, checked
+against dagster 1.13.27 (the pin in pyproject.toml); after an upgrade,
+``imagen_pipeline_tests/instance/test_dagster_internals.py`` names each one that moved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+from dagster._cli.api import _execute_run_command_body
+from dagster._core.execution.compute_logs import redirect_to_file
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
+from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
+from dagster._core.storage.local_compute_log_manager import (
+    IO_TYPE_EXTENSION,
+    LocalComputeLogManager,
+)
+from dagster._grpc.types import ExecuteRunArgs
+from dagster._serdes import ConfigurableClassData, pack_value, unpack_value
+from dagster._utils import ensure_file, touch_file
+
+
+@dataclass(frozen=True)
+class PrivateName:
+    """One private Dagster name: where it lives, who here uses it and for what."""
+
+    module: str
+    name: str
+    used_by: str
+    why: str
+
+
+PRIVATE_NAMES: tuple[PrivateName, ...] = (
+    PrivateName(
+        "dagster._cli.api",
+        "_execute_run_command_body",
+        "celery_worker",
+        "the body of `dagster api execute_run`, which dagster-celery's run task calls",
+    ),
+    PrivateName(
+        "dagster._grpc.types", "ExecuteRunArgs", "celery_launcher, celery_worker", "task args"
+    ),
+    PrivateName("dagster._serdes", "pack_value", "celery_launcher", "packing the task args"),
+    PrivateName("dagster._serdes", "unpack_value", "celery_worker", "unpacking the task args"),
+    PrivateName(
+        "dagster._serdes",
+        "ConfigurableClassData",
+        "celery_launcher, file_compute_logs, pooled_postgres",
+        "what Dagster passes to every class configured in dagster.yaml",
+    ),
+    PrivateName(
+        "dagster._core.launcher",
+        "CheckRunHealthResult",
+        "celery_launcher",
+        "the run launcher's health check answer",
+    ),
+    PrivateName("dagster._core.launcher", "LaunchRunContext", "celery_launcher", "launch_run"),
+    PrivateName("dagster._core.launcher", "WorkerStatus", "celery_launcher", "health states"),
+    PrivateName(
+        "dagster._core.storage.local_compute_log_manager",
+        "LocalComputeLogManager",
+        "file_compute_logs",
+        "the class extended (configured in dagster.yaml by module path)",
+    ),
+    PrivateName(
+        "dagster._core.storage.local_compute_log_manager",
+        "IO_TYPE_EXTENSION",
+        "file_compute_logs",
+        "the stdout/stderr file extensions the UI reads",
+    ),
+    PrivateName(
+        "dagster._core.storage.compute_log_manager",
+        "CapturedLogContext",
+        "file_compute_logs",
+        "what capture_logs yields",
+    ),
+    PrivateName(
+        "dagster._core.storage.compute_log_manager", "ComputeIOType", "file_compute_logs", "streams"
+    ),
+    PrivateName(
+        "dagster._core.execution.compute_logs",
+        "redirect_to_file",
+        "file_compute_logs",
+        "the capture without the tail -F mirror",
+    ),
+    PrivateName("dagster._utils", "ensure_file", "file_compute_logs", "capture files"),
+    PrivateName("dagster._utils", "touch_file", "file_compute_logs", "end-of-capture marker"),
+)
+"""The names imported above, for the upgrade test."""
+
+PRIVATE_ATTRIBUTES: tuple[PrivateName, ...] = (
+    PrivateName(
+        "dagster._core.launcher.RunLauncher",
+        "_instance",
+        "celery_launcher",
+        "the instance a launcher was registered with (Dagster's own launchers read it so)",
+    ),
+    PrivateName(
+        "dagster._core.storage.local_compute_log_manager.LocalComputeLogManager",
+        "_base_dir",
+        "file_compute_logs",
+        "the capture folder, set from the instance when dagster.yaml names none",
+    ),
+)
+"""Private attributes read or set through the functions below."""
+
+
+def launcher_instance(launcher: Any) -> dg.DagsterInstance:
+    """The instance a run launcher was registered with."""
+    return launcher._instance
+
+
+def set_capture_folder(manager: LocalComputeLogManager, folder: str) -> None:
+    """Point a local compute log manager at ``folder``."""
+    manager._base_dir = folder
+
+
+__all__ = [
+    "IO_TYPE_EXTENSION",
+    "CapturedLogContext",
+    "CheckRunHealthResult",
+    "ComputeIOType",
+    "ConfigurableClassData",
+    "ExecuteRunArgs",
+    "LaunchRunContext",
+    "LocalComputeLogManager",
+    "WorkerStatus",
+    "_execute_run_command_body",
+    "ensure_file",
+    "pack_value",
+    "redirect_to_file",
+    "touch_file",
+    "unpack_value",
+]
