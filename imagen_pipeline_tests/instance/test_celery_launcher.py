@@ -23,13 +23,13 @@ import yaml
 from celery import signals
 from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG, DAGSTER_CELERY_TASK_ID_TAG
 
-from imagen_pipeline.defs.run_identity import GPU_QUEUE, TAG_CELERY_QUEUE
 from imagen_pipeline.instance import celery_launcher
 from imagen_pipeline.instance.celery_launcher import (
     BROKER_ENV,
-    WORKER_TAG,
     ImagenCeleryRunLauncher,
 )
+from imagen_pipeline.run_tags import GPU_QUEUE, TAG_CELERY_QUEUE
+from imagen_pipeline.run_tags import TAG_WORKER as WORKER_TAG
 from imagen_pipeline_tests.fixtures.celery import RedisServer, Worker, Workers, run_process
 from imagen_pipeline_tests.fixtures.daemon import POOL_LIMITS, DaemonStack, seconds_until_finished
 from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE, REPO_ROOT, subprocess_env
