@@ -1,19 +1,21 @@
-"""Dagster definitions for imagen_pipeline."""
+"""Dagster definitions for imagen_pipeline, built when the code location loads (never at
+import): the job and its resources bound from ``imagen.yaml`` as it is then, the jobs
+sensor set up from the environment, the asset specs. The module holds nothing else (no job
+or asset at module level), so every loader finds only ``defs``."""
 
 import dagster as dg
 
-from imagen_pipeline.defs.assets import ASSET_SPECS
-from imagen_pipeline.defs.jobs import BACKEND_RESOURCES, generate_image
-from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
-from imagen_pipeline.defs.sensors import build_imagen_jobs_sensor, sensor_interval_s
+from imagen_pipeline.defs import assets, jobs, resources, sensors
 
-defs = dg.Definitions(
-    assets=ASSET_SPECS,
-    jobs=[generate_image],
-    sensors=[build_imagen_jobs_sensor(sensor_interval_s())],
-    resources={
-        "imagen": ImagenResource(),
-        "imagen_db": ImagenDatabaseResource(),
-        **BACKEND_RESOURCES,
-    },
-)
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location: ``generate_image``, ``imagen_jobs_sensor``, the asset specs, and
+    the resources of ``imagen.yaml`` (see :mod:`imagen_pipeline.defs.resources`)."""
+    bound = {**resources.load_resources(), "imagen_db": resources.ImagenDatabaseResource()}
+    return dg.Definitions(
+        assets=assets.ASSET_SPECS,
+        jobs=[jobs.build_generate_image_job(resources=bound)],
+        sensors=[sensors.build_imagen_jobs_sensor(sensors.sensor_interval_s())],
+        resources=bound,
+    )

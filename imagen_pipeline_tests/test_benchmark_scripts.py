@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from imagen_pipeline.defs.jobs import generate_image
+from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.generate.plan import plan_generation
 from imagen_pipeline.generate.setup import parse_setup
@@ -31,8 +31,8 @@ def load_script(name: str) -> ModuleType:
 def test_bench_executor_variants_are_the_shipped_job_with_another_executor() -> None:
     bench = load_script("bench_executor")
     for variant in (bench.in_process_job(), bench.multiprocess_job()):
-        assert set(variant.resource_defs) == set(generate_image.resource_defs)
-        assert variant.graph.name == generate_image.graph.name
+        assert set(variant.resource_defs) == set(build_generate_image_job().resource_defs)
+        assert variant.graph.name == build_generate_image_job().graph.name
     result = bench.in_process_job().execute_in_process(
         run_config={
             "ops": {"enrich_prompt": {"config": {"prompt": "a lighthouse"}}},

@@ -20,30 +20,27 @@ from pathlib import Path
 
 import dagster as dg
 
-from imagen_pipeline.defs.jobs import (
-    BACKEND_RESOURCES,
-    build_generate_image_graph,
-    generate_image,
-)
+from imagen_pipeline.defs.jobs import generate_image_graph
+from imagen_pipeline.defs.resources import ImagenDatabaseResource, load_resources
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def in_process_job() -> dg.JobDefinition:
     """generate_image with the in-process executor (the shipped choice)."""
-    return build_generate_image_graph(BACKEND_RESOURCES).to_job(
+    return generate_image_graph.to_job(
         name="generate_image",
         executor_def=dg.in_process_executor,
-        resource_defs=generate_image.resource_defs,
+        resource_defs={**load_resources(), "imagen_db": ImagenDatabaseResource()},
     )
 
 
 def multiprocess_job() -> dg.JobDefinition:
     """generate_image with Dagster's default multiprocess executor."""
-    return build_generate_image_graph(BACKEND_RESOURCES).to_job(
+    return generate_image_graph.to_job(
         name="generate_image",
         executor_def=dg.multiprocess_executor,
-        resource_defs=generate_image.resource_defs,
+        resource_defs={**load_resources(), "imagen_db": ImagenDatabaseResource()},
     )
 
 

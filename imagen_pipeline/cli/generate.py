@@ -16,11 +16,12 @@ import dagster as dg
 from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
 from imagen_pipeline.cli.instance import cli_instance
 from imagen_pipeline.defs.jobs import build_generate_image_job
+from imagen_pipeline.defs.resources import resources_run_config
 from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_errors import step_failure_text
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.generate.plan import MAX_COUNT, ImageSpec, parse_size, plan_generation
-from imagen_pipeline.generate.setup import load_setup
+from imagen_pipeline.generate.setup import Setup, load_setup
 from imagen_pipeline.output.store import StoredImage
 from imagen_pipeline.prompts.styles import load_styles
 from imagen_pipeline.run_tags import TAG_SOURCE
@@ -39,8 +40,9 @@ def _parse_opts(pairs: tuple[str, ...]) -> dict[str, Any]:
     return opts
 
 
-def run_generate_job(spec: ImageSpec, config_path: str | None, verbose: bool) -> list[StoredImage]:
-    """Execute ``generate_image`` in this process, recorded in the CLI's Dagster instance."""
+def run_generate_job(spec: ImageSpec, setup: Setup, verbose: bool) -> list[StoredImage]:
+    """Execute ``generate_image`` in this process, recorded in the CLI's Dagster instance,
+    with the resources of ``setup`` (the one read of imagen.yaml)."""
     run_config: dict[str, Any] = {
         "ops": {
             "enrich_prompt": {
@@ -50,9 +52,8 @@ def run_generate_job(spec: ImageSpec, config_path: str | None, verbose: bool) ->
             }
         },
         "loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}},
+        "resources": resources_run_config(setup),
     }
-    if config_path:
-        run_config["resources"] = {"imagen": {"config": {"config_path": config_path}}}
     with (
         cli_instance() as instance,
         dg.execute_job(
@@ -138,8 +139,7 @@ def generate(
         plan_generation(spec, setup)
     except ImagenError as error:
         raise CliError(str(error)) from None
-    source = str(setup.loaded.source) if setup.loaded.source else None
-    for stored in run_generate_job(spec, source, verbose):
+    for stored in run_generate_job(spec, setup, verbose):
         meta = stored.generated.metadata
         click.echo(
             f"imagen: {stored.generated.plan.backend} ({meta.model}) seed {meta.seed}, "

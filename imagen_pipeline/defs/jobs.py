@@ -1,66 +1,63 @@
-"""The ``generate_image`` job: the graph plus retry policy, executor and resources."""
+"""The ``generate_image`` job: the graph plus retry policy, executor and resources.
+
+The job is the same whatever ``imagen.yaml`` holds: its resources sit under fixed keys
+(``imagen``, ``backends``, ``imagen_db``), and their values are bound by the code location
+(:mod:`imagen_pipeline.definitions`), by ``imagen generate`` or by a test.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import dagster as dg
 
-from imagen_pipeline.defs.backend_resources import BackendResource, load_backend_resources
 from imagen_pipeline.defs.failures import MAX_RETRIES
 from imagen_pipeline.defs.ops import (
-    build_enrich_prompt,
     cloud_sync,
+    enrich_prompt,
     generate_cloud,
     generate_gpu,
     record_usage,
     write_files,
 )
-from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
+from imagen_pipeline.defs.resources import (
+    BackendsResource,
+    ImagenDatabaseResource,
+    ImagenResource,
+)
 
 GENERATE_RETRY_DELAY_S = 2.0
 
-BACKEND_RESOURCES = load_backend_resources()
-"""The backend instances of imagen.yaml as the code location loaded it, as resources."""
 
-
-def build_generate_image_graph(backend_keys: Iterable[str]) -> dg.GraphDefinition:
-    """The graph, whose first step uses the backend resources ``backend_keys``."""
-    enrich_prompt = build_enrich_prompt(backend_keys)
-
-    @dg.graph(
-        name="generate_image_graph",
-        description="Enrich the prompt, generate, write image + sidecar, sync, record usage.",
-    )
-    def generate_image_graph() -> None:
-        """One image: enrich_prompt -> generate_{gpu|cloud} -> write_files -> cloud_sync ->
-        record_usage. The plan takes the branch of its backend's pool; the other is
-        skipped."""
-        gpu_plan, cloud_plan = enrich_prompt()
-        stored = write_files([generate_gpu(gpu_plan), generate_cloud(cloud_plan)])
-        synced = cloud_sync(stored)
-        record_usage(stored, synced)
-
-    return generate_image_graph
+@dg.graph(
+    name="generate_image_graph",
+    description="Enrich the prompt, generate, write image + sidecar, sync, record usage.",
+)
+def generate_image_graph() -> None:
+    """One request: enrich_prompt -> generate_{gpu|cloud} -> write_files -> cloud_sync ->
+    record_usage. The plan takes the branch of its backend's pool; the other is skipped."""
+    gpu_plan, cloud_plan = enrich_prompt()
+    stored = write_files([generate_gpu(gpu_plan), generate_cloud(cloud_plan)])
+    synced = cloud_sync(stored)
+    record_usage(stored, synced)
 
 
 def build_generate_image_job(
-    retry_delay_s: float = GENERATE_RETRY_DELAY_S,
-    backends: Mapping[str, BackendResource] | None = None,
+    retry_delay_s: float = GENERATE_RETRY_DELAY_S, resources: Mapping[str, Any] | None = None
 ) -> dg.JobDefinition:
     """The job as deployed; tests pass ``retry_delay_s=0`` to skip backoff waits.
 
-    ``backends``: the backend resources to bind (default: imagen.yaml's, as loaded with the
-    code location); a test may bind its own, or pass them to ``execute_in_process``.
-
     Retries: exponential backoff with jitter for errors classified transient; permanent
     errors raise ``Failure(allow_retries=False)`` and stop after one attempt. Executor:
-    in-process (measured faster for this 5-op chain, see docs/benchmarks.md).
+    in-process (measured faster for this 5-op chain, see docs/benchmarks.md). Resources:
+    ``resources`` (the code location binds those of imagen.yaml), else empty settings and
+    no backend (a run then fails naming the missing backend) until a run config or
+    ``execute_in_process(resources=...)`` binds them.
     """
-    backends = BACKEND_RESOURCES if backends is None else backends
-    return build_generate_image_graph(backends).to_job(
+    return generate_image_graph.to_job(
         name="generate_image",
-        description="Generate one image with the configured backend and record its lineage.",
+        description="Generate images with a configured backend and record their lineage.",
         op_retry_policy=dg.RetryPolicy(
             max_retries=MAX_RETRIES,
             delay=retry_delay_s,
@@ -70,10 +67,8 @@ def build_generate_image_job(
         executor_def=dg.in_process_executor,
         resource_defs={
             "imagen": ImagenResource(),
+            "backends": BackendsResource(),
             "imagen_db": ImagenDatabaseResource(),
-            **backends,
+            **(resources or {}),
         },
     )
-
-
-generate_image = build_generate_image_job()

@@ -4,11 +4,11 @@ every step after enrich_prompt hands on a list, one item per image.
 
 Wiring only: each op calls one plain module and hands its errors to
 :func:`~imagen_pipeline.defs.failures.step_errors`. The first op resolves the run into its
-plan (the only read of ``imagen.yaml``); later ops read the plan and the previous step's
-small result. Ops pass pydantic values and file paths, never image bytes.
+plan from the ``imagen`` and ``backends`` resources; later ops read the plan and the
+previous step's small result. Ops pass pydantic values and file paths, never image bytes.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import dagster as dg
 
@@ -16,14 +16,17 @@ from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.backends.progress import ProgressThrottle
 from imagen_pipeline.cloud.sync import SyncOutcome, sync_image
 from imagen_pipeline.db.errors import DatabaseStep, database_errors
-from imagen_pipeline.defs.backend_resources import bound_in_code, changed_since_load
 from imagen_pipeline.defs.failures import step_errors
 from imagen_pipeline.defs.lineage import (
     image_materialization,
     row_materializations,
     storage_materialization,
 )
-from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
+from imagen_pipeline.defs.resources import (
+    BackendsResource,
+    ImagenDatabaseResource,
+    ImagenResource,
+)
 from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_identity import POOLS, made_by_tags, own_job, run_tags, tag_run
 from imagen_pipeline.errors import BackendError
@@ -40,50 +43,34 @@ from imagen_pipeline.usage.recorder import (
 )
 
 
-def build_enrich_prompt(backend_keys: Iterable[str]) -> dg.OpDefinition:
-    """``enrich_prompt``, using the backend resources ``backend_keys`` (see
-    :mod:`imagen_pipeline.defs.backend_resources`)."""
+@dg.op(
+    tags={"kind": "prompt"},
+    out={
+        kind: dg.Out(GenerationPlan, is_required=False, description=f"Plan for the {pool} pool.")
+        for kind, pool in POOLS.items()
+    },
+)
+def enrich_prompt(
+    context: dg.OpExecutionContext,
+    config: GenerateImageConfig,
+    imagen: ImagenResource,
+    backends: BackendsResource,  # type: ignore[valid-type]
+) -> Iterator[dg.Output[GenerationPlan]]:
+    """Validate the request, apply the style preset and resolve the run's plan from the
+    ``imagen`` and ``backends`` resources.
 
-    @dg.op(
-        name="enrich_prompt",
-        tags={"kind": "prompt"},
-        out={
-            kind: dg.Out(
-                GenerationPlan, is_required=False, description=f"Plan for the {pool} pool."
-            )
-            for kind, pool in POOLS.items()
-        },
-        required_resource_keys={"imagen", *backend_keys},
+    The plan leaves on the output of the backend's pool (``gpu`` or ``cloud``), so exactly
+    one of the two generate steps runs and the other is skipped.
+    """
+    with step_errors(context):
+        plan = plan_generation(config.to_spec(), imagen.setup(backends))
+    tag_run(context, run_tags(plan))
+    context.log.info(
+        f"backend {plan.backend} ({plan.backend_type}, {plan.model}), style "
+        f"{plan.request.style}, {plan.request.width}x{plan.request.height}; "
+        f"prompt: {plan.request.prompt}"
     )
-    def enrich_prompt(
-        context: dg.OpExecutionContext, config: GenerateImageConfig
-    ) -> Iterator[dg.Output[GenerationPlan]]:
-        """Validate the request, apply the style preset and resolve the run's plan.
-
-        The plan leaves on the output of the backend's pool (``gpu`` or ``cloud``), so
-        exactly one of the two generate steps runs and the other is skipped.
-        """
-        imagen: ImagenResource = context.resources.imagen
-        backends = {key: getattr(context.resources, key) for key in backend_keys}
-        with step_errors(context):
-            loaded = imagen.load()
-            changed = changed_since_load(backends, loaded)
-            plan = plan_generation(config.to_spec(), loaded.with_backends(bound_in_code(backends)))
-        if changed:
-            context.log.info(
-                f"backends changed in {loaded.source_label} since the code location loaded: "
-                f"{', '.join(changed)}; this run uses the file as it is now (reload the code "
-                "location to show it on the resources page)"
-            )
-        tag_run(context, run_tags(plan))
-        context.log.info(
-            f"backend {plan.backend} ({plan.backend_type}, {plan.model}), style "
-            f"{plan.request.style}, {plan.request.width}x{plan.request.height}; "
-            f"prompt: {plan.request.prompt}"
-        )
-        yield dg.Output(plan, output_name=plan.pool)
-
-    return enrich_prompt
+    yield dg.Output(plan, output_name=plan.pool)
 
 
 def job_progress(

@@ -16,7 +16,6 @@ import psycopg
 from imagen_pipeline.db.connection import DATABASE_URL_ENV
 from imagen_pipeline.db.errors import DatabaseStep, database_errors
 from imagen_pipeline.defs.job_runs import run_request_for
-from imagen_pipeline.defs.jobs import generate_image
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.defs.run_errors import run_public_failure
 from imagen_pipeline.errors import ConfigError
@@ -27,7 +26,10 @@ from imagen_pipeline.queue.rows import MAX_ATTEMPTS, JobRow
 from imagen_pipeline.run_tags import TAG_JOB_ATTEMPT, TAG_JOB_ID, TAG_WILL_RETRY
 
 INTERVAL_ENV = "IMAGEN_SENSOR_INTERVAL_S"
-DEFAULT_INTERVAL_S = 1
+DEFAULT_INTERVAL_S = 5
+"""What the sensor daemon does anyway: it evaluates sensors at most every 5 s, whatever a
+sensor's ``minimum_interval_seconds`` says (``MIN_INTERVAL_LOOP_TIME`` in dagster 1.13's
+``dagster/_daemon/sensor.py``); the NOTIFY listener is the fast path."""
 CLAIM_BATCH = 50
 RECONCILE_BATCH = 200
 STALE_AFTER = timedelta(minutes=2)
@@ -216,7 +218,8 @@ def reconcile(
 
 
 def sensor_interval_s(environ: Mapping[str, str] = os.environ) -> int:
-    """Sensor interval from ``$IMAGEN_SENSOR_INTERVAL_S`` (whole seconds, default 1)."""
+    """Sensor interval from ``$IMAGEN_SENSOR_INTERVAL_S`` (whole seconds, default 5; the
+    daemon evaluates sensors at most every 5 s, so less acts as 5)."""
     raw = environ.get(INTERVAL_ENV, "").strip()
     if not raw:
         return DEFAULT_INTERVAL_S
@@ -244,7 +247,7 @@ def build_imagen_jobs_sensor(
 
     @dg.sensor(
         name="imagen_jobs_sensor",
-        job=generate_image,
+        job_name="generate_image",
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status or default_sensor_status(),
         description="Launches one generate_image run per pending imagen.jobs row and "
@@ -268,7 +271,7 @@ def evaluate_queue(
     """One tick: reconcile in-flight rows, claim pending rows (pending -> queued), request runs."""
     if not imagen_db.configured():
         return dg.SkipReason(f"{imagen_db.url_env} is not set; the imagen.jobs queue is off")
-    config = imagen.load()
+    config = imagen.read()
     cursor = QueueCursor.parse(context.cursor)
     with database_errors(DatabaseStep.CLAIM, imagen_db.url_env), imagen_db.connect() as conn:
         next_after = reconcile(conn, context.instance, cursor.reconcile_after, context.log)

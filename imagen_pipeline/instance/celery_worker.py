@@ -37,10 +37,13 @@ import dagster as dg
 from celery import Celery, Task, signals
 from dagster_celery.config import TASK_EXECUTE_JOB_NAME
 
+from imagen_pipeline.config.loader import find_config_path
+from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.instance.celery_launcher import ImagenCeleryRunLauncher
 from imagen_pipeline.instance.dagster_internals import (
     ExecuteRunArgs,
     _execute_run_command_body,
+    forget_rebuilt_jobs,
     unpack_value,
 )
 from imagen_pipeline.instance.file_compute_logs import ECHO_ENV
@@ -54,6 +57,9 @@ PR_SET_PDEATHSIG = 1
 
 logger = logging.getLogger("imagen.instance.celery_worker")
 _pool_instances: dict[int, dg.DagsterInstance] = {}
+_loaded_stamp: tuple[str, int, int, int] | None = None
+"""The imagen.yaml (see :func:`config_stamp`) this pool process's code location was loaded
+with."""
 
 
 class WorkerSetupError(Exception):
@@ -222,12 +228,37 @@ def register_run_task(app: Celery) -> None:
     @app.task(bind=True, name=TASK_EXECUTE_JOB_NAME, track_started=True)
     def execute_job(_task: Task, execute_job_args_packed: dict[str, Any]) -> int:
         args = unpack_value(execute_job_args_packed, as_type=ExecuteRunArgs)
+        reload_if_config_changed()
         return _execute_run_command_body(
             instance=pool_instance(),
             run_id=args.run_id,
             write_stream_fn=lambda _event: None,
             set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
         )
+
+
+def config_stamp() -> tuple[str, int, int, int] | None:
+    """Which imagen.yaml a run would load and its version (path, inode, size, mtime), from
+    one ``stat`` (the file is not read); None for the built-in default."""
+    try:
+        path = find_config_path()
+        if path is None:
+            return None
+        stat = path.stat()
+    except (ImagenError, OSError):
+        return None
+    return (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def reload_if_config_changed() -> None:
+    """Before a run in a pool process: when imagen.yaml is not the file the process's last
+    run loaded, forget the code location Dagster keeps, so this run loads it (and the file)
+    again and follows the file as it is when the run starts."""
+    global _loaded_stamp
+    stamp = config_stamp()
+    if stamp != _loaded_stamp:
+        forget_rebuilt_jobs()
+        _loaded_stamp = stamp
 
 
 def worker_app(launcher: ImagenCeleryRunLauncher) -> Celery:

@@ -14,6 +14,7 @@ from typing import Any
 
 import dagster as dg
 from dagster._cli.api import _execute_run_command_body
+from dagster._core.definitions.reconstruct import ReconstructableJob
 from dagster._core.execution.compute_logs import redirect_to_file
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
@@ -91,6 +92,12 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     ),
     PrivateName("dagster._utils", "ensure_file", "file_compute_logs", "capture files"),
     PrivateName("dagster._utils", "touch_file", "file_compute_logs", "end-of-capture marker"),
+    PrivateName(
+        "dagster._core.definitions.reconstruct",
+        "ReconstructableJob",
+        "celery_worker",
+        "its cache of the last job a process rebuilt, cleared when imagen.yaml changed",
+    ),
 )
 """The names imported above, for the upgrade test."""
 
@@ -121,6 +128,14 @@ def set_capture_folder(manager: LocalComputeLogManager, folder: str) -> None:
     manager._base_dir = folder
 
 
+def forget_rebuilt_jobs() -> None:
+    """Make this process load the code location again for its next run: Dagster keeps the
+    last job (and repository) it rebuilt from a run's origin (``functools.lru_cache`` on
+    ``ReconstructableJob``)."""
+    ReconstructableJob.get_definition.cache_clear()
+    ReconstructableJob.get_repository_definition.cache_clear()
+
+
 __all__ = [
     "IO_TYPE_EXTENSION",
     "CapturedLogContext",
@@ -130,6 +145,7 @@ __all__ = [
     "ExecuteRunArgs",
     "LaunchRunContext",
     "LocalComputeLogManager",
+    "ReconstructableJob",
     "WorkerStatus",
     "_execute_run_command_body",
     "ensure_file",

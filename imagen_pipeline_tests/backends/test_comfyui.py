@@ -47,7 +47,7 @@ from imagen_pipeline_tests.fakes.comfyui_server import (
     running_fake_comfyui,
 )
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
-from imagen_pipeline_tests.fixtures.imagen import step_failure_text
+from imagen_pipeline_tests.fixtures.imagen import file_resources, step_failure_text
 from imagen_pipeline_tests.fixtures.interrupts import interrupting_when
 
 LOGGER = "imagen.test.comfyui"
@@ -853,7 +853,7 @@ def run_job(config_file: Path, instance: dg.DagsterInstance) -> dg.ExecuteInProc
             "ops": {
                 "enrich_prompt": {"config": {"prompt": "a lighthouse", "width": 768, "height": 512}}
             },
-            "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
+            "resources": file_resources(config_file),
         },
         instance=instance,
         raise_on_error=False,

@@ -23,7 +23,7 @@ from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.errors import ConfigError, UnreachableBackendError
 from imagen_pipeline_tests.fakes.comfyui_server import FakeComfyUI, running_fake_comfyui
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
-from imagen_pipeline_tests.fixtures.imagen import step_failure_text
+from imagen_pipeline_tests.fixtures.imagen import file_resources, step_failure_text
 
 LOGGER = "imagen.test.comfyui.servers"
 WAIT_S = 30.0
@@ -262,7 +262,7 @@ def test_the_server_that_made_the_image_is_in_every_record_of_it(
     result = build_generate_image_job(retry_delay_s=0).execute_in_process(
         run_config={
             "ops": {"enrich_prompt": {"config": {"prompt": "a fox", "width": 512, "height": 512}}},
-            "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
+            "resources": file_resources(config_file),
         },
         instance=dagster_instance,
         raise_on_error=False,

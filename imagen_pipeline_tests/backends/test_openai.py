@@ -42,7 +42,7 @@ from imagen_pipeline_tests.fakes.openai_server import (
     error_body,
     running_fake_openai,
 )
-from imagen_pipeline_tests.fixtures.imagen import step_failure_text
+from imagen_pipeline_tests.fixtures.imagen import file_resources, step_failure_text
 
 KEY = "sk-proj-ImagenFakeKey0123456789abcdefghijklmnopWXYZ"
 KEY_ENV = "IMAGEN_TEST_OPENAI_KEY"
@@ -667,7 +667,7 @@ def run_job(
     return build_generate_image_job(retry_delay_s=0).execute_in_process(
         run_config={
             "ops": {"enrich_prompt": {"config": {"prompt": prompt, "width": 1360, "height": 768}}},
-            "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
+            "resources": file_resources(config_file),
         },
         instance=instance,
         raise_on_error=False,

@@ -37,7 +37,7 @@ from imagen_pipeline_tests.fakes.replicate_server import (
     Reply,
     running_fake_replicate,
 )
-from imagen_pipeline_tests.fixtures.imagen import step_failure_text
+from imagen_pipeline_tests.fixtures.imagen import file_resources, step_failure_text
 from imagen_pipeline_tests.fixtures.interrupts import interrupting_when
 
 TOKEN = "r8_ImagenFakeToken0123456789abcdefghijklm"
@@ -599,7 +599,7 @@ def run_job(config_file: Path, instance: dg.DagsterInstance) -> dg.ExecuteInProc
                     "config": {"prompt": "a lighthouse", "width": 1344, "height": 768}
                 }
             },
-            "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
+            "resources": file_resources(config_file),
         },
         instance=instance,
         raise_on_error=False,

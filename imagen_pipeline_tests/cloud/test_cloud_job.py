@@ -22,8 +22,8 @@ from imagen_pipeline.defs.run_errors import run_step_failure
 from imagen_pipeline_tests.cloud.conftest import BUCKET, FALLBACK_OWNER, KEY, OWNER
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fakes.storage_server import DROP_AFTER_STORE, FakeStorage
-from imagen_pipeline_tests.fixtures.imagen import step_failure_text
-from imagen_pipeline_tests.fixtures.queue import RECONSTRUCTABLE_JOB, run_requests
+from imagen_pipeline_tests.fixtures.imagen import file_resources, step_failure_text
+from imagen_pipeline_tests.fixtures.queue import deployed_job, reconstructable_job, run_requests
 
 
 def run_config(config_file: Path, **op_config: Any) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def run_config(config_file: Path, **op_config: Any) -> dict[str, Any]:
                 "config": {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, **op_config}
             }
         },
-        "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
+        "resources": file_resources(config_file),
     }
 
 
@@ -138,7 +138,7 @@ def test_storage_down_fails_at_cloud_sync_and_reexecution_uploads_without_the_ba
     down = f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("SUPABASE_URL", down)
     config = run_config(cloud_config())
-    with dg.execute_job(RECONSTRUCTABLE_JOB, dagster_instance, run_config=config) as first:
+    with dg.execute_job(reconstructable_job(), dagster_instance, run_config=config) as first:
         assert not first.success
         failed_run_id = first.run_id
     assert failed_step(dagster_instance, failed_run_id) == "cloud_sync"
@@ -151,7 +151,7 @@ def test_storage_down_fails_at_cloud_sync_and_reexecution_uploads_without_the_ba
     monkeypatch.setenv("SUPABASE_URL", cloud_env.url)
     options = dg.ReexecutionOptions.from_failure(failed_run_id, dagster_instance)
     with dg.execute_job(
-        RECONSTRUCTABLE_JOB, dagster_instance, reexecution_options=options
+        reconstructable_job(), dagster_instance, reexecution_options=options
     ) as second:
         assert second.success
         second_run_id = second.run_id
@@ -173,7 +173,7 @@ def test_database_down_fails_at_record_usage_and_reexecution_records_once_withou
 ) -> None:
     monkeypatch.setenv("IMAGEN_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{closed_port()}/x")
     config = run_config(cloud_config())
-    with dg.execute_job(RECONSTRUCTABLE_JOB, dagster_instance, run_config=config) as first:
+    with dg.execute_job(reconstructable_job(), dagster_instance, run_config=config) as first:
         assert not first.success
         failed_run_id = first.run_id
     assert failed_step(dagster_instance, failed_run_id) == "record_usage"
@@ -187,7 +187,7 @@ def test_database_down_fails_at_record_usage_and_reexecution_records_once_withou
     monkeypatch.setenv("IMAGEN_DATABASE_URL", migrated_database_url)
     options = dg.ReexecutionOptions.from_failure(failed_run_id, dagster_instance)
     with dg.execute_job(
-        RECONSTRUCTABLE_JOB, dagster_instance, reexecution_options=options
+        reconstructable_job(), dagster_instance, reexecution_options=options
     ) as second:
         assert second.success
     assert image_uploads(cloud_env) == [uploaded], "the object is not uploaded a second time"
@@ -302,7 +302,7 @@ def test_a_jobs_owner_wins_and_the_job_row_links_the_uploaded_image(
         (OWNER,),
     )
     [request] = run_requests(dagster_instance, config_file)
-    result = build_generate_image_job(retry_delay_s=0).execute_in_process(
+    result = deployed_job().execute_in_process(
         run_config=request.run_config, tags=request.tags, instance=dagster_instance
     )
     assert result.success
@@ -339,7 +339,7 @@ def test_a_queued_job_whose_upload_failed_is_retried_into_one_call_one_file_one_
         return run_requests(dagster_instance, config_file)
 
     def run(request: dg.RunRequest) -> dg.ExecuteInProcessResult:
-        return build_generate_image_job(retry_delay_s=0).execute_in_process(
+        return deployed_job().execute_in_process(
             run_config=request.run_config,
             tags=request.tags,
             instance=dagster_instance,

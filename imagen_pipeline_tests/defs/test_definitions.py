@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 
 import dagster as dg
+import pytest
 
 from imagen_pipeline.definitions import defs
 from imagen_pipeline.defs.assets import ASSET_SPECS
-from imagen_pipeline.defs.sensors import default_sensor_status
 from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT, subprocess_env
 
 
@@ -18,7 +18,7 @@ def upstream_nodes(job: dg.JobDefinition, node: str) -> set[str]:
 
 
 def test_definitions_load_with_graph_pools_sensor_and_resources() -> None:
-    job = defs.resolve_job_def("generate_image")
+    job = defs().resolve_job_def("generate_image")
     assert sorted(node.name for node in job.graph.nodes) == [
         "cloud_sync",
         "enrich_prompt",
@@ -34,14 +34,27 @@ def test_definitions_load_with_graph_pools_sensor_and_resources() -> None:
     assert upstream_nodes(job, "record_usage") == {"write_files", "cloud_sync"}
     assert job.graph.node_named("generate_gpu").definition.pool == "imagen_gpu"
     assert job.graph.node_named("generate_cloud").definition.pool == "imagen_cloud"
-    assert {"imagen", "imagen_db"} <= set(job.resource_defs)
-    sensor = defs.resolve_sensor_def("imagen_jobs_sensor")
-    assert sensor.default_status == default_sensor_status()  # test_sensor.py: both cases
-    assert sensor.minimum_interval_seconds <= 2
+    assert {"imagen", "imagen_db", "backends"} <= set(job.resource_defs)
+    sensor = defs().resolve_sensor_def("imagen_jobs_sensor")
+    assert sensor.minimum_interval_seconds == 5, "the sensor daemon's own loop time"
+
+
+@pytest.mark.parametrize(
+    ("database_url", "status"),
+    [
+        ("postgresql://postgres@127.0.0.1/imagen", dg.DefaultSensorStatus.RUNNING),
+        ("", dg.DefaultSensorStatus.STOPPED),
+    ],
+)
+def test_the_sensor_runs_by_default_where_the_code_location_has_a_database(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, status: dg.DefaultSensorStatus
+) -> None:
+    monkeypatch.setenv("IMAGEN_DATABASE_URL", database_url)
+    assert defs().resolve_sensor_def("imagen_jobs_sensor").default_status == status
 
 
 def test_the_asset_graph_leads_from_the_queue_to_the_image_its_objects_and_rows() -> None:
-    graph = defs.resolve_asset_graph()
+    graph = defs().resolve_asset_graph()
     deps = {
         key.to_user_string(): sorted(dep.to_user_string() for dep in graph.get(key).parent_keys)
         for key in graph.get_all_asset_keys()
@@ -68,7 +81,7 @@ def test_the_asset_graph_leads_from_the_queue_to_the_image_its_objects_and_rows(
 
 
 def test_launchpad_config_requires_only_prompt() -> None:
-    job = defs.resolve_job_def("generate_image")
+    job = defs().resolve_job_def("generate_image")
     fields = job.run_config_schema.config_type.fields["ops"].config_type.fields
     op_fields = fields["enrich_prompt"].config_type.fields["config"].config_type.fields
     required = sorted(name for name, field in op_fields.items() if field.is_required)

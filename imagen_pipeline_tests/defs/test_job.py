@@ -13,14 +13,14 @@ from PIL import Image
 
 from imagen_pipeline.defs.assets import IMAGE
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline_tests.fixtures.imagen import step_failure_text
-from imagen_pipeline_tests.fixtures.queue import RECONSTRUCTABLE_JOB
+from imagen_pipeline_tests.fixtures.imagen import file_resources, step_failure_text
+from imagen_pipeline_tests.fixtures.queue import reconstructable_job
 
 
 def run_config(config_file: Path, **op_config: Any) -> dict[str, Any]:
     return {
         "ops": {"enrich_prompt": {"config": {"prompt": "a lighthouse at dusk", **op_config}}},
-        "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
+        "resources": file_resources(config_file),
     }
 
 
@@ -140,7 +140,7 @@ def test_reexecute_from_failure_reuses_generated_image(
     )
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "blocked").write_text("a file where a folder should be")
-    job = RECONSTRUCTABLE_JOB
+    job = reconstructable_job()
     with dg.execute_job(
         job, instance=dagster_instance, run_config=run_config(config_file)
     ) as first:
@@ -216,7 +216,7 @@ def test_later_steps_follow_the_runs_plan_not_an_edited_config(
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "blocked").write_text("a file where a folder should be")
     with dg.execute_job(
-        RECONSTRUCTABLE_JOB, instance=dagster_instance, run_config=run_config(config_file)
+        reconstructable_job(), instance=dagster_instance, run_config=run_config(config_file)
     ) as first:
         assert not first.success
     write_config(
@@ -229,7 +229,7 @@ def test_later_steps_follow_the_runs_plan_not_an_edited_config(
     (tmp_path / "out" / "blocked").unlink()
     options = dg.ReexecutionOptions.from_failure(first.run_id, dagster_instance)
     with dg.execute_job(
-        RECONSTRUCTABLE_JOB, instance=dagster_instance, reexecution_options=options
+        reconstructable_job(), instance=dagster_instance, reexecution_options=options
     ) as second:
         assert second.success
         [stored] = second.output_for_node("write_files")

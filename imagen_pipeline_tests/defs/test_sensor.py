@@ -15,7 +15,6 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from imagen_pipeline.defs.jobs import generate_image
 from imagen_pipeline.defs.sensors import (
     CLAIM_BATCH,
     MAX_ATTEMPTS,
@@ -26,7 +25,12 @@ from imagen_pipeline.defs.sensors import (
 )
 from imagen_pipeline.errors import ConfigError
 from imagen_pipeline_tests.fixtures.imagen import subprocess_env
-from imagen_pipeline_tests.fixtures.queue import RECONSTRUCTABLE_JOB, run_requests, sensor_tick
+from imagen_pipeline_tests.fixtures.queue import (
+    deployed_job,
+    reconstructable_job,
+    run_requests,
+    sensor_tick,
+)
 
 OWNER = "00000000-0000-4000-8000-0000000000c1"
 Tick = Callable[..., dg.SensorResult | dg.SkipReason]
@@ -170,7 +174,7 @@ def test_a_requested_run_executed_as_launched_marks_its_row_done(
 ) -> None:
     [job_id] = insert_jobs(migrated_database_url, 1, width=128, height=96)
     [request] = requests_of(tick())
-    result = generate_image.execute_in_process(
+    result = deployed_job().execute_in_process(
         run_config=request.run_config, tags=request.tags, instance=dagster_instance
     )
     assert result.success
@@ -236,7 +240,7 @@ def test_reconciliation_walks_unsettled_rows_in_bounded_batches(
 
 
 def test_the_interval_comes_from_the_environment_with_a_clear_error() -> None:
-    assert sensor_interval_s({}) == 1
+    assert sensor_interval_s({}) == 5
     assert sensor_interval_s({"IMAGEN_SENSOR_INTERVAL_S": "2"}) == 2
     assert build_imagen_jobs_sensor(2).minimum_interval_seconds == 2
     with pytest.raises(ConfigError, match=r"IMAGEN_SENSOR_INTERVAL_S: must be whole seconds"):
@@ -264,7 +268,7 @@ def test_a_reexecution_from_failure_keeps_its_row_and_ends_done_with_one_image(
 
     [job_id] = insert_jobs(migrated_database_url, 1, width=64, height=64)
     [request] = run_requests(dagster_instance)
-    job = RECONSTRUCTABLE_JOB
+    job = reconstructable_job()
     with dg.execute_job(
         job, dagster_instance, run_config=request.run_config, tags=request.tags
     ) as parent:
@@ -325,7 +329,7 @@ def test_a_done_row_passes_to_a_rerun_recording_step_but_never_to_a_second_gener
     )
     insert_jobs(migrated_database_url, 1, width=64, height=64)
     [request] = run_requests(dagster_instance)
-    job = RECONSTRUCTABLE_JOB
+    job = reconstructable_job()
     with dg.execute_job(
         job, dagster_instance, run_config=request.run_config, tags=request.tags
     ) as first:
@@ -364,7 +368,7 @@ def test_the_sensor_runs_by_default_only_where_a_database_is_configured(
             sys.executable,
             "-c",
             "from imagen_pipeline.definitions import defs; "
-            "print(defs.resolve_sensor_def('imagen_jobs_sensor').default_status.value)",
+            "print(defs().resolve_sensor_def('imagen_jobs_sensor').default_status.value)",
         ],
         env=env,
         capture_output=True,

@@ -23,6 +23,7 @@ from imagen_pipeline.defs.run_errors import run_public_failure, run_step_failure
 from imagen_pipeline.errors import ConfigError
 from imagen_pipeline.generate.budget import BudgetAsk, BudgetExceededError, check_budget
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
+from imagen_pipeline_tests.fixtures.imagen import file_resources
 from imagen_pipeline_tests.fixtures.queue import run_requests
 
 OWNER = "00000000-0000-4000-8000-0000000000b1"
@@ -77,7 +78,7 @@ def execute(instance: dg.DagsterInstance, config_file: Path) -> dg.ExecuteInProc
     return build_generate_image_job(retry_delay_s=0).execute_in_process(
         run_config={
             "ops": {"enrich_prompt": {"config": {"prompt": "a fox", "width": 64, "height": 64}}},
-            "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
+            "resources": file_resources(config_file),
         },
         instance=instance,
         raise_on_error=False,
@@ -170,7 +171,7 @@ def test_a_job_row_refused_by_the_budget_says_why(
 
     [request] = tick()
     run_config = request.run_config
-    run_config["resources"] = {"imagen": {"config": {"config_path": str(config_file)}}}
+    run_config["resources"] = file_resources(config_file)
     result = build_generate_image_job(retry_delay_s=0).execute_in_process(
         run_config=run_config, tags=request.tags, instance=dagster_instance, raise_on_error=False
     )
@@ -349,7 +350,7 @@ def owners_jobs(
         ids[owner] = job["id"]
     for request in run_requests(instance, config_file):
         run_config = request.run_config
-        run_config["resources"] = {"imagen": {"config": {"config_path": str(config_file)}}}
+        run_config["resources"] = file_resources(config_file)
         build_generate_image_job(retry_delay_s=0).execute_in_process(
             run_config=run_config, tags=request.tags, instance=instance, raise_on_error=False
         )

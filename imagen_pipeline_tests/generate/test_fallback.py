@@ -22,14 +22,14 @@ from imagen_pipeline.errors import ConfigError
 from imagen_pipeline.generate.setup import parse_setup
 from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
-from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT, step_failure_text
+from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT, file_resources, step_failure_text
 
 
 def run(instance: dg.DagsterInstance, config_file: Path) -> dg.ExecuteInProcessResult:
     return build_generate_image_job(retry_delay_s=0).execute_in_process(
         run_config={
             "ops": {"enrich_prompt": {"config": {"prompt": "a fox", "width": 512, "height": 512}}},
-            "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
+            "resources": file_resources(config_file),
         },
         instance=instance,
         raise_on_error=False,

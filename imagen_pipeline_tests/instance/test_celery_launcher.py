@@ -32,7 +32,12 @@ from imagen_pipeline.run_tags import GPU_QUEUE, TAG_CELERY_QUEUE
 from imagen_pipeline.run_tags import TAG_WORKER as WORKER_TAG
 from imagen_pipeline_tests.fixtures.celery import RedisServer, Worker, Workers, run_process
 from imagen_pipeline_tests.fixtures.daemon import POOL_LIMITS, DaemonStack, seconds_until_finished
-from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE, REPO_ROOT, subprocess_env
+from imagen_pipeline_tests.fixtures.imagen import (
+    PRODUCTION_INSTANCE,
+    REPO_ROOT,
+    file_resources,
+    subprocess_env,
+)
 from imagen_pipeline_tests.instance.launch_target import generate_image_job
 
 DEFAULT_QUEUE = "dagster"
@@ -89,7 +94,7 @@ def create_run(
         job_def=generate_image_job(),
         run_config={
             "ops": {"enrich_prompt": {"config": {"prompt": prompt, "backend": backend}}},
-            "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
+            "resources": file_resources(config_file),
         },
         job_code_origin=recon.get_python_origin(),
     )

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE
+from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE, file_resources
 
 
 def write_instance(home: Path, stock: bool) -> None:
@@ -44,7 +44,7 @@ def sessions_for_one_run(
         result = build_generate_image_job(retry_delay_s=0).execute_in_process(
             run_config={
                 "ops": {"enrich_prompt": {"config": {"prompt": "a lighthouse"}}},
-                "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
+                "resources": file_resources(config_file),
             },
             instance=instance,
             raise_on_error=False,

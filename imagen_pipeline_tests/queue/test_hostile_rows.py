@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from imagen_pipeline.defs.job_runs import run_config_for
-from imagen_pipeline.defs.jobs import generate_image
+from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.generate.plan import GenerationPlan
 from imagen_pipeline.generate.setup import Setup, load_setup
 from imagen_pipeline.prompts.styles import load_styles
@@ -213,7 +213,7 @@ class Harness:
             echoed = dg.deserialize_value(dg.serialize_value(request), dg.RunRequest)
             assert echoed == request
             self.instance.create_run_for_job(
-                generate_image, run_config=echoed.run_config, tags=echoed.tags
+                build_generate_image_job(), run_config=echoed.run_config, tags=echoed.tags
             )
         return result
 
@@ -228,7 +228,7 @@ class Harness:
         """As the GraphQL submitter would: the run config crosses a serialization boundary."""
         config = run_config_for(plan).to_config_dict()
         echoed = dg.deserialize_value(dg.serialize_value(config), dict)
-        self.instance.create_run_for_job(generate_image, run_config=echoed)
+        self.instance.create_run_for_job(build_generate_image_job(), run_config=echoed)
         self.submitted.append((row, plan))
         return f"run-{row.id}"
 

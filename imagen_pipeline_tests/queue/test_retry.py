@@ -18,10 +18,9 @@ from click.testing import CliRunner
 from psycopg.rows import dict_row
 
 from imagen_pipeline.cli.main import cli
-from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.generate.job_records import job_record_path
 from imagen_pipeline.queue.rows import MAX_ATTEMPTS
-from imagen_pipeline_tests.fixtures.queue import run_requests, web_session
+from imagen_pipeline_tests.fixtures.queue import deployed_job, run_requests, web_session
 
 OWNER = "0d0d0d0d-0000-4000-8000-00000000000d"
 
@@ -44,7 +43,7 @@ class Queue:
         return run_requests(self.instance, self.config_file)
 
     def run(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
-        return build_generate_image_job(retry_delay_s=0).execute_in_process(
+        return deployed_job().execute_in_process(
             run_config=request.run_config,
             tags=request.tags,
             instance=self.instance,

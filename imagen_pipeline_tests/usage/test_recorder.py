@@ -17,6 +17,7 @@ from imagen_pipeline.db.connection import connect
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.usage.recorder import record_images
 from imagen_pipeline_tests.fakes.openai_server import running_fake_openai
+from imagen_pipeline_tests.fixtures.imagen import file_resources
 
 OWNER = "00000000-0000-4000-8000-0000000000d1"
 OPENAI_KEY = "sk-proj-ImagenRecorderTestKey0123456789"
@@ -38,7 +39,7 @@ def execute(
                     "config": {"prompt": "a fox", "width": 64, "height": 64, **op_config}
                 }
             },
-            "resources": {"imagen": {"config": {"config_path": str(config_file)}}},
+            "resources": file_resources(config_file),
         },
         instance=instance,
         raise_on_error=False,

@@ -87,7 +87,7 @@ class ComfyUIBackend(ImageBackend):
         default_factory=dict,
         description="Request field -> '<node id>.<input name>' (or a list of them): prompt, "
         "negative, seed, width, height, steps, guidance, filename_prefix. Templates bring "
-        "their own; entries here extend or replace them, null unmaps one.",
+        "their own; entries here extend or replace them, null (or []) unmaps one.",
     )
     overrides: dict[str, Any] = Field(
         default_factory=dict,
@@ -141,6 +141,13 @@ class ComfyUIBackend(ImageBackend):
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
         return normalized_url(value) if value is not None else None
+
+    @field_validator("inputs")
+    @classmethod
+    def _unmapped_as_empty(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """``null`` and ``[]`` both unmap a field; the settings hold ``[]`` (a mapping
+        without nulls, as Dagster's config system needs it)."""
+        return {field: [] if target is None else target for field, target in value.items()}
 
     @model_validator(mode="after")
     def _check_servers(self) -> ComfyUIBackend:

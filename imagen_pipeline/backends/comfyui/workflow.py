@@ -394,7 +394,7 @@ def _parse_inputs(
                 )
             )
             continue
-        if value is None:
+        if value is None or value == []:
             continue
         try:
             targets = _parse_targets(value)
