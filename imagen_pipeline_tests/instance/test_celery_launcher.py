@@ -473,27 +473,6 @@ def test_gpu_runs_execute_only_on_the_gpu_host_and_cloud_runs_on_the_other(
                 assert logged_success(worker, run.run_id)
 
 
-def test_a_killed_pool_process_fails_its_run_and_the_job_ends_with_one_image(
-    celery_stack: DaemonStack, celery_workers: Workers
-) -> None:
-    celery_workers.start("cloud@cloudhost", celery_stack.env)
-    celery_stack.start()
-    job_id = celery_stack.insert_job("a patient owl", backend="patient", width=64, height=64)
-    celery_stack.wait_for(lambda rows: backend_calls(celery_stack) != [])
-    run_id, pid = running_run(celery_stack, job_id)
-    killed_at = time.time()
-    psutil.Process(pid).kill()
-
-    assert celery_stack.seconds_until_finished(run_id, killed_at) < POOL_CHECK_BOUND_S
-    rows = celery_stack.wait_until_settled(180)
-    assert rows[job_id]["status"] == "done", rows[job_id]["error"]
-    runs = job_runs(celery_stack, job_id)
-    assert [run.status.value for run in runs] == ["FAILURE", "SUCCESS"]
-    assert runs[1].parent_run_id == run_id and rows[job_id]["run_id"] == runs[1].run_id
-    assert images_per_job(celery_stack) == {job_id: 1}
-    assert len(list(celery_stack.output_dir.glob("*.png"))) == 1
-
-
 def test_a_dead_worker_host_is_noticed_by_run_monitoring_and_the_job_ends_with_one_image(
     celery_stack: DaemonStack, celery_workers: Workers
 ) -> None:
@@ -518,23 +497,6 @@ def test_a_dead_worker_host_is_noticed_by_run_monitoring_and_the_job_ends_with_o
     assert runs[1].tags[WORKER_TAG] == "spare@hostb"
     assert images_per_job(celery_stack) == {job_id: 1}
     assert len(list(celery_stack.output_dir.glob("*.png"))) == 1
-
-
-def test_canceling_a_running_job_cancels_its_run_on_the_worker(
-    celery_stack: DaemonStack, celery_workers: Workers
-) -> None:
-    celery_workers.start("cloud@cloudhost", celery_stack.env)
-    celery_stack.start()
-    job_id = celery_stack.insert_job("a slow snail", backend="slow", width=64, height=64)
-    celery_stack.wait_for(lambda rows: backend_calls(celery_stack) != [])
-    with celery_stack.connect() as conn:
-        conn.execute("UPDATE imagen.jobs SET status = 'canceled' WHERE id = %s", (job_id,))
-    rows = celery_stack.wait_for(lambda rows: rows[job_id]["finished_at"] is not None, 120)
-    assert rows[job_id]["status"] == "canceled"
-    [run] = job_runs(celery_stack, job_id)
-    assert run.status == dg.DagsterRunStatus.CANCELED
-    assert len(backend_calls(celery_stack)) == 1
-    assert images_per_job(celery_stack) == {}
 
 
 def test_a_redis_restart_mid_burst_loses_no_job_and_makes_none_twice(
