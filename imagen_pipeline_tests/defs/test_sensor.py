@@ -24,6 +24,7 @@ from imagen_pipeline.defs.sensors import (
     sensor_interval_s,
 )
 from imagen_pipeline.errors import ConfigError
+from imagen_pipeline_tests.fixtures.daemon import holding
 from imagen_pipeline_tests.fixtures.imagen import subprocess_env
 from imagen_pipeline_tests.fixtures.queue import (
     deployed_job,
@@ -256,11 +257,13 @@ def test_a_reexecution_from_failure_keeps_its_row_and_ends_done_with_one_image(
 ) -> None:
     """Through the Dagster API, as the UI does it: the re-execution carries no job tags of its
     own, takes the row over from its parent, and the sensor leaves it alone while it runs."""
-    # The backend is slow enough for sensor ticks during the re-execution; the first run
-    # fails because a file stands where the backend's log folder should be.
+    # The test holds the backend's gate while it ticks during the re-execution; the first
+    # run fails because a file stands where the backend's log folder should be.
     (tmp_path / "logs").write_text("not a folder")
     log = tmp_path / "logs" / "calls.jsonl"
-    config = {"backends": {"mock": {"type": "mock", "latency_s": 3, "calls_log": str(log)}}}
+    gate = tmp_path / "gate.lock"
+    mock = {"type": "mock", "serial_lock": str(gate), "calls_log": str(log)}
+    config = {"backends": {"mock": mock}}
     monkeypatch.setenv("IMAGEN_CONFIG", str(write_config(config)))
 
     def tick() -> None:
@@ -286,18 +289,19 @@ def test_a_reexecution_from_failure_keeps_its_row_and_ends_done_with_one_image(
             outcome["success"], outcome["run_id"] = result.success, result.run_id
 
     worker = threading.Thread(target=reexecute)
-    worker.start()
     try:
-        deadline = time.monotonic() + 60
-        while not (log.exists() and log.read_text()):
-            assert time.monotonic() < deadline, "the re-execution never called the backend"
-            time.sleep(0.05)
-        owned = sql(migrated_database_url, "SELECT * FROM imagen.jobs")[0]
-        assert owned["status"] == "running" and owned["run_id"] != parent.run_id
-        tick()
-        tick()
-        during = sql(migrated_database_url, "SELECT * FROM imagen.jobs")[0]
-        assert (during["status"], during["run_id"]) == ("running", owned["run_id"])
+        with holding(gate):
+            worker.start()
+            deadline = time.monotonic() + 60
+            while not (log.exists() and log.read_text()):
+                assert time.monotonic() < deadline, "the re-execution never called the backend"
+                time.sleep(0.05)
+            owned = sql(migrated_database_url, "SELECT * FROM imagen.jobs")[0]
+            assert owned["status"] == "running" and owned["run_id"] != parent.run_id
+            tick()
+            tick()
+            during = sql(migrated_database_url, "SELECT * FROM imagen.jobs")[0]
+            assert (during["status"], during["run_id"]) == ("running", owned["run_id"])
     finally:
         worker.join(120)
     assert outcome == {"success": True, "run_id": owned["run_id"]}

@@ -31,7 +31,12 @@ from imagen_pipeline.instance.celery_launcher import (
 from imagen_pipeline.run_tags import GPU_QUEUE, TAG_CELERY_QUEUE
 from imagen_pipeline.run_tags import TAG_WORKER as WORKER_TAG
 from imagen_pipeline_tests.fixtures.celery import RedisServer, Worker, Workers, run_process
-from imagen_pipeline_tests.fixtures.daemon import POOL_LIMITS, DaemonStack, seconds_until_finished
+from imagen_pipeline_tests.fixtures.daemon import (
+    POOL_LIMITS,
+    DaemonStack,
+    holding,
+    seconds_until_finished,
+)
 from imagen_pipeline_tests.fixtures.imagen import (
     PRODUCTION_INSTANCE,
     REPO_ROOT,
@@ -68,17 +73,24 @@ def instance(
 
 
 @pytest.fixture
-def config_file(write_config: Callable[..., Path], tmp_path: Path) -> Path:
-    """imagen.yaml with a fast and a slow (60 s) mock backend; the slow one logs its calls."""
+def gate(tmp_path: Path) -> Path:
+    """The ``serial_lock`` of the ``gated`` backend: its runs stay running while the test
+    holds it (:func:`holding`)."""
+    return tmp_path / "gate.lock"
+
+
+@pytest.fixture
+def config_file(write_config: Callable[..., Path], tmp_path: Path, gate: Path) -> Path:
+    """imagen.yaml with a fast mock backend and a gated one, which logs its calls."""
     return write_config(
         {
             "default_backend": "mock",
             "backends": {
                 "mock": {"type": "mock"},
-                "slow": {
+                "gated": {
                     "type": "mock",
-                    "latency_s": 60,
-                    "calls_log": str(tmp_path / "slow_calls.jsonl"),
+                    "serial_lock": str(gate),
+                    "calls_log": str(tmp_path / "gated_calls.jsonl"),
                 },
             },
         }
@@ -241,56 +253,62 @@ def test_the_run_names_its_task_before_the_task_is_sent(
 
 
 def test_the_health_check_trusts_the_backend_and_storage_over_a_stale_copy_of_the_run(
-    instance: dg.DagsterInstance, config_file: Path, celery_workers: Workers
+    instance: dg.DagsterInstance, config_file: Path, celery_workers: Workers, gate: Path
 ) -> None:
     """Run monitoring checks a copy of the run read before it checks; the copy may miss
     tags written since (this failed running runs in a burst of 40)."""
     celery_workers.start("cloud@hostb", subprocess_env())
-    run_id = launch(instance, config_file, "a lighthouse checked late", "slow")
-    wait_for_step(instance, run_id, "generate_cloud")
-    run = wait_for_status(instance, run_id, {dg.DagsterRunStatus.STARTED})
-    launcher = instance.run_launcher
-    untagged = {
-        key: value
-        for key, value in run.tags.items()
-        if key not in {DAGSTER_CELERY_TASK_ID_TAG, WORKER_TAG}
-    }
-    no_worker = {key: value for key, value in run.tags.items() if key != WORKER_TAG}
-    for tags in (untagged, no_worker):
-        health = launcher.check_run_worker_health(run.with_tags(tags))
-        assert (health.status.name, health.msg) == ("RUNNING", None)
-    assert instance.run_launcher.terminate(run_id)
-    wait_for_status(instance, run_id, {dg.DagsterRunStatus.CANCELED}, timeout_s=30)
+    with holding(gate):
+        run_id = launch(instance, config_file, "a lighthouse checked late", "gated")
+        wait_for_step(instance, run_id, "generate_cloud")
+        run = wait_for_status(instance, run_id, {dg.DagsterRunStatus.STARTED})
+        launcher = instance.run_launcher
+        untagged = {
+            key: value
+            for key, value in run.tags.items()
+            if key not in {DAGSTER_CELERY_TASK_ID_TAG, WORKER_TAG}
+        }
+        no_worker = {key: value for key, value in run.tags.items() if key != WORKER_TAG}
+        for tags in (untagged, no_worker):
+            health = launcher.check_run_worker_health(run.with_tags(tags))
+            assert (health.status.name, health.msg) == ("RUNNING", None)
+        assert instance.run_launcher.terminate(run_id)
+        wait_for_status(instance, run_id, {dg.DagsterRunStatus.CANCELED}, timeout_s=30)
 
 
 def test_terminate_from_another_process_cancels_the_run(
-    instance: dg.DagsterInstance, config_file: Path, celery_workers: Workers, tmp_path: Path
+    instance: dg.DagsterInstance,
+    config_file: Path,
+    celery_workers: Workers,
+    tmp_path: Path,
+    gate: Path,
 ) -> None:
     celery_workers.start("cloud@hostb", subprocess_env())
-    run_id = launch(instance, config_file, "a slow lighthouse", "slow")
-    wait_for_step(instance, run_id, "generate_cloud")
-    run = wait_for_status(instance, run_id, {dg.DagsterRunStatus.STARTED})
-    assert instance.run_launcher.check_run_worker_health(run).status.name == "RUNNING"
+    with holding(gate):
+        run_id = launch(instance, config_file, "a slow lighthouse", "gated")
+        wait_for_step(instance, run_id, "generate_cloud")
+        run = wait_for_status(instance, run_id, {dg.DagsterRunStatus.STARTED})
+        assert instance.run_launcher.check_run_worker_health(run).status.name == "RUNNING"
 
-    # As the webserver or the jobs sensor would: another process, the same instance.
-    terminate = (
-        "import dagster as dg, sys\n"
-        "with dg.DagsterInstance.get() as instance:\n"
-        "    print(instance.run_launcher.terminate(sys.argv[1]))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", terminate, run_id],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert (result.returncode, result.stdout.strip()) == (0, "True"), result.stderr
+        # As the webserver or the jobs sensor would: another process, the same instance.
+        terminate = (
+            "import dagster as dg, sys\n"
+            "with dg.DagsterInstance.get() as instance:\n"
+            "    print(instance.run_launcher.terminate(sys.argv[1]))"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", terminate, run_id],
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert (result.returncode, result.stdout.strip()) == (0, "True"), result.stderr
 
-    wait_for_status(instance, run_id, {dg.DagsterRunStatus.CANCELED}, timeout_s=30)
+        wait_for_status(instance, run_id, {dg.DagsterRunStatus.CANCELED}, timeout_s=30)
     assert not list((tmp_path / "out").glob("*.png"))
     # One interrupt ends the run: the interrupted generation is not retried.
-    assert len((tmp_path / "slow_calls.jsonl").read_text().splitlines()) == 1
+    assert len((tmp_path / "gated_calls.jsonl").read_text().splitlines()) == 1
 
 
 def test_terminate_before_a_worker_took_the_run_cancels_it(
@@ -302,33 +320,35 @@ def test_terminate_before_a_worker_took_the_run_cancels_it(
 
 
 def test_a_killed_pool_process_fails_its_run_at_once(
-    instance: dg.DagsterInstance, config_file: Path, celery_workers: Workers
+    instance: dg.DagsterInstance, config_file: Path, celery_workers: Workers, gate: Path
 ) -> None:
     """Also for a pool process that survived a revoke before: Celery then reports its
     task revoked, not lost (one pool process, so the second run lands on it)."""
     celery_workers.start("cloud@hostb", subprocess_env(), concurrency=1)
-    canceled = launch(instance, config_file, "a lighthouse canceled first", "slow")
-    wait_for_step(instance, canceled, "generate_cloud")
-    instance.run_launcher.terminate(canceled)
-    wait_for_status(instance, canceled, {dg.DagsterRunStatus.CANCELED}, timeout_s=30)
+    with holding(gate):
+        canceled = launch(instance, config_file, "a lighthouse canceled first", "gated")
+        wait_for_step(instance, canceled, "generate_cloud")
+        instance.run_launcher.terminate(canceled)
+        wait_for_status(instance, canceled, {dg.DagsterRunStatus.CANCELED}, timeout_s=30)
 
-    for prompt in ("a doomed lighthouse", "another doomed lighthouse"):
-        run_id = launch(instance, config_file, prompt, "slow")
-        wait_for_step(instance, run_id, "generate_cloud")
-        process = psutil.Process(run_process(instance, run_id))
-        killed_at = time.time()
-        process.kill()
+        for prompt in ("a doomed lighthouse", "another doomed lighthouse"):
+            run_id = launch(instance, config_file, prompt, "gated")
+            wait_for_step(instance, run_id, "generate_cloud")
+            process = psutil.Process(run_process(instance, run_id))
+            killed_at = time.time()
+            process.kill()
 
-        # The worker's main process reports it when Celery's pool sees the exit: at once,
-        # or at its periodic pool check (every 5 s) for a process it does not watch yet.
-        assert seconds_until_finished(instance, run_id, killed_at) < POOL_CHECK_BOUND_S
-        failed = instance.get_run_by_id(run_id)
-        assert failed is not None and failed.status == dg.DagsterRunStatus.FAILURE
-        assert any(
-            "Celery worker cloud@hostb lost the run's pool process" in m
-            for m in engine_messages(instance, run_id)
-        )
-        assert instance.run_launcher.check_run_worker_health(failed).status.name == "FAILED"
+            # The worker's main process reports it when Celery's pool sees the exit: at
+            # once, or at its periodic pool check (every 5 s) for a process it does not
+            # watch yet.
+            assert seconds_until_finished(instance, run_id, killed_at) < POOL_CHECK_BOUND_S
+            failed = instance.get_run_by_id(run_id)
+            assert failed is not None and failed.status == dg.DagsterRunStatus.FAILURE
+            assert any(
+                "Celery worker cloud@hostb lost the run's pool process" in m
+                for m in engine_messages(instance, run_id)
+            )
+            assert instance.run_launcher.check_run_worker_health(failed).status.name == "FAILED"
 
 
 def test_a_dead_worker_fails_the_health_check_once_silent_for_the_grace(
@@ -336,13 +356,16 @@ def test_a_dead_worker_fails_the_health_check_once_silent_for_the_grace(
     config_file: Path,
     celery_workers: Workers,
     monkeypatch: pytest.MonkeyPatch,
+    gate: Path,
 ) -> None:
-    monkeypatch.setattr(celery_launcher, "SILENT_GRACE_S", 3.0)
+    grace_s = 1.0
+    monkeypatch.setattr(celery_launcher, "SILENT_GRACE_S", grace_s)
     worker = celery_workers.start("cloud@hostb", subprocess_env())
-    run_id = launch(instance, config_file, "a lighthouse on a dying host", "slow")
-    wait_for_step(instance, run_id, "generate_cloud")
-    pool = worker.pool_pids()
-    celery_workers.kill(worker)
+    with holding(gate):
+        run_id = launch(instance, config_file, "a lighthouse on a dying host", "gated")
+        wait_for_step(instance, run_id, "generate_cloud")
+        pool = worker.pool_pids()
+        celery_workers.kill(worker)
     # The pool dies with the main process: nothing keeps executing the run.
     psutil.wait_procs([psutil.Process(pid) for pid in pool if psutil.pid_exists(pid)], 10)
     assert not any(psutil.pid_exists(pid) for pid in pool)
@@ -351,9 +374,12 @@ def test_a_dead_worker_fails_the_health_check_once_silent_for_the_grace(
     assert run is not None and run.status == dg.DagsterRunStatus.STARTED
     launcher = instance.run_launcher
     first = launcher.check_run_worker_health(run)
+    silent_since = time.monotonic()
     assert (first.status.name, first.msg) == ("RUNNING", "worker cloud@hostb silent for 0s")
-    time.sleep(3)
-    last = launcher.check_run_worker_health(run)
+    # Each check waits for the dead worker's ping to time out (2 s): no sleep needed.
+    while (last := launcher.check_run_worker_health(run)).status.name == "RUNNING":
+        assert time.monotonic() - silent_since < grace_s + 10, last.msg
+    assert time.monotonic() - silent_since >= grace_s
     assert last.status.name == "FAILED"
     assert "Celery worker cloud@hostb has not answered" in (last.msg or "")
 
@@ -456,9 +482,11 @@ def test_gpu_runs_execute_only_on_the_gpu_host_and_cloud_runs_on_the_other(
 ) -> None:
     config = yaml.safe_load(celery_stack.config_file.read_text())
     celery_stack.configure(backends={**config["backends"], "gpu": {"type": "mock", "pool": "gpu"}})
-    gpu = celery_workers.start("gpu@gpuhost", celery_stack.env, queues=(GPU_QUEUE,))
-    cloud = celery_workers.start("cloud@cloudhost", celery_stack.env)
+    gpu = celery_workers.start("gpu@gpuhost", celery_stack.env, queues=(GPU_QUEUE,), wait=False)
+    cloud = celery_workers.start("cloud@cloudhost", celery_stack.env, wait=False)
     celery_stack.start()
+    for worker in (gpu, cloud):
+        celery_workers.wait_until_ready(worker)
     gpu_jobs = [celery_stack.insert_job(f"gpu {i}", backend="gpu", width=64) for i in range(3)]
     cloud_jobs = [celery_stack.insert_job(f"cloud {i}", width=64) for i in range(3)]
     rows = celery_stack.wait_until_settled(180)
@@ -478,27 +506,6 @@ def test_gpu_runs_execute_only_on_the_gpu_host_and_cloud_runs_on_the_other(
                 assert logged_success(worker, run.run_id)
 
 
-def test_a_killed_pool_process_fails_its_run_and_the_job_ends_with_one_image(
-    celery_stack: DaemonStack, celery_workers: Workers
-) -> None:
-    celery_workers.start("cloud@cloudhost", celery_stack.env)
-    celery_stack.start()
-    job_id = celery_stack.insert_job("a patient owl", backend="patient", width=64, height=64)
-    celery_stack.wait_for(lambda rows: backend_calls(celery_stack) != [])
-    run_id, pid = running_run(celery_stack, job_id)
-    killed_at = time.time()
-    psutil.Process(pid).kill()
-
-    assert celery_stack.seconds_until_finished(run_id, killed_at) < POOL_CHECK_BOUND_S
-    rows = celery_stack.wait_until_settled(180)
-    assert rows[job_id]["status"] == "done", rows[job_id]["error"]
-    runs = job_runs(celery_stack, job_id)
-    assert [run.status.value for run in runs] == ["FAILURE", "SUCCESS"]
-    assert runs[1].parent_run_id == run_id and rows[job_id]["run_id"] == runs[1].run_id
-    assert images_per_job(celery_stack) == {job_id: 1}
-    assert len(list(celery_stack.output_dir.glob("*.png"))) == 1
-
-
 def test_a_dead_worker_host_is_noticed_by_run_monitoring_and_the_job_ends_with_one_image(
     celery_stack: DaemonStack, celery_workers: Workers
 ) -> None:
@@ -507,14 +514,15 @@ def test_a_dead_worker_host_is_noticed_by_run_monitoring_and_the_job_ends_with_o
     launcher's grace for broker restarts); the retried run finishes on another worker."""
     doomed = celery_workers.start("doomed@hosta", celery_stack.env)
     celery_stack.start()
-    job_id = celery_stack.insert_job("a patient owl", backend="patient", width=64, height=64)
-    celery_stack.wait_for(lambda rows: backend_calls(celery_stack) != [])
-    run_id, _ = running_run(celery_stack, job_id)
-    killed_at = time.time()
-    celery_workers.kill(doomed)
+    with holding(celery_stack.gate):
+        job_id = celery_stack.insert_job("a patient owl", backend="gated", width=64, height=64)
+        celery_stack.wait_for(lambda rows: backend_calls(celery_stack) != [])
+        run_id, _ = running_run(celery_stack, job_id)
+        killed_at = time.time()
+        celery_workers.kill(doomed)
 
-    bound = celery_launcher.SILENT_GRACE_S + 2 * 5 + celery_launcher.PING_TIMEOUT_S
-    assert celery_stack.seconds_until_finished(run_id, killed_at) < bound
+        bound = celery_launcher.SILENT_GRACE_S + 2 * 5 + celery_launcher.PING_TIMEOUT_S
+        assert celery_stack.seconds_until_finished(run_id, killed_at) < bound
     celery_workers.start("spare@hostb", celery_stack.env)
     rows = celery_stack.wait_until_settled(180)
     assert rows[job_id]["status"] == "done", rows[job_id]["error"]
@@ -523,23 +531,6 @@ def test_a_dead_worker_host_is_noticed_by_run_monitoring_and_the_job_ends_with_o
     assert runs[1].tags[WORKER_TAG] == "spare@hostb"
     assert images_per_job(celery_stack) == {job_id: 1}
     assert len(list(celery_stack.output_dir.glob("*.png"))) == 1
-
-
-def test_canceling_a_running_job_cancels_its_run_on_the_worker(
-    celery_stack: DaemonStack, celery_workers: Workers
-) -> None:
-    celery_workers.start("cloud@cloudhost", celery_stack.env)
-    celery_stack.start()
-    job_id = celery_stack.insert_job("a slow snail", backend="slow", width=64, height=64)
-    celery_stack.wait_for(lambda rows: backend_calls(celery_stack) != [])
-    with celery_stack.connect() as conn:
-        conn.execute("UPDATE imagen.jobs SET status = 'canceled' WHERE id = %s", (job_id,))
-    rows = celery_stack.wait_for(lambda rows: rows[job_id]["finished_at"] is not None, 120)
-    assert rows[job_id]["status"] == "canceled"
-    [run] = job_runs(celery_stack, job_id)
-    assert run.status == dg.DagsterRunStatus.CANCELED
-    assert len(backend_calls(celery_stack)) == 1
-    assert images_per_job(celery_stack) == {}
 
 
 def test_a_redis_restart_mid_burst_loses_no_job_and_makes_none_twice(

@@ -1,6 +1,7 @@
 """What a web UI on the queue needs, on real Postgres: priority, fair share per owner, live
 progress in the row (seen under RLS), variations of one prompt; the daemon tests run a real
-``dagster-daemon``."""
+``dagster-daemon``: the module's running stack, from a clean state for each test, except
+the test that kills a run's process, which has a stack of its own."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
-import yaml
 from psycopg.rows import dict_row
 
 from imagen_pipeline.queue import repository
-from imagen_pipeline_tests.fixtures.daemon import DaemonStack
+from imagen_pipeline_tests.fixtures.daemon import DaemonStack, holding
 from imagen_pipeline_tests.fixtures.queue import web_session
 
 A = "0a0a0a0a-0000-4000-8000-0000000000aa"
@@ -80,16 +80,14 @@ def test_rows_without_an_owner_share_one_limit(migrated_database_url: str) -> No
 # -- with a real daemon -------------------------------------------------------------------
 
 
-def add_backend(stack: DaemonStack, name: str, block: dict[str, Any]) -> None:
-    config = yaml.safe_load(stack.config_file.read_text())
-    config["backends"][name] = block
-    stack.config_file.write_text(yaml.safe_dump(config))
-
-
-def run_records(stack: DaemonStack) -> dict[int, dg.RunRecord]:
-    """The newest run of each job, by job id."""
+def run_records(stack: DaemonStack, jobs: list[int]) -> dict[int, dg.RunRecord]:
+    """The newest run of each of ``jobs``, by job id."""
     with dg.DagsterInstance.from_config(str(stack.home)) as instance:
-        records = instance.get_run_records(filters=dg.RunsFilter(job_name="generate_image"))
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(
+                job_name="generate_image", tags={"imagen/job_id": [str(job) for job in jobs]}
+            )
+        )
     newest: dict[int, dg.RunRecord] = {}
     for record in sorted(records, key=lambda r: r.create_timestamp):
         job = record.dagster_run.tags.get("imagen/job_id")
@@ -117,11 +115,11 @@ def dequeue_times(stack: DaemonStack, run_ids: list[str]) -> dict[str, float]:
 
 
 def test_progress_appears_in_the_row_and_only_its_owner_sees_it(
-    daemon_stack: DaemonStack,
+    running_stack: DaemonStack,
 ) -> None:
-    add_backend(daemon_stack, "sampler", {"type": "mock", "latency_s": 6})
+    daemon_stack = running_stack
+    daemon_stack.add_backend("sampler", {"type": "mock", "latency_s": 6})
     job = daemon_stack.insert_job("a kite", backend="sampler", steps=12, owner_user_id=A)
-    daemon_stack.start()
     seen: list[tuple[float, str]] = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -155,19 +153,19 @@ def test_progress_appears_in_the_row_and_only_its_owner_sees_it(
         cursor.execute("UPDATE imagen.jobs SET progress = 0.5 WHERE id = %s", (job,))
 
 
-def test_a_high_priority_job_starts_next(daemon_stack: DaemonStack) -> None:
-    add_backend(daemon_stack, "gpu_steady", {"type": "mock", "pool": "gpu", "latency_s": 1.5})
+def test_a_high_priority_job_starts_next(running_stack: DaemonStack) -> None:
+    daemon_stack = running_stack
+    daemon_stack.add_backend("gpu_steady", {"type": "mock", "pool": "gpu", "latency_s": 1.5})
     backlog = [daemon_stack.insert_job(f"kite {n}", backend="gpu_steady") for n in range(20)]
-    daemon_stack.start()
     daemon_stack.wait_for(lambda rows: rows[backlog[1]]["status"] == "done", 120)
     at_insert = daemon_stack.jobs()
     urgent = daemon_stack.insert_job("the urgent kite", backend="gpu_steady", priority=10)
     # Once the urgent job is done the backlog's order no longer matters: the rest of it is
-    # left to the stack's teardown. A backlog run not launched yet counts as launched after.
+    # canceled before the next test. A backlog run not launched yet counts as launched after.
     rows = daemon_stack.wait_for(lambda rows: rows[urgent]["status"] == "done", 240)
     waiting = [i for i in backlog if at_insert[i]["started_at"] is None]
     assert len(waiting) >= 10
-    runs = run_records(daemon_stack)
+    runs = run_records(daemon_stack, [*backlog, urgent])
     urgent_run = runs[urgent]
     dequeued = dequeue_times(daemon_stack, [runs[job].dagster_run.run_id for job in runs])
 
@@ -201,21 +199,21 @@ GENERATION_S = 2.0
 
 
 def test_another_owners_single_job_does_not_wait_for_a_backlog(
-    daemon_stack: DaemonStack,
+    running_stack: DaemonStack,
 ) -> None:
+    daemon_stack = running_stack
     # The limit equals the GPU pool's 2 slots (the default): A's two jobs in flight hold
     # both, so B's job waits for one of them to finish, not behind a third A job.
     daemon_stack.configure(queue={"max_in_flight_per_owner": 2})
     gpu = {"type": "mock", "pool": "gpu", "latency_s": GENERATION_S}
-    add_backend(daemon_stack, "gpu_steady", gpu)
+    daemon_stack.add_backend("gpu_steady", gpu)
     backlog = [
         daemon_stack.insert_job(f"kite {n}", backend="gpu_steady", owner_user_id=A)
         for n in range(20)
     ]
-    daemon_stack.start()
     daemon_stack.wait_for(lambda rows: rows[backlog[0]]["status"] == "done", 120)
     single = daemon_stack.insert_job("b's kite", backend="gpu_steady", owner_user_id=B)
-    # Once B's job is done the rest of the backlog is left to the stack's teardown; an A job
+    # Once B's job is done the rest of the backlog is canceled before the next test; an A job
     # not started yet started after B's.
     rows = daemon_stack.wait_for(lambda rows: rows[single]["status"] == "done", 240)
     waited = (rows[single]["started_at"] - rows[single]["created_at"]).total_seconds()
@@ -234,14 +232,21 @@ def test_another_owners_single_job_does_not_wait_for_a_backlog(
 def test_a_job_of_four_variations_survives_a_killed_run_without_a_duplicate(
     daemon_stack: DaemonStack,
 ) -> None:
-    job = daemon_stack.insert_job("a kite", backend="steady", count=4)
+    # One generation at a time, each held by the gate: once the second image is staged
+    # the test takes the gate, so the run waits at its next generation when it is killed.
+    gate = str(daemon_stack.gate)
+    calls = str(daemon_stack.calls_log)
+    block = {"type": "mock", "latency_s": 0.5, "serial_lock": gate, "calls_log": calls}
+    daemon_stack.add_backend("one_by_one", block)
+    job = daemon_stack.insert_job("a kite", backend="one_by_one", count=4)
     daemon_stack.start()
     second = daemon_stack.output_dir / ".imagen-staging" / f"job-{job}-v1.json"
     deadline = time.monotonic() + 120
     while not second.exists():
         assert time.monotonic() < deadline, "the second image never got made"
         time.sleep(0.05)
-    killed, _ = daemon_stack.kill_a_worker()
+    with holding(daemon_stack.gate):
+        killed, _ = daemon_stack.kill_a_worker()
     rows = daemon_stack.wait_for(lambda rows: rows[job]["status"] == "done", 180)
     assert rows[job]["run_id"] != killed
     with daemon_stack.connect() as conn:
