@@ -13,14 +13,8 @@ from typing import Any
 import dagster as dg
 
 from imagen_pipeline.defs.failures import MAX_RETRIES
-from imagen_pipeline.defs.ops import (
-    cloud_sync,
-    enrich_prompt,
-    generate_cloud,
-    generate_gpu,
-    record_usage,
-    write_files,
-)
+from imagen_pipeline.defs.generate_ops import generate_cloud, generate_gpu
+from imagen_pipeline.defs.ops import cloud_sync, enrich_prompt, record_usage, write_files
 from imagen_pipeline.defs.resources import (
     BackendsResource,
     ImagenDatabaseResource,

@@ -1,6 +1,6 @@
-"""Ops of the ``generate_image`` graph: enrich_prompt -> generate -> write_files ->
-cloud_sync -> record_usage. A run makes the request's ``count`` images (variations), so
-every step after enrich_prompt hands on a list, one item per image.
+"""Ops of the ``generate_image`` graph: enrich_prompt -> generate (:mod:`.generate_ops`) ->
+write_files -> cloud_sync -> record_usage. A run makes the request's ``count`` images
+(variations), so every step after enrich_prompt hands on a list, one item per image.
 
 Wiring only: each op calls one plain module and hands its errors to
 :func:`~imagen_pipeline.defs.failures.step_errors`. The first op resolves the run into its
@@ -12,11 +12,10 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from imagen_pipeline.backends.contract import GenerationContext
-from imagen_pipeline.backends.progress import ProgressThrottle
 from imagen_pipeline.cloud.sync import SyncOutcome, sync_image
 from imagen_pipeline.db.errors import DatabaseStep, database_errors
 from imagen_pipeline.defs.failures import step_errors
+from imagen_pipeline.defs.generate_ops import job_progress
 from imagen_pipeline.defs.lineage import (
     image_materialization,
     row_materializations,
@@ -28,17 +27,13 @@ from imagen_pipeline.defs.resources import (
     ImagenResource,
 )
 from imagen_pipeline.defs.run_config import GenerateImageConfig
-from imagen_pipeline.defs.run_identity import POOLS, made_by_tags, own_job, run_tags, tag_run
-from imagen_pipeline.errors import BackendError
+from imagen_pipeline.defs.run_identity import POOLS, own_job, run_tags, tag_run
 from imagen_pipeline.generate.job_records import discard_job_record
-from imagen_pipeline.generate.make import make_images
 from imagen_pipeline.generate.plan import GenerationPlan, plan_generation
 from imagen_pipeline.generate.staging import GeneratedImage
 from imagen_pipeline.output.store import StoredImage, store_image
-from imagen_pipeline.queue.progress import JobProgress
 from imagen_pipeline.usage.recorder import (
     UsageOutcome,
-    record_failed_generation,
     record_images,
 )
 
@@ -71,100 +66,6 @@ def enrich_prompt(
         f"prompt: {plan.request.prompt}"
     )
     yield dg.Output(plan, output_name=plan.pool)
-
-
-def job_progress(
-    plan: GenerationPlan, run_id: str, imagen_db: ImagenDatabaseResource
-) -> JobProgress | None:
-    """The row's progress writer for a queued job's run, else None."""
-    if plan.spec.job_id is None or not imagen_db.configured():
-        return None
-    return JobProgress(imagen_db.connect, plan.spec.job_id, run_id, plan.spec.count)
-
-
-def _generate_op(kind: str, pool: str) -> dg.OpDefinition:
-    @dg.op(
-        name=f"generate_{kind}",
-        pool=pool,
-        tags={"kind": "generate"},
-        description=f"Generate with a backend of the {kind!r} pool (Dagster pool {pool}).",
-    )
-    def generate(
-        context: dg.OpExecutionContext, plan: GenerationPlan, imagen_db: ImagenDatabaseResource
-    ) -> list[GeneratedImage]:
-        """Re-use the job's images or call the backend, one image per variation (``count``),
-        and stage them; an image an earlier attempt made is not made again."""
-        own_job(context, plan, imagen_db)
-        progress = job_progress(plan, context.run_id, imagen_db)
-        try:
-            return _make_variations(context, plan, imagen_db, progress)
-        finally:
-            if progress is not None:
-                progress.close()
-
-    return generate
-
-
-def _make_variations(
-    context: dg.OpExecutionContext,
-    plan: GenerationPlan,
-    imagen_db: ImagenDatabaseResource,
-    progress: JobProgress | None,
-) -> list[GeneratedImage]:
-    """The request's images, re-used or generated, with their lines in the run's log."""
-    connect = imagen_db.connect if imagen_db.configured() else None
-
-    def label(variant: GenerationPlan) -> str:
-        text = f"backend {variant.backend!r} ({variant.backend_type}): "
-        if plan.spec.count > 1:
-            text = f"image {variant.variation + 1}/{plan.spec.count}, {text}"
-        return text
-
-    def context_for(variant: GenerationPlan) -> GenerationContext:
-        if progress is not None:
-            progress.image(variant.variation)
-        return GenerationContext(
-            run_id=context.run_id,
-            attempt=context.retry_number,
-            instance_name=variant.backend,
-            variation=variant.variation,
-            log=context.log,
-            progress=ProgressThrottle(
-                context.log, label(variant).removesuffix(": "), (progress,) if progress else ()
-            ),
-        )
-
-    def failed_call(failed: GenerationPlan, error: BackendError) -> None:
-        if connect is not None:
-            context.log.info(
-                record_failed_generation(
-                    connect, failed, context.run_id, context.retry_number, error
-                )
-            )
-
-    images = []
-    made_images = make_images(plan, context_for, connect, failed_call)
-    for variant in plan.variations:
-        with step_errors(context, backend=label(variant)):
-            try:
-                made = next(made_images)
-            except BackendError as error:
-                if error.transient:
-                    context.log.warning(
-                        f"{label(variant)}transient failure on attempt "
-                        f"{context.retry_number + 1}: {error}"
-                    )
-                raise
-        if made.budget_note:
-            context.log.info(made.budget_note)
-        context.log.info(("" if made.reused else label(variant)) + made.describe(variant))
-        tag_run(context, made_by_tags(made.image))
-        images.append(made.image)
-    return images
-
-
-generate_gpu = _generate_op("gpu", POOLS["gpu"])
-generate_cloud = _generate_op("cloud", POOLS["cloud"])
 
 
 @dg.op(tags={"kind": "files"}, ins={"generated": dg.In(list[list[GeneratedImage]])})

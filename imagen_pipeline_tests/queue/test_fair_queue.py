@@ -224,9 +224,16 @@ def test_another_owners_single_job_does_not_wait_for_a_backlog(
     ]
     print(json.dumps({"b_waited_s": round(waited, 2), "a_jobs_started_after_b": len(after)}))
     assert len(after) >= 14, (waited, len(after))
-    # At most one generation plus the pickup and start of a run (about 3 s here), never the
-    # backlog's 19 x 2 s / 2 slots.
-    assert waited < GENERATION_S + 4, waited
+    # Never the backlog's time: the A jobs not started when B's row came, 2 s each on the 2
+    # GPU slots (about 3 s on a quiet machine, at most one generation plus the sensor's
+    # pickup and a run's start; the bound is the backlog's, so a loaded machine, which slows
+    # both alike, does not fail it).
+    pending = [
+        i
+        for i in backlog
+        if rows[i]["started_at"] is None or rows[i]["started_at"] > rows[single]["created_at"]
+    ]
+    assert waited < len(pending) * GENERATION_S / 2, (waited, len(pending))
 
 
 def test_a_job_of_four_variations_survives_a_killed_run_without_a_duplicate(
