@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -99,3 +101,17 @@ def test_dagster_definitions_validate_passes() -> None:
         timeout=120,
     )
     assert completed.returncode == 0, completed.stderr
+
+
+def test_dg_check_defs_loads_the_project_as_dagsters_project_cli_does() -> None:
+    """``[tool.dg]`` in pyproject.toml points dg at the code location (README)."""
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "dg"), "check", "defs"],
+        cwd=REPO_ROOT,
+        env={**subprocess_env(), "VIRTUAL_ENV": str(Path(sys.executable).parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "All definitions loaded successfully." in completed.stdout
