@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from imagen_pipeline.cli.instance import DEFAULT_INSTANCE_YAML
+
 BIN = Path(sys.executable).parent
 ONE_OP_RUN = """
 import dagster as dg
@@ -61,6 +63,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="imagen-cli-") as workdir:
         home = Path(workdir) / "dagster_home"
         home.mkdir()
+        # The instance `imagen generate` makes for itself when DAGSTER_HOME is not set; the
+        # one-op floor runs on the same.
+        (home / "dagster.yaml").write_text(DEFAULT_INSTANCE_YAML, encoding="utf-8")
         env = {
             key: value
             for key, value in os.environ.items()

@@ -8,6 +8,7 @@ Everything else goes to stderr.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -19,6 +20,7 @@ from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.defs.resources import resources_run_config
 from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_errors import step_failure_text
+from imagen_pipeline.defs.run_identity import run_tags
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.generate.plan import MAX_COUNT, ImageSpec, parse_size, plan_generation
 from imagen_pipeline.generate.setup import Setup, load_setup
@@ -40,9 +42,12 @@ def _parse_opts(pairs: tuple[str, ...]) -> dict[str, Any]:
     return opts
 
 
-def run_generate_job(spec: ImageSpec, setup: Setup, verbose: bool) -> list[StoredImage]:
+def run_generate_job(
+    spec: ImageSpec, setup: Setup, verbose: bool, tags: Mapping[str, str]
+) -> list[StoredImage]:
     """Execute ``generate_image`` in this process, recorded in the CLI's Dagster instance,
-    with the resources of ``setup`` (the one read of imagen.yaml)."""
+    with the resources of ``setup`` (the one read of imagen.yaml) and the plan's ``tags``
+    from the start (so the run writes none later)."""
     run_config: dict[str, Any] = {
         "ops": {
             "enrich_prompt": {
@@ -62,7 +67,7 @@ def run_generate_job(spec: ImageSpec, setup: Setup, verbose: bool) -> list[Store
             ),
             instance=instance,
             run_config=run_config,
-            tags={TAG_SOURCE: "cli"},
+            tags={**tags, TAG_SOURCE: "cli"},
             raise_on_error=False,
         ) as result,
     ):
@@ -136,10 +141,10 @@ def generate(
             backend_opts=_parse_opts(opts),
         )
         setup = load_setup(config_path)
-        plan_generation(spec, setup)
+        plan = plan_generation(spec, setup)
     except ImagenError as error:
         raise CliError(str(error)) from None
-    for stored in run_generate_job(spec, setup, verbose):
+    for stored in run_generate_job(spec, setup, verbose, run_tags(plan)):
         meta = stored.generated.metadata
         click.echo(
             f"imagen: {stored.generated.plan.backend} ({meta.model}) seed {meta.seed}, "

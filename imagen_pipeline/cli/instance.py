@@ -17,6 +17,9 @@ DEFAULT_INSTANCE_YAML = """\
 # these runs in `dagster dev`. Runs are stored in SQLite files in this folder.
 telemetry:
   enabled: false
+# Log messages below INFO (Dagster's "Writing file at ..." lines) are not stored.
+python_logs:
+  python_log_level: INFO
 """
 
 

@@ -7,7 +7,8 @@ facts fixed at generation time, so a retry targets the same path. If Storage ans
 SHA-256 means an earlier attempt of this step already uploaded it (accepted, nothing is
 written twice); a different one means another image owns the path, which fails with a clear
 error instead of overwriting it. The sidecar is derived data and is uploaded with
-``x-upsert: true`` after the image is known to be ours.
+``x-upsert: true`` after the image is known to be ours. Storage's client (storage3, httpx) is
+imported only when a ``cloud:`` block asks for an upload.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from imagen_pipeline.atomic_files import write_atomic
 from imagen_pipeline.cloud.errors import CloudSyncError
-from imagen_pipeline.cloud.storage import BucketInfo, SupabaseStorage
 from imagen_pipeline.config.models import CloudConfig
 from imagen_pipeline.errors import OutputError
 from imagen_pipeline.naming.object_paths import UNOWNED, render_object_path, sidecar_object_path
@@ -31,6 +31,9 @@ from imagen_pipeline.output.store import StoredImage
 
 SIDECAR_MIME = "application/json"
 SIDECAR_CACHE_CONTROL_S = 60
+
+if TYPE_CHECKING:
+    from imagen_pipeline.cloud.storage import BucketInfo, SupabaseStorage
 
 
 class StorageLocation(BaseModel):
@@ -163,6 +166,8 @@ def sync_image(
         )
     path = object_path(stored, settings.path_template, stored.generated.plan.owner_user_id)
     sidecar = Path(stored.sidecar_path) if stored.sidecar_path else None
+    from imagen_pipeline.cloud.storage import SupabaseStorage
+
     with SupabaseStorage.from_config(settings) as storage:
         _check_bucket(storage.bucket(settings.bucket), settings, stored)
         uploaded = _upload_image(storage, settings, path, stored)

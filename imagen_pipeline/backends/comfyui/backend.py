@@ -5,6 +5,9 @@ server has the model files, takes a queue slot (``pool_limit``), submits with a 
 derived from the run, follows it on the websocket (``/history`` when the socket drops),
 and downloads the saved image. docs/backends.md has the config block, the templates, the
 mapping and the error table.
+
+The HTTP and websocket clients are imported when a method first talks to a server, so
+loading a config with this adapter (or running another backend) does not import them.
 """
 
 from __future__ import annotations
@@ -13,20 +16,17 @@ import logging
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from imagen_pipeline.backends.comfyui.dispatch import DispatchSettings, dispatch
-from imagen_pipeline.backends.comfyui.health import check_servers
 from imagen_pipeline.backends.comfyui.servers import (
     Server,
     ServerConfig,
     normalized_url,
 )
 from imagen_pipeline.backends.comfyui.slots import QueueSlots, default_state_dir
-from imagen_pipeline.backends.comfyui.watch import WatchSettings
 from imagen_pipeline.backends.comfyui.workflow import (
     Target,
     Workflow,
@@ -53,6 +53,9 @@ from imagen_pipeline.backends.options import (
 from imagen_pipeline.errors import (
     ConfigError,
 )
+
+if TYPE_CHECKING:
+    from imagen_pipeline.backends.comfyui.dispatch import DispatchSettings
 
 MAX_GUIDANCE = 100
 """Largest guidance ComfyUI's FluxGuidance node takes."""
@@ -309,6 +312,8 @@ class ComfyUIBackend(ImageBackend):
                 )
         started = time.monotonic()
         deadline = started + self.timeout_s
+        from imagen_pipeline.backends.comfyui.dispatch import dispatch
+
         made = dispatch(
             self._servers(log), workflow, graph, context, deadline, self._dispatch_settings()
         )
@@ -345,6 +350,9 @@ class ComfyUIBackend(ImageBackend):
         )
 
     def _dispatch_settings(self) -> DispatchSettings:
+        from imagen_pipeline.backends.comfyui.dispatch import DispatchSettings
+        from imagen_pipeline.backends.comfyui.watch import WatchSettings
+
         return DispatchSettings(
             request_timeout_s=self.request_timeout_s,
             fallback_after_s=self.fallback_after_s if self.fallback else None,
@@ -380,6 +388,8 @@ class ComfyUIBackend(ImageBackend):
                 reachable=None, credentials=None, model_present=None, detail=str(error)
             )
         log = logging.getLogger("imagen.comfyui")
+        from imagen_pipeline.backends.comfyui.health import check_servers
+
         return check_servers(self._servers(log), workflow, self.request_timeout_s, log)
 
 

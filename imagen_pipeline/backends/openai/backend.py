@@ -7,14 +7,15 @@ times the configured token prices become the cost, and failures are classified a
 or permanent. OpenAI documents no idempotency key for images, so a retry after a lost response
 sends the request again and may be billed twice; retries are bounded by the job's retry
 policy. docs/backends.md (section "OpenAI") has the config block, the size rule, the price
-tables and the error table.
+tables and the error table. The HTTP client is imported when a method first talks to the
+API, so loading a config with this adapter does not import it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -27,14 +28,6 @@ from imagen_pipeline.backends.contract import (
     GenerationResult,
     ImageBackend,
     verify_image,
-)
-from imagen_pipeline.backends.http_transport import probe_model
-from imagen_pipeline.backends.openai.client import (
-    ImagesApi,
-    decode_image,
-    image_payload,
-    parse_api_error,
-    redact,
 )
 from imagen_pipeline.backends.openai.models import (
     DEFAULT_MODEL,
@@ -57,6 +50,9 @@ from imagen_pipeline.backends.pricing import Price
 from imagen_pipeline.backends.retired import retirement_message
 from imagen_pipeline.config.secrets import resolve_secret
 from imagen_pipeline.errors import PermanentBackendError
+
+if TYPE_CHECKING:
+    from imagen_pipeline.backends.openai.client import ImagesApi
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -274,6 +270,8 @@ class OpenAIImagesBackend(ImageBackend):
         started = time.monotonic()
         response = self._api().generate(prepared.body, key)
         latency = time.monotonic() - started
+        from imagen_pipeline.backends.openai.client import decode_image, image_payload
+
         payload, image_data = image_payload(response)
         image = decode_image(image_data)
         facts = verify_image(image, "OpenAI images: b64_json")
@@ -316,6 +314,9 @@ class OpenAIImagesBackend(ImageBackend):
 
     def check(self) -> BackendCheck:
         """GET ``/models/{model}`` with the key: reachable, key valid, model available."""
+        from imagen_pipeline.backends.http_transport import probe_model
+        from imagen_pipeline.backends.openai.client import parse_api_error, redact
+
         return probe_model(
             self.base_url,
             f"/models/{quote(self.model, safe='')}",
@@ -331,6 +332,8 @@ class OpenAIImagesBackend(ImageBackend):
         )
 
     def _api(self) -> ImagesApi:
+        from imagen_pipeline.backends.openai.client import ImagesApi
+
         return ImagesApi(
             base_url=self.base_url,
             key_env=self.api_key_env,

@@ -5,13 +5,14 @@ until it ends, downloads the output file with a size cap and a timeout, and clas
 failure as transient or permanent. A create whose response is lost is recovered by listing
 recent predictions instead of creating a second one; a terminated run cancels its
 prediction. docs/backends.md (section "Replicate") has the config block, the input mapping,
-the price table and the error table.
+the price table and the error table. The HTTP client is imported when a method first talks
+to the API, so loading a config with this adapter does not import it.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -27,15 +28,8 @@ from imagen_pipeline.backends.contract import (
     derived_seed,
     verify_image,
 )
-from imagen_pipeline.backends.http_transport import USER_AGENT, probe_model
 from imagen_pipeline.backends.options import OptionRule, set_by_field
 from imagen_pipeline.backends.pricing import Price
-from imagen_pipeline.backends.replicate.client import (
-    ApiSettings,
-    ReplicateApi,
-    problem_detail,
-    redact,
-)
 from imagen_pipeline.backends.replicate.inputs import RESERVED_INPUTS, build_input
 from imagen_pipeline.backends.replicate.models import (
     InputStyle,
@@ -45,6 +39,9 @@ from imagen_pipeline.backends.replicate.models import (
 )
 from imagen_pipeline.config.secrets import resolve_secret
 from imagen_pipeline.errors import ImagenError
+
+if TYPE_CHECKING:
+    from imagen_pipeline.backends.replicate.client import ApiSettings
 
 DEFAULT_BASE_URL = "https://api.replicate.com/v1"
 CLIENT_GUIDANCE = OptionRule(min=0, max=10)
@@ -147,6 +144,8 @@ class ReplicateBackend(ImageBackend):
 
     def api_settings(self) -> ApiSettings:
         """The settings the API calls use."""
+        from imagen_pipeline.backends.replicate.client import ApiSettings
+
         names = ApiSettings.__dataclass_fields__
         return ApiSettings(**{name: getattr(self, name) for name in names})
 
@@ -188,6 +187,8 @@ class ReplicateBackend(ImageBackend):
         data.update(self.extra_input)
         data.update(request.backend_opts)
         started = time.monotonic()
+        from imagen_pipeline.backends.replicate.client import ReplicateApi
+
         with ReplicateApi(self.api_settings(), token, context.log) as api:
             prediction = api.find_existing(ref, data) if context.attempt > 0 else None
             recovered = prediction is not None
@@ -240,6 +241,9 @@ class ReplicateBackend(ImageBackend):
 
     def check(self) -> BackendCheck:
         """Read the model (or version) with the token: reachable, token valid, model present."""
+        from imagen_pipeline.backends.http_transport import USER_AGENT, probe_model
+        from imagen_pipeline.backends.replicate.client import problem_detail, redact
+
         ref = parse_model_ref(self.model)
         return probe_model(
             self.base_url,
