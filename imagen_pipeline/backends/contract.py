@@ -177,19 +177,15 @@ class ImageBackend(BaseModel, ABC):
 
     pool: Literal["gpu", "cloud"] = Field(
         default="cloud",
-        description="Dagster op pool the generate step runs in: 'gpu' (imagen_gpu, small "
-        "limit, for a single GPU server) or 'cloud' (imagen_cloud, parallel).",
+        description="Where the generation runs: 'gpu' (a GPU server: few at a time) or "
+        "'cloud' (a service: many in parallel); the Dagster layer runs each in an op pool "
+        "of its own (imagen_gpu, imagen_cloud).",
     )
     fallback: list[str] = Field(
         default_factory=list,
         description="Other instances to use, in order, when this one cannot take the job "
-        "(every ComfyUI server down, or no queue slot free within fallback_after_s); the "
-        "budget applies to them as to any call.",
-    )
-    fallback_after_s: float = Field(
-        default=60.0,
-        gt=0,
-        description="With a fallback: how long to wait for a free queue slot before using it.",
+        "(it raises BackendUnavailableError: every ComfyUI server down, or no queue slot "
+        "free in time); the budget applies to them as to any call.",
     )
     client_options: dict[str, OptionRule] | None = Field(
         default=None,

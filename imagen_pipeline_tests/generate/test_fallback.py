@@ -190,7 +190,7 @@ def test_the_fallback_list_is_validated(fallback: Any, message: str) -> None:
 
 def test_fallback_after_s_must_be_positive() -> None:
     with pytest.raises(ConfigError, match=r"fallback_after_s: Input should be greater than 0"):
-        build_backend("gpu", {"type": "mock", "fallback_after_s": 0})
+        build_backend("gpu", {"type": "comfyui", "url": "http://mrock:8188", "fallback_after_s": 0})
 
 
 def test_the_shipped_gpu_pool_example_is_valid() -> None:

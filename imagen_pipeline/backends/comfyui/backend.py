@@ -103,6 +103,11 @@ class ComfyUIBackend(ImageBackend):
         le=MAX_GUIDANCE,
         description="FLUX guidance; empty: the workflow's value.",
     )
+    fallback_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="With a fallback: how long to wait for a free queue slot before using it.",
+    )
     timeout_s: float = Field(
         default=600.0,
         gt=0,
