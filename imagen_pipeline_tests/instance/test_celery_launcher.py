@@ -43,7 +43,7 @@ from imagen_pipeline_tests.fixtures.imagen import (
     file_resources,
     subprocess_env,
 )
-from imagen_pipeline_tests.instance.launch_target import generate_image_job
+from imagen_pipeline_tests.instance.launch_target import deployed_job, generate_image_job
 
 DEFAULT_QUEUE = "dagster"
 POOL_CHECK_BOUND_S = 6
@@ -226,6 +226,39 @@ def test_runs_execute_on_a_worker_that_names_itself_in_the_run(
     # Dagster's console log reaches the worker's output as Dagster wrote it.
     assert "WARNING/ForkPoolWorker" not in worker.log()
     assert all(logged_success(worker, run_id) for run_id in run_ids)
+
+
+def test_a_warm_pool_process_follows_an_edit_of_imagen_yaml_at_its_next_run(
+    instance: dg.DagsterInstance, write_config: Callable[..., Path], celery_workers: Workers
+) -> None:
+    """One pool process, two runs, imagen.yaml edited between them: the second run loads the
+    code location again and uses the file as it is (Dagster alone would keep the first)."""
+    config_file = write_config({"backends": {"mock": {"type": "mock", "model": "before"}}})
+    celery_workers.start(
+        "cloud@hostb", subprocess_env(IMAGEN_CONFIG=str(config_file)), concurrency=1
+    )
+    recon = dg.reconstructable(deployed_job)
+
+    def run_with_model() -> str:
+        run = instance.create_run_for_job(
+            job_def=deployed_job(),
+            run_config={"ops": {"enrich_prompt": {"config": {"prompt": "a kite"}}}},
+            job_code_origin=recon.get_python_origin(),
+        )
+        instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]
+        wait_for_status(instance, run.run_id, {dg.DagsterRunStatus.SUCCESS})
+        materialization = next(
+            event.asset_materialization
+            for event in instance.all_logs(run.run_id)
+            if event.asset_materialization is not None
+        )
+        return str(materialization.metadata["model"].value)
+
+    first = run_with_model()
+    edited = yaml.safe_load(config_file.read_text())
+    edited["backends"]["mock"]["model"] = "after"
+    config_file.write_text(yaml.safe_dump(edited))
+    assert (first, run_with_model()) == ("before", "after")
 
 
 def test_the_run_names_its_task_before_the_task_is_sent(
