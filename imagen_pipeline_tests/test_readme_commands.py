@@ -32,3 +32,6 @@ def test_dagster_job_execute_with_example_config_writes_png_and_sidecar(tmp_path
     assert images[0].with_suffix(".json").is_file()
     with Image.open(images[0]) as image:
         assert image.size == (1344, 768)
+    # The console shows Dagster's run events as Dagster prints them (RUN_SUCCESS is a DEBUG
+    # event: an instance with `python_log_level: INFO` would hide it).
+    assert "RUN_SUCCESS" in completed.stderr + completed.stdout

@@ -17,7 +17,9 @@ DEFAULT_INSTANCE_YAML = """\
 # these runs in `dagster dev`. Runs are stored in SQLite files in this folder.
 telemetry:
   enabled: false
-# Log messages below INFO (Dagster's "Writing file at ..." lines) are not stored.
+# Log messages below INFO (Dagster's "Writing file at ..." lines) are not stored. This also
+# keeps Dagster's DEBUG-level events (run and step starts and successes) off the console,
+# which `imagen generate` does not show anyway; dagster.yaml keeps the default.
 python_logs:
   python_log_level: INFO
 """

@@ -1,1 +1,1 @@
-"""Output: file naming, atomic writes, JSON sidecars, PNG text chunks and previews."""
+"""Output: the final store step, JSON sidecars, PNG text chunks and previews."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,3 +121,34 @@ def test_count_outside_1_to_8_is_refused_naming_the_field(tmp_path: Path) -> Non
     completed = imagen("generate", "a heron", "--count", "9", cwd=tmp_path)
     assert completed.returncode == 2
     assert "--count" in completed.stderr and "1<=x<=8" in completed.stderr
+
+
+def test_one_generate_opens_imagen_yaml_once(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    """An audit hook counts every open of the config file in the whole command."""
+    config_file = write_config()
+    probe = (
+        "import sys\n"
+        f"config = {str(config_file)!r}\n"
+        "opened = []\n"
+        "def hook(event, args):\n"
+        "    if event == 'open' and str(args[0]) == config:\n"
+        "        opened.append(1)\n"
+        "sys.addaudithook(hook)\n"
+        "from imagen_pipeline.cli.main import cli\n"
+        "try:\n"
+        "    cli(['generate', 'a kite', '--size', '64x64', '--config', config])\n"
+        "finally:\n"
+        "    print('opened', len(opened), file=sys.stderr)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=subprocess_env(DAGSTER_HOME=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "opened 1\n" in completed.stderr
