@@ -11,7 +11,18 @@ went wrong in general terms, and the full message stays in the Dagster run.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
+
+Fault = Literal["request", "outage", "server"]
+"""Whose failure a failed step is, which decides what becomes of a queued job:
+
+- ``request``: the job's own request (a field out of range, a prompt the backend refuses);
+  the job fails and the attempt counts;
+- ``outage``: a part the pipeline depends on was away (a backend, a database, Storage, the
+  broker, a worker); the job waits and runs again when it is back, the attempt not counted;
+- ``server``: the server's set-up or code (imagen.yaml, a missing credential, a bug, the
+  daily budget); the job fails, the attempt is not counted and the operator is alerted.
+"""
 
 SEE_THE_RUN = "the operators can see the details in the job's Dagster run"
 
@@ -43,6 +54,12 @@ class ImagenError(Exception):
         """The error as a web user may read it (see the module docstring)."""
         return self._public or self.public_summary or self.message
 
+    @property
+    def fault(self) -> Fault:
+        """Whose failure this is (:data:`Fault`): a transient error is an outage, any other
+        the server's unless a subclass says the request caused it."""
+        return "outage" if self.transient else "server"
+
 
 class ConfigError(ImagenError):
     """`imagen.yaml` is missing a value, has a wrong one, or names something unknown."""
@@ -73,6 +90,11 @@ class InvalidRequestError(ImagenError):
         super().__init__(f"{field}: {message}" + (f" ({detail})" if detail else ""))
         self.field = field
         self._public = f"{field}: {message}"
+
+    @property
+    def fault(self) -> Fault:
+        """Always the request's."""
+        return "request"
 
 
 class BackendError(ImagenError):
@@ -117,6 +139,12 @@ class PermanentBackendError(BackendError):
     """
 
     public_summary = f"the image backend could not make this image; {SEE_THE_RUN}"
+
+    @property
+    def fault(self) -> Fault:
+        """The request's when the rejection is about it (a ``public`` sentence was given),
+        else the server's (a request the pipeline built wrongly)."""
+        return "request" if self._public else "server"
 
 
 class OutputError(ImagenError):

@@ -4,7 +4,8 @@ One rule for every op: a transient :class:`~imagen_pipeline.errors.ImagenError` 
 by the job's retry policy (after the wait a server asked for, if any) and becomes a final
 ``Failure`` after the last retry; any other ``ImagenError`` is a final ``Failure`` at once.
 A ``Failure``'s description is the full message for the operator; its metadata carries the
-sentence a queued job's owner may read (:mod:`imagen_pipeline.defs.run_errors`).
+sentence a queued job's owner may read and whose fault the failure is
+(:mod:`imagen_pipeline.defs.run_errors`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import NoReturn
 
 import dagster as dg
 
-from imagen_pipeline.defs.run_errors import PUBLIC_ERROR_KEY
+from imagen_pipeline.defs.run_errors import FAULT_KEY, PUBLIC_ERROR_KEY
 from imagen_pipeline.errors import BackendError, ImagenError
 
 MAX_RETRIES = 3
@@ -24,15 +25,12 @@ MAX_RETRIES = 3
 
 def failure(error: ImagenError | Exception | str, prefix: str = "") -> dg.Failure:
     """A failure that the retry policy does not retry."""
-    public = error.public if isinstance(error, ImagenError) else None
+    metadata: dict[str, str] = {FAULT_KEY: "server"}
     if isinstance(error, ImagenError):
+        metadata = {PUBLIC_ERROR_KEY: error.public, FAULT_KEY: error.fault}
         error.add_context(prefix)
         prefix = ""
-    return dg.Failure(
-        description=f"{prefix}{error}",
-        metadata={PUBLIC_ERROR_KEY: public} if public else None,
-        allow_retries=False,
-    )
+    return dg.Failure(description=f"{prefix}{error}", metadata=metadata, allow_retries=False)
 
 
 def retry_or_fail(context: dg.OpExecutionContext, error: ImagenError, prefix: str = "") -> NoReturn:

@@ -4,6 +4,8 @@ Two readers: the operator (CLI stderr, the Dagster UI), who gets the full messag
 web user who queued the job (``imagen.jobs.error``), who gets the failure's public sentence
 (:attr:`imagen_pipeline.errors.ImagenError.public`, carried in the ``Failure``'s metadata
 under :data:`PUBLIC_ERROR_KEY`) and never a class name, a server path or configuration.
+Whose fault a failure is (:data:`imagen_pipeline.errors.Fault`) travels beside it under
+:data:`FAULT_KEY`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from collections.abc import Iterable
 
 import dagster as dg
 
-from imagen_pipeline.errors import SEE_THE_RUN
+from imagen_pipeline.errors import SEE_THE_RUN, Fault
 
 PUBLIC_ERROR_KEY = "imagen/public_error"
+FAULT_KEY = "imagen/fault"
+FAULTS: tuple[Fault, ...] = ("request", "outage", "server")
 OWN_MODULES = "imagen_pipeline."
 
 
@@ -57,6 +61,20 @@ def public_failure_text(events: Iterable[dg.DagsterEvent]) -> str | None:
     return None
 
 
+def failure_fault(events: Iterable[dg.DagsterEvent]) -> Fault:
+    """Whose fault a failed run is: its first step failure's (``server`` when the step did
+    not say: an unexpected exception), ``outage`` when no step failed (the run could not be
+    launched, no worker took it, its worker died)."""
+    for event in _step_failures(events):
+        data = event.step_failure_data
+        if data.user_failure_data:
+            fault = data.user_failure_data.metadata.get(FAULT_KEY)
+            if fault is not None and fault.value in FAULTS:
+                return fault.value
+        return "server"
+    return "outage"
+
+
 def _stored_failures(instance: dg.DagsterInstance, run_id: str) -> list[dg.DagsterEvent]:
     entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
     return [entry.dagster_event for entry in entries if entry.dagster_event]
@@ -70,3 +88,8 @@ def run_step_failure(instance: dg.DagsterInstance, run_id: str) -> str | None:
 def run_public_failure(instance: dg.DagsterInstance, run_id: str) -> str | None:
     """:func:`public_failure_text` of a stored run."""
     return public_failure_text(_stored_failures(instance, run_id))
+
+
+def run_fault(instance: dg.DagsterInstance, run_id: str) -> Fault:
+    """:func:`failure_fault` of a stored run."""
+    return failure_fault(_stored_failures(instance, run_id))

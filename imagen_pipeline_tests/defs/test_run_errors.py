@@ -7,7 +7,7 @@ import pytest
 
 from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.defs.failures import MAX_RETRIES, failure, step_errors
-from imagen_pipeline.defs.run_errors import public_failure_text, step_failure_text
+from imagen_pipeline.defs.run_errors import failure_fault, public_failure_text, step_failure_text
 from imagen_pipeline.errors import (
     ConfigError,
     InvalidRequestError,
@@ -119,3 +119,25 @@ def test_a_failure_carries_the_public_sentence_as_metadata() -> None:
     )
     with pytest.raises(KeyError):
         failure("a plain text").metadata["imagen/public_error"]
+
+
+@pytest.mark.parametrize(
+    ("error", "fault"),
+    [
+        (InvalidRequestError("width", "must be 64 to 4096"), "request"),
+        (PermanentBackendError("HTTP 422", public="the prompt was refused"), "request"),
+        (PermanentBackendError("HTTP 401: the token was refused"), "server"),
+        (ConfigError("backends.flux.url: not a URL"), "server"),
+        (TransientBackendError("HTTP 503"), "outage"),
+        (CloudSyncError("Storage timed out", transient=True), "outage"),
+        (CloudSyncError("bucket 'images' does not exist"), "server"),
+        (RuntimeError("a bug"), "server"),
+    ],
+)
+def test_a_failed_run_says_whose_fault_it_was(error: Exception, fault: str) -> None:
+    result = failed_run(error, backend="backend 'flux' (comfyui): ", retries=MAX_RETRIES)
+    assert failure_fault(result.all_events) == fault
+
+
+def test_a_run_that_failed_before_any_step_is_an_outage() -> None:
+    assert failure_fault([]) == "outage"
