@@ -13,8 +13,8 @@ from imagen_pipeline.run_tags import TAG_SOURCE
 
 
 def run_key_for(row: JobRow) -> str:
-    """One run key per job attempt: ``imagen-job-<id>-<attempt>``."""
-    return f"imagen-job-{row.id}-{row.attempts}"
+    """One run key per claim of the job: ``imagen-job-<id>-<claim>``."""
+    return f"imagen-job-{row.id}-{row.claims}"
 
 
 def run_tags_for(plan: GenerationPlan, source: str = "imagen.jobs") -> dict[str, str]:

@@ -49,7 +49,9 @@ class GenerateImageConfig(dg.Config):
         default=None, description="imagen.jobs row id; set by the jobs sensor, leave empty."
     )
     job_attempt: int | None = Field(
-        default=None, description="Attempt of that row; set by the jobs sensor, leave empty."
+        default=None,
+        description="Claim number of that row (imagen.jobs.claims); set by the jobs sensor, "
+        "leave empty.",
     )
     owner_user_id: str | None = Field(
         default=None, description="Owner (auth user uuid); set by the jobs sensor, leave empty."

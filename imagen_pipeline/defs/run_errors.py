@@ -11,6 +11,7 @@ Whose fault a failure is (:data:`imagen_pipeline.errors.Fault`) travels beside i
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import dagster as dg
 
@@ -93,3 +94,24 @@ def run_public_failure(instance: dg.DagsterInstance, run_id: str) -> str | None:
 def run_fault(instance: dg.DagsterInstance, run_id: str) -> Fault:
     """:func:`failure_fault` of a stored run."""
     return failure_fault(_stored_failures(instance, run_id))
+
+
+@dataclass(frozen=True)
+class RunFailure:
+    """What the jobs queue needs to know of a failed run: the public sentence (None when no
+    step failed), whose fault it was and the step that failed first."""
+
+    public: str | None
+    fault: Fault
+    step_key: str | None
+
+
+def run_failure(instance: dg.DagsterInstance, run_id: str) -> RunFailure:
+    """:class:`RunFailure` of a stored run (one read of its step failures)."""
+    events = _stored_failures(instance, run_id)
+    first = next(iter(_step_failures(events)), None)
+    return RunFailure(
+        public=public_failure_text(events),
+        fault=failure_fault(events),
+        step_key=first.step_key if first is not None else None,
+    )

@@ -110,4 +110,4 @@ def own_job(
     if not ownership.owned or ownership.row is None:
         raise failure(ownership.refusal(job_id, context.run_id))
     if context.run.tags.get(TAG_JOB_ID) != str(job_id):
-        tag_run(context, {TAG_JOB_ID: str(job_id), TAG_JOB_ATTEMPT: str(ownership.row.attempts)})
+        tag_run(context, {TAG_JOB_ID: str(job_id), TAG_JOB_ATTEMPT: str(ownership.row.claims)})

@@ -17,13 +17,22 @@ from imagen_pipeline.db.connection import DATABASE_URL_ENV
 from imagen_pipeline.db.errors import DatabaseStep, database_errors
 from imagen_pipeline.defs.job_runs import run_request_for
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
-from imagen_pipeline.defs.run_errors import run_public_failure
+from imagen_pipeline.defs.run_errors import run_failure
 from imagen_pipeline.errors import ConfigError
-from imagen_pipeline.queue import repository
+from imagen_pipeline.generate.setup import Setup
+from imagen_pipeline.queue import holds, repository
+from imagen_pipeline.queue.holds import LaunchPath, launch_holds
 from imagen_pipeline.queue.intake import take_batch
 from imagen_pipeline.queue.reconcile import Decision, RunFacts, decide
-from imagen_pipeline.queue.rows import MAX_ATTEMPTS, JobRow
-from imagen_pipeline.run_tags import TAG_JOB_ATTEMPT, TAG_JOB_ID, TAG_WILL_RETRY
+from imagen_pipeline.queue.rows import JobRow
+from imagen_pipeline.run_tags import (
+    GPU_QUEUE,
+    TAG_BACKEND,
+    TAG_CELERY_QUEUE,
+    TAG_JOB_ATTEMPT,
+    TAG_JOB_ID,
+    TAG_WILL_RETRY,
+)
 
 INTERVAL_ENV = "IMAGEN_SENSOR_INTERVAL_S"
 DEFAULT_INTERVAL_S = 5
@@ -35,6 +44,8 @@ RECONCILE_BATCH = 200
 STALE_AFTER = timedelta(minutes=2)
 STALLED_AFTER_ENV = "IMAGEN_RUN_STALLED_AFTER_S"
 DEFAULT_STALLED_AFTER = timedelta(minutes=30)
+BACKEND_PROBE_EVERY_S = 15.0
+"""How often a backend whose outage holds rows is probed (``imagen backends --check``)."""
 LIVE_STATUSES = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.QUEUED,
@@ -113,7 +124,7 @@ def speaking_runs(instance: dg.DagsterInstance, rows: list[JobRow]) -> dict[int,
                 r
                 for r in tagged
                 if r.dagster_run.tags.get(TAG_JOB_ID) == str(row.id)
-                and r.dagster_run.tags.get(TAG_JOB_ATTEMPT) == str(row.attempts)
+                and r.dagster_run.tags.get(TAG_JOB_ATTEMPT) == str(row.claims)
             ]
             record = max(attempt, key=lambda r: r.create_timestamp, default=None)
         if record is not None:
@@ -159,7 +170,9 @@ def run_facts(
     now = time.time()
     for job_id, record in speaking_runs(instance, rows).items():
         run = record.dagster_run
-        failed = run.status == dg.DagsterRunStatus.FAILURE
+        failure = (
+            run_failure(instance, run.run_id) if run.status == dg.DagsterRunStatus.FAILURE else None
+        )
         long_running = (
             run.status == dg.DagsterRunStatus.STARTED
             and record.start_time is not None
@@ -169,7 +182,11 @@ def run_facts(
             run_id=run.run_id,
             status=run.status.value,
             will_retry=run.tags.get(TAG_WILL_RETRY) == "true",
-            step_failure=run_public_failure(instance, run.run_id) if failed else None,
+            step_failure=failure.public if failure else None,
+            fault=failure.fault if failure else None,
+            failed_step=failure.step_key if failure else None,
+            backend=run.tags.get(TAG_BACKEND),
+            queue=run.tags.get(TAG_CELERY_QUEUE),
             idle_s=idle_seconds(instance, run.run_id, now) if long_running else None,
         )
     return facts
@@ -179,10 +196,20 @@ def apply(
     decision: Decision, row: JobRow, conn: psycopg.Connection, instance: dg.DagsterInstance
 ) -> None:
     """Carry out one reconciliation decision."""
-    if decision.kind == "requeue":
-        repository.requeue(conn, row.id, row.attempts, decision.detail)
-    elif decision.kind == "fail":
-        repository.fail(conn, row.id, decision.detail, from_statuses=("queued", "running"))
+    if decision.backend_down:
+        holds.hold_backend(conn, decision.backend_down, decision.detail)
+    if decision.kind == "requeue_lost":
+        repository.requeue_lost(conn, row.id, row.claims, decision.public)
+    elif decision.kind in ("fail", "fail_refund"):
+        repository.fail(
+            conn,
+            row.id,
+            decision.public,
+            from_statuses=("queued", "running"),
+            refund=decision.kind == "fail_refund",
+        )
+    elif decision.kind == "note_waiting":
+        repository.note_waiting(conn, row.id, row.claims, decision.public)
     elif decision.kind == "finish" and decision.run_id:
         repository.finish(conn, row.id, decision.run_id, None)
     elif decision.kind == "cancel_run" and decision.run_id:
@@ -203,6 +230,7 @@ def reconcile(
     instance: dg.DagsterInstance,
     after_id: int,
     log: dg.DagsterLogManager,
+    path: LaunchPath | None = None,
 ) -> int:
     """Reconcile one batch of unsettled rows; returns the id to continue after (0: wrap)."""
     rows = repository.unsettled_jobs(conn, after_id, RECONCILE_BATCH)
@@ -210,11 +238,55 @@ def reconcile(
     runs = run_facts(instance, rows, stalled)
     now = datetime.now(UTC)
     for row in rows:
-        decision = decide(row, runs.get(row.id), now, STALE_AFTER, MAX_ATTEMPTS, stalled)
-        if decision.kind != "leave":
+        decision = decide(row, runs.get(row.id), now, STALE_AFTER, stalled, path)
+        if decision.kind not in ("leave", "note_waiting"):
             log.info(f"imagen.jobs row {row.id}: {decision.kind} {decision.detail}".rstrip())
+        if decision.kind != "leave":
             apply(decision, row, conn, instance)
     return rows[-1].id if len(rows) == RECONCILE_BATCH else 0
+
+
+def launch_path(instance: dg.DagsterInstance) -> LaunchPath | None:
+    """What the instance's run launcher reaches now, if it can tell (the Celery launcher
+    of scripts/dagster.postgres.yaml can; a launcher that starts runs as local processes
+    needs no broker and no worker)."""
+    probe = getattr(instance.run_launcher, "launch_path", None)
+    return probe() if callable(probe) else None
+
+
+def worker_queues(setup: Setup, path: LaunchPath) -> dict[str, str]:
+    """The worker queue each backend instance's runs are sent to (as :func:`run_tags`
+    routes them)."""
+    return {
+        name: GPU_QUEUE if setup.backend(name).backend.pool == "gpu" else path.default_queue
+        for name in setup.backends.names()
+    }
+
+
+def update_holds(
+    conn: psycopg.Connection,
+    setup: Setup,
+    path: LaunchPath | None,
+    log: dg.DagsterLogManager,
+) -> None:
+    """Bring the broker, worker and backend holds up to date: the launch path's from this
+    tick's look at it, a backend's once a probe finds its server back."""
+    if path is not None:
+        for kind, wanted in launch_holds(path, worker_queues(setup, path)).items():
+            changes = holds.replace_holds(conn, kind, wanted)
+            for hold in changes.began:
+                log.warning(f"holding imagen.jobs rows ({hold.scope}): {hold.detail}")
+            for hold in changes.ended:
+                log.info(f"released imagen.jobs rows ({hold.scope}): {hold.kind} is back")
+    for hold in holds.backend_holds_due(conn, BACKEND_PROBE_EVERY_S):
+        if hold.scope not in setup.backends:
+            holds.release(conn, hold)
+            continue
+        check = setup.backend(hold.scope).backend.check()
+        if check.reachable:
+            holds.release(conn, hold)
+            log.info(f"released imagen.jobs rows for backend {hold.scope!r}: it answers again")
+    holds.explain_held_rows(conn, setup.config.default_backend)
 
 
 def sensor_interval_s(environ: Mapping[str, str] = os.environ) -> int:
@@ -273,8 +345,10 @@ def evaluate_queue(
         return dg.SkipReason(f"{imagen_db.url_env} is not set; the imagen.jobs queue is off")
     config = imagen.read()
     cursor = QueueCursor.parse(context.cursor)
+    path = launch_path(context.instance)
     with database_errors(DatabaseStep.CLAIM, imagen_db.url_env), imagen_db.connect() as conn:
-        next_after = reconcile(conn, context.instance, cursor.reconcile_after, context.log)
+        next_after = reconcile(conn, context.instance, cursor.reconcile_after, context.log, path)
+        update_holds(conn, config, path, context.log)
         batch = take_batch(conn, CLAIM_BATCH, config)
     for job_id in batch.exhausted:
         context.log.warning(f"imagen.jobs row {job_id} failed: no attempts left")

@@ -77,6 +77,7 @@ class ImageSpec(RequestFields):
     backend_opts: dict[str, Any] = Field(default_factory=dict)
     job_id: int | None = None
     job_attempt: int | None = None
+    """The row's claim number (``imagen.jobs.claims``), which the run's tags carry."""
     owner_user_id: str | None = None
     priority: int = 0
 

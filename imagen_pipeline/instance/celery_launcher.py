@@ -55,6 +55,13 @@ from imagen_pipeline.instance.dagster_internals import (
     launcher_instance,
     pack_value,
 )
+from imagen_pipeline.instance.worker_registry import (
+    RegistryUnavailableError,
+    live_workers,
+    pool_processes_by_queue,
+    registry_client,
+)
+from imagen_pipeline.queue.holds import LaunchPath
 from imagen_pipeline.run_tags import TAG_WORKER
 
 BROKER_ENV = "IMAGEN_CELERY_BROKER_URL"
@@ -219,6 +226,26 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
                     current, message="Canceled before a Celery worker started the run."
                 )
         return True
+
+    def launch_path(self) -> LaunchPath:
+        """Whether the broker answers and which queues live workers serve (the jobs sensor
+        holds rows that could not start; see :mod:`imagen_pipeline.queue.holds`)."""
+        try:
+            with self.celery.connection_for_write() as connection:
+                connection.ensure_connection(
+                    max_retries=1, interval_start=0, interval_step=0, timeout=PING_TIMEOUT_S
+                )
+        except Exception as error:  # kombu raises its own and socket errors alike
+            return LaunchPath(
+                broker_error=str(error) or type(error).__name__, default_queue=self.default_queue
+            )
+        try:
+            workers = live_workers(registry_client(celery_urls()[1]))
+        except RegistryUnavailableError as error:
+            return LaunchPath(default_queue=self.default_queue, registry_error=str(error))
+        return LaunchPath(
+            workers=pool_processes_by_queue(workers), default_queue=self.default_queue
+        )
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
         """SUCCESS or FAILED as the task's result says (FAILURE or REVOKED: the process

@@ -17,6 +17,9 @@ process. Added around it, through Celery's signals:
   reported by Dagster itself: "Could not load job definition." with the traceback);
 - pool processes die with the worker's main process (Linux ``PR_SET_PDEATHSIG``), so a
   worker is alive or gone as a whole, which is what the health check's ping can see;
+- the main process announces the worker in the registry (:mod:`.worker_registry`: its
+  queues and pool processes, renewed every few seconds) for the jobs sensor and
+  ``imagen doctor``;
 - the main process imports Dagster, dagster-celery and the instance's storage classes, and
   with ``preload`` the code location, before it forks the pool, so a pool process's first
   run does not pay for those imports.
@@ -31,6 +34,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 import dagster as dg
@@ -39,7 +43,7 @@ from dagster_celery.config import TASK_EXECUTE_JOB_NAME
 
 from imagen_pipeline.config.loader import find_config_path
 from imagen_pipeline.errors import ImagenError
-from imagen_pipeline.instance.celery_launcher import ImagenCeleryRunLauncher
+from imagen_pipeline.instance.celery_launcher import ImagenCeleryRunLauncher, celery_urls
 from imagen_pipeline.instance.dagster_internals import (
     ExecuteRunArgs,
     _execute_run_command_body,
@@ -47,6 +51,12 @@ from imagen_pipeline.instance.dagster_internals import (
     unpack_value,
 )
 from imagen_pipeline.instance.file_compute_logs import ECHO_ENV
+from imagen_pipeline.instance.worker_registry import (
+    Heartbeat,
+    RegistryUnavailableError,
+    beacon_for,
+    registry_client,
+)
 from imagen_pipeline.run_tags import TAG_WORKER
 
 CODE_LOCATION_MODULE = "imagen_pipeline.definitions"
@@ -261,6 +271,22 @@ def reload_if_config_changed() -> None:
         _loaded_stamp = stamp
 
 
+def announce_worker(queues: list[str], concurrency: int, hostname: str) -> None:
+    """Keep this worker in the registry from when it is ready until it shuts down (a
+    result backend that is not Redis: logged, the worker runs unlisted)."""
+    try:
+        client = registry_client(celery_urls()[1])
+    except RegistryUnavailableError as error:
+        logger.warning("this worker is not listed for the jobs sensor: %s", error)
+        return
+    heartbeat = Heartbeat(
+        client,
+        beacon_for(hostname, socket.gethostname(), os.getpid(), queues, concurrency, time.time()),
+    )
+    signals.worker_ready.connect(lambda **_: heartbeat.start(), weak=False)
+    signals.worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)
+
+
 def worker_app(launcher: ImagenCeleryRunLauncher) -> Celery:
     """The launcher's Celery app with the run task and this module's signal handlers."""
     app = launcher.celery
@@ -313,6 +339,6 @@ def run_worker(
     app = worker_app(launcher)
     if preload:
         preload_code_location()
-    app.worker_main(
-        worker_argv(queues or [launcher.default_queue], concurrency, hostname, loglevel)
-    )
+    served = queues or [launcher.default_queue]
+    announce_worker(served, concurrency, hostname)
+    app.worker_main(worker_argv(served, concurrency, hostname, loglevel))

@@ -73,7 +73,7 @@ def take_batch(conn: psycopg.Connection, limit: int, config: Setup) -> Batch:
     admitted: list[Admitted] = []
     refused: list[Refused] = []
     per_owner = config.config.queue.max_in_flight_per_owner
-    for row in repository.claim_pending(conn, limit, per_owner):
+    for row in repository.claim_pending(conn, limit, per_owner, config.config.default_backend):
         outcome = admit(conn, row, config)
         if isinstance(outcome, Admitted):
             admitted.append(outcome)

@@ -4,7 +4,8 @@ Dagster's sensor daemon evaluates sensors at most every 5 seconds, which adds 2.
 average to every job. The listener LISTENs on the ``imagen_jobs`` channel (fed by the
 table's AFTER INSERT trigger), claims the row exactly as the sensor would (pending ->
 queued, one statement guarded by the row's state, so the two never both win; a row whose
-owner already has ``queue.max_in_flight_per_owner`` jobs in flight is left to the sensor)
+owner already has ``queue.max_in_flight_per_owner`` jobs in flight, or that a hold keeps
+pending (:mod:`imagen_pipeline.queue.holds`), is left to the sensor)
 and submits the run through a :class:`RunSubmitter`. When submission fails the claim is released
 (queued -> pending, the attempt not counted) and the sensor, which stays the safety net,
 picks the row up on its next tick.
@@ -57,13 +58,14 @@ def handle_notification(
     except ImagenError as error:
         return f"row {job_id}: imagen.yaml cannot be loaded, left for the sensor: {error}"
     per_owner = config.config.queue.max_in_flight_per_owner
-    row = repository.claim_job(conn, job_id, per_owner)
+    row = repository.claim_job(conn, job_id, per_owner, config.config.default_backend)
     if row is None:
         current = repository.get_job(conn, job_id)
         if current is not None and current.status == "pending":
             return (
-                f"row {job_id} waits: its owner has queue.max_in_flight_per_owner "
-                f"({per_owner}) jobs in flight; the sensor claims it when one ends"
+                f"row {job_id} waits: held (imagen.job_holds) or its owner has "
+                f"queue.max_in_flight_per_owner ({per_owner}) jobs in flight; the sensor "
+                "claims it when it can"
             )
         return f"row {job_id} already claimed or not pending"
     outcome = admit(conn, row, config)
@@ -73,12 +75,12 @@ def handle_notification(
     try:
         run_id = submitter.submit(row, plan)
     except Exception as error:
-        repository.release_claim(conn, row.id, row.attempts, RELEASED)
+        repository.release_claim(conn, row.id, row.claims, RELEASED)
         return (
             f"row {job_id}: run submission failed, left for the sensor: "
             f"{type(error).__name__}: {error}"
         )
-    return f"row {job_id}: submitted run {run_id} (attempt {row.attempts})"
+    return f"row {job_id}: submitted run {run_id} (claim {row.claims})"
 
 
 def listen(

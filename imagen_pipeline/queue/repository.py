@@ -4,14 +4,18 @@ Every transition is one atomic statement guarded by the row's current state, so 
 callers (the sensor, the NOTIFY fast path, run workers, a user cancelling in the web UI)
 can never both win:
 
-- ``claim``: pending -> queued, ``attempts`` + 1, only for rows with attempts left, by
-  priority, owners in turn and age, at most ``queue.max_in_flight_per_owner`` in flight per
-  owner (claims are serialized by an advisory lock); ``fail_exhausted`` fails pending rows
-  without any;
-- ``take_ownership``: queued (this attempt) -> running with this run's id, or hand a
+- ``claim``: pending -> queued, ``attempts`` + 1 and ``claims`` + 1 (the number the
+  claim's runs carry; nothing takes one off, so every claim's runs are told apart), only
+  for rows with attempts left and nothing holding them (:mod:`imagen_pipeline.queue.holds`),
+  by priority, owners in turn and age, at most ``queue.max_in_flight_per_owner`` in flight
+  per owner (claims are serialized by an advisory lock); ``fail_exhausted`` fails pending
+  rows without any;
+- ``take_ownership``: queued (this claim) -> running with this run's id, or hand a
   running/failed row from a run to its retry or re-execution (``parent_run_id``);
 - ``finish``: running -> done, only by the owning run;
-- ``fail`` / ``requeue`` / ``close_cancel``: used by the sensor's reconciliation;
+- ``fail`` / ``requeue_lost`` / ``note_waiting`` / ``close_cancel``: used by the sensor's
+  reconciliation (``requeue_lost`` and ``fail(..., refund=True)`` give the attempt back:
+  an outage or the server's own fault is not the job's);
 - ``release_claim``: queued -> pending when the NOTIFY listener could not submit the run;
 - ``retry``: failed or canceled -> pending while attempts are left (``imagen queue retry``;
   a web client does the same with an UPDATE, checked by the database's ``jobs_client_transition``).
@@ -77,10 +81,13 @@ _CLAIM = f"""
           FROM imagen.jobs AS p
           LEFT JOIN inflight AS f ON f.owner_user_id IS NOT DISTINCT FROM p.owner_user_id
          WHERE p.status = 'pending' AND p.attempts < %(max)s
+           AND NOT EXISTS (
+               SELECT 1 FROM imagen.job_holds AS h
+                WHERE h.scope IN ('*', coalesce(nullif(p.backend, ''), %(default)s)))
            AND (%(only_id)s::bigint IS NULL OR p.owner_user_id IS NOT DISTINCT FROM
                 (SELECT owner_user_id FROM imagen.jobs WHERE id = %(only_id)s)))
     UPDATE imagen.jobs AS j
-       SET status = 'queued', attempts = j.attempts + 1, run_id = NULL,
+       SET status = 'queued', attempts = j.attempts + 1, claims = j.claims + 1, run_id = NULL,
            progress = NULL, progress_text = NULL
       FROM (SELECT id, turn FROM ranked
              WHERE (%(cap)s::integer IS NULL OR turn <= %(cap)s)
@@ -93,34 +100,49 @@ _CLAIM = f"""
 
 
 def _claim(
-    conn: psycopg.Connection, limit: int, per_owner: int | None, only_id: int | None
+    conn: psycopg.Connection,
+    limit: int,
+    per_owner: int | None,
+    only_id: int | None,
+    default_backend: str,
 ) -> list[JobRow]:
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
         cursor.execute(
             _CLAIM,
-            {"limit": limit, "max": MAX_ATTEMPTS, "cap": per_owner, "only_id": only_id},
+            {
+                "limit": limit,
+                "max": MAX_ATTEMPTS,
+                "cap": per_owner,
+                "only_id": only_id,
+                "default": default_backend,
+            },
         )
         records = sorted(cursor.fetchall(), key=lambda r: (-r["priority"], r["turn"], r["id"]))
     return [JobRow.from_db(record) for record in records]
 
 
-def claim_pending(conn: psycopg.Connection, limit: int, per_owner: int | None) -> list[JobRow]:
-    """Move up to ``limit`` pending rows with attempts left to queued; return them in the
-    order they should start (the order their runs are created in).
+def claim_pending(
+    conn: psycopg.Connection, limit: int, per_owner: int | None, default_backend: str
+) -> list[JobRow]:
+    """Move up to ``limit`` pending rows with attempts left and no hold to queued; return
+    them in the order they should start (the order their runs are created in).
 
     Order: priority (highest first), then owners in turn (the owner with the fewest jobs in
     flight first), then age. An owner (rows without one count as one owner) never has more
-    than ``per_owner`` rows queued or running; None: no limit.
+    than ``per_owner`` rows queued or running; None: no limit. A row without a backend is
+    held by ``default_backend``'s holds.
     """
-    return _claim(conn, limit, per_owner, None)
+    return _claim(conn, limit, per_owner, None, default_backend)
 
 
-def claim_job(conn: psycopg.Connection, job_id: int, per_owner: int | None) -> JobRow | None:
-    """Move one pending row to queued (the NOTIFY fast path) if its owner is below
-    ``per_owner`` jobs in flight; None if someone else has it or the owner is at the limit
-    (the sensor claims it once the owner has room)."""
-    rows = _claim(conn, 1, per_owner, job_id)
+def claim_job(
+    conn: psycopg.Connection, job_id: int, per_owner: int | None, default_backend: str
+) -> JobRow | None:
+    """Move one pending row to queued (the NOTIFY fast path) if nothing holds it and its
+    owner is below ``per_owner`` jobs in flight; None if someone else has it, it is held or
+    the owner is at the limit (the sensor claims it when it can)."""
+    rows = _claim(conn, 1, per_owner, job_id, default_backend)
     return rows[0] if rows else None
 
 
@@ -145,7 +167,7 @@ class Ownership:
         if self.row is None:
             return f"imagen.jobs row {job_id} does not exist"
         return (
-            f"imagen.jobs row {job_id} is {self.row.status} (attempt {self.row.attempts}, "
+            f"imagen.jobs row {job_id} is {self.row.status} (claim {self.row.claims}, "
             f"run {self.row.run_id or 'none'}); run {run_id} no longer owns it"
         )
 
@@ -153,7 +175,7 @@ class Ownership:
 def take_ownership(
     conn: psycopg.Connection,
     job_id: int,
-    attempt: int | None,
+    claim: int | None,
     run_id: str,
     parent_run_id: str | None,
     *,
@@ -161,10 +183,10 @@ def take_ownership(
 ) -> Ownership:
     """Mark the row running for ``run_id`` if this run may work on it.
 
-    Allowed when the row is queued for this ``attempt``, already owned by ``run_id``, or owned
-    (running or failed) by ``parent_run_id``: a run retry or a re-execution takes over from
-    its parent. Anything else (a newer attempt, done, canceled) is refused, which is what
-    keeps a job at one image.
+    Allowed when the row is queued for this ``claim`` (the run's ``imagen/job_attempt``),
+    already owned by ``run_id``, or owned (running or failed) by ``parent_run_id``: a run
+    retry or a re-execution takes over from its parent. Anything else (a newer claim, done,
+    canceled) is refused, which is what keeps a job at one image.
 
     ``finished_work``: the caller only repeats work that is idempotent once the image exists
     (storing, recording). Such a step of a re-execution may also take over a row its parent
@@ -181,7 +203,7 @@ def take_ownership(
                    started_at = coalesce(started_at, now()),
                    finished_at = CASE WHEN status = 'done' THEN finished_at END
              WHERE id = %(id)s
-               AND (   (status = 'queued' AND attempts = %(attempt)s)
+               AND (   (status = 'queued' AND claims = %(claim)s)
                     OR (status = 'running' AND run_id = %(run_id)s)
                     OR (status IN ('running', 'failed') AND run_id = %(parent)s)
                     OR (%(finished_work)s AND status = 'done'
@@ -190,7 +212,7 @@ def take_ownership(
             """,
             {
                 "id": job_id,
-                "attempt": attempt,
+                "claim": claim,
                 "run_id": run_id,
                 "parent": parent_run_id,
                 "finished_work": finished_work,
@@ -276,45 +298,76 @@ def fail(
     job_id: int,
     error: str,
     from_statuses: Sequence[str] = ("pending", "queued", "running"),
+    *,
+    refund: bool = False,
 ) -> bool:
-    """Mark the row failed with ``error`` unless it moved on (done, canceled) meanwhile."""
-    with conn.transaction(), conn.cursor() as cursor:
-        cursor.execute(
-            """
-            UPDATE imagen.jobs SET status = 'failed', error = %(error)s, finished_at = now()
-             WHERE id = %(id)s AND status = ANY(%(statuses)s)
-            """,
-            {"id": job_id, "error": _error_text(error), "statuses": list(from_statuses)},
-        )
-        return cursor.rowcount == 1
-
-
-def requeue(conn: psycopg.Connection, job_id: int, attempt: int, reason: str) -> bool:
-    """In-flight row of ``attempt`` -> pending again, keeping ``reason`` in ``error``."""
+    """Mark the row failed with ``error`` unless it moved on (done, canceled) meanwhile;
+    ``refund``: the failure was not the request's, so its attempt does not count."""
     with conn.transaction(), conn.cursor() as cursor:
         cursor.execute(
             """
             UPDATE imagen.jobs
-               SET status = 'pending', run_id = NULL, error = %(reason)s,
-                   progress = NULL, progress_text = NULL
-             WHERE id = %(id)s AND attempts = %(attempt)s AND status IN ('queued', 'running')
+               SET status = 'failed', error = %(error)s, finished_at = now(),
+                   attempts = CASE WHEN %(refund)s THEN greatest(attempts - 1, 0)
+                                   ELSE attempts END
+             WHERE id = %(id)s AND status = ANY(%(statuses)s)
             """,
-            {"id": job_id, "attempt": attempt, "reason": _error_text(reason)},
+            {
+                "id": job_id,
+                "error": _error_text(error),
+                "statuses": list(from_statuses),
+                "refund": refund,
+            },
         )
         return cursor.rowcount == 1
 
 
-def release_claim(conn: psycopg.Connection, job_id: int, attempt: int, reason: str) -> bool:
-    """Undo a claim whose run could not be submitted: queued -> pending, attempt not counted."""
+def requeue_lost(conn: psycopg.Connection, job_id: int, claim: int, text: str) -> bool:
+    """In-flight row of ``claim`` whose run was lost to an outage -> pending again, its
+    attempt given back and ``interruptions`` + 1, ``text`` (why it waits) in
+    ``progress_text``; ``error`` is left as it was."""
+    with conn.transaction(), conn.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE imagen.jobs
+               SET status = 'pending', run_id = NULL, attempts = greatest(attempts - 1, 0),
+                   interruptions = interruptions + 1, progress = NULL,
+                   progress_text = %(text)s
+             WHERE id = %(id)s AND claims = %(claim)s AND status IN ('queued', 'running')
+            """,
+            {"id": job_id, "claim": claim, "text": text},
+        )
+        return cursor.rowcount == 1
+
+
+def note_waiting(conn: psycopg.Connection, job_id: int, claim: int, text: str) -> bool:
+    """Say in a queued row's ``progress_text`` why its run has not started (unless the row
+    moved on or already says so)."""
+    with conn.transaction(), conn.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE imagen.jobs SET progress_text = %(text)s
+             WHERE id = %(id)s AND claims = %(claim)s AND status = 'queued'
+               AND progress_text IS DISTINCT FROM %(text)s
+            """,
+            {"id": job_id, "claim": claim, "text": text},
+        )
+        return cursor.rowcount == 1
+
+
+def release_claim(conn: psycopg.Connection, job_id: int, claim: int, reason: str) -> bool:
+    """Undo a claim whose run could not be submitted: queued -> pending, attempt not counted
+    (the claim number stays used, so a run the failed submission may still have created
+    cannot take the row)."""
     with conn.transaction(), conn.cursor() as cursor:
         cursor.execute(
             """
             UPDATE imagen.jobs
                SET status = 'pending', attempts = attempts - 1, error = %(reason)s
-             WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'queued'
+             WHERE id = %(id)s AND claims = %(claim)s AND status = 'queued'
                AND run_id IS NULL
             """,
-            {"id": job_id, "attempt": attempt, "reason": _error_text(reason)},
+            {"id": job_id, "claim": claim, "reason": _error_text(reason)},
         )
         return cursor.rowcount == 1
 

@@ -18,7 +18,11 @@ from imagen_pipeline.generate.plan import ImageSpec, RequestFields, parse_backen
 
 JobStatus = Literal["pending", "queued", "running", "done", "failed", "canceled"]
 MAX_ATTEMPTS = 3
-"""How many runs a row may be handed to; equals the database's ``imagen.max_attempts()``."""
+"""How many runs a row may be handed to; equals the database's ``imagen.max_attempts()``.
+A run lost to an outage gives its attempt back (:data:`MAX_INTERRUPTIONS`)."""
+MAX_INTERRUPTIONS = 10
+"""How many runs of a row may be lost to outages before it fails (a request that brings its
+own worker down must not loop for ever); equals ``imagen.max_interruptions()``."""
 ERROR_MAX_CHARS = 2000
 """Longest text stored in ``imagen.jobs.error``."""
 _COLUMNS = (
@@ -38,6 +42,8 @@ _COLUMNS = (
     "run_id",
     "image_id",
     "attempts",
+    "interruptions",
+    "claims",
     "priority",
     "count",
     "progress",
@@ -69,6 +75,11 @@ class JobRow(RequestFields):
     run_id: str | None = None
     image_id: int | None = None
     attempts: int = 0
+    """Attempts the job's own requests used (at most :data:`MAX_ATTEMPTS`)."""
+    interruptions: int = 0
+    """Runs lost to outages (their attempts given back)."""
+    claims: int = 0
+    """How many times the job was claimed: the number its current runs carry."""
     priority: int = 0
     count: int = 1
     progress: float | None = None
@@ -92,7 +103,7 @@ class JobRow(RequestFields):
             **{**self.request_fields(), "style": self.style or "none"},
             backend_opts=parse_backend_opts(self.backend_opts_json),
             job_id=self.id,
-            job_attempt=self.attempts,
+            job_attempt=self.claims,
             owner_user_id=self.owner_user_id,
             priority=self.priority,
         )

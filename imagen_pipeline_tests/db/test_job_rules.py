@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from imagen_pipeline.db import migrate as migrate_module
 from imagen_pipeline.errors import InvalidRequestError
 from imagen_pipeline.generate.plan import check_backend_opts
-from imagen_pipeline.queue.rows import MAX_ATTEMPTS
+from imagen_pipeline.queue.rows import MAX_ATTEMPTS, MAX_INTERRUPTIONS
 from imagen_pipeline_tests.fixtures.queue import web_session
 
 USER = "0a0a0a0a-0000-4000-8000-00000000000a"
@@ -116,6 +116,20 @@ def test_a_client_cannot_write_attempts_and_the_service_role_is_bounded_too(
 def test_the_pipelines_attempt_limit_is_the_databases(migrated_database_url: str) -> None:
     [row] = service_sql(migrated_database_url, "SELECT imagen.max_attempts() AS n")
     assert row["n"] == MAX_ATTEMPTS
+    [row] = service_sql(migrated_database_url, "SELECT imagen.max_interruptions() AS n")
+    assert row["n"] == MAX_INTERRUPTIONS
+
+
+def test_a_client_can_neither_set_interruptions_nor_read_the_holds(
+    migrated_database_url: str,
+) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        client_insert(migrated_database_url, interruptions=0)
+    with (
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+        web_session(migrated_database_url, USER) as cursor,
+    ):
+        cursor.execute("SELECT * FROM imagen.job_holds")
 
 
 def seed_job(url: str, status: str, attempts: int, owner: str = USER) -> int:

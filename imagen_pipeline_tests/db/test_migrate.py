@@ -31,6 +31,7 @@ def test_shipped_files_follow_the_supabase_cli_naming() -> None:
         "backend_server",
         "jobs_priority_progress_variations",
         "budget_holds",
+        "job_holds",
     ]
     assert all(len(m.version) == 14 and m.version.isdigit() for m in migrations)
 
@@ -50,6 +51,7 @@ def test_migrate_applies_everything_once_and_records_cli_history(fresh_database_
         ).fetchall()
     assert [t for (t,) in tables] == [
         "imagen.images",
+        "imagen.job_holds",
         "imagen.jobs",
         "mai.imagen_budget_holds",
         "mai.imagen_usage",

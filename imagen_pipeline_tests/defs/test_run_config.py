@@ -63,7 +63,9 @@ def test_a_job_row_holds_every_request_field_and_the_table_has_every_row_column(
             )
         }
     assert row_fields == columns
-    spec = JobRow(id=5, prompt="x", status="queued", attempts=2, owner_user_id="o").to_spec()
+    spec = JobRow(
+        id=5, prompt="x", status="queued", attempts=1, claims=2, owner_user_id="o"
+    ).to_spec()
     assert (spec.job_id, spec.job_attempt, spec.owner_user_id) == (5, 2, "o")
     assert JobRow(id=6, prompt="x", status="queued", style="").to_spec().style == "none"
 

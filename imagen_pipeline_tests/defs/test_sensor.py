@@ -17,13 +17,13 @@ from psycopg.rows import dict_row
 
 from imagen_pipeline.defs.sensors import (
     CLAIM_BATCH,
-    MAX_ATTEMPTS,
     RECONCILE_BATCH,
     QueueCursor,
     build_imagen_jobs_sensor,
     sensor_interval_s,
 )
 from imagen_pipeline.errors import ConfigError
+from imagen_pipeline.queue.rows import MAX_INTERRUPTIONS
 from imagen_pipeline_tests.fixtures.daemon import holding
 from imagen_pipeline_tests.fixtures.imagen import subprocess_env
 from imagen_pipeline_tests.fixtures.queue import (
@@ -196,7 +196,7 @@ def _age_rows(url: str, minutes: int) -> None:
         )
 
 
-def test_a_claimed_row_whose_run_never_started_is_requeued_then_failed(
+def test_a_claimed_row_whose_run_never_started_goes_back_without_spending_attempts(
     migrated_database_url: str, tick: Tick
 ) -> None:
     [job_id] = insert_jobs(migrated_database_url, 1)
@@ -204,18 +204,23 @@ def test_a_claimed_row_whose_run_never_started_is_requeued_then_failed(
     assert statuses(migrated_database_url) == {job_id: "queued"}
     tick()
     assert statuses(migrated_database_url) == {job_id: "queued"}, "within grace: left alone"
-    for attempt in range(1, MAX_ATTEMPTS):
+    for interruption in range(1, MAX_INTERRUPTIONS):
         _age_rows(migrated_database_url, 10)
         tick()  # reconciles: back to pending, then the same tick claims it again
-        row = sql(migrated_database_url, "SELECT status, attempts, error FROM imagen.jobs")[0]
-        assert (row["status"], row["attempts"]) == ("queued", attempt + 1)
+        row = sql(migrated_database_url, "SELECT * FROM imagen.jobs")[0]
+        assert (row["status"], row["attempts"], row["interruptions"], row["error"]) == (
+            "queued",
+            1,
+            interruption,
+            None,
+        )
     _age_rows(migrated_database_url, 10)
     tick()
     row = sql(migrated_database_url, "SELECT status, error FROM imagen.jobs")[0]
     assert row["status"] == "failed"
     assert row["error"] == (
-        f"no run was started for attempt {MAX_ATTEMPTS}; the operators can see why in the "
-        f"imagen_jobs_sensor's ticks (after {MAX_ATTEMPTS} attempts)"
+        f"the server was interrupted {MAX_INTERRUPTIONS} times while working on this job; "
+        "retry it later"
     )
 
 

@@ -39,7 +39,7 @@ def insert(url: str, owner: str | None, n: int = 1, **fields: Any) -> list[int]:
 
 def claim(url: str, limit: int, per_owner: int | None) -> list[int]:
     with psycopg.connect(url) as conn:
-        return [row.id for row in repository.claim_pending(conn, limit, per_owner)]
+        return [row.id for row in repository.claim_pending(conn, limit, per_owner, "mock")]
 
 
 def test_the_claim_takes_priority_first_then_owners_in_turn_then_age(
@@ -66,8 +66,9 @@ def test_an_owner_never_has_more_than_the_limit_in_flight(migrated_database_url:
         conn.execute("UPDATE imagen.jobs SET status = 'done' WHERE id = %s", (a_jobs[0],))
     assert claim(url, 50, 3) == [a_jobs[3]]
     with psycopg.connect(url) as conn:
-        assert repository.claim_job(conn, a_jobs[10], 3) is None, "the fast path obeys it too"
-        assert repository.claim_job(conn, a_jobs[10], None) is not None
+        fast_path = repository.claim_job(conn, a_jobs[10], 3, "mock")
+        assert fast_path is None, "the fast path obeys it too"
+        assert repository.claim_job(conn, a_jobs[10], None, "mock") is not None
 
 
 def test_rows_without_an_owner_share_one_limit(migrated_database_url: str) -> None:

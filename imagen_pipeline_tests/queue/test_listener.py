@@ -66,7 +66,7 @@ def test_a_notification_claims_the_row_and_submits_its_run(
     with psycopg.connect(migrated_database_url) as conn:
         outcome = handle_notification(conn, str(job_id), config_loader, submitter)
         again = handle_notification(conn, str(job_id), config_loader, submitter)
-    assert outcome == f"row {job_id}: submitted run run-{job_id} (attempt 1)"
+    assert outcome == f"row {job_id}: submitted run run-{job_id} (claim 1)"
     assert again == f"row {job_id} already claimed or not pending"
     [(row, plan)] = submitter.submitted
     assert (row.id, row.attempts, plan.request.style, plan.backend) == (job_id, 1, "photo", "mock")
