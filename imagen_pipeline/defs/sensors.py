@@ -277,7 +277,7 @@ def update_holds(
             for hold in changes.began:
                 log.warning(f"holding imagen.jobs rows ({hold.scope}): {hold.detail}")
             for hold in changes.ended:
-                log.info(f"released imagen.jobs rows ({hold.scope}): {hold.kind} is back")
+                log.info(f"released imagen.jobs rows ({hold.scope}): the {hold.kind} hold ended")
     for hold in holds.backend_holds_due(conn, BACKEND_PROBE_EVERY_S):
         if hold.scope not in setup.backends:
             holds.release(conn, hold)

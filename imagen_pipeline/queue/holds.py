@@ -79,15 +79,14 @@ class HoldChanges:
 
 
 def launch_holds(path: LaunchPath, queues: Mapping[str, str]) -> dict[HoldKind, list[Hold]]:
-    """The broker and worker holds for ``path``; ``queues``: each backend instance's worker
-    queue."""
-    broker: list[Hold] = []
-    workers: list[Hold] = []
+    """The broker and worker holds for ``path``, by kind; ``queues``: each backend
+    instance's worker queue. With the broker away the workers cannot be seen, so their
+    holds are left as they are (no ``worker`` entry)."""
     if path.broker_error is not None:
-        broker.append(
-            Hold("broker", ALL, BROKER_DOWN, f"the run launcher's broker: {path.broker_error}")
-        )
-    else:
+        detail = f"the run launcher's broker: {path.broker_error}"
+        return {"broker": [Hold("broker", ALL, BROKER_DOWN, detail)]}
+    workers: list[Hold] = []
+    if path.workers is not None:
         for name, queue in sorted(queues.items()):
             if not path.serves(queue):
                 workers.append(
@@ -99,7 +98,7 @@ def launch_holds(path: LaunchPath, queues: Mapping[str, str]) -> dict[HoldKind, 
                         f"start one with: imagen worker --queue {queue}",
                     )
                 )
-    return {"broker": broker, "worker": workers}
+    return {"broker": [], "worker": workers}
 
 
 def current_holds(conn: psycopg.Connection, kind: HoldKind | None = None) -> list[Hold]:
