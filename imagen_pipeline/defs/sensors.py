@@ -7,6 +7,8 @@ import json
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +20,7 @@ from imagen_pipeline.db.errors import DatabaseStep, database_errors
 from imagen_pipeline.defs.job_runs import run_request_for
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.defs.run_errors import run_failure
-from imagen_pipeline.errors import ConfigError
+from imagen_pipeline.errors import ConfigError, ImagenError
 from imagen_pipeline.generate.setup import Setup
 from imagen_pipeline.queue import holds, repository
 from imagen_pipeline.queue.holds import LaunchPath, launch_holds
@@ -46,6 +48,7 @@ STALLED_AFTER_ENV = "IMAGEN_RUN_STALLED_AFTER_S"
 DEFAULT_STALLED_AFTER = timedelta(minutes=30)
 BACKEND_PROBE_EVERY_S = 15.0
 """How often a backend whose outage holds rows is probed (``imagen backends --check``)."""
+BACKEND_PROBE_TIMEOUT_S = 5.0
 LIVE_STATUSES = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.QUEUED,
@@ -263,6 +266,20 @@ def worker_queues(setup: Setup, path: LaunchPath) -> dict[str, str]:
     }
 
 
+def backend_answers(setup: Setup, name: str) -> bool:
+    """Whether ``imagen backends --check``'s probe of backend ``name`` reaches it within
+    :data:`BACKEND_PROBE_TIMEOUT_S` (a box that does not answer at all must not hold up the
+    tick for the adapter's whole request timeout)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagen-probe")
+    try:
+        check = pool.submit(setup.backend(name).backend.check)
+        return bool(check.result(timeout=BACKEND_PROBE_TIMEOUT_S).reachable)
+    except (FutureTimeout, ImagenError):
+        return False
+    finally:
+        pool.shutdown(wait=False)
+
+
 def update_holds(
     conn: psycopg.Connection,
     setup: Setup,
@@ -282,8 +299,7 @@ def update_holds(
         if hold.scope not in setup.backends:
             holds.release(conn, hold)
             continue
-        check = setup.backend(hold.scope).backend.check()
-        if check.reachable:
+        if backend_answers(setup, hold.scope):
             holds.release(conn, hold)
             log.info(f"released imagen.jobs rows for backend {hold.scope!r}: it answers again")
     holds.explain_held_rows(conn, setup.config.default_backend)
