@@ -33,8 +33,9 @@ RUN_LOST = (
     "waiting: the job was interrupted by a server problem and starts again shortly; "
     "nothing is charged twice"
 )
-WAITING_FOR_SLOT = "waiting for a free slot; the job starts when one frees up"
+WAITING_FOR_SLOT = "waiting in line; the job starts when a slot frees up"
 WAITING_FOR_WORKER = "waiting for a machine to take the job"
+WAITING_FOR_SERVER = "waiting for a free slot on the image server"
 HOLD_TEXTS = (BROKER_DOWN, NO_WORKER, BACKEND_DOWN)
 """The texts a hold writes into a pending row; cleared once nothing holds it."""
 
