@@ -85,6 +85,14 @@ class ImagenResource(dg.ConfigurableResource):
         """``config_path`` as it is now (the sensor's and the listener's view)."""
         return load_setup(self.config_path)
 
+    def alerts_now(self) -> AlertsConfig | None:
+        """The ``alerts:`` block of ``config_path`` as it is now (a sensor's view), else, when
+        the file cannot be read, as bound: a broken file must not silence the alerts."""
+        try:
+            return self.read().config.alerts
+        except ConfigError:
+            return AlertsConfig.model_validate(self.alerts.model_dump()) if self.alerts else None
+
     def setup(self, backends: BackendsResource) -> Setup:
         """The run's settings and backend instances, validated as one ``imagen.yaml``."""
         if self.load_error:
