@@ -1,5 +1,5 @@
 """Dedupe and the rate limit of alerts, in the imagen database (``imagen.alerts``,
-``imagen.alert_limit``; migration ``20261207120000_operator_alerts``), shared by every
+``imagen.alert_limit``; migration ``20261207140000_operator_alerts``), shared by every
 process that alerts: the daemon's sensors and run workers on any host.
 
 Each change of an alert key is one guarded statement whose row count says who won, so two
