@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import psycopg
 
+from imagen_pipeline.alerts.notify import Alerts, open_alerts
 from imagen_pipeline.db.connection import DATABASE_URL_ENV
 from imagen_pipeline.db.errors import DatabaseStep, database_errors
 from imagen_pipeline.defs.job_runs import run_request_for
@@ -23,7 +24,14 @@ from imagen_pipeline.defs.run_errors import run_failure
 from imagen_pipeline.errors import ConfigError, ImagenError
 from imagen_pipeline.generate.setup import Setup
 from imagen_pipeline.queue import holds, repository
-from imagen_pipeline.queue.holds import LaunchPath, launch_holds
+from imagen_pipeline.queue.holds import (
+    Hold,
+    LaunchPath,
+    alert_key,
+    alert_text,
+    alert_title,
+    launch_holds,
+)
 from imagen_pipeline.queue.intake import take_batch
 from imagen_pipeline.queue.reconcile import Decision, RunFacts, decide
 from imagen_pipeline.queue.rows import JobRow
@@ -285,23 +293,27 @@ def update_holds(
     setup: Setup,
     path: LaunchPath | None,
     log: dg.DagsterLogManager,
+    alerts: Alerts,
 ) -> None:
-    """Bring the broker, worker and backend holds up to date: the launch path's from this
-    tick's look at it, a backend's once a probe finds its server back."""
+    """Bring the broker, worker and backend holds up to date (the launch path's from this
+    tick's look at it, a backend's once a probe finds its server back) and tell the
+    operator: a problem for every hold in force (sent once while it lasts), its end."""
+    ended: list[Hold] = []
     if path is not None:
         for kind, wanted in launch_holds(path, worker_queues(setup, path)).items():
             changes = holds.replace_holds(conn, kind, wanted)
             for hold in changes.began:
                 log.warning(f"holding imagen.jobs rows ({hold.scope}): {hold.detail}")
-            for hold in changes.ended:
-                log.info(f"released imagen.jobs rows ({hold.scope}): the {hold.kind} hold ended")
+            ended.extend(changes.ended)
     for hold in holds.backend_holds_due(conn, BACKEND_PROBE_EVERY_S):
-        if hold.scope not in setup.backends:
+        if hold.scope not in setup.backends or backend_answers(setup, hold.scope):
             holds.release(conn, hold)
-            continue
-        if backend_answers(setup, hold.scope):
-            holds.release(conn, hold)
-            log.info(f"released imagen.jobs rows for backend {hold.scope!r}: it answers again")
+            ended.append(hold)
+    for hold in ended:
+        log.info(f"released imagen.jobs rows ({hold.scope}): the {hold.kind} hold ended")
+        alerts.resolved(alert_key(hold), alert_title(hold), alert_text(hold, ended=True))
+    for hold in holds.current_holds(conn):
+        alerts.problem(alert_key(hold), alert_title(hold), alert_text(hold))
     holds.explain_held_rows(conn, setup.config.default_backend)
 
 
@@ -362,9 +374,13 @@ def evaluate_queue(
     config = imagen.read()
     cursor = QueueCursor.parse(context.cursor)
     path = launch_path(context.instance)
-    with database_errors(DatabaseStep.CLAIM, imagen_db.url_env), imagen_db.connect() as conn:
+    with (
+        database_errors(DatabaseStep.CLAIM, imagen_db.url_env),
+        imagen_db.connect() as conn,
+        open_alerts(config.config.alerts, imagen_db.url()) as alerts,
+    ):
         next_after = reconcile(conn, context.instance, cursor.reconcile_after, context.log, path)
-        update_holds(conn, config, path, context.log)
+        update_holds(conn, config, path, context.log, alerts)
         batch = take_batch(conn, CLAIM_BATCH, config)
     for job_id in batch.exhausted:
         context.log.warning(f"imagen.jobs row {job_id} failed: no attempts left")

@@ -79,6 +79,27 @@ class HoldChanges:
     ended: list[Hold] = field(default_factory=list)
 
 
+def alert_key(hold: Hold) -> str:
+    """The operator alert's key for ``hold`` (one open problem per hold)."""
+    return f"hold:{hold.kind}:{hold.scope}"
+
+
+def alert_title(hold: Hold) -> str:
+    """The operator alert's title for ``hold`` (its end is sent as "Resolved: <title>")."""
+    if hold.kind == "broker":
+        return "Redis (the run launcher's broker) is unreachable"
+    if hold.kind == "worker":
+        return f"No imagen worker serves backend {hold.scope!r}'s queue"
+    return f"Backend {hold.scope!r} is down"
+
+
+def alert_text(hold: Hold, ended: bool = False) -> str:
+    """The operator alert's text: what happened and what the held jobs do."""
+    if ended:
+        return "It is back; the jobs it held start now."
+    return f"{hold.detail}. Its jobs wait as pending (no attempt is spent) until it is back."
+
+
 def launch_holds(path: LaunchPath, queues: Mapping[str, str]) -> dict[HoldKind, list[Hold]]:
     """The broker and worker holds for ``path``, by kind; ``queues``: each backend
     instance's worker queue. With the broker away the workers cannot be seen, so their

@@ -13,6 +13,8 @@ from psycopg.rows import dict_row
 
 from imagen_pipeline.queue.holds import BACKEND_DOWN
 from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
+from imagen_pipeline_tests.fakes.webhook_server import FakeWebhook
+from imagen_pipeline_tests.fixtures.alerts import alerts_block
 from imagen_pipeline_tests.fixtures.celery import free_port
 from imagen_pipeline_tests.fixtures.queue import deployed_job, sensor_tick
 
@@ -38,7 +40,10 @@ def test_a_gpu_box_down_holds_its_jobs_until_it_answers_again(
     dagster_instance: dg.DagsterInstance,
     write_config: Callable[..., Path],
     tmp_path: Path,
+    alert_webhook: FakeWebhook,
 ) -> None:
+    """Also: the operator is told once that the box is down and once that it is back, however
+    many ticks see it."""
     port = free_port()
     config = write_config(
         {
@@ -53,6 +58,7 @@ def test_a_gpu_box_down_holds_its_jobs_until_it_answers_again(
                 "mock": {"type": "mock"},
             },
             "queue": {"max_in_flight_per_owner": None},
+            "alerts": alerts_block(),
         }
     )
 
@@ -82,6 +88,13 @@ def test_a_gpu_box_down_holds_its_jobs_until_it_answers_again(
     [hold] = sql(migrated_database_url, "SELECT * FROM imagen.job_holds")
     assert (hold["kind"], hold["scope"]) == ("backend", "box")
 
+    tick()
+    [down] = [request.json() for request in alert_webhook.requests]
+    assert (down["alert"], down["title"]) == (
+        {"kind": "problem", "key": "hold:backend:box"},
+        "Backend 'box' is down",
+    )
+
     other = insert_job(migrated_database_url, "mock")
     [other_request] = tick()
     assert other_request.tags["imagen/job_id"] == str(other), "only the box's jobs wait"
@@ -106,3 +119,8 @@ def test_a_gpu_box_down_holds_its_jobs_until_it_answers_again(
     assert (done["status"], done["attempts"], done["interruptions"]) == ("done", 1, 1)
     assert sql(migrated_database_url, "SELECT * FROM imagen.job_holds") == []
     assert len(sql(migrated_database_url, "SELECT * FROM imagen.images")) == 2
+    _, up = [request.json() for request in alert_webhook.requests]
+    assert (up["alert"], up["title"]) == (
+        {"kind": "resolved", "key": "hold:backend:box"},
+        "Resolved: Backend 'box' is down",
+    )
