@@ -1,21 +1,25 @@
 """Dagster definitions for imagen_pipeline, built when the code location loads (never at
 import): the job and its resources bound from ``imagen.yaml`` as it is then, the jobs
-sensor set up from the environment, the asset specs. The module holds nothing else (no job
-or asset at module level), so every loader finds only ``defs``."""
+sensor and the alerts sensor set up from the environment, the asset specs. The module holds
+nothing else (no job or asset at module level), so every loader finds only ``defs``."""
 
 import dagster as dg
 
-from imagen_pipeline.defs import assets, jobs, resources, sensors
+from imagen_pipeline.defs import alert_sensors, assets, jobs, resources, sensors
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    """The code location: ``generate_image``, ``imagen_jobs_sensor``, the asset specs, and
-    the resources of ``imagen.yaml`` (see :mod:`imagen_pipeline.defs.resources`)."""
+    """The code location: ``generate_image``, ``imagen_jobs_sensor``, ``imagen_alerts_sensor``,
+    the asset specs, and the resources of ``imagen.yaml`` (see
+    :mod:`imagen_pipeline.defs.resources`)."""
     bound = {**resources.load_resources(), "imagen_db": resources.ImagenDatabaseResource()}
     return dg.Definitions(
         assets=assets.ASSET_SPECS,
         jobs=[jobs.build_generate_image_job(resources=bound)],
-        sensors=[sensors.build_imagen_jobs_sensor(sensors.sensor_interval_s())],
+        sensors=[
+            sensors.build_imagen_jobs_sensor(sensors.sensor_interval_s()),
+            alert_sensors.build_alerts_sensor(),
+        ],
         resources=bound,
     )

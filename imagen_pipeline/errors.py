@@ -16,12 +16,13 @@ from typing import ClassVar, Literal
 Fault = Literal["request", "outage", "server"]
 """Whose failure a failed step is, which decides what becomes of a queued job:
 
-- ``request``: the job's own request (a field out of range, a prompt the backend refuses);
-  the job fails and the attempt counts;
+- ``request``: the job's own request (a field out of range, a prompt the backend refuses,
+  its owner's own daily limit); the job fails and the attempt counts;
 - ``outage``: a part the pipeline depends on was away (a backend, a database, Storage, the
   broker, a worker); the job waits and runs again when it is back, the attempt not counted;
 - ``server``: the server's set-up or code (imagen.yaml, a missing credential, a bug, the
-  daily budget); the job fails, the attempt is not counted and the operator is alerted.
+  operator's daily budget); the job fails, the attempt is not counted and the operator is
+  alerted.
 """
 
 SEE_THE_RUN = "the operators can see the details in the job's Dagster run"

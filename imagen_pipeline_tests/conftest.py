@@ -1,4 +1,5 @@
 pytest_plugins = [
+    "imagen_pipeline_tests.fixtures.alerts",
     "imagen_pipeline_tests.fixtures.imagen",
     "imagen_pipeline_tests.fixtures.postgres",
     "imagen_pipeline_tests.fixtures.celery",

@@ -195,6 +195,52 @@ class QueueConfig(BaseModel):
     )
 
 
+class AlertsConfig(BaseModel):
+    """Alerts to the operator through one webhook (``alerts:``); absent: no alerts.
+
+    The webhook URL carries a token, so the file names only the env var holding it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url_env: str = Field(
+        default="IMAGEN_ALERT_WEBHOOK_URL",
+        description="NAME of the env var holding the webhook URL (ntfy, Slack or Discord); "
+        "unset: alerts are off.",
+    )
+    max_per_hour: int = Field(
+        default=20,
+        ge=1,
+        le=3600,
+        description="Most alerts sent per hour, all kinds together; the ones over it are held "
+        "back and counted in the next alert sent.",
+    )
+    repeat_after_s: int = Field(
+        default=3600,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="A one-shot event (fallback taken, budget used up, runs failing) is sent "
+        "again at most this often; repeats in between are counted in the next one.",
+    )
+    timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=30,
+        description="Timeout of each webhook request; a dead webhook never holds a run longer.",
+    )
+
+    @field_validator("webhook_url_env")
+    @classmethod
+    def _check_env_name(cls, value: str) -> str:
+        if not is_env_var_name(value):
+            # ConfigError passes through pydantic unchanged, so the value is never echoed.
+            raise ConfigError(
+                "alerts.webhook_url_env: must be the NAME of an environment variable "
+                "(A-Z, 0-9, _), never the webhook URL itself"
+            )
+        return value
+
+
 class ImagenConfig(BaseModel):
     """The whole ``imagen.yaml``."""
 
@@ -213,6 +259,9 @@ class ImagenConfig(BaseModel):
     )
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    alerts: AlertsConfig | None = Field(
+        default=None, description="Alerts to the operator through a webhook; absent: none."
+    )
 
     @model_validator(mode="after")
     def _check_fallbacks(self) -> ImagenConfig:

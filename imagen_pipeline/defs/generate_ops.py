@@ -1,9 +1,10 @@
 """The generate steps, ``generate_gpu`` and ``generate_cloud``: the same op in the two
 Dagster op pools, over :func:`~imagen_pipeline.generate.make.make_images`, with each image's
-lines in the run's log and a queued job's progress in its row."""
+lines in the run's log, a queued job's progress in its row and the operator's alerts."""
 
 import dagster as dg
 
+from imagen_pipeline.alerts.notify import open_alerts
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.backends.progress import ProgressThrottle
 from imagen_pipeline.defs.failures import step_errors
@@ -57,6 +58,9 @@ def _make_variations(
 ) -> list[GeneratedImage]:
     """The request's images, re-used or generated, with their lines in the run's log."""
     connect = imagen_db.connect if imagen_db.configured() else None
+    alerts = open_alerts(plan.alerts, imagen_db.url())
+    if plan.alerts is not None and not alerts.enabled:
+        context.log.warning(alerts.describe())
 
     def label(variant: GenerationPlan) -> str:
         text = f"backend {variant.backend!r} ({variant.backend_type}): "
@@ -87,7 +91,7 @@ def _make_variations(
             )
 
     images = []
-    made_images = make_images(plan, context_for, connect, failed_call)
+    made_images = make_images(plan, context_for, connect, failed_call, alerts)
     for variant in plan.variations:
         with step_errors(context, backend=label(variant)):
             try:

@@ -1,6 +1,6 @@
 """Resources of the ``generate_image`` job and the jobs sensor, under fixed keys.
 
-``imagen`` holds the settings of ``imagen.yaml`` (output, cloud, budget, queue, the
+``imagen`` holds the settings of ``imagen.yaml`` (output, cloud, budget, queue, alerts, the
 default backend) and ``backends`` the backend instances, each as typed fields with the
 adapter's own settings: the code location binds them from the file when it loads
 (:func:`imagen_resources`), so the resources page lists every instance and the launchpad
@@ -23,6 +23,7 @@ from pydantic import Field, ValidationError, create_model
 from imagen_pipeline.backends.registry import BACKEND_TYPES, Backends, build_backends
 from imagen_pipeline.config.loader import BUILTIN_SOURCE, LoadedConfig
 from imagen_pipeline.config.models import (
+    AlertsConfig,
     BudgetConfig,
     CloudConfig,
     ImagenConfig,
@@ -40,11 +41,12 @@ OutputSettings = config_class(OutputConfig)
 CloudSettings = config_class(CloudConfig)
 BudgetSettings = config_class(BudgetConfig)
 QueueSettings = config_class(QueueConfig)
+AlertsSettings = config_class(AlertsConfig)
 
 
 class ImagenResource(dg.ConfigurableResource):
     """The settings of ``imagen.yaml`` (all but its backends): where images go, Storage,
-    the budget, the queue's fair share, the default backend."""
+    the budget, the queue's fair share, alerts to the operator, the default backend."""
 
     config_path: str | None = Field(
         default=None,
@@ -75,10 +77,21 @@ class ImagenResource(dg.ConfigurableResource):
     queue: QueueSettings = Field(  # type: ignore[valid-type]
         default_factory=QueueSettings, description="How imagen.jobs shares the pipeline."
     )
+    alerts: AlertsSettings | None = Field(  # type: ignore[valid-type]
+        default=None, description="Alerts to the operator through a webhook; empty: none."
+    )
 
     def read(self) -> Setup:
         """``config_path`` as it is now (the sensor's and the listener's view)."""
         return load_setup(self.config_path)
+
+    def alerts_now(self) -> AlertsConfig | None:
+        """The ``alerts:`` block of ``config_path`` as it is now (a sensor's view), else, when
+        the file cannot be read, as bound: a broken file must not silence the alerts."""
+        try:
+            return self.read().config.alerts
+        except ConfigError:
+            return AlertsConfig.model_validate(self.alerts.model_dump()) if self.alerts else None
 
     def setup(self, backends: BackendsResource) -> Setup:
         """The run's settings and backend instances, validated as one ``imagen.yaml``."""
@@ -90,6 +103,7 @@ class ImagenResource(dg.ConfigurableResource):
             "cloud": self.cloud.model_dump() if self.cloud else None,
             "budget": self.budget.model_dump(),
             "queue": self.queue.model_dump(),
+            "alerts": self.alerts.model_dump() if self.alerts else None,
             "backends": backends.blocks(),
         }
         try:
@@ -113,6 +127,7 @@ class ImagenResource(dg.ConfigurableResource):
             cloud=as_config(config.cloud) if config.cloud else None,
             budget=as_config(config.budget),
             queue=as_config(config.queue),
+            alerts=as_config(config.alerts) if config.alerts else None,
         )
 
 
@@ -181,6 +196,10 @@ class ImagenDatabaseResource(dg.ConfigurableResource):
     def configured(self) -> bool:
         """True when the env var is set."""
         return bool(os.environ.get(self.url_env))
+
+    def url(self) -> str | None:
+        """The database URL from the env var, or None when it is not set."""
+        return os.environ.get(self.url_env) or None
 
     def connect(self) -> psycopg.Connection:
         """A new connection (prepared statements off, for Supabase's transaction pooler)."""

@@ -7,21 +7,31 @@ import json
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import psycopg
 
+from imagen_pipeline.alerts.notify import Alerts, open_alerts
 from imagen_pipeline.db.connection import DATABASE_URL_ENV
 from imagen_pipeline.db.errors import DatabaseStep, database_errors
 from imagen_pipeline.defs.job_runs import run_request_for
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.defs.run_errors import run_failure
-from imagen_pipeline.errors import ConfigError
+from imagen_pipeline.errors import ConfigError, ImagenError
 from imagen_pipeline.generate.setup import Setup
 from imagen_pipeline.queue import holds, repository
-from imagen_pipeline.queue.holds import LaunchPath, launch_holds
+from imagen_pipeline.queue.holds import (
+    Hold,
+    LaunchPath,
+    alert_key,
+    alert_text,
+    alert_title,
+    launch_holds,
+)
 from imagen_pipeline.queue.intake import take_batch
 from imagen_pipeline.queue.reconcile import Decision, RunFacts, decide
 from imagen_pipeline.queue.rows import JobRow
@@ -46,6 +56,7 @@ STALLED_AFTER_ENV = "IMAGEN_RUN_STALLED_AFTER_S"
 DEFAULT_STALLED_AFTER = timedelta(minutes=30)
 BACKEND_PROBE_EVERY_S = 15.0
 """How often a backend whose outage holds rows is probed (``imagen backends --check``)."""
+BACKEND_PROBE_TIMEOUT_S = 5.0
 LIVE_STATUSES = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.QUEUED,
@@ -263,29 +274,46 @@ def worker_queues(setup: Setup, path: LaunchPath) -> dict[str, str]:
     }
 
 
+def backend_answers(setup: Setup, name: str) -> bool:
+    """Whether ``imagen backends --check``'s probe of backend ``name`` reaches it within
+    :data:`BACKEND_PROBE_TIMEOUT_S` (a box that does not answer at all must not hold up the
+    tick for the adapter's whole request timeout)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagen-probe")
+    try:
+        check = pool.submit(setup.backend(name).backend.check)
+        return bool(check.result(timeout=BACKEND_PROBE_TIMEOUT_S).reachable)
+    except (FutureTimeout, ImagenError):
+        return False
+    finally:
+        pool.shutdown(wait=False)
+
+
 def update_holds(
     conn: psycopg.Connection,
     setup: Setup,
     path: LaunchPath | None,
     log: dg.DagsterLogManager,
+    alerts: Alerts,
 ) -> None:
-    """Bring the broker, worker and backend holds up to date: the launch path's from this
-    tick's look at it, a backend's once a probe finds its server back."""
+    """Bring the broker, worker and backend holds up to date (the launch path's from this
+    tick's look at it, a backend's once a probe finds its server back) and tell the
+    operator: a problem for every hold in force (sent once while it lasts), its end."""
+    ended: list[Hold] = []
     if path is not None:
         for kind, wanted in launch_holds(path, worker_queues(setup, path)).items():
             changes = holds.replace_holds(conn, kind, wanted)
             for hold in changes.began:
                 log.warning(f"holding imagen.jobs rows ({hold.scope}): {hold.detail}")
-            for hold in changes.ended:
-                log.info(f"released imagen.jobs rows ({hold.scope}): {hold.kind} is back")
+            ended.extend(changes.ended)
     for hold in holds.backend_holds_due(conn, BACKEND_PROBE_EVERY_S):
-        if hold.scope not in setup.backends:
+        if hold.scope not in setup.backends or backend_answers(setup, hold.scope):
             holds.release(conn, hold)
-            continue
-        check = setup.backend(hold.scope).backend.check()
-        if check.reachable:
-            holds.release(conn, hold)
-            log.info(f"released imagen.jobs rows for backend {hold.scope!r}: it answers again")
+            ended.append(hold)
+    for hold in ended:
+        log.info(f"released imagen.jobs rows ({hold.scope}): the {hold.kind} hold ended")
+        alerts.resolved(alert_key(hold), alert_title(hold), alert_text(hold, ended=True))
+    for hold in holds.current_holds(conn):
+        alerts.problem(alert_key(hold), alert_title(hold), alert_text(hold))
     holds.explain_held_rows(conn, setup.config.default_backend)
 
 
@@ -346,9 +374,13 @@ def evaluate_queue(
     config = imagen.read()
     cursor = QueueCursor.parse(context.cursor)
     path = launch_path(context.instance)
-    with database_errors(DatabaseStep.CLAIM, imagen_db.url_env), imagen_db.connect() as conn:
+    with (
+        database_errors(DatabaseStep.CLAIM, imagen_db.url_env),
+        imagen_db.connect() as conn,
+        open_alerts(config.config.alerts, imagen_db.url()) as alerts,
+    ):
         next_after = reconcile(conn, context.instance, cursor.reconcile_after, context.log, path)
-        update_holds(conn, config, path, context.log)
+        update_holds(conn, config, path, context.log, alerts)
         batch = take_batch(conn, CLAIM_BATCH, config)
     for job_id in batch.exhausted:
         context.log.warning(f"imagen.jobs row {job_id} failed: no attempts left")

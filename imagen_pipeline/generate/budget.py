@@ -11,7 +11,8 @@ applies to it.
 
 Limits: ``budget.daily_usd`` (all backends), ``budget.backends.<name>.daily_usd`` and, for
 queued jobs only, ``budget.per_owner`` (dollars and images per owner, overall or per
-instance), off by default.
+instance), off by default. The operator's limits used up alert the operator (one event per
+limit and repeat window); an owner's own limit is that owner's business.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from typing import Literal
 
 import psycopg
 
+from imagen_pipeline.alerts.notify import Alerts
 from imagen_pipeline.backends.pricing import Price
 from imagen_pipeline.config.models import BudgetConfig, OwnerLimits
 from imagen_pipeline.db.connection import DATABASE_URL_ENV
 from imagen_pipeline.db.errors import DatabaseStep, database_errors
-from imagen_pipeline.errors import ConfigError, ImagenError
+from imagen_pipeline.errors import ConfigError, Fault, ImagenError
 
 HOLD_TTL = timedelta(hours=1)
 """How long a hold counts when its call is never recorded (the run died)."""
@@ -40,11 +42,25 @@ class BudgetUncheckableError(ConfigError):
 
 
 class BudgetExceededError(ImagenError):
-    """The call would push today's spend over a configured daily limit (not retried)."""
+    """The call would push today's spend over a configured daily limit (not retried).
+
+    Over one of the operator's limits it is the server's fault (the operator set the
+    budget); over an owner's own limit (``per_owner``) it is the request's, like any limit a
+    user runs into.
+    """
 
     public_summary = (
         "today's image budget for this backend is used up; retry the job tomorrow (UTC)"
     )
+
+    def __init__(self, message: str, limit: BudgetLimit, *, public: str | None = None) -> None:
+        super().__init__(message, public=public)
+        self.limit = limit
+
+    @property
+    def fault(self) -> Fault:
+        """The request's over an owner's own limit, else the server's."""
+        return "request" if self.limit.per_owner else "server"
 
 
 @dataclass(frozen=True)
@@ -273,14 +289,30 @@ def _owner_public(limit: BudgetLimit, ask: BudgetAsk, used: Used, now: datetime)
     )
 
 
+def _alert_used_up(
+    alerts: Alerts, error: BudgetExceededError, ask: BudgetAsk, now: datetime
+) -> None:
+    """Tell the operator that one of their limits is used up (an owner's limit: nobody)."""
+    limit = error.limit
+    if limit.per_owner:
+        return
+    alerts.event(
+        f"budget:{limit.label}",
+        f"Daily budget used up: {limit.label}",
+        f"{error}. Calls {limit.scope(ask.instance)} are refused until it resets {resets(now)}.",
+    )
+
+
 def check_budget(
     budget: BudgetConfig,
     ask: BudgetAsk,
     connect: Callable[[], psycopg.Connection] | None,
     now: datetime | None = None,
+    alerts: Alerts | None = None,
 ) -> str | None:
     """Hold ``ask``'s images, or raise :class:`BudgetExceededError` if that would pass a
-    limit; returns a note for the log, or None when no limit applies.
+    limit (and alert the operator when the limit is theirs); returns a note for the log, or
+    None when no limit applies.
 
     ``connect`` is None when no database is configured, and ``ask.price.usd`` None when the
     backend's price is unknown: a set budget then cannot be checked, which is an error rather
@@ -305,19 +337,24 @@ def check_budget(
     start, end = utc_day(now)
     day = f"{start:%Y-%m-%d}"
     notes = []
-    with database_errors(DatabaseStep.BUDGET), connect() as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (BUDGET_LOCK_KEY,))
-        for limit in limits:
-            used = used_today(conn, limit, ask, start, end)
-            asked = ask.usd if limit.kind == "usd" else ask.images
-            if used.of(limit.kind) + asked > limit.amount + 1e-9:
-                message = _exceeded(limit, ask, used, day)
-                public = _owner_public(limit, ask, used, now) if limit.per_owner else None
-                raise BudgetExceededError(message, public=public)
-            amount = f"${used.usd:.4f}" if limit.kind == "usd" else f"{used.images} images"
-            notes.append(
-                f"{limit.label}: {amount} of {limit.amount_text()} "
-                f"{'spent' if limit.kind == 'usd' else 'made'} {limit.scope(ask.instance)}"
-            )
-        hold(conn, ask)
+    try:
+        with database_errors(DatabaseStep.BUDGET), connect() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (BUDGET_LOCK_KEY,))
+            for limit in limits:
+                used = used_today(conn, limit, ask, start, end)
+                asked = ask.usd if limit.kind == "usd" else ask.images
+                if used.of(limit.kind) + asked > limit.amount + 1e-9:
+                    message = _exceeded(limit, ask, used, day)
+                    public = _owner_public(limit, ask, used, now) if limit.per_owner else None
+                    raise BudgetExceededError(message, limit, public=public)
+                amount = f"${used.usd:.4f}" if limit.kind == "usd" else f"{used.images} images"
+                notes.append(
+                    f"{limit.label}: {amount} of {limit.amount_text()} "
+                    f"{'spent' if limit.kind == 'usd' else 'made'} {limit.scope(ask.instance)}"
+                )
+            hold(conn, ask)
+    except BudgetExceededError as error:
+        if alerts is not None:
+            _alert_used_up(alerts, error, ask, now)
+        raise
     return f"budget ok ({day} UTC): " + "; ".join(notes)

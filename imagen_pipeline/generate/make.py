@@ -3,7 +3,8 @@ made, else check today's budget for the images still to make, call the backend a
 the bytes.
 
 Plain Python (the generate op is a thin layer over :func:`make_images`): errors are the
-pipeline's own, each saying whether a retry can help.
+pipeline's own, each saying whether a retry can help. A fallback taken and the operator's
+budget used up alert the operator (``alerts``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, replace
 
 import psycopg
 
+from imagen_pipeline.alerts.notify import Alerts
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.backends.pricing import describe_cost
 from imagen_pipeline.errors import BackendError, BackendUnavailableError
@@ -69,9 +71,11 @@ def make_images(
     context_for: ContextFor,
     connect: Callable[[], psycopg.Connection] | None,
     on_failed_call: FailedCall | None = None,
+    alerts: Alerts | None = None,
 ) -> Iterator[MadeImage]:
     """The images of ``plan``, one per variation in order, each generated at most once per
-    job (``connect``: the imagen database, for the budget; None when none is configured).
+    job (``connect``: the imagen database, for the budget; None when none is configured;
+    ``alerts``: the operator's, told of a fallback taken and of their budget used up).
 
     The budget check before the first call holds every image still to make, so a request
     for several images is priced whole; when a call fails, the run's holds are dropped (a
@@ -89,7 +93,7 @@ def make_images(
                 continue
             context = context_for(variant)
             holding = tuple(number for number in to_make if number >= variant.variation)
-            yield make_image(variant, context, connect, on_failed_call, holding)
+            yield make_image(variant, context, connect, on_failed_call, holding, alerts)
     except BaseException:
         if connect is not None and context is not None:
             context.log.info(release_run_holds(connect, context.run_id))
@@ -102,15 +106,16 @@ def make_image(
     connect: Callable[[], psycopg.Connection] | None,
     on_failed_call: FailedCall | None = None,
     holding: tuple[int, ...] = (),
+    alerts: Alerts | None = None,
 ) -> MadeImage:
     """Generate the image of ``plan`` (one variation), with its fallbacks; ``holding``: the
     variations the budget check holds (this one first; default: this one)."""
     holding = holding or (plan.variation,)
     try:
-        return _generate(plan, context, connect, holding)
+        return _generate(plan, context, connect, holding, alerts)
     except BackendUnavailableError as error:
         if plan.fallbacks:
-            return _fall_back(plan, context, connect, error, on_failed_call, holding)
+            return _fall_back(plan, context, connect, error, on_failed_call, holding, alerts)
         _tell(on_failed_call, plan, error)
         raise
     except BackendError as error:
@@ -128,6 +133,7 @@ def _generate(
     context: GenerationContext,
     connect: Callable[[], psycopg.Connection] | None,
     holding: tuple[int, ...],
+    alerts: Alerts | None,
 ) -> MadeImage:
     """Check the options and the budget for this requester, then call the backend."""
     instance = plan.backend_instance()
@@ -140,7 +146,7 @@ def _generate(
         owner=plan.owner_user_id,
         from_client=plan.spec.from_client,
     )
-    note = check_budget(plan.budget, ask, connect)
+    note = check_budget(plan.budget, ask, connect, alerts=alerts)
     image = run_generation(plan, instance, context, plan.output.path)
     record_generation(image)
     return MadeImage(image, reused=False, budget_note=note)
@@ -153,22 +159,33 @@ def _fall_back(
     unavailable: BackendUnavailableError,
     on_failed_call: FailedCall | None,
     holding: tuple[int, ...],
+    alerts: Alerts | None,
 ) -> MadeImage:
     """The image from the first ``fallback`` instance the budget allows; a fallback whose
     call the budget refuses (or cannot price) is not taken, and the error says so. A
-    fallback's failed call is reported under the fallback."""
+    fallback's failed call is reported under the fallback; a fallback that made the image
+    alerts the operator (one event per backend and repeat window)."""
     refused = []
     for fallback in plan.fallbacks:
         planned = plan.falling_back(fallback, unavailable.summary)
         context.log.warning(f"{planned.fallback_reason}; trying {fallback.backend!r}")
         gen_context = replace(context, instance_name=fallback.backend)
         try:
-            return _generate(planned, gen_context, connect, holding)
+            made = _generate(planned, gen_context, connect, holding, alerts)
         except (BudgetExceededError, BudgetUncheckableError) as error:
             refused.append(f"fallback {fallback.backend!r} not taken: {error}")
         except BackendError as error:
             _tell(on_failed_call, planned, error)
             raise
+        else:
+            if alerts is not None:
+                alerts.event(
+                    f"fallback:{plan.backend}",
+                    f"Fallback taken: {plan.backend} -> {fallback.backend}",
+                    f"{planned.fallback_reason}; run {context.run_id} had its image made by "
+                    f"{fallback.backend!r} instead.",
+                )
+            return made
     error = BackendUnavailableError(
         f"{unavailable}; " + "; ".join(refused),
         unavailable.retry_after_s,

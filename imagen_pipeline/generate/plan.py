@@ -3,8 +3,8 @@
 The same validation serves the CLI, the Dagster launchpad and rows of ``imagen.jobs``, so a
 bad field is rejected with the same message wherever it comes from. :func:`plan_generation`
 reads everything a run needs from ``imagen.yaml`` once (the backend's settings, output,
-cloud and budget settings, the owner); every later step of the run works from the plan, so
-an edit of ``imagen.yaml`` during a run applies to the next run.
+cloud, budget and alerts settings, the owner); every later step of the run works from the
+plan, so an edit of ``imagen.yaml`` during a run applies to the next run.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from imagen_pipeline.backends.contract import MAX_SEED, GenerationRequest
 from imagen_pipeline.backends.registry import BackendInstance, build_backend
-from imagen_pipeline.config.models import BudgetConfig, CloudConfig
+from imagen_pipeline.config.models import AlertsConfig, BudgetConfig, CloudConfig
 from imagen_pipeline.errors import InvalidRequestError
 from imagen_pipeline.generate.setup import Setup
 from imagen_pipeline.prompts.styles import apply_style, get_style
@@ -133,6 +133,8 @@ class GenerationPlan(BaseModel):
     output: OutputPlan
     cloud: CloudConfig | None
     budget: BudgetConfig
+    alerts: AlertsConfig | None = None
+    """The ``alerts:`` block: who to tell of a fallback taken or the budget used up."""
     owner_user_id: str | None
     """The job's owner, else ``cloud.owner_user_id``, else nobody."""
     config_source: str
@@ -344,6 +346,7 @@ def plan_generation(spec: ImageSpec, config: Setup) -> GenerationPlan:
         ),
         cloud=cloud,
         budget=settings.budget,
+        alerts=settings.alerts,
         owner_user_id=spec.owner_user_id or (cloud.owner_user_id if cloud else None),
         config_source=config.source_label,
         planned_at=datetime.now(UTC),

@@ -247,6 +247,28 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
             workers=pool_processes_by_queue(workers), default_queue=self.default_queue
         )
 
+    def result_store_unreachable(self) -> str | None:
+        """Why the result backend's Redis does not answer a ping within
+        :data:`PING_TIMEOUT_S`, or None when it does (or it is not Redis)."""
+        try:
+            registry_client(celery_urls()[1]).ping()
+        except RegistryUnavailableError:
+            return None
+        except Exception as error:  # redis-py's connection errors
+            return str(error) or type(error).__name__
+        return None
+
+    def get_run_worker_debug_info(
+        self, run: dg.DagsterRun, include_container_logs: bool | None = True
+    ) -> str | None:
+        """dagster-celery's account of the run's task, or one line when the result store
+        is away (instead of a traceback in the daemon's log after half a minute of
+        retries)."""
+        unreachable = self.result_store_unreachable()
+        if unreachable is not None:
+            return f"run {run.run_id}: the Celery result store is unreachable ({unreachable})"
+        return super().get_run_worker_debug_info(run, include_container_logs)
+
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
         """SUCCESS or FAILED as the task's result says (FAILURE or REVOKED: the process
         running it is gone); otherwise RUNNING while the run's worker answers a ping, FAILED
@@ -257,6 +279,13 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
         nothing about the worker: RUNNING (the jobs sensor's stall rule covers a run that
         never reports again).
         """
+        unreachable = self.result_store_unreachable()
+        if unreachable is not None:
+            # Celery would retry the read for half a minute, holding up run monitoring's
+            # checks of every other run (start timeouts were noticed 30 s late).
+            return CheckRunHealthResult(
+                WorkerStatus.RUNNING, f"result store unreachable, worker not checked: {unreachable}"
+            )
         task_id = run.tags.get(DAGSTER_CELERY_TASK_ID_TAG)
         if task_id is None:
             # Run monitoring's copy of the run may predate its tags; read the run again.

@@ -15,10 +15,16 @@ the queued and in-progress runs.
 It relies on the daemon reading ``dequeue_interval_seconds`` from the coordinator when it
 starts (``dagster/_daemon/controller.py``), so the Dagster pin applies
 (imagen_pipeline_tests/instance/test_run_queue.py checks the daemon it builds).
+
+Looking twice a second, the daemon would also say twice a second that the queue is full
+("6 runs are currently in progress. Maximum is 6, won't launch more.", 7,200 lines an hour
+of a busy GPU box): :class:`QueueStateChanges` lets that line through only when it changes.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 import dagster as dg
@@ -26,6 +32,35 @@ import dagster as dg
 SHORTEST_INTERVAL_S = 0.5
 """How often the daemon checks whether its interval has passed (``IntervalDaemon``)."""
 DEFAULT_INTERVAL_S = 0.5
+QUEUE_DAEMON_LOGGER = "dagster.daemon.QueuedRunCoordinatorDaemon"
+FULL_QUEUE = re.compile(r"runs are currently in progress\. Maximum is \d+, won't launch more")
+
+
+class QueueStateChanges(logging.Filter):
+    """Passes the run queue daemon's "queue is full" line only when it differs from the
+    last one (another count), and every other line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a repeat of the last "queue is full" line."""
+        message = record.getMessage()
+        if not FULL_QUEUE.search(message):
+            self._last = None
+            return True
+        if message == self._last:
+            return False
+        self._last = message
+        return True
+
+
+def quiet_full_queue_lines(logger: logging.Logger | None = None) -> None:
+    """Install :class:`QueueStateChanges` on the run queue daemon's logger (once)."""
+    logger = logger or logging.getLogger(QUEUE_DAEMON_LOGGER)
+    if not any(isinstance(existing, QueueStateChanges) for existing in logger.filters):
+        logger.addFilter(QueueStateChanges())
 
 
 def checked_interval(value: float | None) -> float:
@@ -50,6 +85,7 @@ class FrequentQueuedRunCoordinator(dg.QueuedRunCoordinator):
         interval = checked_interval(dequeue_interval_seconds)
         super().__init__(dequeue_interval_seconds=None, **fields)
         self._interval_s = interval
+        quiet_full_queue_lines()
 
     @property
     def dequeue_interval_seconds(self) -> float:  # type: ignore[override]

@@ -33,8 +33,9 @@ RUN_LOST = (
     "waiting: the job was interrupted by a server problem and starts again shortly; "
     "nothing is charged twice"
 )
-WAITING_FOR_SLOT = "waiting for a free slot; the job starts when one frees up"
+WAITING_FOR_SLOT = "waiting in line; the job starts when a slot frees up"
 WAITING_FOR_WORKER = "waiting for a machine to take the job"
+WAITING_FOR_SERVER = "waiting for a free slot on the image server"
 HOLD_TEXTS = (BROKER_DOWN, NO_WORKER, BACKEND_DOWN)
 """The texts a hold writes into a pending row; cleared once nothing holds it."""
 
@@ -78,16 +79,36 @@ class HoldChanges:
     ended: list[Hold] = field(default_factory=list)
 
 
+def alert_key(hold: Hold) -> str:
+    """The operator alert's key for ``hold`` (one open problem per hold)."""
+    return f"hold:{hold.kind}:{hold.scope}"
+
+
+def alert_title(hold: Hold) -> str:
+    """The operator alert's title for ``hold`` (its end is sent as "Resolved: <title>")."""
+    if hold.kind == "broker":
+        return "Redis (the run launcher's broker) is unreachable"
+    if hold.kind == "worker":
+        return f"No imagen worker serves backend {hold.scope!r}'s queue"
+    return f"Backend {hold.scope!r} is down"
+
+
+def alert_text(hold: Hold, ended: bool = False) -> str:
+    """The operator alert's text: what happened and what the held jobs do."""
+    if ended:
+        return "It is back; the jobs it held start now."
+    return f"{hold.detail}. Its jobs wait as pending (no attempt is spent) until it is back."
+
+
 def launch_holds(path: LaunchPath, queues: Mapping[str, str]) -> dict[HoldKind, list[Hold]]:
-    """The broker and worker holds for ``path``; ``queues``: each backend instance's worker
-    queue."""
-    broker: list[Hold] = []
-    workers: list[Hold] = []
+    """The broker and worker holds for ``path``, by kind; ``queues``: each backend
+    instance's worker queue. With the broker away the workers cannot be seen, so their
+    holds are left as they are (no ``worker`` entry)."""
     if path.broker_error is not None:
-        broker.append(
-            Hold("broker", ALL, BROKER_DOWN, f"the run launcher's broker: {path.broker_error}")
-        )
-    else:
+        detail = f"the run launcher's broker: {path.broker_error}"
+        return {"broker": [Hold("broker", ALL, BROKER_DOWN, detail)]}
+    workers: list[Hold] = []
+    if path.workers is not None:
         for name, queue in sorted(queues.items()):
             if not path.serves(queue):
                 workers.append(
@@ -99,7 +120,7 @@ def launch_holds(path: LaunchPath, queues: Mapping[str, str]) -> dict[HoldKind, 
                         f"start one with: imagen worker --queue {queue}",
                     )
                 )
-    return {"broker": broker, "worker": workers}
+    return {"broker": [], "worker": workers}
 
 
 def current_holds(conn: psycopg.Connection, kind: HoldKind | None = None) -> list[Hold]:

@@ -24,6 +24,7 @@ from imagen_pipeline.queue.holds import (
     BROKER_DOWN,
     NO_WORKER,
     RUN_LOST,
+    WAITING_FOR_SERVER,
     WAITING_FOR_SLOT,
     WAITING_FOR_WORKER,
     LaunchPath,
@@ -186,6 +187,9 @@ def _waiting(row: JobRow, run: RunFacts, path: LaunchPath | None) -> Decision:
         text = NO_WORKER
     elif run.status in ("STARTING", "NOT_STARTED"):
         text = WAITING_FOR_WORKER
+    elif run.status == "STARTED":
+        # The generate step takes the row when it starts: until then it waits for its pool.
+        text = WAITING_FOR_SERVER
     else:
         return Decision("leave")
     if text == row.progress_text:

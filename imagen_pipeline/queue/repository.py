@@ -200,6 +200,8 @@ def take_ownership(
                SET status = CASE WHEN status = 'done' THEN 'done' ELSE 'running' END,
                    run_id = %(run_id)s,
                    error = CASE WHEN status = 'done' THEN error END,
+                   progress_text = CASE WHEN status = 'queued' THEN NULL
+                                        ELSE progress_text END,
                    started_at = coalesce(started_at, now()),
                    finished_at = CASE WHEN status = 'done' THEN finished_at END
              WHERE id = %(id)s

@@ -65,7 +65,7 @@ def test_unknown_top_level_key_lists_allowed_keys(tmp_path: Path) -> None:
         load_config(path)
     message = str(error.value)
     assert str(path) in message
-    allowed = "backends, budget, cloud, default_backend, output"
+    allowed = "alerts, backends, budget, cloud, default_backend, output, queue"
     assert f"outptu: unknown key; allowed keys: {allowed}" in message
 
 

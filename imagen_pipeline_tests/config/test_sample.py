@@ -86,6 +86,7 @@ def test_every_commented_block_of_the_sample_is_valid(tmp_path: Path) -> None:
         "cloud",
         "budget",
         "queue",
+        "alerts",
     ]
 
     expected = {
@@ -133,6 +134,8 @@ def test_every_commented_block_of_the_sample_is_valid(tmp_path: Path) -> None:
     assert config.cloud is not None and config.cloud.bucket == "imagen"
     assert sorted(config.budget.backends) == ["openai", "replicate"]
     assert config.queue.max_in_flight_per_owner == 2
+    assert config.alerts is not None
+    assert config.alerts.webhook_url_env == "IMAGEN_ALERT_WEBHOOK_URL"
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ def test_shipped_files_follow_the_supabase_cli_naming() -> None:
         "jobs_priority_progress_variations",
         "budget_holds",
         "job_holds",
+        "operator_alerts",
     ]
     assert all(len(m.version) == 14 and m.version.isdigit() for m in migrations)
 
@@ -50,6 +51,8 @@ def test_migrate_applies_everything_once_and_records_cli_history(fresh_database_
             "WHERE table_schema IN ('imagen', 'mai') ORDER BY 1"
         ).fetchall()
     assert [t for (t,) in tables] == [
+        "imagen.alert_limit",
+        "imagen.alerts",
         "imagen.images",
         "imagen.job_holds",
         "imagen.jobs",

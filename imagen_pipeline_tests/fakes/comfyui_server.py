@@ -1164,8 +1164,9 @@ async def _drop(request: web.Request) -> web.StreamResponse:
 
 
 @contextmanager
-def running_fake_comfyui() -> Iterator[FakeComfyUI]:
-    """Serve a :class:`FakeComfyUI` on an ephemeral loopback port for the block."""
+def running_fake_comfyui(port: int = 0) -> Iterator[FakeComfyUI]:
+    """Serve a :class:`FakeComfyUI` on loopback ``port`` (0: an ephemeral one) for the
+    block."""
     fake = FakeComfyUI()
     loop = asyncio.new_event_loop()
     started = threading.Event()
@@ -1173,7 +1174,7 @@ def running_fake_comfyui() -> Iterator[FakeComfyUI]:
 
     async def start() -> None:
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         fake.port = runner.addresses[0][1]
         fake.executor_task = loop.create_task(fake.executor())

@@ -19,10 +19,12 @@ from imagen_pipeline.config.models import BudgetConfig
 from imagen_pipeline.db.connection import connect
 from imagen_pipeline.db.errors import DatabaseUnavailableError
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline.defs.run_errors import run_public_failure, run_step_failure
+from imagen_pipeline.defs.run_errors import run_fault, run_public_failure, run_step_failure
 from imagen_pipeline.errors import ConfigError
 from imagen_pipeline.generate.budget import BudgetAsk, BudgetExceededError, check_budget
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
+from imagen_pipeline_tests.fakes.webhook_server import FakeWebhook
+from imagen_pipeline_tests.fixtures.alerts import alerts_block
 from imagen_pipeline_tests.fixtures.imagen import file_resources
 from imagen_pipeline_tests.fixtures.queue import run_requests
 
@@ -60,11 +62,12 @@ def calls(tmp_path: Path) -> int:
 
 @pytest.fixture
 def budget_config(write_config: Callable[..., Path], tmp_path: Path) -> Callable[..., Path]:
-    """imagen.yaml with a mock ``mock`` costing $0.25 per image and the given budget."""
+    """imagen.yaml with a mock ``mock`` costing $0.25 per image, the given budget and, when
+    given, ``alerts:``."""
 
-    def write(budget: dict[str, Any]) -> Path:
+    def write(budget: dict[str, Any], **more: Any) -> Path:
         mock = {"type": "mock", "cost_usd": 0.25, "calls_log": str(tmp_path / "calls.jsonl")}
-        return write_config({"backends": {"mock": mock}, "budget": budget})
+        return write_config({"backends": {"mock": mock}, "budget": budget, **more})
 
     return write
 
@@ -412,3 +415,38 @@ def test_per_owner_limits_name_configured_backends() -> None:
         parse_config({"budget": {"per_owner": {"backends": {"replicate": {"daily_images": 2}}}}})
     with pytest.raises(ConfigError, match=r"budget\.per_owner\.daily_images: Input should be"):
         parse_config({"budget": {"per_owner": {"daily_images": -1}}})
+
+
+def test_the_operators_budget_used_up_alerts_the_operator_once(
+    migrated_database_url: str,
+    budget_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    alert_webhook: FakeWebhook,
+) -> None:
+    spend(migrated_database_url, "other", 4.9)
+    config_file = budget_config({"daily_usd": 5.0}, alerts=alerts_block())
+    first, second = execute(dagster_instance, config_file), execute(dagster_instance, config_file)
+    assert not first.success and not second.success
+    assert run_fault(dagster_instance, first.run_id) == "server"
+    [alert] = [request.json() for request in alert_webhook.requests]
+    assert alert["alert"] == {"kind": "event", "key": "budget:budget.daily_usd"}
+    assert alert["title"] == "Daily budget used up: budget.daily_usd"
+    assert alert["message"].startswith(
+        f"{failure(dagster_instance, first)}. Calls on all backends are refused until it resets "
+        "at 00:00 UTC, in "
+    )
+
+
+def test_an_owner_over_their_own_limit_is_the_requests_fault_and_alerts_nobody(
+    migrated_database_url: str,
+    budget_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    alert_webhook: FakeWebhook,
+) -> None:
+    spend(migrated_database_url, "mock", 0.25, owner=OWNER)
+    config_file = budget_config({"per_owner": {"daily_images": 1}}, alerts=alerts_block())
+    rows = owners_jobs(migrated_database_url, config_file, dagster_instance, [OWNER])
+    assert rows[OWNER]["status"] == "failed"
+    assert rows[OWNER]["error"].startswith("your limit of 1 image per day on all backends")
+    assert run_fault(dagster_instance, rows[OWNER]["run_id"]) == "request"
+    assert alert_webhook.requests == []

@@ -22,6 +22,8 @@ from imagen_pipeline.errors import ConfigError
 from imagen_pipeline.generate.setup import parse_setup
 from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
+from imagen_pipeline_tests.fakes.webhook_server import FakeWebhook
+from imagen_pipeline_tests.fixtures.alerts import alerts_block
 from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT, file_resources, step_failure_text
 
 
@@ -91,6 +93,58 @@ def test_every_server_down_the_fallback_makes_the_image_and_the_lineage_says_why
     logs = "\n".join(str(r.user_message) for r in dagster_instance.all_logs(result.run_id))
     assert f"{reason}; trying 'mock'" in logs
     assert f"{reason}; made by 'mock': " in logs
+
+
+def test_a_fallback_taken_alerts_the_operator_once_and_no_log_has_the_webhook_url(
+    migrated_database_url: str,
+    write_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    alert_webhook: FakeWebhook,
+) -> None:
+    down = [f"http://127.0.0.1:{closed_port()}", f"http://127.0.0.1:{closed_port()}"]
+    config_file = write_config(
+        {
+            "default_backend": "gpu",
+            "backends": {"gpu": gpu_block(*down), "mock": {"type": "mock"}},
+            "alerts": alerts_block(),
+        }
+    )
+    first, second = run(dagster_instance, config_file), run(dagster_instance, config_file)
+    assert first.success and second.success, step_failure_text(first)
+    [alert] = [request.json() for request in alert_webhook.requests]
+    assert alert["alert"] == {"kind": "event", "key": "fallback:gpu"}
+    assert alert["title"] == "Fallback taken: gpu -> mock"
+    assert alert["message"] == (
+        f"fell back from gpu: 2 servers unreachable; run {first.run_id} had its image made by "
+        "'mock' instead."
+    )
+    for result in (first, second):
+        logs = "\n".join(str(r.user_message) for r in dagster_instance.all_logs(result.run_id))
+        assert "alerts off" not in logs
+        assert alert_webhook.token not in logs
+
+
+def test_a_fallback_the_budget_refuses_alerts_the_budget_and_no_fallback(
+    migrated_database_url: str,
+    write_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    alert_webhook: FakeWebhook,
+) -> None:
+    config_file = write_config(
+        {
+            "default_backend": "gpu",
+            "backends": {
+                "gpu": gpu_block(f"http://127.0.0.1:{closed_port()}"),
+                "mock": {"type": "mock", "cost_usd": 1.0},
+            },
+            "budget": {"backends": {"mock": {"daily_usd": 0.5}}},
+            "alerts": alerts_block(),
+        }
+    )
+    assert not run(dagster_instance, config_file).success
+    assert [request.json()["alert"] for request in alert_webhook.requests] == [
+        {"kind": "event", "key": "budget:budget.backends.mock.daily_usd"}
+    ]
 
 
 def test_a_fallback_the_budget_refuses_is_not_taken_and_the_error_says_so(

@@ -15,7 +15,7 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
     QueuedRunCoordinatorDaemon,
 )
 
-from imagen_pipeline.instance.run_queue import FrequentQueuedRunCoordinator
+from imagen_pipeline.instance.run_queue import QUEUE_DAEMON_LOGGER, FrequentQueuedRunCoordinator
 from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE
 
 
@@ -58,3 +58,34 @@ def test_an_interval_the_daemon_cannot_keep_is_refused_by_name(
     block["config"]["dequeue_interval_seconds"] = interval
     with pytest.raises(dg.DagsterInvalidConfigError, match="dequeue_interval_seconds must be"):
         instance_with(tmp_path, block).run_coordinator  # noqa: B018
+
+
+def test_a_full_queue_is_reported_when_it_changes_not_twice_a_second(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with instance_with(tmp_path, production("run_coordinator")) as instance:
+        daemon = create_daemon_of_type(QueuedRunCoordinatorDaemon.daemon_type(), instance)
+        assert isinstance(daemon, QueuedRunCoordinatorDaemon)
+
+        def started_runs(count: int) -> None:
+            for _ in range(count):
+                instance.add_run(
+                    dg.DagsterRun(job_name="generate_image", status=dg.DagsterRunStatus.STARTED)
+                )
+
+        def look() -> None:
+            config = instance.get_concurrency_config()
+            assert daemon._get_runs_to_dequeue(instance, config, None) == []
+
+        started_runs(6)
+        with caplog.at_level("INFO", logger=QUEUE_DAEMON_LOGGER):
+            for _ in range(5):
+                look()
+            started_runs(1)
+            look()
+            look()
+        full = [r.getMessage() for r in caplog.records if "won't launch more" in r.getMessage()]
+        assert full == [
+            "6 runs are currently in progress. Maximum is 6, won't launch more.",
+            "7 runs are currently in progress. Maximum is 6, won't launch more.",
+        ]

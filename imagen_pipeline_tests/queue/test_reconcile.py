@@ -11,6 +11,7 @@ from imagen_pipeline.queue.holds import (
     BROKER_DOWN,
     NO_WORKER,
     RUN_LOST,
+    WAITING_FOR_SERVER,
     WAITING_FOR_SLOT,
     WAITING_FOR_WORKER,
     LaunchPath,
@@ -159,6 +160,7 @@ def test_idle_time_only_matters_for_started_runs() -> None:
     [
         (run("QUEUED"), None, WAITING_FOR_SLOT),
         (run("STARTING"), None, WAITING_FOR_WORKER),
+        (run("STARTED"), None, WAITING_FOR_SERVER),
         (
             run("STARTING"),
             LaunchPath(broker_error="Error 111", default_queue="dagster"),
