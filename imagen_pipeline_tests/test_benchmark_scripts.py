@@ -17,7 +17,8 @@ from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.generate.plan import plan_generation
 from imagen_pipeline.generate.setup import parse_setup
 from imagen_pipeline.queue.rows import JobRow
-from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT
+from imagen_pipeline_tests.fakes.loopback_http import closed_port
+from imagen_pipeline_tests.fixtures.imagen import REPO_ROOT, subprocess_env
 
 
 def load_script(name: str) -> ModuleType:
@@ -109,3 +110,16 @@ def test_bench_gpu_boxes_configures_both_backends_and_the_limits_from_them(
     instance = yaml.safe_load((tmp_path / "dagster_home" / "dagster.yaml").read_text())
     limits = instance["concurrency"]["runs"]["tag_concurrency_limits"]
     assert {"key": "imagen/pool", "value": "imagen_gpu", "limit": 6} in limits
+
+
+def test_bench_doctor_reads_what_imagen_doctor_prints(tmp_path: Path) -> None:
+    bench = load_script("bench_doctor")
+    config = tmp_path / "imagen.yaml"
+    config.write_text(yaml.safe_dump({"backends": {"mock": {"type": "mock"}}}))
+    env = subprocess_env(
+        IMAGEN_CONFIG=str(config), IMAGEN_WEBSERVER_URL=f"http://127.0.0.1:{closed_port()}"
+    )
+    result = bench.run_doctor(env, repeats=1)
+    assert result["exit"] == 1
+    assert result["failed"] == ["webserver"]
+    assert set(result) == {"median_s", "max_s", "exit", "statuses", "failed"}

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"output", "cloud", "queue"},
     {"usage"},
     {"defs", "instance"},
+    {"doctor"},
     {"cli", "definitions"},
 ]
 """Bottom to top: a part may import parts of its own layer or of the layers below it."""

@@ -1,10 +1,14 @@
-"""How many GPU generations the configured backends can run at once, and the Dagster limits
-that follow from it: the ``imagen_gpu`` op pool and the run-queue limit on GPU runs.
+"""How many generations the configured backends can run at once, and the Dagster limits
+that follow from it: the ``imagen_gpu`` and ``imagen_cloud`` op pools and the run-queue limit
+on GPU runs (``imagen config limits`` computes them, ``imagen worker`` sets the pools that
+have no limit of their own, ``imagen doctor`` compares them with the limits in force).
 
 The per-box limit is each ComfyUI server's queue slots (lock files); Dagster's limits must
 let all boxes work at once, so they are the sum over the servers of every ``pool: gpu``
 instance (a URL named by several instances counts once, with its largest slot count), and
-the run-queue limit one more (a run starting while the others generate).
+the run-queue limit one more (a run starting while the others generate). Without a GPU
+backend the ``imagen_gpu`` pool is unused and keeps the shipped limit (one box of two
+slots). ``imagen_cloud`` bounds calls to services, which take many at once: a fixed 8.
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ from pathlib import Path
 from imagen_pipeline.backends.registry import Backends
 
 GPU_POOL = "imagen_gpu"
+CLOUD_POOL = "imagen_cloud"
+CLOUD_POOL_LIMIT = 8
+"""Cloud generations at once (the run queue's 6 runs bound them first)."""
+SHIPPED_GPU_SLOTS = 2
+"""The ``imagen_gpu`` limit without a GPU backend: scripts/dagster.postgres.yaml's (one box,
+one prompt generating and one waiting), so such a config computes what the file says."""
 GPU_TAG_LIMIT = re.compile(
     r"(-\s*key:\s*imagen/pool\s*\n\s*value:\s*imagen_gpu\s*\n\s*limit:\s*)(\d+)", re.MULTILINE
 )
@@ -31,7 +41,14 @@ class GpuCapacity:
     @property
     def op_pool_limit(self) -> int:
         """The ``imagen_gpu`` op pool limit: every slot of every box."""
-        return max(1, sum(self.slots.values()))
+        return sum(self.slots.values()) if self.slots else SHIPPED_GPU_SLOTS
+
+    @property
+    def where(self) -> str:
+        """Where the slots are, for a person: ``http://box1:8188 2, http://box2:8188 2``."""
+        if not self.slots:
+            return "no GPU backend: the shipped limit"
+        return ", ".join(f"{where} {count}" for where, count in sorted(self.slots.items()))
 
     @property
     def run_limit(self) -> int:
@@ -49,6 +66,12 @@ def gpu_capacity(backends: Backends) -> GpuCapacity:
         for where, count in found.items():
             slots[where] = max(count, slots.get(where, 0))
     return GpuCapacity(slots)
+
+
+def pool_limits(capacity: GpuCapacity) -> dict[str, int]:
+    """The limit each generate pool needs: ``imagen_gpu`` from the GPU capacity, ``imagen_cloud``
+    fixed."""
+    return {GPU_POOL: capacity.op_pool_limit, CLOUD_POOL: CLOUD_POOL_LIMIT}
 
 
 def set_gpu_run_limit(dagster_yaml: Path, limit: int) -> bool:

@@ -14,13 +14,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from imagen_pipeline.backends.comfyui import ComfyUIBackend
-from imagen_pipeline.backends.contract import ImageBackend
+from imagen_pipeline.backends.contract import BackendCheck, ImageBackend
 from imagen_pipeline.backends.mock import MockBackend
 from imagen_pipeline.backends.openai import OpenAIImagesBackend
 from imagen_pipeline.backends.replicate import ReplicateBackend
 from imagen_pipeline.config.secrets import is_env_var_name, resolve_secret
 from imagen_pipeline.config.validation import describe_validation_error
-from imagen_pipeline.errors import ConfigError, MissingCredentialError
+from imagen_pipeline.errors import ConfigError, ImagenError, MissingCredentialError
 
 BACKEND_TYPES: dict[str, type[ImageBackend]] = {
     "comfyui": ComfyUIBackend,
@@ -52,6 +52,20 @@ class BackendInstance:
             except MissingCredentialError:
                 missing.append(env_var)
         return missing
+
+    def check(self) -> BackendCheck:
+        """Probe the instance (``imagen backends --check``, ``imagen doctor``): nothing is
+        sent without its credentials, and an error of the probe counts as unreachable."""
+        if self.missing_credentials():
+            return BackendCheck(
+                reachable=None, credentials=False, model_present=None, detail="credentials missing"
+            )
+        try:
+            return self.backend.check()
+        except ImagenError as error:
+            return BackendCheck(
+                reachable=False, credentials=None, model_present=None, detail=str(error)
+            )
 
     def require_credentials(self) -> None:
         """Fail fast, naming the first unset variable, before any request is sent."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from imagen_pipeline.backends.contract import BackendCheck
 from imagen_pipeline.cli.errors import CliError
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.generate.setup import load_setup
@@ -49,16 +48,7 @@ def backends(config_path: str | None, check: bool) -> None:
             credentials,
         )
         if check:
-            result = (
-                _probe(instance.backend.check)
-                if not missing
-                else BackendCheck(
-                    reachable=None,
-                    credentials=False,
-                    model_present=None,
-                    detail="credentials missing",
-                )
-            )
+            result = instance.check()
             row = (*row, _mark(result.reachable), _mark(result.model_present), result.detail)
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -67,12 +57,3 @@ def backends(config_path: str | None, check: bool) -> None:
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
     click.echo(f"(* default backend; config: {setup.source_label})")
-
-
-def _probe(check: object) -> BackendCheck:
-    try:
-        return check()  # type: ignore[operator]
-    except ImagenError as error:
-        return BackendCheck(
-            reachable=False, credentials=None, model_present=None, detail=str(error)
-        )

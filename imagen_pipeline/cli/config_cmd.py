@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from imagen_pipeline.cli.errors import CliError
 from imagen_pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from imagen_pipeline.instance.pool_limits import PoolInForce
 
 # `imagen config sample` prints a file: the loader (every adapter, httpx, websockets) and
 # Dagster are imported by the commands that need them, inside them, so it starts at once
@@ -68,30 +73,76 @@ def sample(write_to: str | None, force: bool) -> None:
     "--apply",
     "dagster_yaml",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Set the limits: the imagen_gpu pool on the Dagster instance ($DAGSTER_HOME) and the "
-    "GPU run limit in this dagster.yaml.",
+    help="Set the limits: both pools on the Dagster instance ($DAGSTER_HOME) and the GPU run "
+    "limit in this dagster.yaml.",
 )
 def limits(file: str | None, dagster_yaml: Path | None) -> None:
-    """The Dagster limits FILE's GPU backends need: the imagen_gpu op pool (every slot of
-    every box) and the run-queue limit on GPU runs (one more)."""
-    from imagen_pipeline.backends.capacity import GPU_POOL, gpu_capacity, set_gpu_run_limit
+    """The Dagster limits FILE's backends need beside the limits in force: the imagen_gpu op
+    pool (every slot of every GPU box), the imagen_cloud op pool and the run-queue limit on
+    GPU runs (one more than imagen_gpu)."""
+    from imagen_pipeline.backends.capacity import CLOUD_POOL, GPU_POOL, gpu_capacity, pool_limits
     from imagen_pipeline.generate.setup import load_setup
 
     try:
         capacity = gpu_capacity(load_setup(file).backends)
     except ConfigError as error:
         raise CliError(str(error)) from None
-    boxes = ", ".join(f"{where} {count}" for where, count in sorted(capacity.slots.items()))
-    click.echo(f"{GPU_POOL} op pool: {capacity.op_pool_limit} ({boxes or 'no GPU backend'})")
-    click.echo(f"GPU runs in the run queue (tag imagen/pool={GPU_POOL}): {capacity.run_limit}")
-    if dagster_yaml is None:
-        click.echo(f"apply: dagster instance concurrency set {GPU_POOL} {capacity.op_pool_limit}")
+    computed = pool_limits(capacity)
+    why = {GPU_POOL: capacity.where, CLOUD_POOL: "cloud generations at once, fixed"}
+    if dagster_yaml is not None:
+        _apply_limits(computed, capacity.run_limit, dagster_yaml)
+    in_force = _limits_in_force(computed)
+    if isinstance(in_force, str):
+        for pool, limit in computed.items():
+            click.echo(f"{pool} op pool: {limit} ({why[pool]}); in force: {in_force}")
         click.echo(
-            f"       and limit: {capacity.run_limit} for imagen/pool={GPU_POOL} in dagster.yaml"
+            f"GPU runs in the run queue (tag imagen/pool={GPU_POOL}): {capacity.run_limit}; "
+            f"in force: {in_force}"
         )
-        click.echo("   or: imagen config limits --apply $DAGSTER_HOME/dagster.yaml")
         return
-    if not set_gpu_run_limit(dagster_yaml, capacity.run_limit):
+    pools, run_limit = in_force
+    for pool in pools:
+        mark = ": differs" if pool.state == "differs" else ""
+        click.echo(
+            f"{pool.pool} op pool: {pool.computed} ({why[pool.pool]}); "
+            f"in force {pool.in_force()}{mark}"
+        )
+    run_in_force = "none in dagster.yaml" if run_limit is None else f"{run_limit} (dagster.yaml)"
+    run_mark = "" if run_limit == capacity.run_limit else ": differs"
+    click.echo(
+        f"GPU runs in the run queue (tag imagen/pool={GPU_POOL}): {capacity.run_limit}; "
+        f"in force {run_in_force}{run_mark}"
+    )
+    if any(pool.state != "ok" for pool in pools) or run_mark:
+        click.echo(
+            "apply: imagen config limits --apply $DAGSTER_HOME/dagster.yaml (then restart "
+            "dagster-daemon); imagen worker sets pools that are not set when it starts"
+        )
+
+
+def _limits_in_force(computed: dict[str, int]) -> tuple[list[PoolInForce], int | None] | str:
+    """The pools and the GPU run limit in force on the instance in ``$DAGSTER_HOME``, or why
+    they cannot be read (Dagster is imported only when there is an instance to read)."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return "unknown (DAGSTER_HOME is not set)"
+    from dagster import DagsterInstance
+
+    from imagen_pipeline.instance.pool_limits import gpu_run_limit_in_force, pools_in_force
+
+    try:
+        with DagsterInstance.get() as instance:
+            return pools_in_force(instance, computed), gpu_run_limit_in_force(instance)
+    except Exception as error:  # any storage or config error: the limits stay unknown
+        return f"unknown (the instance in $DAGSTER_HOME cannot be read: {error})".splitlines()[0]
+
+
+def _apply_limits(computed: dict[str, int], run_limit: int, dagster_yaml: Path) -> None:
+    """Set both pools on the instance and the GPU run limit in ``dagster_yaml``."""
+    from imagen_pipeline.backends.capacity import GPU_POOL, set_gpu_run_limit
+
+    if not os.environ.get("DAGSTER_HOME"):
+        raise CliError("--apply: DAGSTER_HOME is not set: the pools live in that instance")
+    if not set_gpu_run_limit(dagster_yaml, run_limit):
         raise CliError(
             f"{dagster_yaml}: no tag_concurrency_limits entry for imagen/pool={GPU_POOL} "
             "(copy it from scripts/dagster.postgres.yaml)"
@@ -99,10 +150,12 @@ def limits(file: str | None, dagster_yaml: Path | None) -> None:
     from dagster import DagsterInstance
 
     with DagsterInstance.get() as instance:
-        instance.event_log_storage.set_concurrency_slots(GPU_POOL, capacity.op_pool_limit)
+        for pool, limit in computed.items():
+            instance.event_log_storage.set_concurrency_slots(pool, limit)
+    pools = ", ".join(f"{pool} = {limit}" for pool, limit in computed.items())
     click.echo(
-        f"set: {GPU_POOL} = {capacity.op_pool_limit} on the instance; GPU run limit "
-        f"{capacity.run_limit} in {dagster_yaml} (restart dagster-daemon to use it)"
+        f"set: {pools} on the instance; GPU run limit {run_limit} in {dagster_yaml} "
+        "(restart dagster-daemon to use it)"
     )
 
 

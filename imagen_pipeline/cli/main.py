@@ -20,6 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "config": ("imagen_pipeline.cli.config_cmd:config", "Inspect and check imagen.yaml."),
     "db": ("imagen_pipeline.cli.db_cmd:db", "The imagen database (schemas imagen and mai)."),
+    "doctor": (
+        "imagen_pipeline.cli.doctor_cmd:doctor",
+        "Check every part of the stack; exit 1 if one fails.",
+    ),
     "generate": (
         "imagen_pipeline.cli.generate:generate",
         "Generate an image for PROMPT (--count: several) and print its absolute path.",

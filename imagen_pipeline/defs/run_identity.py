@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from imagen_pipeline.backends.capacity import CLOUD_POOL, GPU_POOL
 from imagen_pipeline.db.errors import DatabaseStep, database_errors
 from imagen_pipeline.defs.failures import failure, step_errors
 from imagen_pipeline.defs.resources import ImagenDatabaseResource
@@ -30,7 +31,7 @@ from imagen_pipeline.run_tags import (
     TAG_STYLE,
 )
 
-POOLS = {"gpu": "imagen_gpu", "cloud": "imagen_cloud"}
+POOLS = {"gpu": GPU_POOL, "cloud": CLOUD_POOL}
 """The backend's ``pool`` setting -> the Dagster pool of the generate step."""
 
 

@@ -20,6 +20,8 @@ process. Added around it, through Celery's signals:
 - the main process announces the worker in the registry (:mod:`.worker_registry`: its
   queues and pool processes, renewed every few seconds) for the jobs sensor and
   ``imagen doctor``;
+- before it starts, the worker gives the generate pools that have no limit of their own the
+  limits imagen.yaml needs (:mod:`.pool_limits`, as ``imagen config limits`` computes them);
 - the main process imports Dagster, dagster-celery and the instance's storage classes, and
   with ``preload`` the code location, before it forks the pool, so a pool process's first
   run does not pay for those imports.
@@ -51,6 +53,7 @@ from imagen_pipeline.instance.dagster_internals import (
     unpack_value,
 )
 from imagen_pipeline.instance.file_compute_logs import ECHO_ENV
+from imagen_pipeline.instance.pool_limits import set_pools_from_config
 from imagen_pipeline.instance.worker_registry import (
     Heartbeat,
     RegistryUnavailableError,
@@ -333,6 +336,7 @@ def run_worker(
     with dg.DagsterInstance.get() as instance:
         launcher = launcher_of(instance)
         concurrency = concurrency or default_concurrency(instance)
+        set_pools_from_config(instance)
     # A run's output goes to its compute log files (the UI); echoing it here would only
     # repeat it in the worker's journal, at four processes per run (file_compute_logs).
     os.environ.setdefault(ECHO_ENV, "0")

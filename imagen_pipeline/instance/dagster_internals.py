@@ -2,7 +2,8 @@
 
 Dagster 1.13 has no public API for what these classes extend: a run launcher's types and
 the task body dagster-celery runs, a compute log manager's capture, the class data every
-configurable instance class receives. They are imported here and nowhere else, checked
+configurable instance class receives, the event log's table of pool limits and its slot
+allocation. They are imported here and nowhere else, checked
 against dagster 1.13.27 (the pin in pyproject.toml); after an upgrade,
 ``imagen_pipeline_tests/instance/test_dagster_internals.py`` names each one that moved.
 """
@@ -18,6 +19,7 @@ from dagster._core.definitions.reconstruct import ReconstructableJob
 from dagster._core.execution.compute_logs import redirect_to_file
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
+from dagster._core.storage.event_log.schema import ConcurrencyLimitsTable
 from dagster._core.storage.local_compute_log_manager import (
     IO_TYPE_EXTENSION,
     LocalComputeLogManager,
@@ -98,6 +100,12 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
         "celery_worker",
         "its cache of the last job a process rebuilt, cleared when imagen.yaml changed",
     ),
+    PrivateName(
+        "dagster._core.storage.event_log.schema",
+        "ConcurrencyLimitsTable",
+        "pooled_postgres",
+        "the pools' limit rows, written with one upsert when a pool gets its default limit",
+    ),
 )
 """The names imported above, for the upgrade test."""
 
@@ -114,6 +122,18 @@ PRIVATE_ATTRIBUTES: tuple[PrivateName, ...] = (
         "file_compute_logs",
         "the capture folder, set from the instance when dagster.yaml names none",
     ),
+    PrivateName(
+        "dagster._core.storage.event_log.base.EventLogStorage",
+        "_instance",
+        "pooled_postgres",
+        "the instance whose dagster.yaml gives a pool's default limit",
+    ),
+    PrivateName(
+        "dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage",
+        "_allocate_concurrency_slots",
+        "pooled_postgres",
+        "a pool's slot rows brought to its limit, in the transaction that set the limit",
+    ),
 )
 """Private attributes read or set through the functions below."""
 
@@ -121,6 +141,17 @@ PRIVATE_ATTRIBUTES: tuple[PrivateName, ...] = (
 def launcher_instance(launcher: Any) -> dg.DagsterInstance:
     """The instance a run launcher was registered with."""
     return launcher._instance
+
+
+def storage_instance(storage: Any) -> dg.DagsterInstance | None:
+    """The instance an event log storage was registered with, if any."""
+    return storage._instance if storage.has_instance else None
+
+
+def allocate_pool_slots(storage: Any, conn: Any, pool: str, limit: int) -> None:
+    """Add or remove ``pool``'s slot rows until there are ``limit``, in ``conn``'s
+    transaction (Dagster's own step of ``set_concurrency_slots``)."""
+    storage._allocate_concurrency_slots(conn, pool, limit)
 
 
 def set_capture_folder(manager: LocalComputeLogManager, folder: str) -> None:
@@ -141,6 +172,7 @@ __all__ = [
     "CapturedLogContext",
     "CheckRunHealthResult",
     "ComputeIOType",
+    "ConcurrencyLimitsTable",
     "ConfigurableClassData",
     "ExecuteRunArgs",
     "LaunchRunContext",

@@ -16,6 +16,7 @@ from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fakes.openai_server import running_fake_openai
 from imagen_pipeline_tests.fakes.replicate_server import running_fake_replicate
+from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE
 
 
 def test_sample_validates_and_is_commented(tmp_path: Path) -> None:
@@ -105,7 +106,17 @@ def test_validate_refuses_a_retired_model_with_its_date_and_replacement(
     ) in result.output
 
 
-def test_limits_add_up_every_gpu_box_and_apply_sets_pool_and_run_limit(
+def limits_only_instance(home: Path) -> Path:
+    """A SQLite instance in ``home`` whose dagster.yaml has the production ``concurrency:``
+    block (comments included); returns the file."""
+    home.mkdir()
+    dagster_yaml = home / "dagster.yaml"
+    limits_block = PRODUCTION_INSTANCE.read_text(encoding="utf-8").split("concurrency:\n", 1)[1]
+    dagster_yaml.write_text("concurrency:\n" + limits_block.split("\n\n", 1)[0] + "\n")
+    return dagster_yaml
+
+
+def test_limits_add_up_every_gpu_box_and_apply_sets_both_pools_and_the_run_limit(
     write_config: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     servers = [
@@ -124,24 +135,66 @@ def test_limits_add_up_every_gpu_box_and_apply_sets_pool_and_run_limit(
     )
     shown = CliRunner().invoke(cli, ["config", "limits", str(path)])
     assert shown.exit_code == 0, shown.output
-    assert shown.output.splitlines()[:3] == [
-        "imagen_gpu op pool: 6 (backend mock 1, http://box1:8188 3, http://box2:8188 2)",
-        "GPU runs in the run queue (tag imagen/pool=imagen_gpu): 7",
-        "apply: dagster instance concurrency set imagen_gpu 6",
+    unknown = "in force: unknown (DAGSTER_HOME is not set)"
+    assert shown.output.splitlines() == [
+        "imagen_gpu op pool: 6 (backend mock 1, http://box1:8188 3, http://box2:8188 2); "
+        + unknown,
+        f"imagen_cloud op pool: 8 (cloud generations at once, fixed); {unknown}",
+        f"GPU runs in the run queue (tag imagen/pool=imagen_gpu): 7; {unknown}",
     ]
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    dagster_yaml = home / "dagster.yaml"
-    production = Path(__file__).resolve().parents[2] / "scripts" / "dagster.postgres.yaml"
-    limits_block = production.read_text(encoding="utf-8").split("concurrency:\n", 1)[1]
-    dagster_yaml.write_text("concurrency:\n" + limits_block.split("\n\n", 1)[0] + "\n")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    dagster_yaml = limits_only_instance(tmp_path / "dagster_home")
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_yaml.parent))
+    before = CliRunner().invoke(cli, ["config", "limits", str(path)])
+    assert before.exit_code == 0, before.output
+    default = "(not set: dagster.yaml's concurrency.pools.default_limit)"
+    assert before.output.splitlines() == [
+        "imagen_gpu op pool: 6 (backend mock 1, http://box1:8188 3, http://box2:8188 2); "
+        f"in force 2 {default}",
+        f"imagen_cloud op pool: 8 (cloud generations at once, fixed); in force 2 {default}",
+        "GPU runs in the run queue (tag imagen/pool=imagen_gpu): 7; in force 3 (dagster.yaml): "
+        "differs",
+        "apply: imagen config limits --apply $DAGSTER_HOME/dagster.yaml (then restart "
+        "dagster-daemon); imagen worker sets pools that are not set when it starts",
+    ]
     applied = CliRunner().invoke(cli, ["config", "limits", str(path), "--apply", str(dagster_yaml)])
     assert applied.exit_code == 0, applied.output
+    assert applied.output.splitlines()[1:] == [
+        "imagen_gpu op pool: 6 (backend mock 1, http://box1:8188 3, http://box2:8188 2); "
+        "in force 6 (set on the instance)",
+        "imagen_cloud op pool: 8 (cloud generations at once, fixed); "
+        "in force 8 (set on the instance)",
+        "GPU runs in the run queue (tag imagen/pool=imagen_gpu): 7; in force 7 (dagster.yaml)",
+    ]
     assert "limit: 7" in dagster_yaml.read_text(encoding="utf-8")
     assert "# Runs whose generate step uses the GPU pool" in dagster_yaml.read_text("utf-8")
     with dg.DagsterInstance.get() as instance:
-        assert instance.event_log_storage.get_concurrency_info("imagen_gpu").slot_count == 6
+        infos = instance.event_log_storage.get_concurrency_infos(["imagen_gpu", "imagen_cloud"])
+    assert {pool: info.slot_count for pool, info in infos.items()} == {
+        "imagen_gpu": 6,
+        "imagen_cloud": 8,
+    }
+
+
+def test_limits_of_a_config_without_a_gpu_backend_are_the_shipped_ones(
+    write_config: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue: a mock-only config computed imagen_gpu 1 and a run limit 2, while the docs
+    said 2 and the shipped dagster.yaml 3."""
+    path = write_config({"backends": {"mock": {"type": "mock"}}})
+    dagster_yaml = limits_only_instance(tmp_path / "dagster_home")
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_yaml.parent))
+    with dg.DagsterInstance.get() as instance:
+        instance.event_log_storage.set_concurrency_slots("imagen_gpu", 2)
+        instance.event_log_storage.set_concurrency_slots("imagen_cloud", 8)
+    result = CliRunner().invoke(cli, ["config", "limits", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "imagen_gpu op pool: 2 (no GPU backend: the shipped limit); "
+        "in force 2 (set on the instance)",
+        "imagen_cloud op pool: 8 (cloud generations at once, fixed); "
+        "in force 8 (set on the instance)",
+        "GPU runs in the run queue (tag imagen/pool=imagen_gpu): 3; in force 3 (dagster.yaml)",
+    ]
 
 
 def test_backends_lists_instances_with_credential_status(

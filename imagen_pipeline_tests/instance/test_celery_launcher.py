@@ -203,6 +203,38 @@ def test_the_worker_needs_dagster_home_with_the_celery_launcher(tmp_path: Path) 
     assert "launches runs with DefaultRunLauncher, not ImagenCeleryRunLauncher" in other.stderr
 
 
+def test_the_worker_sets_the_pools_that_are_not_set_and_leaves_a_chosen_one(
+    instance: dg.DagsterInstance,
+    write_config: Callable[..., Path],
+    celery_workers: Workers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The issue: with `dagster instance concurrency set` skipped, imagen_cloud silently ran
+    on default_limit 2 instead of 8."""
+    storage = instance.event_log_storage
+    storage.delete_concurrency_limit("imagen_cloud")
+    storage.set_concurrency_slots("imagen_gpu", 1)
+    two_boxes = [{"url": "http://box1:8188"}, {"url": "http://box2:8188"}]
+    config = write_config(
+        {"backends": {"mock": {"type": "mock"}, "gpu": {"type": "comfyui", "servers": two_boxes}}}
+    )
+    monkeypatch.setenv("IMAGEN_CONFIG", str(config))
+    worker = celery_workers.start("cloud@hostb", subprocess_env())
+    infos = storage.get_concurrency_infos(["imagen_gpu", "imagen_cloud"])
+    assert {pool: (i.limit, i.using_default_limit) for pool, i in infos.items()} == {
+        "imagen_gpu": (1, False),
+        "imagen_cloud": (8, False),
+    }
+    assert (
+        "pool imagen_cloud had no limit of its own (in force: 2 (not set: dagster.yaml's "
+        "concurrency.pools.default_limit)); set it to 8 from imagen.yaml" in worker.log()
+    )
+    assert (
+        "pool imagen_gpu is 1 (set on the instance); imagen.yaml needs 4 "
+        "(imagen config limits --apply sets it)" in worker.log()
+    )
+
+
 def test_runs_execute_on_a_worker_that_names_itself_in_the_run(
     instance: dg.DagsterInstance,
     config_file: Path,

@@ -17,8 +17,10 @@ from imagen_pipeline.instance.dagster_internals import (
     PRIVATE_NAMES,
     LocalComputeLogManager,
     PrivateName,
+    allocate_pool_slots,
     launcher_instance,
     set_capture_folder,
+    storage_instance,
 )
 
 PACKAGE = Path(dagster_internals.__file__).parents[1]
@@ -65,7 +67,17 @@ def test_the_private_attributes_are_where_the_list_says(tmp_path: Path) -> None:
     with dg.instance_for_test() as instance:
         launcher = instance.run_launcher
         assert launcher_instance(launcher) is instance
-    assert [entry.name for entry in PRIVATE_ATTRIBUTES] == ["_instance", "_base_dir"]
+        storage = instance.event_log_storage
+        assert storage_instance(storage) is instance
+        with storage.index_connection() as conn:
+            allocate_pool_slots(storage, conn, "some_pool", 3)
+        assert storage.get_concurrency_info("some_pool").slot_count == 3
+    assert [entry.name for entry in PRIVATE_ATTRIBUTES] == [
+        "_instance",
+        "_base_dir",
+        "_instance",
+        "_allocate_concurrency_slots",
+    ]
 
 
 def test_a_moved_name_is_reported_with_who_uses_it() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,3 +84,75 @@ def test_pooled_storage_runs_a_job_on_a_fraction_of_the_connections(
         assert status == dg.DagsterRunStatus.SUCCESS
     assert counts["stock"] >= 40, counts
     assert counts["pooled"] * 5 <= counts["stock"], counts
+
+
+def production_instances(
+    home: Path, count: int, default_limit: int = 2
+) -> list[dg.DagsterInstance]:
+    """``count`` instances of the production config (as many processes would open), with
+    ``concurrency.pools.default_limit`` set to ``default_limit``."""
+    config = yaml.safe_load(PRODUCTION_INSTANCE.read_text())
+    config["concurrency"]["pools"]["default_limit"] = default_limit
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return [dg.DagsterInstance.from_config(str(home)) for _ in range(count)]
+
+
+def initialize_at_once(instances: list[dg.DagsterInstance], pool: str) -> list[str]:
+    """Every instance gives ``pool`` its default limit at the same moment, as the run
+    workers of a burst do before their first step claims a slot; the errors they met."""
+    barrier = threading.Barrier(len(instances))
+    errors: list[str] = []
+
+    def initialize(instance: dg.DagsterInstance) -> None:
+        barrier.wait()
+        try:
+            instance.event_log_storage.initialize_concurrency_limit_to_default(pool)
+        except Exception as error:
+            errors.append(f"{pool}: {type(error).__name__}: {error}".splitlines()[0])
+
+    threads = [threading.Thread(target=initialize, args=(i,)) for i in instances]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def test_steps_that_meet_a_pool_without_a_limit_at_once_all_get_its_default(
+    fresh_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dagster-postgres' version lost the race in all but one of six: "current transaction
+    is aborted", the step failed and the run was retried."""
+    monkeypatch.setenv("DAGSTER_PG_URL", fresh_database_url)
+    instances = production_instances(tmp_path / "home", 6)
+    pools = [f"pool_{n}" for n in range(5)]
+    try:
+        errors = [error for pool in pools for error in initialize_at_once(instances, pool)]
+        infos = instances[0].event_log_storage.get_concurrency_infos(pools)
+    finally:
+        for instance in instances:
+            instance.dispose()
+    assert errors == []
+    found = {(info.limit, info.slot_count, info.using_default_limit) for info in infos.values()}
+    assert found == {(2, 2, True)}
+
+
+def test_a_changed_default_limit_reaches_the_pools_using_it_and_no_other(
+    fresh_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dagster-postgres' version failed every step of a pool on its default once
+    ``default_limit`` changed in dagster.yaml ("current transaction is aborted")."""
+    monkeypatch.setenv("DAGSTER_PG_URL", fresh_database_url)
+    [before] = production_instances(tmp_path / "home", 1, default_limit=2)
+    with before:
+        before.event_log_storage.initialize_concurrency_limit_to_default("defaulted")
+        before.event_log_storage.set_concurrency_slots("explicit", 5)
+    [after] = production_instances(tmp_path / "home", 1, default_limit=3)
+    with after:
+        storage = after.event_log_storage
+        for pool in ("defaulted", "explicit"):
+            storage.initialize_concurrency_limit_to_default(pool)
+        infos = storage.get_concurrency_infos(["defaulted", "explicit"])
+    found = {pool: (i.limit, i.slot_count, i.using_default_limit) for pool, i in infos.items()}
+    assert found == {"defaulted": (3, 3, True), "explicit": (5, 5, False)}
