@@ -123,3 +123,17 @@ def test_bench_doctor_reads_what_imagen_doctor_prints(tmp_path: Path) -> None:
     assert result["exit"] == 1
     assert result["failed"] == ["webserver"]
     assert set(result) == {"median_s", "max_s", "exit", "statuses", "failed"}
+
+
+def test_outage_drill_passes_only_when_every_job_is_done_once_with_one_attempt() -> None:
+    drill = load_script("outage_drill")
+    good = {
+        "jobs": 2,
+        "status": {"done": 2},
+        "images_per_job": {1: 2},
+        "attempts": {1: 2},
+    }
+    assert drill.passed(good)
+    assert not drill.passed({**good, "status": {"done": 1, "failed": 1}})
+    assert not drill.passed({**good, "images_per_job": {1: 1, 2: 1}})
+    assert not drill.passed({**good, "attempts": {1: 1, 2: 1}})

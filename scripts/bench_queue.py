@@ -236,6 +236,8 @@ class Stack:
         # compile imagen_pipeline anew where the environment sets PYTHONDONTWRITEBYTECODE.
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.named: dict[str, subprocess.Popen[bytes]] = {}
+        self.commands: dict[str, list[str]] = {}
         self.sampler: RssSampler | None = None
 
     @property
@@ -246,18 +248,33 @@ class Stack:
         limits = instance["concurrency"]["runs"]["tag_concurrency_limits"]
         return int(next(limit["limit"] for limit in limits if limit["value"] == GPU_QUEUE))
 
-    def spawn(self, name: str, args: list[str]) -> None:
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        """Start one process of the stack in its own process group, its output in
+        ``<name>.log``; :attr:`named` keeps the newest process of each name."""
         log = (self.workdir / f"{name}.log").open("ab")
-        self.processes.append(
-            subprocess.Popen(
-                args,
-                cwd=self.workdir,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = subprocess.Popen(
+            args,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
+        self.processes.append(process)
+        self.named[name] = process
+        self.commands[name] = args
+        return process
+
+    def kill(self, name: str) -> None:
+        """``kill -9`` the process group of the stack's process ``name``."""
+        process = self.named[name]
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+    def respawn(self, name: str) -> subprocess.Popen[bytes]:
+        """Start ``name`` again with the command it was first started with."""
+        return self.spawn(name, self.commands[name])
 
     def start(self) -> None:
         workspace = str(REPO_ROOT / "workspace.yaml")
