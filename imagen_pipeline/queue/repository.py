@@ -37,6 +37,8 @@ from psycopg.rows import dict_row
 from imagen_pipeline.queue.rows import ERROR_MAX_CHARS, MAX_ATTEMPTS, JobRow, job_columns
 
 INFLIGHT_STATUSES = ("queued", "running")
+LOST_RETRY_FIRST_S = 5
+LOST_RETRY_LONGEST_S = 300
 JOB_COLUMNS = job_columns()
 
 
@@ -81,6 +83,7 @@ _CLAIM = f"""
           FROM imagen.jobs AS p
           LEFT JOIN inflight AS f ON f.owner_user_id IS NOT DISTINCT FROM p.owner_user_id
          WHERE p.status = 'pending' AND p.attempts < %(max)s
+           AND (p.retry_at IS NULL OR p.retry_at <= now())
            AND NOT EXISTS (
                SELECT 1 FROM imagen.job_holds AS h
                 WHERE h.scope IN ('*', coalesce(nullif(p.backend, ''), %(default)s)))
@@ -88,6 +91,7 @@ _CLAIM = f"""
                 (SELECT owner_user_id FROM imagen.jobs WHERE id = %(only_id)s)))
     UPDATE imagen.jobs AS j
        SET status = 'queued', attempts = j.attempts + 1, claims = j.claims + 1, run_id = NULL,
+           retry_at = NULL,
            progress = NULL, progress_text = NULL
       FROM (SELECT id, turn FROM ranked
              WHERE (%(cap)s::integer IS NULL OR turn <= %(cap)s)
@@ -327,17 +331,26 @@ def fail(
 def requeue_lost(conn: psycopg.Connection, job_id: int, claim: int, text: str) -> bool:
     """In-flight row of ``claim`` whose run was lost to an outage -> pending again, its
     attempt given back and ``interruptions`` + 1, ``text`` (why it waits) in
-    ``progress_text``; ``error`` is left as it was."""
+    ``progress_text``, claimed again no sooner than ``retry_at`` (5 s after the first
+    interruption, doubling up to 5 min); ``error`` is left as it was."""
     with conn.transaction(), conn.cursor() as cursor:
         cursor.execute(
             """
             UPDATE imagen.jobs
                SET status = 'pending', run_id = NULL, attempts = greatest(attempts - 1, 0),
                    interruptions = interruptions + 1, progress = NULL,
-                   progress_text = %(text)s
+                   progress_text = %(text)s,
+                   retry_at = now() + make_interval(
+                       secs => least(%(longest)s, %(first)s * power(2, interruptions)))
              WHERE id = %(id)s AND claims = %(claim)s AND status IN ('queued', 'running')
             """,
-            {"id": job_id, "claim": claim, "text": text},
+            {
+                "id": job_id,
+                "claim": claim,
+                "text": text,
+                "first": LOST_RETRY_FIRST_S,
+                "longest": LOST_RETRY_LONGEST_S,
+            },
         )
         return cursor.rowcount == 1
 

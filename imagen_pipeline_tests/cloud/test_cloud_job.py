@@ -12,13 +12,12 @@ import dagster as dg
 import httpx
 import psycopg
 import pytest
-from click.testing import CliRunner
 from psycopg.rows import dict_row
 
-from imagen_pipeline.cli.main import cli
 from imagen_pipeline.defs.assets import IMAGE, IMAGES_TABLE, STORAGE_OBJECT, USAGE_TABLE
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.defs.run_errors import run_step_failure
+from imagen_pipeline.queue.holds import RUN_LOST
 from imagen_pipeline_tests.cloud.conftest import BUCKET, FALLBACK_OWNER, KEY, OWNER
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fakes.storage_server import DROP_AFTER_STORE, FakeStorage
@@ -323,12 +322,14 @@ def test_a_queued_job_whose_upload_failed_is_retried_into_one_call_one_file_one_
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    """The image was generated and written, the upload failed: the retried job re-uses the
-    file under its final name (no second backend call, no second file)."""
+    """The image was generated and written, the upload failed (Storage away: an outage, so
+    the job goes back to pending, its attempt given back, and is claimed again after a
+    pause): the next run re-uses the file under its final name (no second backend call, no
+    second file)."""
     config_file = cloud_config()
     monkeypatch.setenv("IMAGEN_CONFIG", str(config_file))
     monkeypatch.setenv("SUPABASE_URL", f"http://127.0.0.1:{closed_port()}")
-    [job] = sql(
+    sql(
         migrated_database_url,
         "INSERT INTO imagen.jobs (owner_user_id, prompt, width, height) "
         "VALUES (%s, 'a fox', 64, 64) RETURNING id",
@@ -349,19 +350,22 @@ def test_a_queued_job_whose_upload_failed_is_retried_into_one_call_one_file_one_
     [request] = tick()
     first = run(request)
     assert not first.success
-    tick()
+    assert tick() == [], "not claimed again at once"
     [row] = sql(migrated_database_url, "SELECT * FROM imagen.jobs")
-    assert (row["status"], row["error"]) == (
-        "failed",
-        "the image was made but could not be stored right now; retry the job later",
+    assert (row["status"], row["attempts"], row["interruptions"], row["error"]) == (
+        "pending",
+        0,
+        1,
+        None,
     )
+    assert row["progress_text"] == RUN_LOST
+    assert 0 < (row["retry_at"] - row["updated_at"]).total_seconds() <= 6
     detail = run_step_failure(dagster_instance, first.run_id) or ""
     assert "is unreachable (reading bucket 'images')" in detail
     assert "CloudSyncError" not in detail, "the class name is not repeated in the message"
 
-    retried = CliRunner().invoke(cli, ["queue", "retry", str(job["id"])])
-    assert retried.exit_code == 0, retried.output
     monkeypatch.setenv("SUPABASE_URL", cloud_env.url)
+    sql(migrated_database_url, "UPDATE imagen.jobs SET retry_at = now()")
     [request] = tick()
     assert run(request).success
     assert backend_calls(tmp_path) == 1

@@ -188,11 +188,14 @@ def test_a_requested_run_executed_as_launched_marks_its_row_done(
 
 
 def _age_rows(url: str, minutes: int) -> None:
-    """Backdate updated_at past the sensor's grace period (bypassing the touch trigger)."""
+    """Backdate updated_at past the sensor's grace period (bypassing the touch trigger), and
+    let a row sent back after an outage be claimed at once."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")
         conn.execute(
-            "UPDATE imagen.jobs SET updated_at = now() - make_interval(mins => %s)", (minutes,)
+            "UPDATE imagen.jobs SET updated_at = now() - make_interval(mins => %s), "
+            "retry_at = NULL",
+            (minutes,),
         )
 
 
@@ -206,14 +209,18 @@ def test_a_claimed_row_whose_run_never_started_goes_back_without_spending_attemp
     assert statuses(migrated_database_url) == {job_id: "queued"}, "within grace: left alone"
     for interruption in range(1, MAX_INTERRUPTIONS):
         _age_rows(migrated_database_url, 10)
-        tick()  # reconciles: back to pending, then the same tick claims it again
+        tick()  # reconciles: back to pending, not claimed again before its retry_at
         row = sql(migrated_database_url, "SELECT * FROM imagen.jobs")[0]
         assert (row["status"], row["attempts"], row["interruptions"], row["error"]) == (
-            "queued",
-            1,
+            "pending",
+            0,
             interruption,
             None,
         )
+        assert row["retry_at"] is not None
+        _age_rows(migrated_database_url, 10)
+        tick()  # its pause is over: claimed again
+        assert statuses(migrated_database_url) == {job_id: "queued"}
     _age_rows(migrated_database_url, 10)
     tick()
     row = sql(migrated_database_url, "SELECT status, error FROM imagen.jobs")[0]

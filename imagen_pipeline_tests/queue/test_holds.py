@@ -102,11 +102,13 @@ def test_a_gpu_box_down_holds_its_jobs_until_it_answers_again(
     assert row(job)["status"] == "pending"
 
     with running_fake_comfyui(port) as box:
-        # The hold's probe is due (it runs every 15 s).
+        # The hold's probe is due (it runs every 15 s), the row's pause after its
+        # interruption is over.
         sql(
             migrated_database_url,
             "UPDATE imagen.job_holds SET checked_at = now() - '1 min'::interval",
         )
+        sql(migrated_database_url, "UPDATE imagen.jobs SET retry_at = now()")
         [request] = tick()
         assert request.tags["imagen/job_id"] == str(job)
         assert request.tags["imagen/job_attempt"] == "2", (

@@ -48,6 +48,15 @@ COMMENT ON COLUMN imagen.jobs.claims IS
     'How many times the pipeline took this job to run; the number of its latest claim, which '
     'its runs carry (imagen/job_attempt); written by the pipeline only.';
 
+-- A row sent back after an outage is claimed again no sooner than retry_at (5 s after the
+-- first interruption, doubling up to 5 min), so an outage nothing holds (Storage away) does
+-- not turn into a run every tick.
+ALTER TABLE imagen.jobs ADD COLUMN retry_at timestamptz;
+
+COMMENT ON COLUMN imagen.jobs.retry_at IS
+    'A pending row sent back after an outage is not claimed before this time; written by '
+    'the pipeline only.';
+
 CREATE FUNCTION imagen.max_interruptions() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 10 $$;
 
