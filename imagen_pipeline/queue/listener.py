@@ -74,10 +74,8 @@ def handle_notification(
         run_id = submitter.submit(row, plan)
     except Exception as error:
         repository.release_claim(conn, row.id, row.attempts, RELEASED)
-        return (
-            f"row {job_id}: run submission failed, left for the sensor: "
-            f"{type(error).__name__}: {error}"
-        )
+        cause = error if isinstance(error, ImagenError) else f"{type(error).__name__}: {error}"
+        return f"row {job_id}: run submission failed, left for the sensor: {cause}"
     return f"row {job_id}: submitted run {run_id} (attempt {row.attempts})"
 
 

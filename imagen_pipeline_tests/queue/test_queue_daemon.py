@@ -229,9 +229,11 @@ def test_daemon_killed_mid_batch_then_restarted_makes_one_image_per_job(
 
 
 def test_the_notify_fast_path_launches_through_the_webserver(daemon_stack: DaemonStack) -> None:
-    """`imagen queue listen` submits over GraphQL; the daemon's run queue starts the run."""
+    """`imagen queue listen` submits over GraphQL; the daemon's run queue starts the run.
+    When the webserver goes away, the listener keeps going: each failed submission is one
+    log line naming the webserver and the cause, and the sensor runs the row."""
     daemon_stack.start()
-    daemon_stack.start_fast_path()
+    url = daemon_stack.start_fast_path()
     deadline = time.monotonic() + 60
     while "listening on channel imagen_jobs" not in daemon_stack.log_path.read_text():
         assert time.monotonic() < deadline, "the listener did not start"
@@ -246,6 +248,20 @@ def test_the_notify_fast_path_launches_through_the_webserver(daemon_stack: Daemo
     assert record.dagster_run.tags["imagen/source"] == "imagen.jobs/notify"
     assert record.dagster_run.run_id == rows[job_id]["run_id"]
     assert [len(images) for images in images_by_job(daemon_stack).values()] == [1]
+
+    daemon_stack.kill_webserver()
+    later = daemon_stack.insert_job("a second paper boat", width=128, height=128)
+    rows = daemon_stack.wait_until_settled()
+    assert rows[later]["status"] == "done", rows[later]["error"]
+    [run] = job_runs(daemon_stack, later)
+    assert run.tags["imagen/source"] == "imagen.jobs"
+    log = daemon_stack.log_path.read_text(errors="replace")
+    failed = f"row {later}: run submission failed, left for the sensor: "
+    [line] = [line for line in log.splitlines() if failed in line]
+    assert line.endswith(
+        f"{failed}the Dagster webserver at {url} did not answer (connection refused)"
+    )
+    assert "mutation GraphQLClientSubmitRun" not in log
 
 
 def test_canceling_a_running_job_terminates_its_run(running_stack: DaemonStack) -> None:
