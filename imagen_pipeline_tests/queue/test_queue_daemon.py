@@ -352,3 +352,42 @@ def test_a_batch_of_gpu_jobs_leaves_run_slots_for_cloud_jobs(
         started = [r for r in gpu_runs if r.dagster_run.status != dg.DagsterRunStatus.QUEUED]
         assert len(started) == 3, [r.dagster_run.status for r in gpu_runs]
         assert all(rows[job_id]["status"] != "done" for job_id in gpu_jobs)
+
+
+IDLE_TICKS = 3
+DAEMON_UPTIME_S = 130
+"""The daemon refreshes its workspace every 60 s (dagster 1.13); with a code server of its
+own, the first one it replaced logged "No heartbeat received in 20 seconds" 100 s after the
+daemon started (its heartbeat check runs every 20 s), then one a minute. The module's stack
+has been up longer than this by the time the test runs, after the others."""
+
+
+def sensor_ticks_since(stack: DaemonStack, since: float) -> int:
+    """How many ticks imagen_jobs_sensor has made since ``since`` (``time.time()``)."""
+    with dg.DagsterInstance.from_config(str(stack.home)) as instance:
+        states = [s for s in instance.all_instigator_state() if s.name == "imagen_jobs_sensor"]
+        return sum(
+            len(instance.get_ticks(s.instigator_origin_id, s.selector_id, after=since))
+            for s in states
+        )
+
+
+def test_an_idle_daemon_logs_nothing_per_tick(running_stack: DaemonStack) -> None:
+    """At the daemon's default level an idle queue writes no line per sensor tick (at most
+    the first idle tick after the previous test's runs) and no code server is replaced and
+    shut down for lack of heartbeats (docs/deployment.md "The daemon's log")."""
+    since, offset = time.time(), running_stack.log_path.stat().st_size
+    deadline = time.monotonic() + DAEMON_UPTIME_S + 120
+    while (
+        sensor_ticks_since(running_stack, since) < IDLE_TICKS
+        or time.monotonic() - running_stack.started_at < DAEMON_UPTIME_S
+    ):
+        assert time.monotonic() < deadline, "the sensor did not tick"
+        time.sleep(0.5)
+    log = running_stack.log_path.read_bytes()
+    during = log[offset:].decode(errors="replace").splitlines()
+    assert [line for line in during if "imagen_jobs_sensor" in line and "skip" in line][1:] == []
+    whole = log.decode(errors="replace")
+    assert "Checking for new runs for sensor" not in whole
+    assert "No heartbeat received" not in whole
+    assert running_stack.jobs() == {}
