@@ -19,6 +19,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "List backend instances with their type and whether their credentials are set.",
     ),
     "config": ("imagen_pipeline.cli.config_cmd:config", "Inspect and check imagen.yaml."),
+    "daemon": (
+        "imagen_pipeline.cli.daemon_cmd:daemon",
+        "Run Dagster's daemons (jobs sensor, run queue, monitoring); runs until stopped.",
+    ),
     "db": ("imagen_pipeline.cli.db_cmd:db", "The imagen database (schemas imagen and mai)."),
     "doctor": (
         "imagen_pipeline.cli.doctor_cmd:doctor",

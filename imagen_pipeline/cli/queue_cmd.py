@@ -13,7 +13,7 @@ import psycopg
 
 from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
 from imagen_pipeline.db.connection import DATABASE_URL_ENV, connect, database_url
-from imagen_pipeline.defs.run_submission import GraphQLRunSubmitter
+from imagen_pipeline.defs.run_submission import GraphQLRunSubmitter, WebserverError
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.generate.setup import load_setup
 from imagen_pipeline.queue.listener import listen
@@ -40,7 +40,9 @@ def listen_command(webserver_url: str, dsn: str | None, config_path: str | None)
     """Launch a run as soon as a row is inserted (LISTEN imagen_jobs); runs until stopped.
 
     The jobs sensor keeps working without this process; the listener only removes the
-    sensor's polling delay.
+    sensor's polling delay. Exits 1 at once when the webserver does not answer, is not
+    Dagster's or does not serve the job; once started, a failed submission leaves the row to
+    the sensor.
     """
     try:
         dsn = database_url(dsn)
@@ -48,8 +50,15 @@ def listen_command(webserver_url: str, dsn: str | None, config_path: str | None)
         submitter = GraphQLRunSubmitter(webserver_url)
     except (ImagenError, ValueError) as error:
         raise CliError(str(error)) from None
+    try:
+        dagster_version = submitter.check()
+    except WebserverError as error:
+        raise CliError(str(error), EXIT_FAILED) from None
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("imagen.queue.listener").info(
+        "runs go to the Dagster webserver at %s (Dagster %s)", submitter.url, dagster_version
     )
     stop = threading.Event()
 

@@ -76,10 +76,8 @@ def handle_notification(
         run_id = submitter.submit(row, plan)
     except Exception as error:
         repository.release_claim(conn, row.id, row.claims, RELEASED)
-        return (
-            f"row {job_id}: run submission failed, left for the sensor: "
-            f"{type(error).__name__}: {error}"
-        )
+        cause = error if isinstance(error, ImagenError) else f"{type(error).__name__}: {error}"
+        return f"row {job_id}: run submission failed, left for the sensor: {cause}"
     return f"row {job_id}: submitted run {run_id} (claim {row.claims})"
 
 

@@ -11,10 +11,12 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from imagen_pipeline.defs.run_submission import GraphQLRunSubmitter
 from imagen_pipeline.generate.plan import GenerationPlan
 from imagen_pipeline.generate.setup import Setup, load_setup
 from imagen_pipeline.queue.listener import RELEASED, handle_notification, listen
 from imagen_pipeline.queue.rows import JobRow
+from imagen_pipeline_tests.fakes.loopback_http import closed_port
 
 
 class RecordingSubmitter:
@@ -85,6 +87,21 @@ def test_a_failed_submission_releases_the_claim_for_the_sensor(
     row = job(migrated_database_url, job_id)
     assert (row["status"], row["attempts"]) == ("pending", 0)
     assert row["error"] == RELEASED
+
+
+def test_a_submission_to_a_webserver_that_went_away_is_one_line_naming_it(
+    migrated_database_url: str, config_loader: Callable[[], Setup]
+) -> None:
+    job_id = insert(migrated_database_url)
+    url = f"http://127.0.0.1:{closed_port()}"
+    with psycopg.connect(migrated_database_url) as conn:
+        outcome = handle_notification(conn, str(job_id), config_loader, GraphQLRunSubmitter(url))
+    assert outcome == (
+        f"row {job_id}: run submission failed, left for the sensor: the Dagster webserver at "
+        f"{url} did not answer (connection refused)"
+    )
+    row = job(migrated_database_url, job_id)
+    assert (row["status"], row["attempts"], row["error"]) == ("pending", 0, RELEASED)
 
 
 def test_an_invalid_row_fails_with_its_reason_and_launches_nothing(

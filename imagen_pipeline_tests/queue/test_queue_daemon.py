@@ -229,9 +229,11 @@ def test_daemon_killed_mid_batch_then_restarted_makes_one_image_per_job(
 
 
 def test_the_notify_fast_path_launches_through_the_webserver(daemon_stack: DaemonStack) -> None:
-    """`imagen queue listen` submits over GraphQL; the daemon's run queue starts the run."""
+    """`imagen queue listen` submits over GraphQL; the daemon's run queue starts the run.
+    When the webserver goes away, the listener keeps going: each failed submission is one
+    log line naming the webserver and the cause, and the sensor runs the row."""
     daemon_stack.start()
-    daemon_stack.start_fast_path()
+    url = daemon_stack.start_fast_path()
     deadline = time.monotonic() + 60
     while "listening on channel imagen_jobs" not in daemon_stack.log_path.read_text():
         assert time.monotonic() < deadline, "the listener did not start"
@@ -246,6 +248,20 @@ def test_the_notify_fast_path_launches_through_the_webserver(daemon_stack: Daemo
     assert record.dagster_run.tags["imagen/source"] == "imagen.jobs/notify"
     assert record.dagster_run.run_id == rows[job_id]["run_id"]
     assert [len(images) for images in images_by_job(daemon_stack).values()] == [1]
+
+    daemon_stack.kill_webserver()
+    later = daemon_stack.insert_job("a second paper boat", width=128, height=128)
+    rows = daemon_stack.wait_until_settled()
+    assert rows[later]["status"] == "done", rows[later]["error"]
+    [run] = job_runs(daemon_stack, later)
+    assert run.tags["imagen/source"] == "imagen.jobs"
+    log = daemon_stack.log_path.read_text(errors="replace")
+    failed = f"row {later}: run submission failed, left for the sensor: "
+    [line] = [line for line in log.splitlines() if failed in line]
+    assert line.endswith(
+        f"{failed}the Dagster webserver at {url} did not answer (connection refused)"
+    )
+    assert "mutation GraphQLClientSubmitRun" not in log
 
 
 def test_canceling_a_running_job_terminates_its_run(running_stack: DaemonStack) -> None:
@@ -336,3 +352,42 @@ def test_a_batch_of_gpu_jobs_leaves_run_slots_for_cloud_jobs(
         started = [r for r in gpu_runs if r.dagster_run.status != dg.DagsterRunStatus.QUEUED]
         assert len(started) == 3, [r.dagster_run.status for r in gpu_runs]
         assert all(rows[job_id]["status"] != "done" for job_id in gpu_jobs)
+
+
+IDLE_TICKS = 3
+DAEMON_UPTIME_S = 130
+"""The daemon refreshes its workspace every 60 s (dagster 1.13); with a code server of its
+own, the first one it replaced logged "No heartbeat received in 20 seconds" 100 s after the
+daemon started (its heartbeat check runs every 20 s), then one a minute. The module's stack
+has been up longer than this by the time the test runs, after the others."""
+
+
+def sensor_ticks_since(stack: DaemonStack, since: float) -> int:
+    """How many ticks imagen_jobs_sensor has made since ``since`` (``time.time()``)."""
+    with dg.DagsterInstance.from_config(str(stack.home)) as instance:
+        states = [s for s in instance.all_instigator_state() if s.name == "imagen_jobs_sensor"]
+        return sum(
+            len(instance.get_ticks(s.instigator_origin_id, s.selector_id, after=since))
+            for s in states
+        )
+
+
+def test_an_idle_daemon_logs_nothing_per_tick(running_stack: DaemonStack) -> None:
+    """At the daemon's default level an idle queue writes no line per sensor tick (at most
+    the first idle tick after the previous test's runs) and no code server is replaced and
+    shut down for lack of heartbeats (docs/deployment.md "The daemon's log")."""
+    since, offset = time.time(), running_stack.log_path.stat().st_size
+    deadline = time.monotonic() + DAEMON_UPTIME_S + 120
+    while (
+        sensor_ticks_since(running_stack, since) < IDLE_TICKS
+        or time.monotonic() - running_stack.started_at < DAEMON_UPTIME_S
+    ):
+        assert time.monotonic() < deadline, "the sensor did not tick"
+        time.sleep(0.5)
+    log = running_stack.log_path.read_bytes()
+    during = log[offset:].decode(errors="replace").splitlines()
+    assert [line for line in during if "imagen_jobs_sensor" in line and "skip" in line][1:] == []
+    whole = log.decode(errors="replace")
+    assert "Checking for new runs for sensor" not in whole
+    assert "No heartbeat received" not in whole
+    assert running_stack.jobs() == {}
