@@ -45,10 +45,12 @@ from imagen_pipeline.run_tags import (
 )
 
 INTERVAL_ENV = "IMAGEN_SENSOR_INTERVAL_S"
-DEFAULT_INTERVAL_S = 5
-"""What the sensor daemon does anyway: it evaluates sensors at most every 5 s, whatever a
-sensor's ``minimum_interval_seconds`` says (``MIN_INTERVAL_LOOP_TIME`` in dagster 1.13's
-``dagster/_daemon/sensor.py``); the NOTIFY listener is the fast path."""
+DEFAULT_INTERVAL_S = 1
+"""Evaluate the sensor on every loop of the sensor daemon. The daemon loops every 5 s
+(``MIN_INTERVAL_LOOP_TIME`` in dagster 1.13's ``dagster/_daemon/sensor.py``) and measures a
+sensor's interval from the end of its previous tick (``get_elapsed``), so an interval of
+5 s skipped every loop that came less than 5 s after a tick ended: ticks 7 to 10 s apart
+instead of 5. The NOTIFY listener is the fast path."""
 CLAIM_BATCH = 50
 RECONCILE_BATCH = 200
 STALE_AFTER = timedelta(minutes=2)
@@ -318,8 +320,8 @@ def update_holds(
 
 
 def sensor_interval_s(environ: Mapping[str, str] = os.environ) -> int:
-    """Sensor interval from ``$IMAGEN_SENSOR_INTERVAL_S`` (whole seconds, default 5; the
-    daemon evaluates sensors at most every 5 s, so less acts as 5)."""
+    """Sensor interval from ``$IMAGEN_SENSOR_INTERVAL_S`` (whole seconds, default 1: every
+    loop of the daemon, which loops every 5 s, so anything up to 5 acts as 5)."""
     raw = environ.get(INTERVAL_ENV, "").strip()
     if not raw:
         return DEFAULT_INTERVAL_S

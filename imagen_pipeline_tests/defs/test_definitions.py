@@ -38,7 +38,7 @@ def test_definitions_load_with_graph_pools_sensor_and_resources() -> None:
     assert job.graph.node_named("generate_cloud").definition.pool == "imagen_cloud"
     assert {"imagen", "imagen_db", "backends"} <= set(job.resource_defs)
     sensor = defs().resolve_sensor_def("imagen_jobs_sensor")
-    assert sensor.minimum_interval_seconds == 5, "the sensor daemon's own loop time"
+    assert sensor.minimum_interval_seconds == 1, "every loop of the sensor daemon"
 
 
 @pytest.mark.parametrize(

@@ -253,7 +253,7 @@ def test_reconciliation_walks_unsettled_rows_in_bounded_batches(
 
 
 def test_the_interval_comes_from_the_environment_with_a_clear_error() -> None:
-    assert sensor_interval_s({}) == 5
+    assert sensor_interval_s({}) == 1
     assert sensor_interval_s({"IMAGEN_SENSOR_INTERVAL_S": "2"}) == 2
     assert build_imagen_jobs_sensor(2).minimum_interval_seconds == 2
     with pytest.raises(ConfigError, match=r"IMAGEN_SENSOR_INTERVAL_S: must be whole seconds"):
