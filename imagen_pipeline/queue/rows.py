@@ -44,6 +44,7 @@ _COLUMNS = (
     "attempts",
     "interruptions",
     "claims",
+    "retry_at",
     "priority",
     "count",
     "progress",
@@ -80,6 +81,8 @@ class JobRow(RequestFields):
     """Runs lost to outages (their attempts given back)."""
     claims: int = 0
     """How many times the job was claimed: the number its current runs carry."""
+    retry_at: datetime | None = None
+    """Not claimed before this time (set when a run was lost to an outage)."""
     priority: int = 0
     count: int = 1
     progress: float | None = None
