@@ -13,7 +13,9 @@ before it left. The test changes the doc in these ways only, each listed here:
   command always runs).
 - ``systemctl``: ``daemon-reload`` reads the unit files; ``enable --now`` starts each
   unit's ``ExecStart`` as systemd would (its ``EnvironmentFile``, ``WorkingDirectory``,
-  ``%`` specifiers, ``Restart=always`` with ``RestartSec``); the units stop at the end.
+  ``%`` specifiers, ``Restart=always`` with ``RestartSec``), then waits until each unit
+  logged that it works (``READY``), so a step placed after the units that they need fails;
+  the units stop at the end.
 - ``WAIT_UNTIL``: commands the doc says to repeat until they pass, run again until then.
 - The imagen database stands in for the Supabase project: it gets Supabase's roles and
   ``auth.uid()`` (what ``imagen db migrate --bootstrap`` creates first) before the guide
@@ -84,6 +86,18 @@ EXPECTED_ERRORS = (
 """The only errors the units may log: those of units started at once, none of a step."""
 LOG_RECORD = re.compile(r"^(?=(?:\x1b\[\d+m|\[)?\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d)", re.MULTILINE)
 ERROR_MARK = re.compile(r"Traceback|\bERROR\b|\berror:")
+
+READY = {
+    "imagen-code-server": "Started Dagster code server",
+    "imagen-webserver": "Serving dagster-webserver",
+    "imagen-daemon": "imagen_jobs_sensor",
+    "imagen-worker": " ready.",
+    "imagen-listener": "listening on channel imagen_jobs",
+}
+"""What each unit logs once it works (the daemon: its first jobs sensor tick). After
+``systemctl enable --now`` the next command waits until all of them did: the units must
+not need anything a later step of the guide makes."""
+READY_TIMEOUT_S = 90.0
 
 UNIT_BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 """What systemd gives a unit before its EnvironmentFile (plus HOME, and PYTHONPATH so the
@@ -201,6 +215,21 @@ class Host:
             unit.thread = threading.Thread(target=unit.supervise, daemon=True)
             unit.thread.start()
             self.units[name] = unit
+        self.wait_until_ready(args[2:])
+
+    def wait_until_ready(self, names: list[str]) -> None:
+        """Wait until each unit logged its READY line; fail with the journal if not."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        waiting = list(names)
+        while waiting:
+            unknown = [name for name in waiting if name not in READY]
+            assert not unknown, f"units without a READY line in the test: {unknown}"
+            waiting = [name for name in waiting if READY[name] not in self.units[name].log()]
+            if waiting and time.monotonic() > deadline:
+                pytest.fail(
+                    f"units not ready after {READY_TIMEOUT_S}s: {waiting}\n{self.journal()}"
+                )
+            time.sleep(0.2)
 
     def load_unit(self, name: str) -> Unit:
         """Read ``name``.service from the guide's unit folder."""
