@@ -5,18 +5,20 @@ nothing else (no job or asset at module level), so every loader finds only ``def
 
 import dagster as dg
 
-from imagen_pipeline.defs import alert_sensors, assets, jobs, resources, sensors
+from imagen_pipeline.defs import alert_sensors, assets, housekeeping, jobs, resources, sensors
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     """The code location: ``generate_image``, ``imagen_jobs_sensor``, ``imagen_alerts_sensor``,
-    the asset specs, and the resources of ``imagen.yaml`` (see
-    :mod:`imagen_pipeline.defs.resources`)."""
+    the ``housekeeping`` job and its daily schedule, the asset specs, and the resources of
+    ``imagen.yaml`` (see :mod:`imagen_pipeline.defs.resources`)."""
     bound = {**resources.load_resources(), "imagen_db": resources.ImagenDatabaseResource()}
+    housekeeping_job = housekeeping.build_housekeeping_job()
     return dg.Definitions(
         assets=assets.ASSET_SPECS,
-        jobs=[jobs.build_generate_image_job(resources=bound)],
+        jobs=[jobs.build_generate_image_job(resources=bound), housekeeping_job],
+        schedules=[housekeeping.build_housekeeping_schedule(housekeeping_job)],
         sensors=[
             sensors.build_imagen_jobs_sensor(sensors.sensor_interval_s()),
             alert_sensors.build_alerts_sensor(),

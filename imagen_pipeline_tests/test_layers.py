@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"atomic_files", "naming", "prompts", "config", "db"},
     {"backends", "alerts"},
     {"generate"},
-    {"output", "cloud", "queue"},
+    {"output", "cloud", "queue", "housekeeping"},
     {"usage"},
     {"defs", "instance"},
     {"doctor"},

@@ -83,7 +83,7 @@ def report(
     name: str, stack: Stack, rows: dict[int, dict[str, Any]], back_at: float
 ) -> dict[str, Any]:
     calls = backend_calls(stack)
-    finished = [row["finished"] for row in rows.values() if row["finished"] is not None]
+    finished = [float(row["finished"]) for row in rows.values() if row["finished"] is not None]
     return {
         "drill": name,
         "jobs": len(rows),

@@ -32,6 +32,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "imagen_pipeline.cli.generate:generate",
         "Generate an image for PROMPT (--count: several) and print its absolute path.",
     ),
+    "housekeeping": (
+        "imagen_pipeline.cli.housekeeping_cmd:housekeeping",
+        "Delete finished runs past their age and sweep the staging folder.",
+    ),
     "queue": ("imagen_pipeline.cli.queue_cmd:queue", "The imagen.jobs queue."),
     "usage": (
         "imagen_pipeline.cli.usage_cmd:usage",

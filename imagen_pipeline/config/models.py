@@ -7,6 +7,7 @@ Backend blocks stay raw dicts here: each adapter validates its own block
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import (
@@ -18,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from imagen_pipeline.config.ages import parse_age
 from imagen_pipeline.config.secrets import is_env_var_name
 from imagen_pipeline.errors import ConfigError
 from imagen_pipeline.naming.file_names import DEFAULT_NAMING, validate_template
@@ -195,6 +197,48 @@ class QueueConfig(BaseModel):
     )
 
 
+class RetentionConfig(BaseModel):
+    """How long finished Dagster runs and failed jobs' staging records are kept
+    (``retention:``): the daily ``imagen_housekeeping_schedule`` and ``imagen housekeeping``
+    delete what is older. Ages are a number and a unit: ``30d``, ``12h``, ``0s``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=True,
+        description="Whether the daily schedule deletes anything (imagen housekeeping always can).",
+    )
+    succeeded_runs: str = Field(
+        default="30d",
+        description="Age after which a successful run is deleted with its event log and "
+        "compute logs (the image keeps its lineage in imagen.images and its sidecar).",
+    )
+    failed_runs: str = Field(
+        default="90d", description="The same for failed and canceled runs, kept longer."
+    )
+    staging: str = Field(
+        default="14d",
+        description="Age after which the staged image and record of a job that ended "
+        "(done, failed, canceled) are swept from the output folder's .imagen-staging.",
+    )
+    batch_size: int = Field(
+        default=200,
+        ge=1,
+        le=10000,
+        description="Runs deleted per batch (each batch is one query for old runs).",
+    )
+
+    @field_validator("succeeded_runs", "failed_runs", "staging")
+    @classmethod
+    def _check_age(cls, value: str, info: ValidationInfo) -> str:
+        parse_age(value, f"retention.{info.field_name}")
+        return value
+
+    def age(self, field: Literal["succeeded_runs", "failed_runs", "staging"]) -> timedelta:
+        """One of the ages as a duration."""
+        return parse_age(getattr(self, field), f"retention.{field}")
+
+
 class AlertsConfig(BaseModel):
     """Alerts to the operator through one webhook (``alerts:``); absent: no alerts.
 
@@ -262,6 +306,7 @@ class ImagenConfig(BaseModel):
     alerts: AlertsConfig | None = Field(
         default=None, description="Alerts to the operator through a webhook; absent: none."
     )
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @model_validator(mode="after")
     def _check_fallbacks(self) -> ImagenConfig:

@@ -45,6 +45,11 @@ class DatabaseStep(Enum):
         "a failed image generation could not be recorded; retry the job later",
     )
 
+    HOUSEKEEPING = (
+        "reading which imagen.jobs rows have ended, for housekeeping",
+        "no job is affected",
+    )
+
     def __init__(self, action: str, public: str) -> None:
         self.action = action
         self.public = public

@@ -29,6 +29,7 @@ from imagen_pipeline.config.models import (
     ImagenConfig,
     OutputConfig,
     QueueConfig,
+    RetentionConfig,
 )
 from imagen_pipeline.config.secrets import resolve_secret
 from imagen_pipeline.config.validation import describe_validation_error
@@ -42,6 +43,7 @@ CloudSettings = config_class(CloudConfig)
 BudgetSettings = config_class(BudgetConfig)
 QueueSettings = config_class(QueueConfig)
 AlertsSettings = config_class(AlertsConfig)
+RetentionSettings = config_class(RetentionConfig)
 
 
 class ImagenResource(dg.ConfigurableResource):
@@ -80,6 +82,20 @@ class ImagenResource(dg.ConfigurableResource):
     alerts: AlertsSettings | None = Field(  # type: ignore[valid-type]
         default=None, description="Alerts to the operator through a webhook; empty: none."
     )
+    retention: RetentionSettings = Field(  # type: ignore[valid-type]
+        default_factory=RetentionSettings,
+        description="How long finished runs and staging records are kept.",
+    )
+
+    def retention_settings(self) -> RetentionConfig:
+        """``retention:`` as bound, validated."""
+        try:
+            return RetentionConfig.model_validate(self.retention.model_dump())
+        except ValidationError as error:
+            detail = describe_validation_error(
+                error, RetentionConfig, prefix="resources.imagen.retention"
+            )
+            raise ConfigError(detail) from None
 
     def read(self) -> Setup:
         """``config_path`` as it is now (the sensor's and the listener's view)."""
@@ -104,6 +120,7 @@ class ImagenResource(dg.ConfigurableResource):
             "budget": self.budget.model_dump(),
             "queue": self.queue.model_dump(),
             "alerts": self.alerts.model_dump() if self.alerts else None,
+            "retention": self.retention.model_dump(),
             "backends": backends.blocks(),
         }
         try:
@@ -128,6 +145,7 @@ class ImagenResource(dg.ConfigurableResource):
             budget=as_config(config.budget),
             queue=as_config(config.queue),
             alerts=as_config(config.alerts) if config.alerts else None,
+            retention=as_config(config.retention),
         )
 
 

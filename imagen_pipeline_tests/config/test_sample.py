@@ -87,6 +87,7 @@ def test_every_commented_block_of_the_sample_is_valid(tmp_path: Path) -> None:
         "budget",
         "queue",
         "alerts",
+        "retention",
     ]
 
     expected = {

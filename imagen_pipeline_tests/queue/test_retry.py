@@ -7,6 +7,8 @@ one file and one ``imagen.images`` row: the retried run re-uses the image on dis
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -185,3 +187,43 @@ def test_retry_refuses_jobs_that_are_not_failed_or_out_of_attempts(
     assert f"imagen.jobs row {exhausted} has used all 3 attempts" in result.output
     assert "imagen.jobs row 999999 does not exist" in result.output
     assert "3 of 3 jobs not retried" in result.output
+
+
+def test_housekeeping_sweeps_a_failed_jobs_staging_only_after_the_staging_age(
+    blocked_output: Queue, tmp_path: Path
+) -> None:
+    """A failed job keeps its staged image for a retry; once it ended longer ago than
+    ``retention.staging``, ``imagen housekeeping`` sweeps it, and an unreferenced staged
+    image goes once its file is that old. Final images stay."""
+    old_job, _ = fail_after_generation(blocked_output)
+    recent_job, _ = fail_after_generation(blocked_output)
+    staging = tmp_path / "out" / ".imagen-staging"
+    old_record = job_record_path(tmp_path / "out", old_job)
+    recent_record = job_record_path(tmp_path / "out", recent_job)
+    old_image = Path(json.loads(old_record.read_text())["generated"]["staged_path"])
+    recent_image = Path(json.loads(recent_record.read_text())["generated"]["staged_path"])
+    assert old_image.is_file() and recent_image.is_file()
+    sql(
+        blocked_output.url,
+        "UPDATE imagen.jobs SET finished_at = now() - interval '20 days' WHERE id = %s",
+        (old_job,),
+    )
+    orphan_old, orphan_new = staging / "orphan-old.png", staging / "orphan-new.png"
+    orphan_old.write_bytes(b"x" * 10)
+    orphan_new.write_bytes(b"y" * 10)
+    twenty_days_ago = time.time() - 20 * 86400
+    os.utime(orphan_old, (twenty_days_ago, twenty_days_ago))
+    os.utime(old_image, (twenty_days_ago, twenty_days_ago))
+    final_pngs = sorted((tmp_path / "out").glob("*.png"))
+
+    dry = CliRunner().invoke(cli, ["housekeeping", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "would delete" in dry.output and "1 job records and 2 staged images" in dry.output
+    assert old_record.exists() and orphan_old.exists()
+
+    result = CliRunner().invoke(cli, ["housekeeping"])
+    assert result.exit_code == 0, result.output
+    assert "1 job records and 2 staged images" in result.output
+    assert not old_record.exists() and not old_image.exists() and not orphan_old.exists()
+    assert recent_record.is_file() and recent_image.is_file() and orphan_new.is_file()
+    assert sorted((tmp_path / "out").glob("*.png")) == final_pngs

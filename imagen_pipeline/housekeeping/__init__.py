@@ -1,0 +1,1 @@
+"""Retention: deleting finished Dagster runs and stale staging records after an age."""

@@ -1,0 +1,131 @@
+"""Finished Dagster runs past their age, deleted with their event logs and compute logs.
+
+Dagster keeps every run, its event log and its compute log files for ever (its
+``retention:`` instance setting covers schedule and sensor ticks only). This module deletes
+them through the public instance API: ``get_run_records`` with a ``RunsFilter`` finds a
+batch of the oldest finished runs, ``DagsterInstance.delete_run`` drops each run with its
+events, and the compute log manager's ``delete_logs`` removes the run's captured files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import dagster as dg
+
+from imagen_pipeline.run_tags import TAG_JOB_ID
+
+SUCCEEDED = (dg.DagsterRunStatus.SUCCESS,)
+FAILED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+"""Runs kept for ``retention.failed_runs``: failed and canceled."""
+
+
+@dataclass(frozen=True)
+class OldRun:
+    """A finished run past its age."""
+
+    run_id: str
+    status: dg.DagsterRunStatus
+    job_id: int | None
+    """The ``imagen.jobs`` row it ran, if any."""
+
+
+def old_runs(
+    instance: dg.DagsterInstance,
+    statuses: tuple[dg.DagsterRunStatus, ...],
+    older_than: timedelta,
+    now: datetime,
+    limit: int,
+) -> list[OldRun]:
+    """Up to ``limit`` runs with one of ``statuses`` last updated before ``now - older_than``,
+    oldest first."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(statuses=list(statuses), updated_before=now - older_than),
+        limit=limit,
+        ascending=True,
+    )
+    return [
+        OldRun(record.dagster_run.run_id, record.dagster_run.status, _job_id(record.dagster_run))
+        for record in records
+    ]
+
+
+def _job_id(run: dg.DagsterRun) -> int | None:
+    value = run.tags.get(TAG_JOB_ID, "")
+    return int(value) if value.isdigit() else None
+
+
+def delete_run(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Delete one run, its event log and its compute log files."""
+    instance.delete_run(run_id)
+    instance.compute_log_manager.delete_logs(prefix=[run_id])
+
+
+@dataclass
+class RunsDeleted:
+    """What one clean-up of runs did (or, in a dry run, would do)."""
+
+    succeeded: int = 0
+    failed: int = 0
+    kept_for_their_job: int = 0
+    """Old runs left alone because their ``imagen.jobs`` row has not ended yet (the jobs
+    sensor still reads the run to finish the row)."""
+
+    @property
+    def total(self) -> int:
+        """Runs deleted."""
+        return self.succeeded + self.failed
+
+
+def count_old_runs(
+    instance: dg.DagsterInstance,
+    ages: dict[tuple[dg.DagsterRunStatus, ...], timedelta],
+    now: datetime,
+) -> RunsDeleted:
+    """What :func:`delete_old_runs` would delete (runs of jobs that have not ended included:
+    which of those will still be running then is not known now)."""
+    counted = RunsDeleted()
+    for statuses, age in ages.items():
+        count = instance.get_runs_count(
+            dg.RunsFilter(statuses=list(statuses), updated_before=now - age)
+        )
+        if statuses == SUCCEEDED:
+            counted.succeeded += count
+        else:
+            counted.failed += count
+    return counted
+
+
+def delete_old_runs(
+    instance: dg.DagsterInstance,
+    ages: dict[tuple[dg.DagsterRunStatus, ...], timedelta],
+    now: datetime,
+    batch_size: int,
+    unfinished_jobs: Callable[[Iterable[int]], set[int]],
+) -> RunsDeleted:
+    """Delete, batch by batch, every run with a status in ``ages`` older than its age.
+
+    ``unfinished_jobs`` says which of some ``imagen.jobs`` ids have not ended: their runs
+    are kept, since the jobs sensor still reads a job's run to finish its row."""
+    deleted = RunsDeleted()
+    for statuses, age in ages.items():
+        kept: set[str] = set()
+        while True:
+            found = old_runs(instance, statuses, age, now, batch_size + len(kept))
+            batch = [run for run in found if run.run_id not in kept]
+            if not batch:
+                break
+            waiting = unfinished_jobs({run.job_id for run in batch if run.job_id is not None})
+            for run in batch:
+                if run.job_id in waiting:
+                    kept.add(run.run_id)
+                    deleted.kept_for_their_job += 1
+                    continue
+                delete_run(instance, run.run_id)
+                if run.status in SUCCEEDED:
+                    deleted.succeeded += 1
+                else:
+                    deleted.failed += 1
+    return deleted
