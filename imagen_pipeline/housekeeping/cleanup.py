@@ -46,6 +46,8 @@ class CleanUp:
             f"{self.staging.records} job records and {self.staging.images} staged images "
             f"({self.staging.bytes} bytes) from the staging folder"
         )
+        if self.runs.orphan_log_folders:
+            text += f"; {self.runs.orphan_log_folders} compute log folders of runs deleted earlier"
         if self.runs.kept_for_their_job:
             text += (
                 f"; kept {self.runs.kept_for_their_job} runs whose imagen.jobs row has not "
@@ -111,7 +113,7 @@ def clean_up(
         return {row[0] for row in rows}
 
     if dry_run:
-        runs = count_old_runs(instance, ages, now)
+        runs = count_old_runs(instance, ages, now, retention.batch_size)
     else:
         runs = delete_old_runs(instance, ages, now, retention.batch_size, unfinished)
     staging = sweep_staging(

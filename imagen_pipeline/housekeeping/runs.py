@@ -9,9 +9,11 @@ events, and the compute log manager's ``delete_logs`` removes the run's captured
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 
@@ -20,6 +22,7 @@ from imagen_pipeline.run_tags import TAG_JOB_ID
 SUCCEEDED = (dg.DagsterRunStatus.SUCCESS,)
 FAILED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 """Runs kept for ``retention.failed_runs``: failed and canceled."""
+_RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class RunsDeleted:
     kept_for_their_job: int = 0
     """Old runs left alone because their ``imagen.jobs`` row has not ended yet (the jobs
     sensor still reads the run to finish the row)."""
+    orphan_log_folders: int = 0
+    """Compute log folders of runs the instance no longer has."""
 
     @property
     def total(self) -> int:
@@ -83,6 +88,7 @@ def count_old_runs(
     instance: dg.DagsterInstance,
     ages: dict[tuple[dg.DagsterRunStatus, ...], timedelta],
     now: datetime,
+    batch_size: int,
 ) -> RunsDeleted:
     """What :func:`delete_old_runs` would delete (runs of jobs that have not ended included:
     which of those will still be running then is not known now)."""
@@ -95,6 +101,7 @@ def count_old_runs(
             counted.succeeded += count
         else:
             counted.failed += count
+    counted.orphan_log_folders = len(orphan_log_folders(instance, batch_size))
     return counted
 
 
@@ -128,4 +135,32 @@ def delete_old_runs(
                     deleted.succeeded += 1
                 else:
                     deleted.failed += 1
+    for run_id in orphan_log_folders(instance, batch_size):
+        instance.compute_log_manager.delete_logs(prefix=[run_id])
+        deleted.orphan_log_folders += 1
     return deleted
+
+
+def orphan_log_folders(instance: dg.DagsterInstance, batch_size: int) -> list[str]:
+    """Run ids whose compute log folder is left while the instance has no such run.
+
+    A run's capture marks itself complete (an empty ``.complete`` file) after the run has
+    finished, so a run deleted as soon as it finished can get its folder back. Only a
+    compute log manager that says where it captures (``capture_folder()``, as
+    :class:`~imagen_pipeline.instance.file_compute_logs.FileComputeLogManager`) is looked at."""
+    folder_of = getattr(instance.compute_log_manager, "capture_folder", None)
+    if folder_of is None:
+        return []
+    root = Path(folder_of())
+    if not root.is_dir():
+        return []
+    names = [path.name for path in root.iterdir() if path.is_dir() and _RUN_ID.match(path.name)]
+    orphans: list[str] = []
+    for start in range(0, len(names), batch_size):
+        chunk = names[start : start + batch_size]
+        known = {
+            record.dagster_run.run_id
+            for record in instance.get_run_records(filters=dg.RunsFilter(run_ids=chunk))
+        }
+        orphans.extend(name for name in chunk if name not in known)
+    return orphans

@@ -120,7 +120,8 @@ PRIVATE_ATTRIBUTES: tuple[PrivateName, ...] = (
         "dagster._core.storage.local_compute_log_manager.LocalComputeLogManager",
         "_base_dir",
         "file_compute_logs",
-        "the capture folder, set from the instance when dagster.yaml names none",
+        "the capture folder, set from the instance when dagster.yaml names none, and read "
+        "by housekeeping to find the folders of deleted runs",
     ),
     PrivateName(
         "dagster._core.storage.event_log.base.EventLogStorage",
@@ -157,6 +158,11 @@ def allocate_pool_slots(storage: Any, conn: Any, pool: str, limit: int) -> None:
 def set_capture_folder(manager: LocalComputeLogManager, folder: str) -> None:
     """Point a local compute log manager at ``folder``."""
     manager._base_dir = folder
+
+
+def capture_folder_of(manager: LocalComputeLogManager) -> str:
+    """The folder a local compute log manager captures into."""
+    return manager._base_dir
 
 
 def forget_rebuilt_jobs() -> None:

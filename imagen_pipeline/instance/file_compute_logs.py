@@ -34,6 +34,7 @@ from imagen_pipeline.instance.dagster_internals import (
     ComputeIOType,
     ConfigurableClassData,
     LocalComputeLogManager,
+    capture_folder_of,
     ensure_file,
     redirect_to_file,
     set_capture_folder,
@@ -70,6 +71,10 @@ class FileComputeLogManager(LocalComputeLogManager):
         super().register_instance(instance)
         if not self._configured_base_dir:
             set_capture_folder(self, str(Path(instance.root_directory) / DEFAULT_SUBDIRECTORY))
+
+    def capture_folder(self) -> Path:
+        """Where runs' compute logs are captured: one folder per run id."""
+        return Path(capture_folder_of(self))
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:

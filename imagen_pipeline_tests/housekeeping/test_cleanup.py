@@ -97,6 +97,10 @@ def test_old_runs_go_with_their_events_and_compute_logs_and_images_keep_their_li
     time.sleep(0.05)
     young = generate(instance, config_file, "young")
     lineage_before = image_rows(migrated_database_url)
+    # What a capture marking itself complete after its run was deleted leaves behind.
+    orphan = compute_log_dir(instance, "0e0e0e0e-0000-4000-8000-00000000000e")
+    (orphan / "compute_logs").mkdir(parents=True)
+    (orphan / "compute_logs" / "abc.complete").touch()
 
     result = clean_up(
         instance,
@@ -107,6 +111,7 @@ def test_old_runs_go_with_their_events_and_compute_logs_and_images_keep_their_li
     )
 
     assert (result.runs.succeeded, result.runs.failed) == (2, 0), result.summary()
+    assert result.runs.orphan_log_folders == 1 and not orphan.exists()
     for run in old:
         assert instance.get_run_by_id(run.run_id) is None
         assert instance.all_logs(run.run_id) == []

@@ -18,6 +18,7 @@ from imagen_pipeline.instance.dagster_internals import (
     LocalComputeLogManager,
     PrivateName,
     allocate_pool_slots,
+    capture_folder_of,
     launcher_instance,
     set_capture_folder,
     storage_instance,
@@ -64,6 +65,7 @@ def test_the_private_attributes_are_where_the_list_says(tmp_path: Path) -> None:
     manager = LocalComputeLogManager(str(tmp_path / "a"))
     set_capture_folder(manager, str(tmp_path / "b"))
     assert manager.get_captured_local_path(["run", "step"], "out").startswith(str(tmp_path / "b"))
+    assert capture_folder_of(manager) == str(tmp_path / "b")
     with dg.instance_for_test() as instance:
         launcher = instance.run_launcher
         assert launcher_instance(launcher) is instance
