@@ -32,35 +32,40 @@ GRANT ALL ON imagen.queue_state TO service_role;
 
 -- The line of pending rows, in the order the claim takes them: only rows with attempts
 -- left, past their retry_at and not held; by priority (highest first), then owners in turn
--- (turn: the owner's jobs in flight plus the row's rank among the owner's pending rows),
--- then age. place 1 is claimed next. The claim and imagen.my_queue() both read this one
--- definition. backend: the row's backend, rows without one named by default_backend.
+-- (turn: the owner's jobs in flight plus the row's rank among the owner's waiting rows;
+-- rows without an owner count as one owner), then age. place 1 is claimed next. The claim
+-- and imagen.my_queue() both read this one definition. backend: the row's backend, rows
+-- without one named by default_backend. One pass over the unsettled rows (windows, no
+-- join per owner), so it stays cheap with a long backlog.
 CREATE FUNCTION imagen.claim_order(default_backend text)
 RETURNS TABLE (id bigint, owner_user_id uuid, priority integer, turn bigint, place bigint,
                backend text, count integer)
 LANGUAGE sql STABLE
 AS $$
-    WITH inflight AS (
-        SELECT f.owner_user_id, count(*) AS n FROM imagen.jobs AS f
-         WHERE f.status IN ('queued', 'running')
-         GROUP BY f.owner_user_id),
-    ranked AS (
-        SELECT p.id, p.owner_user_id, p.priority, p.count,
+    WITH live AS (
+        SELECT p.id, p.owner_user_id, p.priority, p.count, p.status,
                coalesce(nullif(p.backend, ''), claim_order.default_backend, '') AS backend,
-               coalesce(f.n, 0) + row_number() OVER (
-                   PARTITION BY p.owner_user_id ORDER BY p.priority DESC, p.id) AS turn
+               p.status = 'pending' AND p.attempts < imagen.max_attempts()
+               AND (p.retry_at IS NULL OR p.retry_at <= now())
+               AND coalesce(nullif(p.backend, ''), claim_order.default_backend, '')
+                   <> ALL (ARRAY(SELECT h.scope FROM imagen.job_holds AS h))
+               AND NOT EXISTS (SELECT 1 FROM imagen.job_holds AS h WHERE h.scope = '*')
+                   AS waiting
           FROM imagen.jobs AS p
-          LEFT JOIN inflight AS f ON f.owner_user_id IS NOT DISTINCT FROM p.owner_user_id
-         WHERE p.status = 'pending' AND p.attempts < imagen.max_attempts()
-           AND (p.retry_at IS NULL OR p.retry_at <= now())
-           AND NOT EXISTS (
-               SELECT 1 FROM imagen.job_holds AS h
-                WHERE h.scope IN ('*', coalesce(nullif(p.backend, ''),
-                                                claim_order.default_backend))))
+         WHERE p.status IN ('pending', 'queued', 'running')),
+    ranked AS (
+        SELECT l.id, l.owner_user_id, l.priority, l.count, l.backend, l.waiting,
+               count(*) FILTER (WHERE l.status <> 'pending')
+                   OVER (PARTITION BY l.owner_user_id)
+               + row_number() OVER (
+                   PARTITION BY l.owner_user_id, l.waiting ORDER BY l.priority DESC, l.id)
+                   AS turn
+          FROM live AS l)
     SELECT r.id, r.owner_user_id, r.priority, r.turn,
            row_number() OVER (ORDER BY r.priority DESC, r.turn, r.id) AS place,
            r.backend, r.count
       FROM ranked AS r
+     WHERE r.waiting
 $$;
 
 REVOKE ALL ON FUNCTION imagen.claim_order(text) FROM PUBLIC, anon, authenticated;
@@ -129,7 +134,7 @@ AS $$
                     THEN j.count * (1 - coalesce(j.progress, 0)) ELSE j.count END AS images
           FROM imagen.jobs AS j, state
          WHERE j.status IN ('queued', 'running')),
-    pace AS (
+    pace AS MATERIALIZED (
         SELECT b.backend,
                greatest(1, (SELECT count(*) FROM flight AS f
                              WHERE f.backend = b.backend AND f.status = 'running')) AS parallel,
@@ -145,13 +150,14 @@ AS $$
                            UNION ALL
                            (SELECT d.finished_at,
                                    extract(epoch FROM d.finished_at - d.started_at) / d.count
-                              FROM imagen.jobs AS d, state
-                             WHERE d.status = 'done' AND d.backend = ''
-                               AND b.backend = coalesce(state.default_backend, '')
+                              FROM imagen.jobs AS d
+                             WHERE b.is_default AND d.status = 'done' AND d.backend = ''
                                AND d.started_at IS NOT NULL
                              ORDER BY d.finished_at DESC LIMIT 20)) AS x
                         ORDER BY x.finished_at DESC LIMIT 20) AS r) AS seconds_per_image
-          FROM (SELECT DISTINCT mine.backend FROM mine) AS b),
+          FROM (SELECT DISTINCT mine.backend,
+                       mine.backend <> '' AND mine.backend = state.default_backend AS is_default
+                  FROM mine, state) AS b),
     standing AS (
         SELECT m.id, m.status, m.backend,
                CASE WHEN m.status = 'queued' THEN 0 ELSE l.place END AS place,
