@@ -147,8 +147,9 @@ def test_a_client_reads_nothing_else_of_the_queue(migrated_database_url: str) ->
         cursor.execute("SELECT * FROM imagen.claim_order('mock')")
     with web_session(url, A) as cursor, pytest.raises(psycopg.errors.InsufficientPrivilege):
         cursor.execute("SELECT * FROM imagen.queue_state")
-    with web_session(url, None, role="anon") as cursor, pytest.raises(
-        psycopg.errors.InsufficientPrivilege
+    with (
+        web_session(url, None, role="anon") as cursor,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
         cursor.execute("SELECT * FROM imagen.queue_status()")
     with web_session(url, A) as cursor:
