@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import signal
+import socket
 import threading
 from types import FrameType
 
@@ -16,6 +18,7 @@ from imagen_pipeline.db.connection import DATABASE_URL_ENV, connect, database_ur
 from imagen_pipeline.defs.run_submission import GraphQLRunSubmitter, WebserverError
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.generate.setup import load_setup
+from imagen_pipeline.queue import pause
 from imagen_pipeline.queue.listener import listen
 from imagen_pipeline.queue.repository import retry
 
@@ -93,3 +96,49 @@ def retry_command(job_ids: tuple[int, ...], dsn: str | None) -> None:
         raise CliError(f"imagen database: {error}".strip(), EXIT_FAILED) from None
     if refused:
         raise CliError(f"{refused} of {len(job_ids)} jobs not retried", EXIT_FAILED)
+
+
+def operator_name() -> str:
+    """``user@host`` of whoever runs the command (recorded as ``paused_by``)."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _change_pause(change: str, dsn: str | None, reason: str | None) -> None:
+    try:
+        with connect(dsn) as conn:
+            if change == "pause":
+                outcome = pause.pause(conn, reason, operator_name())
+            else:
+                outcome = pause.resume(conn)
+    except (ImagenError, ValueError) as error:
+        raise CliError(str(error)) from None
+    except psycopg.Error as error:
+        raise CliError(f"imagen database: {error}".strip(), EXIT_FAILED) from None
+    click.echo(outcome.line())
+
+
+@queue.command("pause")
+@click.option(
+    "--reason",
+    help=f"Why, in words for the users (at most {pause.REASON_MAX_CHARS} characters); web "
+    "clients read it through imagen.queue_status().",
+)
+@click.option("--dsn", help=f"libpq URL of the imagen database; default: ${DATABASE_URL_ENV}.")
+def pause_command(reason: str | None, dsn: str | None) -> None:
+    """Stop claiming jobs: pending rows stay pending, queued and running jobs finish.
+
+    Kept in the imagen database, so the pause survives restarts of every process; the jobs
+    sensor and the listener claim nothing until imagen queue resume.
+    """
+    _change_pause("pause", dsn, reason)
+
+
+@queue.command("resume")
+@click.option("--dsn", help=f"libpq URL of the imagen database; default: ${DATABASE_URL_ENV}.")
+def resume_command(dsn: str | None) -> None:
+    """End a pause: the sensor's next tick claims the pending jobs."""
+    _change_pause("resume", dsn, None)

@@ -23,7 +23,7 @@ from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResourc
 from imagen_pipeline.defs.run_errors import run_failure
 from imagen_pipeline.errors import ConfigError, ImagenError
 from imagen_pipeline.generate.setup import Setup
-from imagen_pipeline.queue import holds, repository
+from imagen_pipeline.queue import holds, pause, repository
 from imagen_pipeline.queue.holds import (
     Hold,
     LaunchPath,
@@ -370,7 +370,8 @@ def evaluate_queue(
     imagen: ImagenResource,
     imagen_db: ImagenDatabaseResource,
 ) -> dg.SensorResult | dg.SkipReason:
-    """One tick: reconcile in-flight rows, claim pending rows (pending -> queued), request runs."""
+    """One tick: reconcile in-flight rows, claim pending rows (pending -> queued), request runs;
+    while the queue is paused (:mod:`imagen_pipeline.queue.pause`) only the first."""
     if not imagen_db.configured():
         return dg.SkipReason(f"{imagen_db.url_env} is not set; the imagen.jobs queue is off")
     config = imagen.read()
@@ -383,13 +384,16 @@ def evaluate_queue(
     ):
         next_after = reconcile(conn, context.instance, cursor.reconcile_after, context.log, path)
         update_holds(conn, config, path, context.log, alerts)
-        batch = take_batch(conn, CLAIM_BATCH, config)
+        state = pause.current(conn)
+        batch = None if state.paused else take_batch(conn, CLAIM_BATCH, config)
+    new_cursor = QueueCursor(reconcile_after=next_after).dump()
+    if batch is None:
+        return dg.SensorResult(skip_reason=pause.skip_reason(state), cursor=new_cursor)
     for job_id in batch.exhausted:
         context.log.warning(f"imagen.jobs row {job_id} failed: no attempts left")
     for refused in batch.refused:
         context.log.warning(f"imagen.jobs row {refused.row.id} rejected: {refused.detail}")
     requests = [run_request_for(item.row, item.plan) for item in batch.admitted]
-    new_cursor = QueueCursor(reconcile_after=next_after).dump()
     if not requests:
         return dg.SensorResult(skip_reason="no pending imagen.jobs rows", cursor=new_cursor)
     return dg.SensorResult(run_requests=requests, cursor=new_cursor)

@@ -1,4 +1,4 @@
-"""The imagen database: reachable and migrated, the holds in force, and the listener's
+"""The imagen database: reachable and migrated, the holds in force, a pause, and the listener's
 session (found in ``pg_stat_activity`` by the ``LISTEN`` it ran, so the listener needs no
 registration of its own)."""
 
@@ -13,6 +13,7 @@ from imagen_pipeline.db.connection import DATABASE_URL_ENV
 from imagen_pipeline.db.migrate import applied_versions, shipped_migrations
 from imagen_pipeline.doctor.report import Check, elapsed_ms
 from imagen_pipeline.doctor.stack import NETWORK_TIMEOUT_S
+from imagen_pipeline.queue import pause
 from imagen_pipeline.queue.holds import current_holds
 from imagen_pipeline.queue.listener import CHANNEL
 
@@ -77,24 +78,41 @@ def check_imagen_database() -> list[Check]:
 
 
 def check_holds() -> list[Check]:
-    """One warning per hold in force (rows kept pending because a part is away)."""
+    """One warning per hold in force (rows kept pending because a part is away), and one
+    when the operator paused the queue (``imagen queue pause``)."""
     if not os.environ.get(DATABASE_URL_ENV):
         return [Check("holds", "skip", NOT_SET)]
     try:
         with _connect() as conn:
             holds = current_holds(conn)
+            state = pause.current(conn)
     except psycopg.Error as error:
         return [Check("holds", "skip", f"not read: {_first_line(error)} (see imagen-db)")]
+    paused = (
+        [
+            Check(
+                "pause",
+                "warn",
+                f"the imagen.jobs queue is {state.describe()}",
+                "imagen queue resume",
+            )
+        ]
+        if state.paused
+        else []
+    )
     if not holds:
-        return [Check("holds", "ok", "no imagen.jobs rows are held")]
+        return [Check("holds", "ok", "no imagen.jobs rows are held"), *paused]
     return [
-        Check(
-            f"hold[{hold.kind}:{hold.scope}]",
-            "warn",
-            f"pending rows wait: {hold.detail}",
-            "the jobs sensor releases it once the part is back",
-        )
-        for hold in holds
+        *(
+            Check(
+                f"hold[{hold.kind}:{hold.scope}]",
+                "warn",
+                f"pending rows wait: {hold.detail}",
+                "the jobs sensor releases it once the part is back",
+            )
+            for hold in holds
+        ),
+        *paused,
     ]
 
 

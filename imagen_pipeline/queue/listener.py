@@ -5,7 +5,8 @@ average to every job. The listener LISTENs on the ``imagen_jobs`` channel (fed b
 table's AFTER INSERT trigger), claims the row exactly as the sensor would (pending ->
 queued, one statement guarded by the row's state, so the two never both win; a row whose
 owner already has ``queue.max_in_flight_per_owner`` jobs in flight, or that a hold keeps
-pending (:mod:`imagen_pipeline.queue.holds`), is left to the sensor)
+pending (:mod:`imagen_pipeline.queue.holds`), is left to the sensor; while the queue is
+paused (:mod:`imagen_pipeline.queue.pause`) the claim takes nothing)
 and submits the run through a :class:`RunSubmitter`. When submission fails the claim is released
 (queued -> pending, the attempt not counted) and the sensor, which stays the safety net,
 picks the row up on its next tick.
@@ -25,7 +26,7 @@ from imagen_pipeline.db.connection import connect
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.generate.plan import GenerationPlan
 from imagen_pipeline.generate.setup import Setup
-from imagen_pipeline.queue import repository
+from imagen_pipeline.queue import pause, repository
 from imagen_pipeline.queue.intake import Refused, admit
 from imagen_pipeline.queue.rows import JobRow
 
@@ -62,6 +63,9 @@ def handle_notification(
     if row is None:
         current = repository.get_job(conn, job_id)
         if current is not None and current.status == "pending":
+            state = pause.current(conn)
+            if state.paused:
+                return f"row {job_id} waits: the queue is {state.describe()}"
             return (
                 f"row {job_id} waits: held (imagen.job_holds) or its owner has "
                 f"queue.max_in_flight_per_owner ({per_owner}) jobs in flight; the sensor "

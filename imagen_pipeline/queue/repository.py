@@ -7,9 +7,10 @@ can never both win:
 - ``claim``: pending -> queued, ``attempts`` + 1 and ``claims`` + 1 (the number the
   claim's runs carry; nothing takes one off, so every claim's runs are told apart), only
   for rows with attempts left and nothing holding them (:mod:`imagen_pipeline.queue.holds`),
-  by priority, owners in turn and age, at most ``queue.max_in_flight_per_owner`` in flight
-  per owner (claims are serialized by an advisory lock); ``fail_exhausted`` fails pending
-  rows without any;
+  by priority, owners in turn and age (the line ``imagen.claim_order``), at most
+  ``queue.max_in_flight_per_owner`` in flight per owner (claims are serialized by an
+  advisory lock), nothing while the queue is paused (:mod:`imagen_pipeline.queue.pause`);
+  ``fail_exhausted`` fails pending rows without any;
 - ``take_ownership``: queued (this claim) -> running with this run's id, or hand a
   running/failed row from a run to its retry or re-execution (``parent_run_id``);
 - ``finish``: running -> done, only by the owning run;
@@ -72,34 +73,26 @@ CLAIM_LOCK = 7_305_148_210
 both see an owner below its in-flight limit and push it over."""
 
 _CLAIM = f"""
-    WITH inflight AS (
-        SELECT owner_user_id, count(*) AS n FROM imagen.jobs
-         WHERE status IN ('queued', 'running')
-         GROUP BY owner_user_id),
-    ranked AS (
-        SELECT p.id, p.priority,
-               coalesce(f.n, 0) + row_number() OVER (
-                   PARTITION BY p.owner_user_id ORDER BY p.priority DESC, p.id) AS turn
-          FROM imagen.jobs AS p
-          LEFT JOIN inflight AS f ON f.owner_user_id IS NOT DISTINCT FROM p.owner_user_id
-         WHERE p.status = 'pending' AND p.attempts < %(max)s
-           AND (p.retry_at IS NULL OR p.retry_at <= now())
-           AND NOT EXISTS (
-               SELECT 1 FROM imagen.job_holds AS h
-                WHERE h.scope IN ('*', coalesce(nullif(p.backend, ''), %(default)s)))
-           AND (%(only_id)s::bigint IS NULL OR p.owner_user_id IS NOT DISTINCT FROM
-                (SELECT owner_user_id FROM imagen.jobs WHERE id = %(only_id)s)))
     UPDATE imagen.jobs AS j
        SET status = 'queued', attempts = j.attempts + 1, claims = j.claims + 1, run_id = NULL,
            retry_at = NULL,
            progress = NULL, progress_text = NULL
-      FROM (SELECT id, turn FROM ranked
-             WHERE (%(cap)s::integer IS NULL OR turn <= %(cap)s)
-               AND (%(only_id)s::bigint IS NULL OR id = %(only_id)s)
-             ORDER BY priority DESC, turn, id
+      FROM (SELECT o.id, o.turn, o.place FROM imagen.claim_order(%(default)s) AS o
+             WHERE NOT EXISTS (SELECT 1 FROM imagen.queue_state AS s WHERE s.paused)
+               AND (%(cap)s::integer IS NULL OR o.turn <= %(cap)s)
+               AND (%(only_id)s::bigint IS NULL OR o.id = %(only_id)s)
+             ORDER BY o.place
              LIMIT %(limit)s) AS claimed
      WHERE j.id = claimed.id AND j.status = 'pending'
-    RETURNING {job_columns("j")}, claimed.turn
+    RETURNING {job_columns("j")}, claimed.place
+"""
+"""The claim: the first ``limit`` rows of the line (``imagen.claim_order``, the one
+definition of the order, which ``imagen.my_queue()`` reports to clients too), nothing while
+the queue is paused (``imagen.queue_state``)."""
+
+_NOTE_DEFAULT = """
+    UPDATE imagen.queue_state SET default_backend = %(default)s
+     WHERE default_backend IS DISTINCT FROM %(default)s
 """
 
 
@@ -112,17 +105,12 @@ def _claim(
 ) -> list[JobRow]:
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
+        cursor.execute(_NOTE_DEFAULT, {"default": default_backend})
         cursor.execute(
             _CLAIM,
-            {
-                "limit": limit,
-                "max": MAX_ATTEMPTS,
-                "cap": per_owner,
-                "only_id": only_id,
-                "default": default_backend,
-            },
+            {"limit": limit, "cap": per_owner, "only_id": only_id, "default": default_backend},
         )
-        records = sorted(cursor.fetchall(), key=lambda r: (-r["priority"], r["turn"], r["id"]))
+        records = sorted(cursor.fetchall(), key=lambda r: r["place"])
     return [JobRow.from_db(record) for record in records]
 
 

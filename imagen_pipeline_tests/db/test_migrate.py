@@ -33,6 +33,7 @@ def test_shipped_files_follow_the_supabase_cli_naming() -> None:
         "budget_holds",
         "job_holds",
         "operator_alerts",
+        "queue_pause_position",
     ]
     assert all(len(m.version) == 14 and m.version.isdigit() for m in migrations)
 
@@ -56,6 +57,7 @@ def test_migrate_applies_everything_once_and_records_cli_history(fresh_database_
         "imagen.images",
         "imagen.job_holds",
         "imagen.jobs",
+        "imagen.queue_state",
         "mai.imagen_budget_holds",
         "mai.imagen_usage",
     ]

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from PIL import Image
 
+from imagen_pipeline.queue import pause
 from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
 from imagen_pipeline_tests.fixtures.daemon import DaemonStack, holding
 
@@ -279,6 +280,56 @@ def test_canceling_a_running_job_terminates_its_run(running_stack: DaemonStack) 
     assert len(backend_calls(running_stack)) == 1
     assert images_by_job(running_stack) == {}
     assert not running_stack.output_dir.exists() or not any(running_stack.output_dir.glob("*.png"))
+
+
+def sensor_skips_since(stack: DaemonStack, since: float) -> list[str | None]:
+    """The skip reason of each imagen_jobs_sensor tick since ``since`` (None: it requested
+    runs or failed)."""
+    with dg.DagsterInstance.from_config(str(stack.home)) as instance:
+        states = [s for s in instance.all_instigator_state() if s.name == "imagen_jobs_sensor"]
+        return [
+            tick.skip_reason
+            for s in states
+            for tick in instance.get_ticks(s.instigator_origin_id, s.selector_id, after=since)
+        ]
+
+
+PAUSED_TICKS = 2
+
+
+def test_a_paused_queue_starts_nothing_lets_running_jobs_finish_then_resumes(
+    running_stack: DaemonStack,
+) -> None:
+    """Through the daemon's own sensor ticks: rows inserted while paused stay pending with no
+    run, the job that was running finishes, and after resume every job is done."""
+    with holding(running_stack.gate):
+        busy = running_stack.insert_job("a slow snail", backend="gated", width=64, height=64)
+        running_stack.wait_for(lambda rows: rows[busy]["status"] == "running", 120)
+        with running_stack.connect() as conn:
+            paused = pause.pause(conn, "GPU maintenance", "test")
+        assert "0 queued jobs finish" in paused.line() and "1 running" in paused.line()
+        since = time.time()
+        waiting = [running_stack.insert_job(f"kite {n}", width=64, height=64) for n in range(2)]
+    rows = running_stack.wait_for(
+        lambda rows: (
+            rows[busy]["status"] == "done"
+            and len(sensor_skips_since(running_stack, since)) >= PAUSED_TICKS
+        ),
+        120,
+    )
+    skips = sensor_skips_since(running_stack, since)
+    assert all(
+        skip and skip.endswith(": GPU maintenance; pending jobs wait until imagen queue resume")
+        for skip in skips
+    ), skips
+    assert [rows[job]["status"] for job in waiting] == ["pending", "pending"]
+    assert all(job_runs(running_stack, job) == [] for job in waiting)
+    with running_stack.connect() as conn:
+        pause.resume(conn)
+    rows = running_stack.wait_until_settled()
+    assert {job: rows[job]["status"] for job in [busy, *waiting]} == dict.fromkeys(
+        [busy, *waiting], "done"
+    )
 
 
 def test_a_killed_run_worker_is_noticed_and_the_job_still_ends_with_one_image(
