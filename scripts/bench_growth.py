@@ -4,7 +4,8 @@ left after the retention clean-up.
 The production stack (scripts/dagster.postgres.yaml: Celery launcher, ``imagen worker``,
 ``dagster-daemon``, mock backend) on a fresh database. For each round it makes N images
 through ``imagen.jobs``, counts the Dagster rows (``runs``, ``run_tags``, ``event_logs``),
-the bytes of Dagster's tables and the compute log files under ``$DAGSTER_HOME/storage``,
+the bytes of Dagster's tables and the files under ``$DAGSTER_HOME/storage`` (each run's
+compute logs and step outputs, the sensor ticks' captured logs),
 then runs ``imagen housekeeping --older-than 0s`` (every finished run) and counts again.
 Tables are vacuumed after the clean-up, as autovacuum would: Postgres reuses the space of
 deleted rows, it does not give it back, so with retention the bytes stop growing rather
@@ -31,7 +32,8 @@ DAGSTER_TABLES = ("runs", "run_tags", "event_logs")
 
 
 def footprint(stack: Stack) -> dict[str, int]:
-    """Rows of Dagster's main tables, bytes of all of Dagster's tables, compute log files."""
+    """Rows of Dagster's main tables, bytes of all of Dagster's tables, files under
+    ``$DAGSTER_HOME/storage``."""
     with psycopg.connect(stack.url, autocommit=True) as conn:
         counts = {
             f"{table}_rows": conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
@@ -47,8 +49,8 @@ def footprint(stack: Stack) -> dict[str, int]:
     return {
         **counts,
         "dagster_table_bytes": int(table_bytes),
-        "compute_log_files": len(files),
-        "compute_log_bytes": sum(path.stat().st_size for path in files),
+        "run_storage_files": len(files),
+        "run_storage_bytes": sum(path.stat().st_size for path in files),
     }
 
 
@@ -77,7 +79,10 @@ def round_of(stack: Stack, images: int) -> dict[str, Any]:
     made = footprint(stack)
     summary = clean_up(stack)
     cleaned = footprint(stack)
+    storage = stack.workdir / "dagster_home" / "storage"
+    left = sorted(str(p.relative_to(storage)) for p in storage.rglob("*") if p.is_file())
     return {
+        "files_left": left[:5],
         "images": images,
         "per_image_made": per_image(start, made, images),
         "after_making": made,

@@ -48,6 +48,8 @@ class CleanUp:
         )
         if self.runs.orphan_log_folders:
             text += f"; {self.runs.orphan_log_folders} compute log folders of runs deleted earlier"
+        if self.runs.tick_log_files:
+            text += f"; {self.runs.tick_log_files} log files of sensor ticks"
         if self.runs.kept_for_their_job:
             text += (
                 f"; kept {self.runs.kept_for_their_job} runs whose imagen.jobs row has not "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from imagen_pipeline.atomic_files import remove_if_empty
 from imagen_pipeline.run_tags import TAG_JOB_ID
 
 SUCCEEDED = (dg.DagsterRunStatus.SUCCESS,)
@@ -77,6 +78,8 @@ class RunsDeleted:
     sensor still reads the run to finish the row)."""
     orphan_log_folders: int = 0
     """Compute log folders of runs the instance no longer has."""
+    tick_log_files: int = 0
+    """Captured logs of sensor and schedule ticks past the age."""
 
     @property
     def total(self) -> int:
@@ -102,6 +105,7 @@ def count_old_runs(
         else:
             counted.failed += count
     counted.orphan_log_folders = len(orphan_log_folders(instance, batch_size))
+    counted.tick_log_files = len(old_tick_logs(instance, min(ages.values()), now))
     return counted
 
 
@@ -138,7 +142,46 @@ def delete_old_runs(
     for run_id in orphan_log_folders(instance, batch_size):
         instance.compute_log_manager.delete_logs(prefix=[run_id])
         deleted.orphan_log_folders += 1
+    tick_logs = old_tick_logs(instance, min(ages.values()), now)
+    delete_tick_logs(tick_logs)
+    deleted.tick_log_files = len(tick_logs)
     return deleted
+
+
+def _capture_folder(instance: dg.DagsterInstance) -> Path | None:
+    folder_of = getattr(instance.compute_log_manager, "capture_folder", None)
+    if folder_of is None:
+        return None
+    root = Path(folder_of())
+    return root if root.is_dir() else None
+
+
+def old_tick_logs(instance: dg.DagsterInstance, older_than: timedelta, now: datetime) -> list[Path]:
+    """Captured logs of sensor and schedule ticks (``<capture folder>/<repository>/<sensor>/
+    <tick>.err``, one per tick that logged) last written before ``now - older_than``.
+    Dagster's tick retention purges the ticks, not these files."""
+    root = _capture_folder(instance)
+    if root is None:
+        return []
+    cutoff = (now - older_than).timestamp()
+    return [
+        path
+        for top in root.iterdir()
+        if top.is_dir() and not _RUN_ID.match(top.name)
+        for path in top.rglob("*")
+        if path.is_file() and path.stat().st_mtime < cutoff
+    ]
+
+
+def delete_tick_logs(paths: list[Path]) -> None:
+    """Remove tick log files, then the folders they leave empty."""
+    folders = set()
+    for path in paths:
+        path.unlink(missing_ok=True)
+        folders.add(path.parent)
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        remove_if_empty(folder)
+        remove_if_empty(folder.parent)
 
 
 def orphan_log_folders(instance: dg.DagsterInstance, batch_size: int) -> list[str]:
@@ -148,11 +191,8 @@ def orphan_log_folders(instance: dg.DagsterInstance, batch_size: int) -> list[st
     finished, so a run deleted as soon as it finished can get its folder back. Only a
     compute log manager that says where it captures (``capture_folder()``, as
     :class:`~imagen_pipeline.instance.file_compute_logs.FileComputeLogManager`) is looked at."""
-    folder_of = getattr(instance.compute_log_manager, "capture_folder", None)
-    if folder_of is None:
-        return []
-    root = Path(folder_of())
-    if not root.is_dir():
+    root = _capture_folder(instance)
+    if root is None:
         return []
     names = [path.name for path in root.iterdir() if path.is_dir() and _RUN_ID.match(path.name)]
     orphans: list[str] = []

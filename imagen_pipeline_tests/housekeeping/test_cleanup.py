@@ -101,6 +101,12 @@ def test_old_runs_go_with_their_events_and_compute_logs_and_images_keep_their_li
     orphan = compute_log_dir(instance, "0e0e0e0e-0000-4000-8000-00000000000e")
     (orphan / "compute_logs").mkdir(parents=True)
     (orphan / "compute_logs" / "abc.complete").touch()
+    # A sensor tick's captured log (Dagster's tick retention leaves these).
+    tick_folder = compute_log_dir(instance, "__repository__") / "imagen_jobs_sensor"
+    tick_folder.mkdir(parents=True)
+    (tick_folder / "7.err").touch()
+    an_hour_ago = time.time() - 3600
+    os.utime(tick_folder / "7.err", (an_hour_ago, an_hour_ago))
 
     result = clean_up(
         instance,
@@ -112,6 +118,8 @@ def test_old_runs_go_with_their_events_and_compute_logs_and_images_keep_their_li
 
     assert (result.runs.succeeded, result.runs.failed) == (2, 0), result.summary()
     assert result.runs.orphan_log_folders == 1 and not orphan.exists()
+    assert result.runs.tick_log_files == 1
+    assert not compute_log_dir(instance, "__repository__").exists()
     for run in old:
         assert instance.get_run_by_id(run.run_id) is None
         assert instance.all_logs(run.run_id) == []
