@@ -109,6 +109,10 @@ def celery_urls() -> tuple[str, str]:
     return broker, backend
 
 
+class BrokerUnreachableError(RuntimeError):
+    """The run was not sent: Redis, the broker and result store, does not answer."""
+
+
 class ImagenCeleryRunLauncher(CeleryRunLauncher):
     """``CeleryRunLauncher`` whose terminated runs end ``CANCELED`` and whose health check
     notices a dead worker; broker and backend from the environment (:func:`celery_urls`).
@@ -169,6 +173,15 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
         run = context.dagster_run
         if run.job_code_origin is None:
             raise dg.DagsterInvariantViolationError(f"run {run.run_id} has no job code origin")
+        # Celery's send would retry its way through Redis' absence for 15-20 s, holding one
+        # of the run queue's launch threads; the run is failed at once instead (and retried,
+        # and its row held by the jobs sensor until Redis answers).
+        unreachable = self.result_store_unreachable()
+        if unreachable is not None:
+            raise BrokerUnreachableError(
+                f"run {run.run_id} not sent: the Celery broker and result store do not "
+                f"answer ({unreachable})"
+            )
         task_id = str(uuid.uuid4())
         queue = run.tags.get(DAGSTER_CELERY_QUEUE_TAG, self.default_queue)
         launcher_instance(self).add_run_tags(run.run_id, {DAGSTER_CELERY_TASK_ID_TAG: task_id})

@@ -26,8 +26,11 @@ from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG, DAGSTER_CELERY_TASK_ID
 from imagen_pipeline.instance import celery_launcher
 from imagen_pipeline.instance.celery_launcher import (
     BROKER_ENV,
+    PING_TIMEOUT_S,
+    BrokerUnreachableError,
     ImagenCeleryRunLauncher,
 )
+from imagen_pipeline.instance.dagster_internals import LaunchRunContext
 from imagen_pipeline.run_tags import GPU_QUEUE, TAG_CELERY_QUEUE
 from imagen_pipeline.run_tags import TAG_WORKER as WORKER_TAG
 from imagen_pipeline_tests.fixtures.celery import RedisServer, Worker, Workers, run_process
@@ -382,6 +385,21 @@ def test_terminate_before_a_worker_took_the_run_cancels_it(
     run_id = launch(instance, config_file, "nobody serves this queue yet", "mock")
     assert instance.run_launcher.terminate(run_id)
     wait_for_status(instance, run_id, {dg.DagsterRunStatus.CANCELED}, timeout_s=5)
+
+
+def test_with_redis_away_a_launch_is_refused_at_once_and_nothing_is_sent(
+    instance: dg.DagsterInstance, config_file: Path, redis_server: RedisServer
+) -> None:
+    """Celery's own send retried through the outage for 15-20 s per run, holding a launch
+    thread of the run queue; the launcher refuses within its ping's timeout."""
+    redis_server.stop()
+    run = create_run(instance, config_file, "while redis is away", "mock")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnreachableError, match="not sent: the Celery broker"):
+        instance.run_launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+    assert time.monotonic() - started < PING_TIMEOUT_S + 1
+    stored = instance.get_run_by_id(run.run_id)
+    assert stored is not None and DAGSTER_CELERY_TASK_ID_TAG not in stored.tags
 
 
 def test_a_killed_pool_process_fails_its_run_at_once(
