@@ -67,6 +67,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TERMINAL = ("done", "failed", "canceled")
 LAUNCHERS = ("default", "celery")
+TOPOLOGIES = ("two-hosts", "one-host")
 PRODUCTION_INSTANCE = REPO_ROOT / "scripts" / "dagster.postgres.yaml"
 GPU_QUEUE = "imagen_gpu"
 
@@ -107,32 +108,52 @@ class RssSampler(threading.Thread):
     """Samples the summed memory of the process groups the stack started: RSS (pages a
     process shares with others, such as a forked worker's with its parent, counted once per
     process) and PSS (each shared page divided among the processes that share it, so the sum
-    is what the stack really occupies)."""
+    is what the stack really occupies), keeping the PSS of each named group at the peak."""
 
-    def __init__(self, groups: list[int]) -> None:
+    def __init__(self, groups: dict[int, str]) -> None:
         super().__init__(daemon=True)
         self.groups = groups
         self.peak_bytes = 0
         self.peak_pss_bytes = 0
+        self.peak_pss_by_name: dict[str, int] = {}
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
         while not self.stop_event.wait(0.25):
-            total = pss = 0
-            for pid_dir in Path("/proc").iterdir():
-                if not pid_dir.name.isdigit():
-                    continue
-                try:
-                    stat = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
-                    if int(stat[2]) not in self.groups:  # field 5: process group
-                        continue
-                    total += int((pid_dir / "statm").read_text().split()[1]) * page
-                    pss += proportional_set_size(pid_dir)
-                except (OSError, IndexError, ValueError):
-                    continue
+            total, by_name = memory_of(self.groups)
             self.peak_bytes = max(self.peak_bytes, total)
-            self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
+            pss = sum(by_name.values())
+            if pss > self.peak_pss_bytes:
+                self.peak_pss_bytes = pss
+                self.peak_pss_by_name = by_name
+
+
+def memory_of(groups: dict[int, str]) -> tuple[int, dict[str, int]]:
+    """Summed RSS of every process in ``groups`` (process group id -> name), and PSS per
+    name."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    by_name: dict[str, int] = {}
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            stat = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
+            name = groups.get(int(stat[2]))  # field 5: process group
+            if name is None:
+                continue
+            total += int((pid_dir / "statm").read_text().split()[1]) * page
+            by_name[name] = by_name.get(name, 0) + proportional_set_size(pid_dir)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total, by_name
+
+
+def megabytes(by_name: dict[str, int]) -> dict[str, int]:
+    """Bytes per name as whole MiB, largest first."""
+    return {
+        name: round(size / 2**20) for name, size in sorted(by_name.items(), key=lambda i: -i[1])
+    }
 
 
 def proportional_set_size(pid_dir: Path) -> int:
@@ -153,6 +174,14 @@ class Options(NamedTuple):
     stock_storage: bool
     dequeue_interval: float | None = None
     """Seconds between the daemon's looks at the run queue, instead of the shipped 0.5."""
+    topology: str = "two-hosts"
+    """``two-hosts``: the processes of a main host and a GPU host on this machine
+    (``dagster-daemon`` and ``dagster-webserver`` on workspace.yaml, each with a code server
+    of its own; a cloud and a GPU ``imagen worker``, each with a fixed pool). ``one-host``:
+    docs/deployment.md's one-host set-up (one ``dagster code-server`` for ``imagen daemon``
+    and the webserver, one ``imagen worker`` serving both queues)."""
+    worker_args: tuple[str, ...] = ()
+    """Extra options of every ``imagen worker``."""
 
 
 class Stack:
@@ -163,6 +192,8 @@ class Stack:
         self.workdir = workdir
         self.launcher = launcher
         self.fast_path = options.fast_path
+        self.topology = options.topology
+        self.worker_args = options.worker_args
         serial_latency = options.serial_latency
         max_concurrent_runs = options.max_concurrent_runs
         compute_logs = options.compute_logs
@@ -237,6 +268,9 @@ class Stack:
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.processes: list[subprocess.Popen[bytes]] = []
         self.named: dict[str, subprocess.Popen[bytes]] = {}
+        self.group_names: dict[int, str] = {}
+        """Process group id (the spawned process' pid) -> its name."""
+        self.idle_pss_by_name: dict[str, int] = {}
         self.commands: dict[str, list[str]] = {}
         self.sampler: RssSampler | None = None
 
@@ -261,6 +295,7 @@ class Stack:
             start_new_session=True,
         )
         self.processes.append(process)
+        self.group_names[process.pid] = name
         self.named[name] = process
         self.commands[name] = args
         return process
@@ -288,7 +323,11 @@ class Stack:
             )
         if self.launcher == "celery":
             self.start_celery()
-        self.spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace])
+        if self.topology == "one-host":
+            workspace = self.start_code_server()
+            self.spawn("daemon", [str(BIN / "imagen"), "daemon", "-w", workspace])
+        else:
+            self.spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace])
         if self.fast_path:
             self.spawn(
                 "webserver",
@@ -302,13 +341,44 @@ class Stack:
                     str(self.port),
                 ],
             )
-            self.spawn("listener", [str(BIN / "imagen"), "queue", "listen"])
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 with suppress(httpx.HTTPError):
                     if httpx.get(f"http://127.0.0.1:{self.port}/server_info").is_success:
                         break
                 time.sleep(0.5)
+            # The listener checks its webserver at start and exits when it does not answer.
+            self.spawn("listener", [str(BIN / "imagen"), "queue", "listen"])
+
+    def start_code_server(self) -> str:
+        """``dagster code-server start`` on a free port, as the imagen-code-server unit;
+        returns the workspace file that points at it."""
+        port = free_port()
+        self.spawn(
+            "code-server",
+            [
+                str(BIN / "dagster"),
+                "code-server",
+                "start",
+                "-m",
+                "imagen_pipeline.definitions",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "--location-name",
+                "imagen_pipeline",
+            ],
+        )
+        workspace = self.workdir / "workspace.code_server.yaml"
+        location = {"host": "127.0.0.1", "port": port, "location_name": "imagen_pipeline"}
+        workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": location}]}))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.3)
+        return str(workspace)
 
     def start_celery(self) -> None:
         """A private Redis and the two workers of a GPU host and a cloud host."""
@@ -319,14 +389,35 @@ class Stack:
             "redis",
             [redis_server, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""],
         )
-        workers = {
-            "cloud": ["--concurrency", str(self.max_concurrent_runs)],
-            "gpu": ["--queue", GPU_QUEUE, "--concurrency", str(self.gpu_run_limit)],
-        }
+        if self.topology == "one-host":
+            workers = {
+                "main": [
+                    "--queue",
+                    "dagster",
+                    "--queue",
+                    GPU_QUEUE,
+                    "--concurrency",
+                    str(self.max_concurrent_runs),
+                ]
+            }
+        else:
+            # Fixed pools, as every worker had before they grew with load.
+            cloud, gpu = str(self.max_concurrent_runs), str(self.gpu_run_limit)
+            workers = {
+                "cloud": ["--concurrency", cloud, "--min-processes", cloud],
+                "gpu": ["--queue", GPU_QUEUE, "--concurrency", gpu, "--min-processes", gpu],
+            }
         for name, args in workers.items():
             self.spawn(
                 f"worker-{name}",
-                [str(BIN / "imagen"), "worker", "--hostname", f"{name}@bench", *args],
+                [
+                    str(BIN / "imagen"),
+                    "worker",
+                    "--hostname",
+                    f"{name}@bench",
+                    *args,
+                    *self.worker_args,
+                ],
             )
         deadline = time.monotonic() + 120
         for name in workers:
@@ -510,6 +601,10 @@ def bench_serial(stack: Stack, count: int, latency_s: float) -> dict[str, Any]:
     }
 
 
+IDLE_SETTLE_S = 10
+"""Seconds a stack idles after its warm-up job before its idle memory is read."""
+
+
 def import_dagster_s(repeats: int = 5) -> float:
     """Median wall time of ``python -c "import dagster"``: how fast this machine is today.
 
@@ -533,9 +628,12 @@ def running_stack(server_url: str, launcher: str, options: Options) -> Iterator[
         stack = Stack(url, Path(tmp), launcher, options)
         try:
             stack.start()
-            stack.sampler = RssSampler([p.pid for p in stack.processes])
+            stack.sampler = RssSampler(stack.group_names)
             stack.sampler.start()
             stack.check_all_done(stack.wait_done(stack.insert(1), 300))
+            # Idle: the warm-up job done, the run's process (if any) gone, a few sensor ticks.
+            time.sleep(IDLE_SETTLE_S)
+            stack.idle_pss_by_name = memory_of(stack.group_names)[1]
             yield stack
         finally:
             if stack.sampler is not None:
@@ -553,6 +651,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "serial_total_s": result.get("serial", {}).get("total_s"),
         "peak_rss_mb": result.get("peak_rss_mb"),
         "peak_pss_mb": result.get("peak_pss_mb"),
+        "idle_pss_mb": result.get("idle_pss_mb"),
     }
 
 
@@ -595,6 +694,19 @@ def main() -> None:
         default=["celery"],
         help="run launchers to compare (each part runs once per launcher, in this order)",
     )
+    parser.add_argument(
+        "--topology",
+        nargs="+",
+        choices=TOPOLOGIES,
+        default=["two-hosts"],
+        help="process layouts to compare (Options.topology), each with every launcher",
+    )
+    parser.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        help="an extra option of every imagen worker (repeatable), e.g. --worker-arg=--fixed-pool",
+    )
     args = parser.parse_args()
     options = Options(
         fast_path=args.fast_path,
@@ -603,7 +715,13 @@ def main() -> None:
         compute_logs=args.compute_logs,
         stock_storage=args.stock_storage,
         dequeue_interval=args.dequeue_interval,
+        worker_args=tuple(args.worker_arg),
     )
+    variants = [(launcher, topology) for topology in args.topology for launcher in args.launcher]
+
+    def label(launcher: str, topology: str) -> str:
+        return launcher if len(args.topology) == 1 else f"{launcher}/{topology}"
+
     parts = {
         "sequential": (args.sequential, lambda stack: bench_sequential(stack, args.sequential)),
         "burst": (args.burst, lambda stack: bench_burst(stack, args.burst)),
@@ -617,27 +735,38 @@ def main() -> None:
         "fast_path": args.fast_path,
         "cpus": os.cpu_count(),
         "import_dagster_s": import_dagster_s(),
-        "launchers": {launcher: {} for launcher in args.launcher},
+        "worker_args": list(options.worker_args),
+        "launchers": {label(*variant): {} for variant in variants},
     }
     for part, (count, bench) in parts.items():
         if not count:
             continue
-        for launcher in args.launcher:
-            result = results["launchers"][launcher]
-            with running_stack(args.server_url, launcher, options) as stack:
+        for launcher, topology in variants:
+            result = results["launchers"][label(launcher, topology)]
+            with running_stack(
+                args.server_url, launcher, options._replace(topology=topology)
+            ) as stack:
                 result.update(
                     max_concurrent_runs=stack.max_concurrent_runs,
                     compute_logs=stack.compute_logs,
                     dequeue_interval_s=stack.dequeue_interval,
                     storage=stack.storage,
+                    topology=topology,
                 )
                 result[part] = bench(stack)
             assert stack.sampler is not None
             peak = round(stack.sampler.peak_bytes / 2**20)
             result["peak_rss_mb"] = max(peak, result.get("peak_rss_mb", 0))
             peak_pss = round(stack.sampler.peak_pss_bytes / 2**20)
-            result["peak_pss_mb"] = max(peak_pss, result.get("peak_pss_mb", 0))
-            print(json.dumps({"launcher": launcher, part: result[part]}), flush=True)
+            if peak_pss > result.get("peak_pss_mb", 0):
+                result["peak_pss_mb"] = peak_pss
+                result["peak_pss_by_process_mb"] = megabytes(stack.sampler.peak_pss_by_name)
+            idle = stack.idle_pss_by_name
+            result.setdefault("idle_pss_mb", round(sum(idle.values()) / 2**20))
+            result.setdefault("idle_pss_by_process_mb", megabytes(idle))
+            print(
+                json.dumps({"variant": label(launcher, topology), part: result[part]}), flush=True
+            )
     results["summary"] = {name: summary(result) for name, result in results["launchers"].items()}
     print(json.dumps(results, indent=2))
 

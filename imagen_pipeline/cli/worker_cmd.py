@@ -26,6 +26,14 @@ from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
     help="Runs at once (pool processes); default: the instance's max_concurrent_runs.",
 )
 @click.option(
+    "--min-processes",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Pool processes kept while idle; the pool grows to --concurrency with load and "
+    "shrinks back 30 s after. Equal to --concurrency: a fixed pool.",
+)
+@click.option(
     "--hostname",
     default=lambda: f"imagen@{socket.gethostname()}",
     show_default="imagen@<this host>",
@@ -41,6 +49,7 @@ from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
 def worker(
     queues: tuple[str, ...],
     concurrency: int | None,
+    min_processes: int,
     hostname: str,
     preload: bool,
     loglevel: str,
@@ -60,6 +69,6 @@ def worker(
     from imagen_pipeline.instance.celery_worker import WorkerSetupError, run_worker
 
     try:
-        run_worker(list(queues) or None, concurrency, hostname, preload, loglevel)
+        run_worker(list(queues) or None, concurrency, hostname, preload, loglevel, min_processes)
     except WorkerSetupError as error:
         raise CliError(str(error), EXIT_FAILED) from None

@@ -30,6 +30,7 @@ process. Added around it, through Celery's signals:
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib
 import logging
 import os
@@ -310,12 +311,20 @@ def preload_code_location(module: str = CODE_LOCATION_MODULE) -> None:
         logger.exception("could not preload %s; each run will report why it cannot load", module)
 
 
-def worker_argv(queues: list[str], concurrency: int, hostname: str, loglevel: str) -> list[str]:
-    """Arguments of Celery's ``worker`` command for this pipeline."""
+def worker_argv(
+    queues: list[str], concurrency: int, hostname: str, loglevel: str, min_processes: int = 1
+) -> list[str]:
+    """Arguments of Celery's ``worker`` command for this pipeline: a pool of
+    ``min_processes`` that Celery's autoscaler grows to ``concurrency`` while runs wait."""
+    pool = (
+        [f"--concurrency={concurrency}"]
+        if min_processes >= concurrency
+        else [f"--autoscale={concurrency},{min_processes}"]
+    )
     return [
         "worker",
         f"--queues={','.join(queues)}",
-        f"--concurrency={concurrency}",
+        *pool,
         f"--hostname={hostname}",
         "--pool=prefork",
         # Hand a run only to an idle pool process, never queue it behind a running one.
@@ -331,6 +340,7 @@ def run_worker(
     hostname: str,
     preload: bool,
     loglevel: str = "INFO",
+    min_processes: int = 1,
 ) -> None:
     """Start Celery's worker on the instance's launcher app; returns when it stops."""
     with dg.DagsterInstance.get() as instance:
@@ -345,4 +355,7 @@ def run_worker(
         preload_code_location()
     served = queues or [launcher.default_queue]
     announce_worker(served, concurrency, hostname)
-    app.worker_main(worker_argv(served, concurrency, hostname, loglevel))
+    # Everything imported so far moves out of the collector's reach: a pool process forked
+    # from here no longer writes the shared pages' GC headers, so they stay shared (PSS).
+    gc.freeze()
+    app.worker_main(worker_argv(served, concurrency, hostname, loglevel, min_processes))

@@ -263,6 +263,23 @@ def test_runs_execute_on_a_worker_that_names_itself_in_the_run(
     assert all(logged_success(worker, run_id) for run_id in run_ids)
 
 
+def test_an_idle_worker_keeps_one_pool_process_and_grows_to_its_concurrency_under_load(
+    instance: dg.DagsterInstance, config_file: Path, celery_workers: Workers, gate: Path
+) -> None:
+    """The footprint of an idle host: one pool process; runs that wait get more, up to
+    ``--concurrency``, forked from the preloaded main process."""
+    worker = celery_workers.start("grow@hostc", subprocess_env(), concurrency=3, preload=True)
+    assert len(worker.pool_pids()) == 1
+    with holding(gate):
+        run_ids = [launch(instance, config_file, f"held {i}", "gated") for i in range(3)]
+        for run_id in run_ids:
+            wait_for_status(instance, run_id, {dg.DagsterRunStatus.STARTED}, timeout_s=30)
+        executing = {run_process(instance, run_id) for run_id in run_ids}
+        assert len(executing) == 3 and executing <= set(worker.pool_pids())
+    for run_id in run_ids:
+        wait_for_status(instance, run_id, {dg.DagsterRunStatus.SUCCESS})
+
+
 def test_a_warm_pool_process_follows_an_edit_of_imagen_yaml_at_its_next_run(
     instance: dg.DagsterInstance, write_config: Callable[..., Path], celery_workers: Workers
 ) -> None:
