@@ -36,8 +36,11 @@ MAX_SEED = 2**32 - 1
 """Largest seed accepted everywhere (fits every backend's seed field)."""
 SOURCE_FIELDS = ("mode", "strength", "mask")
 """Request fields about source images that a web client may set only where the instance's
-``client_options`` has an entry of the same name (``mode: {choices: [edit]}``,
-``strength: {min: 0.3, max: 0.9}``, ``mask: {choices: [true]}``)."""
+``client_options`` has an entry ``request.<field>`` (``request.mode: {choices: [edit]}``,
+``request.strength: {min: 0.3, max: 0.9}``, ``request.mask: {choices: [true]}``)."""
+FIELD_RULE_PREFIX = "request."
+"""``client_options`` keys with this prefix rule a request field, not a backend option; no
+option key may start with it."""
 REQUEST_FIELD_OPTIONS = (
     "prompt",
     "negative",
@@ -47,7 +50,6 @@ REQUEST_FIELD_OPTIONS = (
     "seed",
     "count",
     "source_images",
-    *SOURCE_FIELDS,
 )
 """Request fields: an option of the same name never replaces them, on any backend."""
 
@@ -280,19 +282,19 @@ class ImageBackend(BaseModel, ABC):
     ) -> None:
         """Raise :class:`~imagen_pipeline.errors.InvalidRequestError` when a web client sets
         a source field (:data:`SOURCE_FIELDS`) the instance's ``client_options`` does not
-        allow, or outside its rule; the operator may set any."""
+        allow (entry ``request.<field>``), or outside its rule; the operator may set any."""
         if not from_client:
             return
         rules = self.client_option_rules()
         for field_name, value in (("mode", mode), ("strength", strength), ("mask", mask or None)):
             if value is None:
                 continue
-            rule = rules.get(field_name)
+            rule = rules.get(FIELD_RULE_PREFIX + field_name)
             if rule is None:
                 raise InvalidRequestError(
                     field_name,
                     "is not something a client may set here (the instance's client_options "
-                    f"has no {field_name} entry)",
+                    f"has no {FIELD_RULE_PREFIX}{field_name} entry)",
                 )
             problem = rule.problem(value)
             if problem is not None:
@@ -317,6 +319,9 @@ class ImageBackend(BaseModel, ABC):
     def reserved_option(self, key: str) -> str | None:
         """Why option ``key`` may not be sent (it sets what a request field or the pipeline
         sets), or None."""
+        if key.startswith(FIELD_RULE_PREFIX):
+            field_name = key.removeprefix(FIELD_RULE_PREFIX)
+            return set_by_field(field_name) + f" ({key} in client_options rules that field)"
         return set_by_field(key) if key in REQUEST_FIELD_OPTIONS else None
 
     def option_problem(self, key: str, value: Any) -> str | None:
@@ -364,27 +369,30 @@ class ImageBackend(BaseModel, ABC):
     def client_option_problems(self) -> list[tuple[str, str]]:
         """Entries of the client allow-list that no client may be offered, with why."""
         rules = self.client_option_rules()
+        field_rules = {FIELD_RULE_PREFIX + name: name for name in SOURCE_FIELDS}
         problems = rule_problems(
-            {key: rule for key, rule in rules.items() if key not in SOURCE_FIELDS},
+            {key: rule for key, rule in rules.items() if key not in field_rules},
             reserved=self.reserved_option,
             adapter=self.option_problem,
             takes_file=self.takes_file,
         )
         support = self.source_support()
-        for key in SOURCE_FIELDS:
-            rule = rules.get(key)
+        for rule_key, key in field_rules.items():
+            rule = rules.get(rule_key)
             if rule is None:
                 continue
             if not support.max_images:
-                problems.append((key, f"this instance {support.describe()}"))
+                problems.append((rule_key, f"this instance {support.describe()}"))
                 continue
             samples = rule.choices if rule.choices is not None else [rule.min, rule.max]
             allowed: dict[str, tuple[Any, ...]] = {"mode": support.modes, "mask": (True,)}
             for sample in samples:
                 if key == "strength" and not (isinstance(sample, int | float) and 0 <= sample <= 1):
-                    problems.append((key, "strength rules stay within 0 to 1"))
+                    problems.append((rule_key, "strength rules stay within 0 to 1"))
                     break
                 if key in allowed and not any(sample is a or sample == a for a in allowed[key]):
-                    problems.append((key, f"{sample!r} is not available; {support.describe()}"))
+                    problems.append(
+                        (rule_key, f"{sample!r} is not available; {support.describe()}")
+                    )
                     break
         return sorted(problems)

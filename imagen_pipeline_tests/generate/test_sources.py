@@ -110,8 +110,9 @@ def test_a_web_clients_mode_strength_and_mask_follow_client_options(
                 "open": {
                     "type": "mock",
                     "client_options": {
-                        "mode": {"choices": ["img2img"]},
-                        "strength": {"min": 0.2, "max": 0.8},
+                        "request.mode": {"choices": ["img2img"]},
+                        "request.strength": {"min": 0.2, "max": 0.8},
+                        "strength": {"min": 0, "max": 5},
                     },
                 },
                 "text": {"type": "mock", "max_source_images": 0},
@@ -134,6 +135,15 @@ def test_a_web_clients_mode_strength_and_mask_follow_client_options(
         plan("open", mask="8")
     with pytest.raises(InvalidRequestError, match="backend 'text' takes no source images"):
         plan("text")
-    problems = setup.backend("open").backend.client_option_problems()
-    assert problems == []
-    assert MockBackend(client_options={"mode": {"choices": ["paint"]}}).client_option_problems()
+    open_backend = setup.backend("open").backend
+    assert open_backend.client_option_problems() == []
+    open_backend.check_options({"strength": 4}, from_client=True)
+    with pytest.raises(InvalidRequestError, match=r"request\.mode in client_options rules"):
+        open_backend.check_options({"request.mode": "edit"}, from_client=False)
+    paint = MockBackend(client_options={"request.mode": {"choices": ["paint"]}})
+    assert paint.client_option_problems() == [
+        (
+            "request.mode",
+            "'paint' is not available; takes up to 4 source images (modes edit, img2img; a mask)",
+        )
+    ]
