@@ -29,11 +29,28 @@ from imagen_pipeline.backends.options import (
 )
 from imagen_pipeline.backends.pricing import FREE, Price, PriceSource
 from imagen_pipeline.backends.progress import ProgressListener
+from imagen_pipeline.backends.sources import NO_SOURCES, SourceImage, SourceMode, SourceSupport
 from imagen_pipeline.errors import InvalidRequestError, PermanentBackendError
 
 MAX_SEED = 2**32 - 1
 """Largest seed accepted everywhere (fits every backend's seed field)."""
-REQUEST_FIELD_OPTIONS = ("prompt", "negative", "width", "height", "steps", "seed", "count")
+SOURCE_FIELDS = ("mode", "strength", "mask")
+"""Request fields about source images that a web client may set only where the instance's
+``client_options`` has an entry ``request.<field>`` (``request.mode: {choices: [edit]}``,
+``request.strength: {min: 0.3, max: 0.9}``, ``request.mask: {choices: [true]}``)."""
+FIELD_RULE_PREFIX = "request."
+"""``client_options`` keys with this prefix rule a request field, not a backend option; no
+option key may start with it."""
+REQUEST_FIELD_OPTIONS = (
+    "prompt",
+    "negative",
+    "width",
+    "height",
+    "steps",
+    "seed",
+    "count",
+    "source_images",
+)
 """Request fields: an option of the same name never replaces them, on any backend."""
 
 
@@ -54,6 +71,21 @@ class GenerationRequest(BaseModel):
         description="Adapter-specific options, checked by the adapter's option rules "
         "(:meth:`ImageBackend.check_options`).",
     )
+    mode: SourceMode | None = Field(
+        default=None, description="What to do with the sources; None: the backend's default."
+    )
+    strength: float | None = Field(
+        default=None, description="For img2img: how far to move from the source, 0 to 1."
+    )
+    source_count: int = Field(
+        default=0, description="How many source images the request names (before fetching)."
+    )
+    has_mask: bool = Field(default=False, description="Whether the request names a mask.")
+    sources: list[SourceImage] = Field(
+        default_factory=list,
+        description="The checked source images, in order; attached by the generate step.",
+    )
+    mask: SourceImage | None = Field(default=None, description="The checked mask, if any.")
 
 
 class GenerationMetadata(BaseModel):
@@ -209,8 +241,64 @@ class ImageBackend(BaseModel, ABC):
         return {}
 
     def estimate_price(self, request: GenerationRequest) -> Price:
-        """Expected price of ``request`` before it is sent; free by default."""
+        """Expected price of ``request`` before it is sent; free by default. A request with
+        ``sources`` (and its ``mode``) is an edit call: an adapter whose provider bills those
+        otherwise prices them here."""
         return FREE
+
+    # -- source images ---------------------------------------------------------------------
+
+    def source_support(self) -> SourceSupport:
+        """What this instance takes besides text; by default nothing."""
+        return NO_SOURCES
+
+    def check_sources(self, name: str, request: GenerationRequest) -> None:
+        """Raise :class:`~imagen_pipeline.errors.InvalidRequestError` naming the field when
+        instance ``name`` cannot take the request's source images, mode, strength or mask
+        (before any call; the checked images also against its own limits)."""
+        support = self.source_support()
+        images = max(request.source_count, len(request.sources))
+        refusal = support.refusal(
+            name, images, request.mode, request.strength, request.has_mask or bool(request.mask)
+        )
+        if refusal is not None:
+            raise InvalidRequestError(*refusal)
+        for source in request.sources:
+            problem = support.image_refusal(name, source)
+            if problem is not None:
+                raise InvalidRequestError(f"source_images[{source.position}]", problem)
+        if request.mask is not None:
+            problem = support.image_refusal(name, request.mask)
+            if problem is not None:
+                raise InvalidRequestError("mask", problem)
+
+    def check_source_fields(
+        self,
+        mode: SourceMode | None,
+        strength: float | None,
+        mask: bool,
+        *,
+        from_client: bool,
+    ) -> None:
+        """Raise :class:`~imagen_pipeline.errors.InvalidRequestError` when a web client sets
+        a source field (:data:`SOURCE_FIELDS`) the instance's ``client_options`` does not
+        allow (entry ``request.<field>``), or outside its rule; the operator may set any."""
+        if not from_client:
+            return
+        rules = self.client_option_rules()
+        for field_name, value in (("mode", mode), ("strength", strength), ("mask", mask or None)):
+            if value is None:
+                continue
+            rule = rules.get(FIELD_RULE_PREFIX + field_name)
+            if rule is None:
+                raise InvalidRequestError(
+                    field_name,
+                    "is not something a client may set here (the instance's client_options "
+                    f"has no {FIELD_RULE_PREFIX}{field_name} entry)",
+                )
+            problem = rule.problem(value)
+            if problem is not None:
+                raise InvalidRequestError(field_name, problem)
 
     def check(self) -> BackendCheck:
         """Probe reachability, credentials and model cheaply; default: nothing to probe."""
@@ -231,6 +319,9 @@ class ImageBackend(BaseModel, ABC):
     def reserved_option(self, key: str) -> str | None:
         """Why option ``key`` may not be sent (it sets what a request field or the pipeline
         sets), or None."""
+        if key.startswith(FIELD_RULE_PREFIX):
+            field_name = key.removeprefix(FIELD_RULE_PREFIX)
+            return set_by_field(field_name) + f" ({key} in client_options rules that field)"
         return set_by_field(key) if key in REQUEST_FIELD_OPTIONS else None
 
     def option_problem(self, key: str, value: Any) -> str | None:
@@ -277,9 +368,31 @@ class ImageBackend(BaseModel, ABC):
 
     def client_option_problems(self) -> list[tuple[str, str]]:
         """Entries of the client allow-list that no client may be offered, with why."""
-        return rule_problems(
-            self.client_option_rules(),
+        rules = self.client_option_rules()
+        field_rules = {FIELD_RULE_PREFIX + name: name for name in SOURCE_FIELDS}
+        problems = rule_problems(
+            {key: rule for key, rule in rules.items() if key not in field_rules},
             reserved=self.reserved_option,
             adapter=self.option_problem,
             takes_file=self.takes_file,
         )
+        support = self.source_support()
+        for rule_key, key in field_rules.items():
+            rule = rules.get(rule_key)
+            if rule is None:
+                continue
+            if not support.max_images:
+                problems.append((rule_key, f"this instance {support.describe()}"))
+                continue
+            samples = rule.choices if rule.choices is not None else [rule.min, rule.max]
+            allowed: dict[str, tuple[Any, ...]] = {"mode": support.modes, "mask": (True,)}
+            for sample in samples:
+                if key == "strength" and not (isinstance(sample, int | float) and 0 <= sample <= 1):
+                    problems.append((rule_key, "strength rules stay within 0 to 1"))
+                    break
+                if key in allowed and not any(sample is a or sample == a for a in allowed[key]):
+                    problems.append(
+                        (rule_key, f"{sample!r} is not available; {support.describe()}")
+                    )
+                    break
+        return sorted(problems)

@@ -1,7 +1,9 @@
 """The mock backend: deterministic Pillow images, simulated latency and failures.
 
 Same (prompt, negative, seed, size, model) gives the same pixels; any difference gives
-different ones. It can serialize generations across processes with a lock file (to act
+different ones. With source images it transforms the first one instead (resized to the
+output size, tinted by the seed, only inside the mask when there is one), so a test can see
+the source was used. It can serialize generations across processes with a lock file (to act
 like a single GPU), fail the first attempts transiently or every attempt permanently, and
 append one JSON line per call to a log so tests and benchmarks can count backend calls.
 """
@@ -19,8 +21,9 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 from pydantic import Field
 
 from imagen_pipeline.backends.contract import (
@@ -34,6 +37,7 @@ from imagen_pipeline.backends.contract import (
 )
 from imagen_pipeline.backends.pricing import FREE, Price
 from imagen_pipeline.backends.progress import Progress
+from imagen_pipeline.backends.sources import SOURCE_MODES, SourceImage, SourceSupport
 from imagen_pipeline.errors import PermanentBackendError, TransientBackendError
 
 
@@ -60,6 +64,23 @@ class MockBackend(ImageBackend):
         default=None, description="Append one JSON line per backend call to this file."
     )
     cost_usd: float = Field(default=0.0, ge=0, description="Cost reported per image.")
+    max_source_images: int = Field(
+        default=4,
+        ge=0,
+        description="Most source images a request may send (edit and img2img, a mask); "
+        "0: text only, like an adapter without image input.",
+    )
+
+    def source_support(self) -> SourceSupport:
+        """Up to ``max_source_images`` sources, both modes (edit by default) and a mask."""
+        if not self.max_source_images:
+            return SourceSupport()
+        return SourceSupport(
+            max_images=self.max_source_images,
+            modes=SOURCE_MODES,
+            default_mode="edit",
+            mask=True,
+        )
 
     def generate(self, request: GenerationRequest, context: GenerationContext) -> GenerationResult:
         """Render the image, honouring the simulated latency and failures."""
@@ -77,7 +98,10 @@ class MockBackend(ImageBackend):
         steps = request.steps or self.default_steps
         with self._gpu_slot():
             self._sample(steps, context, started)
-            image = render_image(request, seed, self.model)
+            if request.sources:
+                image = transform_source(request, seed)
+            else:
+                image = render_image(request, seed, self.model)
         return GenerationResult(
             image=image,
             facts=ImageFacts(format="PNG", width=request.width, height=request.height),
@@ -137,7 +161,7 @@ class MockBackend(ImageBackend):
     def _log_call(self, request: GenerationRequest, context: GenerationContext, seed: int) -> None:
         if not self.calls_log:
             return
-        entry = {
+        entry: dict[str, Any] = {
             "at": datetime.now(UTC).isoformat(),
             "run_id": context.run_id,
             "attempt": context.attempt,
@@ -147,6 +171,10 @@ class MockBackend(ImageBackend):
             "width": request.width,
             "height": request.height,
         }
+        if request.sources:
+            entry["sources"] = [source.sha256 for source in request.sources]
+            entry["mode"] = request.mode
+            entry["mask"] = request.mask.sha256 if request.mask else None
         path = Path(self.calls_log)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as handle:
@@ -183,4 +211,35 @@ def render_image(request: GenerationRequest, seed: int, model: str) -> bytes:
     draw.text((8, 8), request.prompt[:80], fill=color())
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def _tint(request: GenerationRequest, seed: int) -> tuple[int, int, int]:
+    digest = hashlib.sha256(f"{request.prompt}\x00{seed}".encode()).digest()
+    return (digest[0], digest[1], digest[2])
+
+
+def _opened(source: SourceImage, size: tuple[int, int], mode: str) -> Image.Image:
+    with Image.open(source.path) as image:
+        return image.convert(mode).resize(size)
+
+
+def transform_source(request: GenerationRequest, seed: int) -> bytes:
+    """Deterministic PNG from the first source: resized to the request's size and blended
+    with a tint fixed by (prompt, seed), 30 % for ``edit`` (the default), ``strength`` for
+    ``img2img`` (default 0.5); only inside the mask's white part when there is one."""
+    size = (request.width, request.height)
+    base = _opened(request.sources[0], size, "RGB")
+    if request.mode == "img2img":
+        share = 0.5 if request.strength is None else request.strength
+    else:
+        share = 0.3
+    tinted = Image.blend(base, Image.new("RGB", size, _tint(request, seed)), share)
+    if request.mask is not None:
+        mask = _opened(request.mask, size, "L")
+        tinted = Image.composite(tinted, base, mask)
+    for other in request.sources[1:]:
+        tinted = ImageChops.add(tinted, _opened(other, size, "RGB"), scale=2.0)
+    buffer = io.BytesIO()
+    tinted.save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import click
 import dagster as dg
 
+from imagen_pipeline.backends.sources import SOURCE_MODES
 from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
 from imagen_pipeline.cli.instance import cli_instance
 from imagen_pipeline.defs.jobs import build_generate_image_job
@@ -40,6 +42,17 @@ def _parse_opts(pairs: tuple[str, ...]) -> dict[str, Any]:
         except ValueError:
             opts[key] = value
     return opts
+
+
+def source_reference(option: str, value: str) -> str:
+    """``--image``/``--mask`` as the request names it: an existing file as its absolute
+    path, else digits as an ``imagen.images`` id."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return str(path.resolve())
+    if value.isdigit():
+        return value
+    raise CliError(f"{option}: {value!r} is neither a file nor an imagen.images id")
 
 
 def run_generate_job(
@@ -106,6 +119,24 @@ def run_generate_job(
     help="Backend option (repeatable); VALUE is parsed as JSON when it can be.",
 )
 @click.option(
+    "--image",
+    "images",
+    multiple=True,
+    metavar="PATH|ID",
+    help="Source image to start from (repeatable): a file, or an imagen.images id.",
+)
+@click.option("--mask", metavar="PATH|ID", help="Mask of the edit (white: change).")
+@click.option(
+    "--mode",
+    type=click.Choice(SOURCE_MODES),
+    help="What to do with the source images (default: the backend's).",
+)
+@click.option(
+    "--strength",
+    type=click.FloatRange(0, 1),
+    help="For --mode img2img: 0 keeps the source, 1 ignores it.",
+)
+@click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
@@ -122,6 +153,10 @@ def generate(
     negative: str,
     count: int,
     opts: tuple[str, ...],
+    images: tuple[str, ...],
+    mask: str | None,
+    mode: str | None,
+    strength: float | None,
     config_path: str | None,
     verbose: bool,
 ) -> None:
@@ -139,6 +174,10 @@ def generate(
             seed=seed,
             count=count,
             backend_opts=_parse_opts(opts),
+            source_images=[source_reference("--image", image) for image in images],
+            mask=source_reference("--mask", mask) if mask else None,
+            mode=mode,
+            strength=strength,
         )
         setup = load_setup(config_path)
         plan = plan_generation(spec, setup)

@@ -36,6 +36,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "imagen_pipeline.cli.housekeeping_cmd:housekeeping",
         "Delete finished runs past their age and sweep the staging folder.",
     ),
+    "lineage": (
+        "imagen_pipeline.cli.lineage_cmd:lineage_command",
+        "Print an image's ancestors and descendants (imagen.images ids) as trees.",
+    ),
     "queue": ("imagen_pipeline.cli.queue_cmd:queue", "The imagen.jobs queue."),
     "usage": (
         "imagen_pipeline.cli.usage_cmd:usage",

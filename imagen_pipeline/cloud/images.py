@@ -1,5 +1,5 @@
 """Rows of ``imagen.images``: one per generated image, idempotent per generating run and
-variation."""
+variation; and its rows of ``imagen.image_parents``, the images it was made from."""
 
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ def upsert_image_row(
                 "backend_type": plan.backend_type,
                 "backend_options": plan.request.backend_opts,
                 "negative": plan.request.negative,
+                "mode": plan.request.mode if plan.request.sources else None,
+                "strength": plan.request.strength,
                 "extra": meta.extra,
                 "written_by_run_id": run_id,
                 "storage_sidecar_path": location.sidecar_path if location else None,
@@ -84,6 +86,24 @@ def upsert_image_row(
     if row is None:
         raise RuntimeError("INSERT ... RETURNING id returned no row")
     return int(row[0])
+
+
+def insert_image_parents(cursor: psycopg.Cursor, stored: StoredImage, image_id: int) -> int:
+    """The image's parents (its request's source images, then its mask) as rows of
+    ``imagen.image_parents``, inside the caller's transaction; returns how many it has.
+    Idempotent: a recorded parent is left as it is."""
+    request = stored.generated.plan.request
+    parents = [*request.sources, *([request.mask] if request.mask else [])]
+    for parent in parents:
+        cursor.execute(
+            """
+            INSERT INTO imagen.image_parents (child_id, position, role, parent_id, sha256, origin)
+            VALUES (%s, %s, %s, %s, %s, %s)
+            ON CONFLICT (child_id, role, position) DO NOTHING
+            """,
+            (image_id, parent.position, parent.role, parent.image_id, parent.sha256, parent.origin),
+        )
+    return len(parents)
 
 
 def image_run_holding(

@@ -31,6 +31,11 @@ class DatabaseStep(Enum):
         "the job could not be started because the pipeline's database did not answer; "
         "no image was made; retry the job later",
     )
+    SOURCES = (
+        "reading the image rows the request names as sources",
+        "the job's source images could not be looked up because the pipeline's database did "
+        "not answer; no image was made; retry the job later",
+    )
     BUDGET = (
         "checking today's budget",
         "today's budget could not be checked because the pipeline's database did not answer, "

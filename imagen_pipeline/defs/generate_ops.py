@@ -7,12 +7,14 @@ import dagster as dg
 from imagen_pipeline.alerts.notify import open_alerts
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.backends.progress import ProgressThrottle
+from imagen_pipeline.cloud.sources import attach_sources
 from imagen_pipeline.defs.failures import step_errors
 from imagen_pipeline.defs.resources import ImagenDatabaseResource
 from imagen_pipeline.defs.run_identity import POOLS, made_by_tags, own_job, tag_run
 from imagen_pipeline.errors import BackendError
 from imagen_pipeline.generate.make import make_images
 from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.sources import discard_sources
 from imagen_pipeline.generate.staging import GeneratedImage
 from imagen_pipeline.queue.progress import JobProgress
 from imagen_pipeline.usage.recorder import record_failed_generation
@@ -37,13 +39,23 @@ def _generate_op(kind: str, pool: str) -> dg.OpDefinition:
     def generate(
         context: dg.OpExecutionContext, plan: GenerationPlan, imagen_db: ImagenDatabaseResource
     ) -> list[GeneratedImage]:
-        """Re-use the job's images or call the backend, one image per variation (``count``),
-        and stage them; an image an earlier attempt made is not made again."""
+        """Fetch and check the request's source images, then re-use the job's images or
+        call the backend, one image per variation (``count``), and stage them; an image an
+        earlier attempt made is not made again."""
         own_job(context, plan, imagen_db)
+        connect = imagen_db.connect if imagen_db.configured() else None
+        with step_errors(context):
+            plan = attach_sources(plan, context.run_id, connect)
+        for source in plan.request.sources:
+            context.log.info(
+                f"source image {source.position + 1}: {source.origin}, "
+                f"{source.width}x{source.height}, sha256 {source.sha256[:12]}"
+            )
         progress = job_progress(plan, context.run_id, imagen_db)
         try:
             return _make_variations(context, plan, imagen_db, progress)
         finally:
+            discard_sources(plan.request)
             if progress is not None:
                 progress.close()
 

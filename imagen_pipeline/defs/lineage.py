@@ -44,6 +44,7 @@ def image_materialization(stored: StoredImage) -> dg.AssetMaterialization:
     }
     if stored.sidecar_path:
         metadata["sidecar_path"] = dg.MetadataValue.path(stored.sidecar_path)
+    metadata.update(parent_metadata(stored))
     metadata.update(_job(stored))
     return dg.AssetMaterialization(
         asset_key=IMAGE,
@@ -105,6 +106,36 @@ def row_materializations(
         dg.AssetMaterialization(IMAGES_TABLE, description=description, metadata=image_row),
         dg.AssetMaterialization(USAGE_TABLE, description=description, metadata=usage_row),
     ]
+
+
+def parent_metadata(stored: StoredImage) -> dict[str, Any]:
+    """The images this one was made from: a table of their image ids, sha256 and origin,
+    and a link to the run that materialized each parent (``parent_<n>_run``)."""
+    request = stored.generated.plan.request
+    if not request.sources:
+        return {}
+    parents = [*request.sources, *([request.mask] if request.mask else [])]
+    rows = "\n".join(
+        f"| {parent.role} {parent.position + 1} | {parent.image_id or '-'} | "
+        f"`{parent.sha256[:16]}` | {parent.origin.replace('|', '/')} |"
+        for parent in parents
+    )
+    metadata: dict[str, Any] = {
+        "parents": dg.MetadataValue.md(
+            "| parent | image id | sha256 | from |\n|---|---|---|---|\n" + rows
+        ),
+        "parent_image_ids": dg.MetadataValue.json(
+            [parent.image_id for parent in parents if parent.image_id is not None]
+        ),
+        "parent_sha256": dg.MetadataValue.json([parent.sha256 for parent in parents]),
+        "source_mode": dg.MetadataValue.text(request.mode or "backend default"),
+    }
+    if request.strength is not None:
+        metadata["source_strength"] = dg.MetadataValue.float(request.strength)
+    for number, parent in enumerate(parents, start=1):
+        if parent.run_id:
+            metadata[f"parent_{number}_run"] = dg.MetadataValue.dagster_run(parent.run_id)
+    return metadata
 
 
 def _job(stored: StoredImage) -> dict[str, Any]:

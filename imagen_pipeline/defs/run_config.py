@@ -45,6 +45,20 @@ class GenerateImageConfig(dg.Config):
         description='Adapter-specific options as a JSON object, e.g. {"guidance": 3.5}; '
         "passed to the backend unchanged.",
     )
+    source_images: list[str] = Field(
+        default_factory=list,
+        description="Images to start from, in order: imagen.images ids, or absolute paths of "
+        "files on the run's host; empty: from text only.",
+    )
+    mask: str | None = Field(
+        default=None, description="Mask of the edit (an image id or a path); empty: none."
+    )
+    mode: str | None = Field(
+        default=None, description="edit or img2img; empty: the backend's default."
+    )
+    strength: float | None = Field(
+        default=None, description="For img2img: 0 (keep the source) to 1 (ignore it)."
+    )
     job_id: int | None = Field(
         default=None, description="imagen.jobs row id; set by the jobs sensor, leave empty."
     )

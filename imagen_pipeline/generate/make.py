@@ -17,7 +17,7 @@ import psycopg
 from imagen_pipeline.alerts.notify import Alerts
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.backends.pricing import describe_cost
-from imagen_pipeline.errors import BackendError, BackendUnavailableError
+from imagen_pipeline.errors import BackendError, BackendUnavailableError, InvalidRequestError
 from imagen_pipeline.generate.budget import (
     BudgetAsk,
     BudgetExceededError,
@@ -135,9 +135,15 @@ def _generate(
     holding: tuple[int, ...],
     alerts: Alerts | None,
 ) -> MadeImage:
-    """Check the options and the budget for this requester, then call the backend."""
+    """Check the options, the source images and the budget for this requester, then call
+    the backend."""
     instance = plan.backend_instance()
-    instance.backend.check_options(plan.request.backend_opts, from_client=plan.spec.from_client)
+    request = plan.request
+    instance.backend.check_options(request.backend_opts, from_client=plan.spec.from_client)
+    instance.backend.check_source_fields(
+        request.mode, request.strength, request.has_mask, from_client=plan.spec.from_client
+    )
+    instance.backend.check_sources(plan.backend, request)
     ask = BudgetAsk(
         instance=plan.backend,
         price=instance.backend.estimate_price(plan.request),
@@ -162,7 +168,8 @@ def _fall_back(
     alerts: Alerts | None,
 ) -> MadeImage:
     """The image from the first ``fallback`` instance the budget allows; a fallback whose
-    call the budget refuses (or cannot price) is not taken, and the error says so. A
+    call the budget refuses (or cannot price), or that cannot take the request's source
+    images, is not taken, and the error says so. A
     fallback's failed call is reported under the fallback; a fallback that made the image
     alerts the operator (one event per backend and repeat window)."""
     refused = []
@@ -172,7 +179,7 @@ def _fall_back(
         gen_context = replace(context, instance_name=fallback.backend)
         try:
             made = _generate(planned, gen_context, connect, holding, alerts)
-        except (BudgetExceededError, BudgetUncheckableError) as error:
+        except (BudgetExceededError, BudgetUncheckableError, InvalidRequestError) as error:
             refused.append(f"fallback {fallback.backend!r} not taken: {error}")
         except BackendError as error:
             _tell(on_failed_call, planned, error)

@@ -23,6 +23,7 @@ from imagen_pipeline.backends.registry import BackendInstance, build_backend
 from imagen_pipeline.config.models import AlertsConfig, BudgetConfig, CloudConfig
 from imagen_pipeline.errors import InvalidRequestError
 from imagen_pipeline.generate.setup import Setup
+from imagen_pipeline.generate.source_refs import check_source_fields
 from imagen_pipeline.prompts.styles import apply_style, get_style
 
 DEFAULT_SIZE = 1024
@@ -75,6 +76,15 @@ class ImageSpec(RequestFields):
     ``imagen_pipeline_tests/defs/test_run_config.py``)."""
 
     backend_opts: dict[str, Any] = Field(default_factory=dict)
+    source_images: list[str] = Field(default_factory=list)
+    """Images to start from, in order: ``imagen.images`` ids, or (the operator's requests
+    only) absolute paths of local files."""
+    mask: str | None = None
+    """A mask for the edit, named like a source image."""
+    mode: str | None = None
+    """``edit`` or ``img2img``; None: the backend's default."""
+    strength: float | None = None
+    """For ``img2img``: 0 to 1."""
     job_id: int | None = None
     job_attempt: int | None = None
     """The row's claim number (``imagen.jobs.claims``), which the run's tags carry."""
@@ -309,15 +319,25 @@ def validate_spec(spec: ImageSpec, config: Setup) -> None:
     _check_range("count", spec.count, 1, MAX_COUNT)
     _check_range("priority", spec.priority, MIN_PRIORITY, MAX_PRIORITY)
     check_backend_opts(spec.backend_opts)
+    check_source_fields(
+        spec.source_images, spec.mask, spec.mode, spec.strength, from_client=spec.from_client
+    )
 
 
 def plan_generation(spec: ImageSpec, config: Setup) -> GenerationPlan:
     """Validate ``spec``, apply its style preset and defaults, and bind it to a backend whose
-    option rules allow its ``backend_opts`` (a client's: its ``client_options``)."""
+    option rules allow its ``backend_opts`` and source fields (a client's: its
+    ``client_options``) and that takes its source images."""
     validate_spec(spec, config)
     preset = get_style(spec.style)
     instance = config.backend(spec.backend or config.config.default_backend)
     instance.backend.check_options(spec.backend_opts, from_client=spec.from_client)
+    instance.backend.check_source_fields(
+        spec.mode,  # type: ignore[arg-type]
+        spec.strength,
+        spec.mask is not None,
+        from_client=spec.from_client,
+    )
     prompt, negative = apply_style(preset, spec.prompt, spec.negative)
     request = GenerationRequest(
         prompt=prompt,
@@ -328,7 +348,12 @@ def plan_generation(spec: ImageSpec, config: Setup) -> GenerationPlan:
         seed=spec.seed,
         style=preset.name,
         backend_opts=dict(spec.backend_opts),
+        mode=spec.mode,
+        strength=spec.strength,
+        source_count=len(spec.source_images),
+        has_mask=spec.mask is not None,
     )
+    instance.backend.check_sources(instance.name, request)
     settings = config.config
     cloud = settings.cloud
     return GenerationPlan(

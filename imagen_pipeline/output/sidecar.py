@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from imagen_pipeline import __version__
 
 if TYPE_CHECKING:
+    from imagen_pipeline.backends.sources import SourceImage
     from imagen_pipeline.generate.staging import GeneratedImage
 
 SIDECAR_SCHEMA_VERSION = 1
@@ -54,6 +55,7 @@ def build_sidecar(
             "steps": request.steps,
             "seed": request.seed,
         },
+        "sources": source_entries(generated),
         "backend": {
             "instance": plan.backend,
             "type": plan.backend_type,
@@ -75,6 +77,24 @@ def build_sidecar(
             "generated_at": generated.generated_at.isoformat(),
             "written_at": written_at.isoformat(),
         },
+    }
+
+
+def source_entries(generated: GeneratedImage) -> dict[str, Any] | None:
+    """The images this one was made from (its parents, with their sha256 and image ids),
+    the mode and the strength; None for an image made from text only."""
+    request = generated.plan.request
+    if not request.sources:
+        return None
+
+    def entry(source: SourceImage) -> dict[str, Any]:
+        return source.model_dump(mode="json", exclude={"path", "role"})
+
+    return {
+        "images": [entry(source) for source in request.sources],
+        "mask": entry(request.mask) if request.mask else None,
+        "mode": request.mode,
+        "strength": request.strength,
     }
 
 
@@ -103,4 +123,8 @@ def png_text_entries(generated: GeneratedImage) -> dict[str, str]:
     }
     if plan.spec.job_id is not None:
         entries["imagen.job_id"] = str(plan.spec.job_id)
+    if plan.request.sources:
+        entries["imagen.parents"] = " ".join(
+            f"{source.image_id or '-'}:{source.sha256}" for source in plan.request.sources
+        )
     return entries

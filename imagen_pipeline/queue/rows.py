@@ -37,6 +37,10 @@ _COLUMNS = (
     "steps",
     "seed",
     "backend_opts::text AS backend_opts_json",
+    "source_images",
+    "mask",
+    "mode",
+    "strength",
     "status",
     "error",
     "run_id",
@@ -71,6 +75,11 @@ class JobRow(RequestFields):
     id: int
     owner_user_id: str | None = None
     backend_opts_json: str = "{}"
+    source_images: list[int] = []
+    """``imagen.images`` ids to start from (the database allows only the owner's)."""
+    mask: int | None = None
+    mode: str | None = None
+    strength: float | None = None
     status: JobStatus
     error: str | None = None
     run_id: str | None = None
@@ -105,6 +114,10 @@ class JobRow(RequestFields):
         return ImageSpec(
             **{**self.request_fields(), "style": self.style or "none"},
             backend_opts=parse_backend_opts(self.backend_opts_json),
+            source_images=[str(image_id) for image_id in self.source_images],
+            mask=None if self.mask is None else str(self.mask),
+            mode=self.mode,
+            strength=self.strength,
             job_id=self.id,
             job_attempt=self.claims,
             owner_user_id=self.owner_user_id,

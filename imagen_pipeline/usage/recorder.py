@@ -13,7 +13,11 @@ from pydantic import BaseModel, ConfigDict
 
 from imagen_pipeline.backends.pricing import describe_cost
 from imagen_pipeline.cloud.errors import CloudSyncError
-from imagen_pipeline.cloud.images import image_run_holding, upsert_image_row
+from imagen_pipeline.cloud.images import (
+    image_run_holding,
+    insert_image_parents,
+    upsert_image_row,
+)
 from imagen_pipeline.cloud.sync import SyncOutcome
 from imagen_pipeline.db.errors import DatabaseStep, DatabaseUnavailableError, database_errors
 from imagen_pipeline.errors import BackendError
@@ -105,8 +109,9 @@ def record_images(
     images: list[tuple[StoredImage, SyncOutcome]],
     run_id: str,
 ) -> UsageOutcome:
-    """In one transaction: every image's row and usage row and, for a queued job, its
-    ``done`` (the run records all ``count`` images of its job at once).
+    """In one transaction: every image's row, its parents (``imagen.image_parents``) and
+    usage row and, for a queued job, its ``done`` (the run records all ``count`` images of
+    its job at once).
 
     Either all are written or none, so a failure here leaves nothing half-recorded and a
     retry (or re-execution from this step) writes them once: an image row is keyed by the
@@ -134,6 +139,7 @@ def record_images(
                 stored, synced = current
                 image_id = upsert_image_row(cursor, stored, synced.location, run_id)
                 image_ids.append(image_id)
+                insert_image_parents(cursor, stored, image_id)
                 inserted += insert_usage_row(cursor, stored, image_id)
             finished = finish(conn, job_id, run_id, image_ids[0]) if job_id is not None else None
     except psycopg.errors.UniqueViolation:

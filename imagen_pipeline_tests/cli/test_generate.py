@@ -152,3 +152,25 @@ def test_one_generate_opens_imagen_yaml_once(
     )
     assert completed.returncode == 0, completed.stderr
     assert "opened 1\n" in completed.stderr
+
+
+def test_image_starts_from_a_local_file_named_relative_to_the_working_folder(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(tmp_path / "blue.png")
+    completed = imagen(
+        "generate", "the same, at dusk", "--image", "blue.png", "--mode", "img2img",
+        "--strength", "0.2", "--size", "64x64", "--config", str(write_config()),
+        cwd=tmp_path, DAGSTER_HOME=str(tmp_path),
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    [line] = completed.stdout.splitlines()
+    with Image.open(line) as image:
+        red, _, blue = image.convert("RGB").getpixel((32, 32))
+    assert blue > 150 and red < 100, "the mock kept most of the blue source"
+    sources = json.loads(Path(line).with_suffix(".json").read_text())["sources"]
+    assert sources["images"][0]["origin"] == f"file {tmp_path / 'blue.png'}"
+    assert (sources["mode"], sources["strength"]) == ("img2img", 0.2)
+    missing = imagen("generate", "x", "--image", "nosuch.png", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "--image: 'nosuch.png' is neither a file nor an imagen.images id" in missing.stderr

@@ -34,6 +34,7 @@ def test_shipped_files_follow_the_supabase_cli_naming() -> None:
         "job_holds",
         "operator_alerts",
         "queue_pause_position",
+        "source_images",
     ]
     assert all(len(m.version) == 14 and m.version.isdigit() for m in migrations)
 
@@ -54,6 +55,7 @@ def test_migrate_applies_everything_once_and_records_cli_history(fresh_database_
     assert [t for (t,) in tables] == [
         "imagen.alert_limit",
         "imagen.alerts",
+        "imagen.image_parents",
         "imagen.images",
         "imagen.job_holds",
         "imagen.jobs",
