@@ -351,15 +351,15 @@ class Stack:
             self.spawn("listener", [str(BIN / "imagen"), "queue", "listen"])
 
     def start_code_server(self) -> str:
-        """``dagster code-server start`` on a free port, as the imagen-code-server unit;
+        """``dagster api grpc`` on a free port, as the imagen-code-server unit;
         returns the workspace file that points at it."""
         port = free_port()
         self.spawn(
             "code-server",
             [
                 str(BIN / "dagster"),
-                "code-server",
-                "start",
+                "api",
+                "grpc",
                 "-m",
                 "imagen_pipeline.definitions",
                 "-h",

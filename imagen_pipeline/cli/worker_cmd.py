@@ -28,10 +28,9 @@ from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
 @click.option(
     "--min-processes",
     type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="Pool processes kept while idle; the pool grows to --concurrency with load and "
-    "shrinks back 30 s after. Equal to --concurrency: a fixed pool.",
+    help="Pool processes kept while idle: the pool grows to --concurrency while runs wait "
+    "and shrinks back 30 s after (less memory idle, a slower start of a burst); default: "
+    "--concurrency, a fixed pool.",
 )
 @click.option(
     "--hostname",
@@ -49,7 +48,7 @@ from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
 def worker(
     queues: tuple[str, ...],
     concurrency: int | None,
-    min_processes: int,
+    min_processes: int | None,
     hostname: str,
     preload: bool,
     loglevel: str,

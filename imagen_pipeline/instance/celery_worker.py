@@ -312,14 +312,19 @@ def preload_code_location(module: str = CODE_LOCATION_MODULE) -> None:
 
 
 def worker_argv(
-    queues: list[str], concurrency: int, hostname: str, loglevel: str, min_processes: int = 1
+    queues: list[str],
+    concurrency: int,
+    hostname: str,
+    loglevel: str,
+    min_processes: int | None = None,
 ) -> list[str]:
-    """Arguments of Celery's ``worker`` command for this pipeline: a pool of
-    ``min_processes`` that Celery's autoscaler grows to ``concurrency`` while runs wait."""
+    """Arguments of Celery's ``worker`` command for this pipeline: a fixed pool of
+    ``concurrency`` processes, or with ``min_processes`` below it a pool of that many that
+    Celery's autoscaler grows to ``concurrency`` while runs wait."""
     pool = (
-        [f"--concurrency={concurrency}"]
-        if min_processes >= concurrency
-        else [f"--autoscale={concurrency},{min_processes}"]
+        [f"--autoscale={concurrency},{min_processes}"]
+        if min_processes is not None and min_processes < concurrency
+        else [f"--concurrency={concurrency}"]
     )
     return [
         "worker",
@@ -340,7 +345,7 @@ def run_worker(
     hostname: str,
     preload: bool,
     loglevel: str = "INFO",
-    min_processes: int = 1,
+    min_processes: int | None = None,
 ) -> None:
     """Start Celery's worker on the instance's launcher app; returns when it stops."""
     with dg.DagsterInstance.get() as instance:
