@@ -170,7 +170,7 @@ def test_user_file_with_its_own_mapping(tmp_path: Path) -> None:
         pytest.param(
             {"inputs": {"cfg": "31.cfg"}},
             "backends.gpu.inputs.cfg: not a request field; mappable fields: prompt, negative, "
-            "seed, width, height, steps, guidance, filename_prefix",
+            "seed, width, height, steps, guidance, strength, image, filename_prefix",
             id="unknown-field",
         ),
         pytest.param(
@@ -196,8 +196,8 @@ def test_user_file_with_its_own_mapping(tmp_path: Path) -> None:
         ),
         pytest.param(
             {"workflow": "flux-pro"},
-            "backends.gpu.workflow: unknown built-in workflow; built-in: flux-dev, flux-fp8, "
-            "flux-schnell; or the absolute path",
+            "backends.gpu.workflow: unknown built-in workflow; built-in: flux-dev, "
+            "flux-dev-img2img, flux-fp8, flux-schnell; or the absolute path",
             id="unknown-template",
         ),
         pytest.param(

@@ -3,16 +3,16 @@ execution.py and checked against the real ComfyUI v0.8.0 run on a CPU (2026-12-0
 weightless workflow below; see docs/backends.md).
 
 It serves ``POST /prompt`` (client-chosen ``prompt_id``), ``GET /queue``, ``POST /queue``
-(``delete``), ``POST /interrupt`` (targeted by ``prompt_id``), ``GET /history/{id}``,
-``GET /view``, ``GET /object_info/{class}`` (``{}`` for an unknown class), ``GET
-/system_stats`` and ``/ws?clientId=``. Validation is the real server's: an unknown class in
-any node is a 400 ``invalid_prompt`` "Cannot execute because node X does not exist." with
-empty ``extra_info`` and ``node_errors``; inputs are checked only on nodes that lead to an
-output; failed validation is a 400 ``prompt_outputs_failed_validation`` whose ``details`` is
-empty unless the output node itself is at fault, the specifics in ``node_errors``; a prompt
-with some valid outputs is queued (200) with the others dropped and listed in
-``node_errors``. One executor runs the queue in order and sends the real event sequence to
-the prompt's client: ``execution_start``, ``execution_cached``, then per node
+(``delete``), ``POST /interrupt`` (targeted by ``prompt_id``), ``GET /history/{id}``, ``GET
+/view``, ``GET /object_info/{class}`` (``{}`` for an unknown class), ``GET /system_stats``,
+``POST /upload/image`` and ``/ws?clientId=``. Validation is the real server's: an unknown
+class in any node is a 400 ``invalid_prompt`` "Cannot execute because node X does not
+exist." with empty ``extra_info`` and ``node_errors``; inputs are checked only on nodes that
+lead to an output; failed validation is a 400 ``prompt_outputs_failed_validation`` whose
+``details`` is empty unless the output node itself is at fault, the specifics in
+``node_errors``; a prompt with some valid outputs is queued (200) with the others dropped
+and listed in ``node_errors``. One executor runs the queue in order and sends the real event
+sequence to the prompt's client: ``execution_start``, ``execution_cached``, then per node
 ``progress_state`` (running), ``executing``, ``progress`` per sampler step (each after its
 ``progress_state``) with binary preview frames in between, ``executed``, ``progress_state``
 (finished); then ``execution_success`` (or ``execution_error`` / ``execution_interrupted``)
@@ -22,7 +22,19 @@ writes real PNGs.
 
 Tests script it with plain attributes (``step_delay_s``, ``node_delay_s``, ``hold_at_step``,
 ``fail_class``, ``drop_sockets_at_step``, ``restart_at_step``, ``prompt_replies``, ...) and
-read ``received`` to assert what the adapter sent.
+read ``received`` (and ``uploads``) to assert what the adapter sent.
+
+``POST /upload/image`` follows server.py's ``image_upload`` and was checked by hand against
+the real ComfyUI v0.8.0 on a CPU (2026-12-07, curl and a LoadImage -> ImageBlur -> SaveImage
+prompt): multipart field ``image`` (a file), optional ``type`` (default ``input``),
+``subfolder`` and ``overwrite`` (``true`` or ``1``); 200 ``{"name", "subfolder", "type"}``;
+the same name with the same bytes is kept and answered as is, other bytes get ``name (1).png``
+unless ``overwrite``; a missing file or a subfolder leaving the folder is a 400 with an empty
+body, an unknown ``type`` a 500 (text/plain "Server got itself in trouble"), a body above
+100 MB a 413. LoadImage lists the input folder's own files (not subfolders) in
+``/object_info``; ``POST /prompt`` skips its list check (the node has VALIDATE_INPUTS) and
+refuses a file that is not there with ``custom_validation_failed`` "image - Invalid image
+file: NAME"; ``subfolder/name`` is accepted.
 """
 
 from __future__ import annotations
@@ -58,6 +70,10 @@ DROP_AFTER_QUEUE = "drop-after-queue"
 FOREIGN_CLIENT = "someone-else"
 """client_id of prompts the tests queue as another user of the server."""
 
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+"""ComfyUI's ``--max-upload-size`` default (100 MB): the app's ``client_max_size``."""
+UPLOAD_TYPES = ("input", "temp", "output")
+
 SAMPLER_NAMES = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "uni_pc"]
 SCHEDULERS = ["normal", "karras", "exponential", "simple", "ddim_uniform", "beta"]
 INT_MAX = 0xFFFFFFFFFFFFFFFF
@@ -72,11 +88,14 @@ def _float(default: float, low: float, high: float) -> list[Any]:
 
 
 def object_infos(
-    models: dict[str, list[str]], combo_style: str = "legacy"
+    models: dict[str, list[str]],
+    combo_style: str = "legacy",
+    input_files: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``/object_info`` entries of the node classes the fake knows. Model lists are combos in
     the legacy style (``[[files...]]``) or, with ``combo_style="v3"``, as V3 nodes describe them
-    (``["COMBO", {"options": [files...]}]``)."""
+    (``["COMBO", {"options": [files...]}]``); LoadImage lists ``input_files`` (the images in
+    the input folder, not in subfolders) the legacy way, as nodes.py does."""
 
     def files(folder: str) -> list[Any]:
         if combo_style == "v3":
@@ -194,6 +213,20 @@ def object_infos(
             ["LATENT"],
         ),
         "VAEDecode": node({"samples": ["LATENT"], "vae": ["VAE"]}, ["IMAGE"]),
+        "VAEEncode": node({"pixels": ["IMAGE"], "vae": ["VAE"]}, ["LATENT"]),
+        "LoadImage": node(
+            {"image": [sorted(input_files or []), {"image_upload": True}]}, ["IMAGE", "MASK"]
+        ),
+        "ImageScale": node(
+            {
+                "image": ["IMAGE"],
+                "upscale_method": [["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]],
+                "width": _int(512, 0, 16384),
+                "height": _int(512, 0, 16384),
+                "crop": [["disabled", "center"]],
+            },
+            ["IMAGE"],
+        ),
         "SaveImage": node(
             {"images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}, []
         ),
@@ -298,6 +331,8 @@ WEIGHTLESS_INPUTS = {
 """Where the request goes in :data:`WEIGHTLESS_WORKFLOW` (the ``inputs`` of its block)."""
 
 SAMPLER_CLASSES = ("SamplerCustomAdvanced", "KSampler")
+CUSTOM_VALIDATED = {"LoadImage": ("image",)}
+"""Inputs a node checks itself (VALIDATE_INPUTS): the server skips their list check."""
 OUTPUT_CLASSES = ("SaveImage", "PreviewImage")
 LATENT_CLASSES = ("EmptySD3LatentImage", "EmptyLatentImage", "EmptyImage")
 
@@ -390,6 +425,9 @@ class FakeComfyUI:
         self._running: _Run | None = None
         self._history: dict[str, dict[str, Any]] = {}
         self._files: dict[tuple[str, str, str], bytes] = {}
+        self.uploads: list[dict[str, Any]] = []
+        """Each ``POST /upload/image`` as received: filename, data, content_type and the
+        form's type, subfolder and overwrite (None when absent)."""
         self._sockets: dict[str, web.WebSocketResponse] = {}
         self._counter = 0
         self._number = 0
@@ -433,6 +471,16 @@ class FakeComfyUI:
     def pending_ids(self) -> list[str]:
         with self._lock:
             return [item.prompt_id for item in sorted(self._queue, key=lambda i: i.number)]
+
+    def input_files(self) -> list[str]:
+        """Files in the input folder itself (what LoadImage lists)."""
+        with self._lock:
+            return sorted(name for kind, sub, name in self._files if kind == "input" and not sub)
+
+    def file(self, kind: str, name: str, subfolder: str = "") -> bytes | None:
+        """A file the server holds (``input``, ``output``, ``temp``), or None."""
+        with self._lock:
+            return self._files.get((kind, subfolder, name))
 
     def release(self) -> None:
         """Let a prompt held at ``hold_at_step`` go on."""
@@ -480,7 +528,7 @@ class FakeComfyUI:
     # -- app ------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._record])
+        app = web.Application(middlewares=[self._record], client_max_size=MAX_UPLOAD_BYTES)
         app.add_routes(
             [
                 web.get("/ws", self._websocket),
@@ -492,6 +540,7 @@ class FakeComfyUI:
                 web.get("/view", self._view),
                 web.get("/object_info/{node_class}", self._object_info),
                 web.get("/system_stats", self._system_stats),
+                web.post("/upload/image", self._upload_image),
             ]
         )
         return app
@@ -499,7 +548,9 @@ class FakeComfyUI:
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         body: Any = None
-        if request.method == "POST" and request.can_read_body:
+        if request.content_type.startswith("multipart/"):
+            body = "multipart (see uploads)"
+        elif request.method == "POST" and request.can_read_body:
             raw = await request.read()
             try:
                 body = json.loads(raw) if raw else None
@@ -603,9 +654,53 @@ class FakeComfyUI:
             headers={"Content-Disposition": f'filename="{filename}"'},
         )
 
+    async def _upload_image(self, request: web.Request) -> web.StreamResponse:
+        """server.py ``image_upload``: dedupe by content, ``name (i).ext`` for other bytes."""
+        post = await request.post()
+        image = post.get("image")
+        if not isinstance(image, web.FileField):
+            status = 500 if isinstance(image, str) else 400
+            return web.Response(
+                status=status, text="Server got itself in trouble" if status == 500 else None
+            )
+        data = image.file.read()
+        form = {key: post.get(key) for key in ("type", "subfolder", "overwrite")}
+        with self._lock:
+            self.uploads.append(
+                {
+                    "filename": image.filename,
+                    "data": data,
+                    "content_type": image.content_type,
+                    **form,
+                }
+            )
+        kind = str(form["type"] or "input")
+        if kind not in UPLOAD_TYPES:
+            return web.Response(status=500, text="Server got itself in trouble")
+        filename = image.filename
+        subfolder = str(form["subfolder"] or "")
+        if not filename:
+            return web.Response(status=400)
+        parts = [part for part in f"{subfolder}/{filename}".split("/") if part]
+        if any(part == ".." for part in parts) or filename.startswith("/"):
+            return web.Response(status=400)
+        stem, dot, ending = filename.rpartition(".")
+        if not dot:
+            stem, ending = filename, ""
+        with self._lock:
+            if form["overwrite"] not in ("true", "1"):
+                counter = 1
+                while (kind, subfolder, filename) in self._files:
+                    if self._files[(kind, subfolder, filename)] == data:
+                        break
+                    filename = f"{stem} ({counter}){dot}{ending}"
+                    counter += 1
+            self._files[(kind, subfolder, filename)] = data
+        return web.json_response({"name": filename, "subfolder": subfolder, "type": kind})
+
     async def _object_info(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["node_class"]
-        info = object_infos(self.models, self.combo_style).get(name)
+        info = object_infos(self.models, self.combo_style, self.input_files()).get(name)
         return web.json_response({name: info} if info else {})
 
     async def _system_stats(self, request: web.Request) -> web.StreamResponse:
@@ -643,7 +738,7 @@ class FakeComfyUI:
         """execution.validate_prompt as v0.8.0 does it: every node's class must exist; inputs
         are checked only for nodes that lead to an output; outputs whose nodes have errors
         are dropped, and the prompt is refused only when none is left."""
-        infos = object_infos(self.models)
+        infos = object_infos(self.models, input_files=self.input_files())
         if not isinstance(prompt, dict):
             return False, _prompt_error("invalid_prompt", "Invalid prompt", ""), [], {}
         outputs = []
@@ -674,7 +769,12 @@ class FakeComfyUI:
             failed = False
             for node_id in _execution_order(prompt, [output]):
                 node = prompt[node_id]
-                errors = _input_errors(prompt, node["inputs"], infos[node["class_type"]]["input"])
+                errors = _input_errors(
+                    prompt,
+                    node["inputs"],
+                    infos[node["class_type"]]["input"],
+                    custom=CUSTOM_VALIDATED.get(node["class_type"], ()),
+                ) + self._custom_errors(node)
                 if not errors:
                     continue
                 failed = True
@@ -695,6 +795,28 @@ class FakeComfyUI:
             )
             return False, error, [], node_errors
         return True, None, valid_outputs, node_errors
+
+    def _custom_errors(self, node: dict[str, Any]) -> list[dict[str, Any]]:
+        """LoadImage's VALIDATE_INPUTS: the file must be in the input folder (``sub/name``
+        reaches a subfolder)."""
+        if node["class_type"] != "LoadImage":
+            return []
+        value = node["inputs"].get("image")
+        if isinstance(value, str) and self._input_file(value) is not None:
+            return []
+        return [
+            {
+                "type": "custom_validation_failed",
+                "message": "Custom validation failed for node",
+                "details": f"image - Invalid image file: {value}",
+                "extra_info": {"input_name": "image"},
+            }
+        ]
+
+    def _input_file(self, value: str) -> bytes | None:
+        subfolder, _, name = value.removesuffix(" [input]").rpartition("/")
+        with self._lock:
+            return self._files.get(("input", subfolder, name))
 
     # -- queue and executor ----------------------------------------------------------------
 
@@ -950,7 +1072,12 @@ class FakeComfyUI:
         for _ in range(_batch_size(item.prompt)):
             self._counter += 1
             filename = f"{name}_{self._counter:05}_.png"
-            self._files[("output", subfolder, filename)] = _render(item.prompt)
+            loaded = [
+                self._input_file(str(node["inputs"].get("image"))) or b""
+                for node in item.prompt.values()
+                if node["class_type"] == "LoadImage"
+            ]
+            self._files[("output", subfolder, filename)] = _render(item.prompt, loaded)
             saved.append({"filename": filename, "subfolder": subfolder, "type": "output"})
         return saved
 
@@ -988,10 +1115,14 @@ def _prompt_error(kind: str, message: str, details: str) -> dict[str, Any]:
 
 
 def _input_errors(
-    prompt: dict[str, Any], inputs: dict[str, Any], spec: dict[str, Any]
+    prompt: dict[str, Any],
+    inputs: dict[str, Any],
+    spec: dict[str, Any],
+    custom: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """ComfyUI's validate_inputs: missing required inputs, links to absent nodes, and for
-    literal values type, min/max and combo lists (optional inputs too, when given)."""
+    literal values type, min/max and combo lists (optional inputs too, when given); inputs
+    in ``custom`` are left to the node's own VALIDATE_INPUTS."""
     errors = []
     required = spec.get("required") or {}
     for name, info in {**required, **(spec.get("optional") or {})}.items():
@@ -1018,6 +1149,8 @@ def _input_errors(
                         "extra_info": {"input_name": name, "linked_node": value},
                     }
                 )
+            continue
+        if name in custom:
             continue
         kind = info[0]
         options = info[1] if len(info) > 1 and isinstance(info[1], dict) else {}
@@ -1116,11 +1249,14 @@ def _preview() -> bytes:
     return buffer.getvalue()
 
 
-def _render(prompt: dict[str, Any]) -> bytes:
-    """A PNG of the latent's size, coloured by the prompt text and seed, with the graph in a
-    ``prompt`` text chunk like ComfyUI's SaveImage."""
+def _render(prompt: dict[str, Any], loaded: list[bytes] | None = None) -> bytes:
+    """A PNG of the latent's (or ImageScale's) size, coloured by the prompt text, seed and
+    the bytes of the images LoadImage read, with the graph in a ``prompt`` text chunk like
+    ComfyUI's SaveImage."""
     width = height = 1024
     for node in prompt.values():
+        if node["class_type"] == "ImageScale":
+            width, height = int(node["inputs"]["width"]), int(node["inputs"]["height"])
         if node["class_type"] in LATENT_CLASSES:
             multiple = 1 if node["class_type"] == "EmptyImage" else 8
             width = int(node["inputs"]["width"]) // multiple * multiple
@@ -1137,7 +1273,8 @@ def _render(prompt: dict[str, Any]) -> bytes:
         for key in ("noise_seed", "seed")
         if key in n["inputs"]
     ]
-    digest = hashlib.sha256("|".join(texts + seeds).encode()).digest()
+    sources = [hashlib.sha256(data).hexdigest() for data in loaded or []]
+    digest = hashlib.sha256("|".join(texts + seeds + sources).encode()).digest()
     image = Image.new("RGB", (width, height), tuple(digest[:3]))
     ImageDraw.Draw(image).rectangle(
         (width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=tuple(digest[3:6])

@@ -8,6 +8,14 @@ validates inputs against each model's schema with Replicate's 422 body, honours
 a time. Output files are real images (Pillow) served under ``/pbxt/...`` like
 ``replicate.delivery``, without authentication.
 
+FLUX.1 Kontext pro (``input_image``, a URI) and FLUX.2 pro (``input_images``, a list of at
+most 8 URIs) follow their schemas on Replicate (read 2026-12-07): a value that is not a URI
+is a 422 ``format`` problem, a longer list a 422 ``array_max_items`` (the wording of
+gojsonschema, which Replicate's validation messages follow); a data URI is decoded when the
+prediction runs, one that is not an image fails the prediction like the model does, and the
+output mixes the first input image's bytes into its colours (Kontext's
+``match_input_image`` renders the input's size).
+
 Tests script it through plain attributes (``polls_before_done``, ``outcome``,
 ``create_replies``, ...) and read ``received`` to assert what the adapter sent.
 """
@@ -169,7 +177,45 @@ SDXL = FakeModel(
         "seed": {"type": "integer"},
     },
 )
-MODELS = (FLUX_SCHNELL, FLUX_DEV, FLUX_PRO, SDXL)
+KONTEXT_RATIOS = ["match_input_image", *FLUX_RATIOS, "2:1", "1:2"]
+FLUX_KONTEXT_PRO = FakeModel(
+    owner="black-forest-labs",
+    name="flux-kontext-pro",
+    version=_version("flux-kontext-pro"),
+    output="string",
+    sizing="kontext",
+    default_format="png",
+    schema={
+        "prompt": {"type": "string", "required": True},
+        "input_image": {"type": "string", "format": "uri"},
+        "aspect_ratio": {"enum": KONTEXT_RATIOS},
+        "prompt_upsampling": {"type": "boolean"},
+        "seed": {"type": "integer"},
+        "output_format": {"enum": ["jpg", "png"]},
+        "safety_tolerance": {"type": "integer", "minimum": 0, "maximum": 6},
+    },
+)
+FLUX_2_PRO = FakeModel(
+    owner="black-forest-labs",
+    name="flux-2-pro",
+    version=_version("flux-2-pro"),
+    output="string",
+    sizing="pro",
+    default_format="webp",
+    schema={
+        "prompt": {"type": "string", "required": True},
+        "input_images": {"type": "array", "format": "uri", "maxItems": 8},
+        "aspect_ratio": {"enum": ["match_input_image", *PRO_RATIOS]},
+        "resolution": {"enum": ["match_input_image", "0.5 MP", "1 MP", "2 MP", "4 MP"]},
+        "width": {"type": "integer", "minimum": 256, "maximum": 2048},
+        "height": {"type": "integer", "minimum": 256, "maximum": 2048},
+        "safety_tolerance": {"type": "integer", "minimum": 1, "maximum": 5},
+        "seed": {"type": "integer"},
+        "output_format": {"enum": ["webp", "jpg", "png"]},
+        "output_quality": {"type": "integer", "minimum": 0, "maximum": 100},
+    },
+)
+MODELS = (FLUX_SCHNELL, FLUX_DEV, FLUX_PRO, SDXL, FLUX_KONTEXT_PRO, FLUX_2_PRO)
 
 
 DROP_BEFORE_CREATE = "drop-before-create"
@@ -223,6 +269,7 @@ def _schema_errors(schema: dict[str, dict[str, Any]], data: Any) -> list[dict[st
             continue
         expected = rule.get("type")
         valid_type = {
+            "array": isinstance(value, list),
             "string": isinstance(value, str),
             "integer": isinstance(value, int) and not isinstance(value, bool),
             "number": isinstance(value, int | float) and not isinstance(value, bool),
@@ -238,6 +285,29 @@ def _schema_errors(schema: dict[str, dict[str, Any]], data: Any) -> list[dict[st
                     f"{type(value).__name__}",
                 }
             )
+            continue
+        if rule.get("format") == "uri":
+            items = value if isinstance(value, list) else [value]
+            for index, item in enumerate(items):
+                if not (isinstance(item, str) and is_uri(item)):
+                    field = f"{where}.{index}" if isinstance(value, list) else where
+                    problems.append(
+                        {
+                            "type": "format",
+                            "field": field,
+                            "description": "Does not match format 'uri'",
+                        }
+                    )
+        if "maxItems" in rule and len(value) > rule["maxItems"]:
+            problems.append(
+                {
+                    "type": "array_max_items",
+                    "field": where,
+                    "description": f"Array must have at most {rule['maxItems']} items",
+                }
+            )
+            continue
+        if isinstance(value, list | str):
             continue
         if "maximum" in rule and value > rule["maximum"]:
             problems.append(
@@ -258,9 +328,39 @@ def _schema_errors(schema: dict[str, dict[str, Any]], data: Any) -> list[dict[st
     return problems
 
 
+def is_uri(text: str) -> bool:
+    """A URI as JSON schema's ``uri`` format takes it: a scheme and the rest."""
+    scheme, colon, rest = text.partition(":")
+    return bool(colon and rest and scheme.isascii() and scheme[:1].isalpha())
+
+
+def input_images(data: dict[str, Any]) -> list[bytes]:
+    """The decoded data URIs of ``input_image`` / ``input_images``; ValueError for one that
+    is not a base64 image."""
+    given = data.get("input_image") or data.get("input_images") or []
+    decoded = []
+    for uri in given if isinstance(given, list) else [given]:
+        header, comma, payload = uri.partition(",")
+        if not (header.startswith("data:") and header.endswith(";base64") and comma):
+            raise ValueError(f"cannot read input image {uri[:40]!r}")
+        raw = base64.b64decode(payload, validate=True)
+        with Image.open(io.BytesIO(raw)) as image:
+            image.verify()
+        decoded.append(raw)
+    return decoded
+
+
 def render_output(model: FakeModel, data: dict[str, Any]) -> tuple[bytes, str, str]:
     """A real image for a prediction's input: (bytes, extension, MIME type)."""
-    if model.sizing == "flux":
+    sources = input_images(data)
+    if model.sizing == "kontext" and data.get("aspect_ratio", "match_input_image") == (
+        "match_input_image"
+    ):
+        with Image.open(io.BytesIO(sources[0])) as first:
+            width, height = first.size
+    elif model.sizing == "kontext":
+        width, height = FLUX_RATIOS.get(data["aspect_ratio"], (1024, 1024))
+    elif model.sizing == "flux":
         width, height = FLUX_RATIOS[data.get("aspect_ratio", "1:1")]
         if data.get("megapixels") == "0.25":
             width, height = width // 2, height // 2
@@ -272,7 +372,8 @@ def render_output(model: FakeModel, data: dict[str, Any]) -> tuple[bytes, str, s
         width, height = data.get("width", 1024), data.get("height", 1024)
     extension = data.get("output_format", model.default_format)
     pillow_format, mime = FORMATS[extension]
-    digest = hashlib.sha256(f"{data.get('prompt')}|{data.get('seed')}".encode()).digest()
+    key = f"{data.get('prompt')}|{data.get('seed')}".encode() + b"".join(sources)
+    digest = hashlib.sha256(key).digest()
     image = Image.new("RGB", (width, height), tuple(digest[:3]))
     ImageDraw.Draw(image).ellipse(
         (width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=tuple(digest[3:6])
@@ -534,7 +635,12 @@ class FakeReplicate:
         data["logs"] += f"Using seed: {data['input'].get('seed')}\n"
         data["metrics"] = {"predict_time": 0.42, "total_time": 0.5}
         if prediction.outcome == "succeeded":
-            image, extension, mime = render_output(prediction.model, data["input"])
+            try:
+                image, extension, mime = render_output(prediction.model, data["input"])
+            except (ValueError, OSError) as error:
+                data["status"] = "failed"
+                data["error"] = f"Failed to load input image: {error}"
+                return
             urls = []
             # A list-output model makes num_outputs images (each billed by Replicate).
             count = data["input"].get("num_outputs", 1) if prediction.model.output == "list" else 1

@@ -3,7 +3,9 @@
 One generation loads the workflow, writes the request into the mapped inputs, checks the
 server has the model files, takes a queue slot (``pool_limit``), submits with a prompt id
 derived from the run, follows it on the websocket (``/history`` when the socket drops),
-and downloads the saved image. docs/backends.md has the config block, the templates, the
+and downloads the saved image. A workflow that maps ``image`` (a LoadImage node) takes one
+source image: uploaded with ``POST /upload/image`` under its sha256 before the prompt is
+queued, its name set in the node. docs/backends.md has the config block, the templates, the
 mapping and the error table.
 
 The HTTP and websocket clients are imported when a method first talks to a server, so
@@ -27,6 +29,7 @@ from imagen_pipeline.backends.comfyui.servers import (
     normalized_url,
 )
 from imagen_pipeline.backends.comfyui.slots import QueueSlots, default_state_dir
+from imagen_pipeline.backends.comfyui.sources import source_support, uploads_for
 from imagen_pipeline.backends.comfyui.workflow import (
     Target,
     Workflow,
@@ -50,9 +53,8 @@ from imagen_pipeline.backends.options import (
     names_url_or_file,
     set_by_field,
 )
-from imagen_pipeline.errors import (
-    ConfigError,
-)
+from imagen_pipeline.backends.sources import SourceSupport
+from imagen_pipeline.errors import ConfigError, InvalidRequestError
 
 if TYPE_CHECKING:
     from imagen_pipeline.backends.comfyui.dispatch import DispatchSettings
@@ -83,13 +85,14 @@ class ComfyUIBackend(ImageBackend):
     )
     workflow: str = Field(
         default="flux-dev",
-        description="Built-in template (flux-dev, flux-schnell, flux-fp8) or the absolute path "
-        "of an API-format workflow JSON ('Export (API)' in ComfyUI).",
+        description="Built-in template (flux-dev, flux-schnell, flux-fp8, flux-dev-img2img) or "
+        "the absolute path of an API-format workflow JSON ('Export (API)' in ComfyUI).",
     )
     inputs: dict[str, Any] = Field(
         default_factory=dict,
         description="Request field -> '<node id>.<input name>' (or a list of them): prompt, "
-        "negative, seed, width, height, steps, guidance, filename_prefix. Templates bring "
+        "negative, seed, width, height, steps, guidance, strength, image (a LoadImage node's "
+        "image: the source image), filename_prefix. Templates bring "
         "their own; entries here extend or replace them, null (or []) unmaps one.",
     )
     overrides: dict[str, Any] = Field(
@@ -225,6 +228,21 @@ class ComfyUIBackend(ImageBackend):
         workflow = self.load()
         return workflow.model_file() or Path(workflow.name).stem
 
+    def source_support(self) -> SourceSupport:
+        """One source image when the workflow maps ``image`` (img2img when it maps
+        ``strength``, else edit); none otherwise."""
+        return source_support(self._option_workflow)
+
+    def check_sources(self, name: str, request: GenerationRequest) -> None:
+        """What any backend checks, and: a workflow that maps ``image`` needs one."""
+        super().check_sources(name, request)
+        if self._option_workflow.source_targets() and not (request.source_count or request.sources):
+            raise InvalidRequestError(
+                "source_images",
+                f"is empty; backend {name!r} runs ComfyUI workflow {self.workflow}, which "
+                "starts from an image (a LoadImage node mapped as image): name one",
+            )
+
     # -- options ------------------------------------------------------------------------------
 
     @cached_property
@@ -250,6 +268,8 @@ class ComfyUIBackend(ImageBackend):
             return "sets guidance, which only the guidance option may set"
         if field == "filename_prefix":
             return "sets the output file name, which only the pipeline sets"
+        if field == "image":
+            return set_by_field("source_images", "the source image")
         if field is not None:
             return set_by_field(field)
         if workflow.sets_count(target):
@@ -294,6 +314,7 @@ class ComfyUIBackend(ImageBackend):
     def generate(self, request: GenerationRequest, context: GenerationContext) -> GenerationResult:
         """Submit (or adopt) this run's prompt, follow it to the end and download the image."""
         log = context.log
+        self.check_sources(context.instance_name or "comfyui", request)
         workflow = self.load()
         seed = request.seed if request.seed is not None else derived_seed(context)
         values: dict[str, Any] = {
@@ -307,6 +328,8 @@ class ComfyUIBackend(ImageBackend):
             values["negative"] = request.negative
         if request.steps is not None:
             values["steps"] = request.steps
+        if request.strength is not None:
+            values["strength"] = request.strength
         extra = self._request_options(request, values)
         graph, unmapped = workflow.build(values, extra)
         for request_field in unmapped:
@@ -320,7 +343,13 @@ class ComfyUIBackend(ImageBackend):
         from imagen_pipeline.backends.comfyui.dispatch import dispatch
 
         made = dispatch(
-            self._servers(log), workflow, graph, context, deadline, self._dispatch_settings()
+            self._servers(log),
+            workflow,
+            graph,
+            context,
+            deadline,
+            self._dispatch_settings(),
+            uploads_for(workflow, request),
         )
         image = made.image
         facts = verify_image(image, "ComfyUI output")
@@ -350,6 +379,7 @@ class ComfyUIBackend(ImageBackend):
                         if part
                     ),
                     "guidance": workflow.value_at(graph, "guidance"),
+                    **({"uploaded": made.uploaded} if made.uploaded else {}),
                 },
             ),
         )

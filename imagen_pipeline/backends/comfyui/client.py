@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 from websockets.exceptions import InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
-from imagen_pipeline.backends.comfyui.validation import input_spec, unknown_class, value_problem
+from imagen_pipeline.backends.comfyui.validation import (
+    combo_options,
+    input_spec,
+    unknown_class,
+    value_problem,
+)
 from imagen_pipeline.backends.comfyui.workflow import ModelFile
 from imagen_pipeline.backends.http_transport import (
     LOST_RESPONSE_ERRORS,
@@ -152,10 +158,14 @@ class ComfyUIClient:
         *,
         params: dict[str, str] | None = None,
         json: Any = None,
+        files: Any = None,
+        data: dict[str, str] | None = None,
     ) -> httpx.Response:
         """One request; transport failures, timeouts and 5xx are transient."""
         try:
-            response = self._client.request(method, path, params=params, json=json)
+            response = self._client.request(
+                method, path, params=params, json=json, files=files, data=data
+            )
         except httpx.TimeoutException as error:
             raise UnreachableBackendError(
                 f"ComfyUI {what}: no answer from {self.url} within {self.request_timeout_s:g}s "
@@ -330,6 +340,38 @@ class ComfyUIClient:
         where = "/".join(part for part in (params["subfolder"], params["filename"]) if part)
         response = self.call("GET", "/view", f"download {where}", params=params)
         return response.content
+
+    def input_files(self) -> list[str]:
+        """The image files in the server's input folder (LoadImage's choices)."""
+        info = self.object_info("LoadImage")
+        if info is None:
+            raise PermanentBackendError(
+                f"ComfyUI {self.url}: node class LoadImage does not exist on the server"
+            )
+        return combo_options(input_spec(info, "image")) or []
+
+    def upload_image(self, path: Path, name: str, mime: str) -> str:
+        """The file at ``path`` in the server's input folder as ``name`` (kept when it is
+        already there): ``POST /upload/image``; returns the name LoadImage reads it by."""
+        if name in self.input_files():
+            return name
+        what = f"upload {name}"
+        with path.open("rb") as handle:
+            response = self.call(
+                "POST",
+                "/upload/image",
+                what,
+                files={"image": (name, handle, mime)},
+                data={"type": "input"},
+            )
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or not isinstance(answer.get("name"), str):
+            raise TransientBackendError(f"ComfyUI {what}: the answer has no name")
+        subfolder = answer.get("subfolder") or ""
+        return f"{subfolder}/{answer['name']}" if subfolder else str(answer["name"])
 
     # -- websocket -----------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ or loses the prompt. With one server its errors are the job's."""
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from imagen_pipeline.backends.comfyui.client import ComfyUIClient, Submitted, Wh
 from imagen_pipeline.backends.comfyui.prompts import pick_image, prompt_id_for, run_prompt
 from imagen_pipeline.backends.comfyui.servers import Server, dispatch_order, take_least_busy
 from imagen_pipeline.backends.comfyui.slots import SLOT_POLL_S, Slot
+from imagen_pipeline.backends.comfyui.sources import Upload
 from imagen_pipeline.backends.comfyui.watch import WatchSettings
 from imagen_pipeline.backends.comfyui.workflow import Workflow
 from imagen_pipeline.backends.contract import GenerationContext
@@ -44,6 +46,8 @@ class Made:
     image_ref: dict[str, Any]
     image: bytes
     redispatched_from: list[str]
+    uploaded: list[str]
+    """The names the server gave the uploaded source images."""
 
 
 def dispatch(
@@ -53,10 +57,12 @@ def dispatch(
     context: GenerationContext,
     deadline: float,
     settings: DispatchSettings,
+    uploads: tuple[Upload, ...] = (),
 ) -> Made:
     """Make the image on one of the servers: least busy first, never one that lacks the
-    model files; a server that cannot be reached (or loses the prompt) is marked down and
-    the job goes to the next one. With one server its errors are the job's."""
+    model files; the source images uploaded to the one that takes the job; a server that
+    cannot be reached (or loses the prompt) is marked down and the job goes to the next one.
+    With one server its errors are the job's."""
     log = context.log
     files = workflow.model_files(graph, reachable_only=True)
     holder = f"run {context.run_id} (pid {os.getpid()})"
@@ -89,8 +95,9 @@ def dispatch(
         held: Slot | None = slot
         try:
             with ComfyUIClient(server.url, settings.request_timeout_s, log) as client:
+                sent, uploaded = with_uploads(client, graph, uploads)
                 submitted, entry = run_prompt(
-                    client, workflow, graph, context, deadline, settings.watch
+                    client, workflow, sent, context, deadline, settings.watch
                 )
                 slot.release()
                 held = None
@@ -112,7 +119,24 @@ def dispatch(
             if held is not None:
                 held.release()
         server.mark_up()
-        return Made(server, submitted, image_ref, image, list(skipped))
+        return Made(server, submitted, image_ref, image, list(skipped), uploaded)
+
+
+def with_uploads(
+    client: ComfyUIClient, graph: dict[str, Any], uploads: tuple[Upload, ...]
+) -> tuple[dict[str, Any], list[str]]:
+    """``graph`` with each upload's server-side name in its LoadImage inputs (the files
+    uploaded first, unless the server has them), and those names."""
+    if not uploads:
+        return graph, []
+    sent = copy.deepcopy(graph)
+    names = []
+    for upload in uploads:
+        name = client.upload_image(upload.path, upload.name, upload.mime)
+        names.append(name)
+        for target in upload.targets:
+            sent[target.node_id]["inputs"][target.input_name] = name
+    return sent, names
 
 
 def _candidates(

@@ -1,6 +1,6 @@
 """``imagen backends --check`` for a ComfyUI instance: each server's ``/system_stats``
 (reachable, version, VRAM), then the workflow against its ``/object_info`` (node classes,
-required inputs, model files)."""
+required inputs, model files; a source image's LoadImage node must exist)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def check_server(
             )
         summary = describe_system(stats)
         try:
-            problems = workflow_problems(workflow.graph, client.object_info)
+            uploaded = {(t.node_id, t.input_name) for t in workflow.source_targets()}
+            problems = workflow_problems(workflow.graph, client.object_info, uploaded)
         except BackendError as error:
             return BackendCheck(
                 reachable=True,
@@ -69,12 +70,16 @@ def check_server(
             detail=f"{summary}; workflow {workflow.name}: " + "; ".join(problems),
         )
     model = workflow.model_file()
+    sources = ", ".join(
+        f"node {t.node_id} ({workflow.class_type(t.node_id)})" for t in workflow.source_targets()
+    )
     return BackendCheck(
         reachable=True,
         credentials=None,
         model_present=True,
         detail=f"{summary}; workflow {workflow.name} valid on the server"
-        + (f", model {model} present" if model else " (it needs no model file)"),
+        + (f", model {model} present" if model else " (it needs no model file)")
+        + (f"; the source image is uploaded to {sources}" if sources else ""),
     )
 
 

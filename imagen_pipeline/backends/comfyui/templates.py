@@ -77,6 +77,25 @@ TEMPLATES: dict[str, Template] = {
                 "filename_prefix": ("9.filename_prefix",),
             },
         ),
+        Template(
+            name="flux-dev-img2img",
+            filename="flux-dev-img2img.json",
+            description="FLUX.1 dev image-to-image from split files: LoadImage (the request's "
+            "source, uploaded) scaled to the request's size, VAEEncode, KSampler at cfg 1 with "
+            "denoise = strength (0.75 when the request sets none); 20 steps, guidance 3.5",
+            inputs={
+                "prompt": ("6.text",),
+                "negative": ("33.text",),
+                "seed": ("31.seed",),
+                "width": ("42.width",),
+                "height": ("42.height",),
+                "steps": ("31.steps",),
+                "guidance": ("26.guidance",),
+                "strength": ("31.denoise",),
+                "image": ("40.image",),
+                "filename_prefix": ("9.filename_prefix",),
+            },
+        ),
     )
 }
 

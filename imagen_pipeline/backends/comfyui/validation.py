@@ -5,13 +5,15 @@ compared against the real server run on the CPU, 2026-12-02): every node's class
 exist, in any node; inputs are validated only for the nodes that lead to an output node
 (the server neither checks nor runs the others). Each problem names the node, its class and
 the input: an unknown class, a missing required input, a model file (or any other list
-value) the server does not offer. Links to absent nodes are refused earlier, when the
+value) the server does not offer. The LoadImage input the request's source image goes to is
+not looked up in the server's list: the file is uploaded just before the prompt is queued
+(the class must still exist). Links to absent nodes are refused earlier, when the
 workflow loads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from imagen_pipeline.backends.comfyui.workflow import (
@@ -73,12 +75,15 @@ def unknown_class(node_id: str, class_type: str) -> str:
 
 
 def workflow_problems(
-    graph: Mapping[str, Any], object_info: Callable[[str], dict[str, Any] | None]
+    graph: Mapping[str, Any],
+    object_info: Callable[[str], dict[str, Any] | None],
+    uploaded: Collection[tuple[str, str]] = (),
 ) -> list[str]:
     """Every problem the server would report for ``graph`` (empty: it would accept it).
 
     ``object_info(class_type)`` answers the server's entry for a node class, None when the
-    class is not installed; it is asked once per class.
+    class is not installed; it is asked once per class. ``uploaded`` (node id, input name)
+    pairs name files uploaded per request: their values are not checked.
     """
     infos: dict[str, dict[str, Any] | None] = {}
     problems = []
@@ -103,6 +108,7 @@ def workflow_problems(
         problems.extend(
             f"node {node_id} ({class_type}) input {name!r}: {problem}"
             for name, problem in _input_problems(graph[node_id], info)
+            if (node_id, name) not in uploaded
         )
     return problems
 

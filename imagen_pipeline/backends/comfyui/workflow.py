@@ -25,9 +25,17 @@ REQUEST_FIELDS: dict[str, tuple[type, ...]] = {
     "height": (int,),
     "steps": (int,),
     "guidance": (int, float),
+    "strength": (int, float),
+    "image": (str,),
     "filename_prefix": (str,),
 }
-"""Request fields a workflow input can receive, with the value types that input must hold."""
+"""Request fields a workflow input can receive, with the value types that input must hold.
+``image`` is the request's source image (uploaded, its server-side name set there);
+``strength`` its img2img strength (a sampler's ``denoise``)."""
+
+SOURCE_IMAGE_INPUTS: dict[str, str] = {"LoadImage": "image"}
+"""Node class -> the input the ``image`` field may be mapped to: a file in the server's
+input folder, which ``POST /upload/image`` writes."""
 
 MODEL_INPUTS: dict[str, str] = {
     "UNETLoader": "unet_name",
@@ -232,6 +240,10 @@ class Workflow:
             graph[target.node_id]["inputs"][target.input_name] = value
         return graph, unmapped
 
+    def source_targets(self) -> tuple[Target, ...]:
+        """The LoadImage inputs the request's source image goes to (empty: text only)."""
+        return self.inputs.get("image", ())
+
     def output_node_ids(self) -> list[str]:
         """Nodes the filename prefix goes to (the save nodes), in mapping order."""
         return [target.node_id for target in self.inputs.get("filename_prefix", ())]
@@ -403,7 +415,11 @@ def _parse_inputs(
             continue
         valid = True
         for target in targets:
-            reason = _target_problem(graph, target) or _type_problem(graph, target, request_field)
+            reason = (
+                _target_problem(graph, target)
+                or _type_problem(graph, target, request_field)
+                or _source_problem(graph, target, request_field)
+            )
             if reason:
                 problems.append(Problem(loc, reason, value))
                 valid = False
@@ -422,6 +438,18 @@ def _type_problem(graph: Mapping[str, Any], target: Target, request_field: str) 
             f"{target.input_name!r} holds {current!r}, but {request_field} is {kind}"
         )
     return None
+
+
+def _source_problem(graph: Mapping[str, Any], target: Target, request_field: str) -> str | None:
+    if request_field != "image":
+        return None
+    class_type = graph[target.node_id]["class_type"]
+    if SOURCE_IMAGE_INPUTS.get(class_type) == target.input_name:
+        return None
+    return (
+        f"node {target.node_id} ({class_type}) input {target.input_name!r} is not a LoadImage "
+        "node's image input; image goes to one (the uploaded file's name)"
+    )
 
 
 def _parse_overrides(

@@ -1,6 +1,8 @@
 """The OpenAI images adapter: the ``type: openai`` block and one generation.
 
-One generation is one JSON POST; the image comes back base64-encoded in the response
+One generation is one JSON POST to ``images/generations``, or, with source images, one
+multipart POST to ``images/edits`` (each source as ``image[]``, an optional ``mask``; limits in
+:mod:`.models`, checked before the call); the image comes back base64-encoded in the response
 (gpt-image-2 always answers so). Every parameter is checked against the model's rules before
 a request is sent, a retired model id is refused when the config loads, ``usage`` tokens
 times the configured token prices become the cost, and failures are classified as transient
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, urlsplit
 
@@ -31,6 +34,10 @@ from imagen_pipeline.backends.contract import (
 )
 from imagen_pipeline.backends.openai.models import (
     DEFAULT_MODEL,
+    EDIT_FORMATS,
+    EDIT_MAX_IMAGE_BYTES,
+    EDIT_MAX_IMAGES,
+    MASK_MAX_BYTES,
     Family,
     FamilySetting,
     combination_problems,
@@ -48,11 +55,12 @@ from imagen_pipeline.backends.openai.request import PreparedRequest, SizePolicy,
 from imagen_pipeline.backends.options import OptionRule, set_by_field
 from imagen_pipeline.backends.pricing import Price
 from imagen_pipeline.backends.retired import retirement_message
+from imagen_pipeline.backends.sources import MAX_SOURCE_BYTES, SourceImage, SourceSupport
 from imagen_pipeline.config.secrets import resolve_secret
-from imagen_pipeline.errors import PermanentBackendError
+from imagen_pipeline.errors import InvalidRequestError, PermanentBackendError
 
 if TYPE_CHECKING:
-    from imagen_pipeline.backends.openai.client import ImagesApi
+    from imagen_pipeline.backends.openai.client import EditFile, ImagesApi
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -235,6 +243,29 @@ class OpenAIImagesBackend(ImageBackend):
         key, _, reason = problems[0].partition(": ")
         return key, reason
 
+    def source_support(self) -> SourceSupport:
+        """Edits: up to 16 images (png, jpeg or webp, under 50MB each, below the pipeline's
+        25 MiB) and a mask; mode edit only (OpenAI has no strength)."""
+        return SourceSupport(
+            max_images=EDIT_MAX_IMAGES,
+            modes=("edit",),
+            default_mode="edit",
+            mask=True,
+            max_bytes=min(MAX_SOURCE_BYTES, EDIT_MAX_IMAGE_BYTES - 1),
+            formats=EDIT_FORMATS,
+        )
+
+    def check_sources(self, name: str, request: GenerationRequest) -> None:
+        """What any backend checks, and OpenAI's mask rules: a PNG under 4MB with the first
+        image's dimensions."""
+        super().check_sources(name, request)
+        mask = request.mask
+        if mask is None:
+            return
+        problem = mask_problem(mask, request.sources[0] if request.sources else None)
+        if problem is not None:
+            raise InvalidRequestError("mask", f"{problem} (backend {name!r}, OpenAI edits)")
+
     def prepare(self, request: GenerationRequest, log: Any = None) -> PreparedRequest:
         """The validated request body; any problem fails before a request is sent."""
         self.check_options(request.backend_opts, from_client=False)
@@ -268,7 +299,13 @@ class OpenAIImagesBackend(ImageBackend):
         if ignored:
             context.log.info(f"OpenAI images take no {', '.join(ignored)}; ignored")
         started = time.monotonic()
-        response = self._api().generate(prepared.body, key)
+        if prepared.is_edit:
+            self.check_sources(context.instance_name or "openai", request)
+            images = [edit_file(source) for source in request.sources]
+            mask = edit_file(request.mask) if request.mask else None
+            response = self._api().edit(prepared.body, images, mask, key)
+        else:
+            response = self._api().generate(prepared.body, key)
         latency = time.monotonic() - started
         from imagen_pipeline.backends.openai.client import decode_image, image_payload
 
@@ -291,6 +328,7 @@ class OpenAIImagesBackend(ImageBackend):
             "request_id": response.headers.get("x-request-id"),
             "created": payload.get("created"),
             "usage": usage,
+            "endpoint": "images/edits" if prepared.is_edit else "images/generations",
         }
         return GenerationResult(
             image=image,
@@ -345,3 +383,27 @@ class OpenAIImagesBackend(ImageBackend):
 
     def _token_prices(self, instance: str) -> tuple[dict[str, float] | None, Price]:
         return token_prices_for(self.model, self.token_prices, instance)
+
+
+def mask_problem(mask: SourceImage, first: SourceImage | None) -> str | None:
+    """Why OpenAI refuses this mask for the first image (not a PNG, 4MB or more, other
+    dimensions), or None."""
+    if mask.mime != "image/png":
+        return f"is {mask.mime}; OpenAI takes a PNG mask (transparent where to edit)"
+    if mask.bytes >= MASK_MAX_BYTES:
+        return f"is {mask.bytes} bytes; OpenAI takes a mask of less than {MASK_MAX_BYTES}"
+    if first is not None and (mask.width, mask.height) != (first.width, first.height):
+        return (
+            f"is {mask.width}x{mask.height}; OpenAI needs the first image's dimensions "
+            f"({first.width}x{first.height})"
+        )
+    return None
+
+
+def edit_file(source: SourceImage) -> EditFile:
+    """The form part of a checked source: its staged file, named by position and sha256."""
+    from imagen_pipeline.backends.openai.client import EditFile
+
+    ending = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}.get(source.mime, "png")
+    name = f"{source.role}-{source.position}-{source.sha256[:12]}.{ending}"
+    return EditFile(path=Path(source.path), filename=name, mime=source.mime)

@@ -1,12 +1,16 @@
-"""The HTTP side of OpenAI's image API: the one POST of a generation, the headers, the
-error body and how each failure is classified. The key never appears in a message."""
+"""The HTTP side of OpenAI's image API: the one POST of a generation (JSON) or an edit
+(multipart/form-data: the body's fields, ``image[]`` per source image, an optional ``mask``),
+the headers, the error body and how each failure is classified. The key never appears in a
+message."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -86,6 +90,15 @@ def parse_api_error(response: httpx.Response) -> ApiError:
 
 
 @dataclass(frozen=True)
+class EditFile:
+    """One file part of an edit: the checked local copy, its name in the form and type."""
+
+    path: Path
+    filename: str
+    mime: str
+
+
+@dataclass(frozen=True)
 class ImagesApi:
     """Where and how the adapter calls the image API (the block's connection settings)."""
 
@@ -110,10 +123,33 @@ class ImagesApi:
 
     def generate(self, body: dict[str, Any], key: str) -> httpx.Response:
         """POST one generation; every failure raised classified, the key in no message."""
-        url = f"{self.base_url}/images/generations"
+        return self._post("/images/generations", key, json=body)
+
+    def edit(
+        self,
+        body: dict[str, Any],
+        images: list[EditFile],
+        mask: EditFile | None,
+        key: str,
+    ) -> httpx.Response:
+        """POST one edit as multipart/form-data: ``body``'s parameters as fields, each image
+        as an ``image[]`` part, the mask as ``mask``."""
+        fields = {name: str(value) for name, value in body.items()}
+        with ExitStack() as stack:
+            parts = [
+                (name, (item.filename, stack.enter_context(item.path.open("rb")), item.mime))
+                for name, item in [
+                    *(("image[]", image) for image in images),
+                    *([("mask", mask)] if mask else []),
+                ]
+            ]
+            return self._post("/images/edits", key, data=fields, files=parts)
+
+    def _post(self, path: str, key: str, **content: Any) -> httpx.Response:
+        url = f"{self.base_url}{path}"
         timeout = httpx.Timeout(self.timeout_s, connect=self.request_timeout_s)
         try:
-            response = httpx.post(url, json=body, headers=self.headers(key), timeout=timeout)
+            response = httpx.post(url, headers=self.headers(key), timeout=timeout, **content)
         except httpx.ConnectTimeout:
             raise TransientBackendError(
                 f"OpenAI images: cannot reach {self.base_url}: connect timed out after "

@@ -9,6 +9,19 @@ unchanged (docs.anyfast.ai and xairouter.com, read 2026-12-02): ``size`` is ``au
 ``background: transparent`` is refused: OpenAI withdrew it for gpt-image-2 on 2026-09-30
 and answers 400 "Transparent background is not supported for this model." (reported by API
 resellers on 2026-10-15).
+
+Edits (``POST /images/edits``, multipart/form-data), looked up with the ``search`` tool on
+2026-12-07 in OpenAI's API reference as mirrored by Microsoft Learn ("Create an image edit",
+learn.microsoft.com/en-us/azure/foundry/reference/rest/images-create-image-edit-multipart-
+images-create-image-edit-json) and by the generated clients async-openai 0.43.0
+(docs.rs/async-openai/0.43.0, ``CreateImageEditRequest``) and openai-client-base 0.16.0: the
+GPT image models, gpt-image-2 and its snapshot gpt-image-2-2026-04-21 named among them, take
+up to 16 images (``image[]``), each a png, webp or jpg file of less than 50MB; the optional
+``mask`` is a PNG of less than 4MB with the first image's dimensions, and the model edits
+where it is fully transparent (alpha zero); the prompt takes up to 32,000 characters. The
+multipart form takes ``model``, ``prompt``, ``n``, ``size``, ``quality``, ``background``,
+``output_format``, ``output_compression`` and ``user``; ``moderation`` belongs to the JSON
+form of the endpoint only, so an edit sent as multipart refuses it here.
 """
 
 from __future__ import annotations
@@ -26,6 +39,16 @@ FamilySetting = Literal["auto", "gpt-image-2"]
 DEFAULT_MODEL = "gpt-image-2"
 MODELS: dict[str, Family] = {"gpt-image-2": "gpt-image-2"}
 """Model names this adapter knows (dated snapshots of them included) and their rules."""
+
+EDIT_MAX_IMAGES = 16
+"""Most images one edit takes (``image[]``)."""
+EDIT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+"""Each edit image must be smaller than this (the pipeline's own 25 MiB limit is lower)."""
+EDIT_FORMATS = ("PNG", "JPEG", "WEBP")
+MASK_MAX_BYTES = 4 * 1024 * 1024
+"""The mask must be a PNG smaller than this, with the first image's dimensions."""
+EDIT_ONLY_JSON = ("moderation",)
+"""Parameters of ``images/generations`` that the multipart edit form does not take."""
 
 SNAPSHOT_DATE = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 

@@ -5,6 +5,15 @@ No built-in price ships for gpt-image-2: OpenAI's pricing page could not be read
 (2026-12-02), and resellers' figures are not OpenAI's. Until ``token_prices`` is set in
 ``imagen.yaml`` the cost is recorded as unknown (NULL), never guessed. docs/backends.md shows
 the block to set.
+
+An edit is billed by the same token kinds: the source images (and the mask) count as image
+input tokens, which the answer's ``usage.input_tokens_details.image_tokens`` reports, so the
+recorded cost of an edit is exact once prices are set. The estimate before the call needs a
+count OpenAI does not publish for gpt-image-2 input images (searched 2026-12-07: the API
+reference documents the ``usage`` fields, not how an input image is tokenized); it assumes
+an input image costs as many tokens as a high-quality output image of its pixel count
+(:data:`INPUT_TOKENS_PER_MEGAPIXEL`), a deliberately high guess so the budget errs on the
+side of refusing.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ OUTPUT_TOKENS_PER_MEGAPIXEL = {"low": 260, "medium": 1010, "high": 3970}
 """Image output tokens per million pixels by quality, for estimates before a call: OpenAI's
 published counts for its GPT image models (1024x1024: 272, 1056, 4160 tokens). The recorded
 cost uses the ``usage`` of the answer instead."""
+INPUT_TOKENS_PER_MEGAPIXEL = OUTPUT_TOKENS_PER_MEGAPIXEL["high"]
+"""Assumed image input tokens per million pixels of a source image or mask, for estimates
+only (see the module docstring)."""
 AUTO_SIZE_PIXELS = 1536 * 1024
 """Pixels assumed for ``size: auto`` in an estimate."""
 
@@ -72,9 +84,10 @@ def usage_cost_usd(usage: dict[str, Any], prices: dict[str, float]) -> float:
     return round(dollars, 6)
 
 
-def estimated_usage(prepared: PreparedRequest) -> dict[str, int]:
+def estimated_usage(prepared: PreparedRequest) -> dict[str, Any]:
     """The ``usage`` a request is expected to report: output tokens from its size and
-    quality, the prompt at about 4 characters per token."""
+    quality, the prompt at about 4 characters per token, and for an edit image input tokens
+    from each input image's pixels."""
     body = prepared.body
     quality = body.get("quality")
     per_megapixel = OUTPUT_TOKENS_PER_MEGAPIXEL["high" if quality in (None, "auto") else quality]
@@ -84,8 +97,13 @@ def estimated_usage(prepared: PreparedRequest) -> dict[str, int]:
     else:
         width, height = (int(part) for part in size.split("x"))
         pixels = width * height
+    text_tokens = math.ceil(len(body["prompt"]) / 4)
+    image_tokens = sum(
+        math.ceil(INPUT_TOKENS_PER_MEGAPIXEL * item / 1_000_000) for item in prepared.input_pixels
+    )
     return {
-        "input_tokens": math.ceil(len(body["prompt"]) / 4),
+        "input_tokens": text_tokens + image_tokens,
+        "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
         "output_tokens": math.ceil(per_megapixel * pixels / 1_000_000),
     }
 

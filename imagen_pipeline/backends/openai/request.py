@@ -1,5 +1,5 @@
-"""One request body for ``/images/generations``, checked against the model family before
-anything is sent."""
+"""One request body for ``/images/generations`` (or, with source images, the form fields of
+``/images/edits``), checked against the model family before anything is sent."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from imagen_pipeline.backends.contract import GenerationRequest
 from imagen_pipeline.backends.openai.models import (
+    EDIT_ONLY_JSON,
     FAMILIES,
     Family,
     combination_problems,
@@ -27,6 +28,13 @@ class PreparedRequest:
     family: Family
     body: dict[str, Any]
     requested_size: str
+    input_pixels: tuple[int, ...] = ()
+    """Pixels of each source image and the mask: an edit (``/images/edits``) when any."""
+
+    @property
+    def is_edit(self) -> bool:
+        """True when the request starts from images (an ``images/edits`` call)."""
+        return bool(self.input_pixels)
 
 
 def prepare_request(
@@ -77,8 +85,21 @@ def prepare_request(
             problems.append(f"backend_opts.{problem}")
         body[name] = value
     problems.extend(combination_problems(body))
+    inputs = [*request.sources, *([request.mask] if request.mask else [])]
+    if inputs:
+        problems.extend(
+            f"{name}: not a parameter of the multipart images/edits form"
+            + (" (set in backend_opts)" if name in request.backend_opts else " (set in the config)")
+            for name in EDIT_ONLY_JSON
+            if name in body
+        )
     if problems:
         raise PermanentBackendError(
             "OpenAI images: " + "; ".join(problems), public="; ".join(problems)
         )
-    return PreparedRequest(family=family, body=body, requested_size=requested)
+    return PreparedRequest(
+        family=family,
+        body=body,
+        requested_size=requested,
+        input_pixels=tuple(item.width * item.height for item in inputs),
+    )

@@ -4,7 +4,9 @@ One generation creates a prediction with ``Prefer: wait`` (sync mode), polls ``u
 until it ends, downloads the output file with a size cap and a timeout, and classifies every
 failure as transient or permanent. A create whose response is lost is recovered by listing
 recent predictions instead of creating a second one; a terminated run cancels its
-prediction. docs/backends.md (section "Replicate") has the config block, the input mapping,
+prediction. FLUX.1 Kontext (``input_image``) and FLUX.2 (``input_images``) take source
+images, sent as data URIs in the input (limits in :mod:`.models`). docs/backends.md (section
+"Replicate") has the config block, the input mapping,
 the price table and the error table. The HTTP client is imported when a method first talks
 to the API, so loading a config with this adapter does not import it.
 """
@@ -30,15 +32,18 @@ from imagen_pipeline.backends.contract import (
 )
 from imagen_pipeline.backends.options import OptionRule, set_by_field
 from imagen_pipeline.backends.pricing import Price
-from imagen_pipeline.backends.replicate.inputs import RESERVED_INPUTS, build_input
+from imagen_pipeline.backends.replicate.inputs import RESERVED_INPUTS, build_input, recorded_input
 from imagen_pipeline.backends.replicate.models import (
+    KONTEXT_MAX_SAFETY_WITH_IMAGES,
     InputStyle,
     image_price,
+    max_source_images,
     parse_model_ref,
     resolve_input_style,
 )
+from imagen_pipeline.backends.sources import SourceSupport
 from imagen_pipeline.config.secrets import resolve_secret
-from imagen_pipeline.errors import ImagenError
+from imagen_pipeline.errors import ImagenError, InvalidRequestError
 
 if TYPE_CHECKING:
     from imagen_pipeline.backends.replicate.client import ApiSettings
@@ -68,8 +73,9 @@ class ReplicateBackend(ImageBackend):
     input_style: InputStyle = Field(
         default="auto",
         description="How requests map to model inputs: flux-schnell, flux-dev, flux-pro "
-        "(FLUX1.1 pro), flux-2 (FLUX.2 pro, flex, max), generic (width/height/negative_prompt), "
-        "or auto (from the model name).",
+        "(FLUX1.1 pro), flux-2 (FLUX.2 pro, flex, max: source images as input_images), "
+        "flux-kontext (FLUX.1 Kontext pro, max: one source image as input_image), generic "
+        "(width/height/negative_prompt), or auto (from the model name).",
     )
     output_format: Literal["png", "webp", "jpg"] = Field(
         default="png", description="output_format asked of FLUX models."
@@ -153,6 +159,29 @@ class ReplicateBackend(ImageBackend):
         """The input style requests are mapped with (``auto`` resolved from the model)."""
         return resolve_input_style(parse_model_ref(self.model), self.input_style)
 
+    def source_support(self) -> SourceSupport:
+        """FLUX.1 Kontext: one source image; FLUX.2: up to 8 (flex: 10); mode edit, no mask
+        (the models take jpeg, png, gif and webp; the pipeline sends png, jpeg, webp)."""
+        most = max_source_images(parse_model_ref(self.model), self.resolved_input_style())
+        if not most:
+            return SourceSupport()
+        return SourceSupport(max_images=most, modes=("edit",), default_mode="edit")
+
+    def check_sources(self, name: str, request: GenerationRequest) -> None:
+        """What any backend checks, and Kontext's safety_tolerance cap with input images."""
+        super().check_sources(name, request)
+        if self.resolved_input_style() != "flux-kontext" or not (
+            request.source_count or request.sources
+        ):
+            return
+        tolerance = {**self.extra_input, **request.backend_opts}.get("safety_tolerance")
+        if isinstance(tolerance, int | float) and tolerance > KONTEXT_MAX_SAFETY_WITH_IMAGES:
+            raise InvalidRequestError(
+                "backend_opts.safety_tolerance",
+                f"is {tolerance}; FLUX.1 Kontext allows at most "
+                f"{KONTEXT_MAX_SAFETY_WITH_IMAGES} with an input image",
+            )
+
     def default_client_options(self) -> dict[str, OptionRule]:
         """``guidance`` (0 to 10) for FLUX dev; nothing for other models."""
         return {"guidance": CLIENT_GUIDANCE} if self.resolved_input_style() == "flux-dev" else {}
@@ -167,6 +196,7 @@ class ReplicateBackend(ImageBackend):
     def generate(self, request: GenerationRequest, context: GenerationContext) -> GenerationResult:
         """Create (or recover) a prediction, wait for it and download its image."""
         self.check_options(request.backend_opts, from_client=False)
+        self.check_sources(context.instance_name or "replicate", request)
         field_path = (
             f"backends.{context.instance_name}.api_token_env"
             if context.instance_name
@@ -230,7 +260,7 @@ class ReplicateBackend(ImageBackend):
                         metrics.get("predict_time") if isinstance(metrics, dict) else None
                     ),
                     "recovered_prediction": recovered,
-                    "input": data,
+                    "input": recorded_input(data, request),
                 },
             ),
         )

@@ -1,12 +1,20 @@
-"""A generation request as the input of a Replicate model, per input style."""
+"""A generation request as the input of a Replicate model, per input style; source images
+go in as data URIs (never a URL of the user's image)."""
 
 from __future__ import annotations
 
+import base64
 import math
+from pathlib import Path
 from typing import Any
 
 from imagen_pipeline.backends.contract import GenerationRequest
-from imagen_pipeline.backends.replicate.models import InputStyle
+from imagen_pipeline.backends.replicate.models import (
+    DATA_URI_ADVISED_BYTES,
+    SOURCE_INPUTS,
+    InputStyle,
+)
+from imagen_pipeline.backends.sources import SourceImage
 
 FLUX_ASPECT_RATIOS: dict[str, tuple[int, int]] = {
     "1:1": (1024, 1024),
@@ -53,6 +61,8 @@ RESERVED_INPUTS: dict[str, tuple[str, str]] = {
     "num_images": ("count", "how many images one prediction makes"),
     "number_of_images": ("count", "how many images one prediction makes"),
     "batch_size": ("count", "how many images one prediction makes"),
+    "input_image": ("source_images", "the source image"),
+    "input_images": ("source_images", "the source images"),
 }
 """Model inputs that carry a request field (on FLUX and the generic ``width``/``height``
 models), with the field: no option and no ``extra_input`` sets them."""
@@ -60,13 +70,7 @@ models), with the field: no option and no ``extra_input`` sets them."""
 
 def flux_size(width: int, height: int) -> tuple[dict[str, str], tuple[int, int]]:
     """FLUX schnell/dev inputs closest to ``width`` x ``height``, and the size they render."""
-    target = math.log(width / height)
-    ratio = min(
-        FLUX_ASPECT_RATIOS,
-        key=lambda key: abs(
-            math.log(FLUX_ASPECT_RATIOS[key][0] / FLUX_ASPECT_RATIOS[key][1]) - target
-        ),
-    )
+    ratio = closest_ratio(width, height)
     out_width, out_height = FLUX_ASPECT_RATIOS[ratio]
     fields = {"aspect_ratio": ratio}
     if width * height <= QUARTER_MEGAPIXEL_MAX_AREA:
@@ -86,6 +90,42 @@ def custom_size(style: str, width: int, height: int) -> tuple[int, int]:
         return min(high, max(low, rounded))
 
     return fit(width), fit(height)
+
+
+def data_uri(source: SourceImage) -> str:
+    """The checked file as ``data:<mime>;base64,...``."""
+    encoded = base64.b64encode(Path(source.path).read_bytes()).decode()
+    return f"data:{source.mime};base64,{encoded}"
+
+
+def closest_ratio(width: int, height: int) -> str:
+    """The FLUX ``aspect_ratio`` choice closest to ``width`` x ``height``."""
+    target = math.log(width / height)
+    return min(
+        FLUX_ASPECT_RATIOS,
+        key=lambda key: abs(
+            math.log(FLUX_ASPECT_RATIOS[key][0] / FLUX_ASPECT_RATIOS[key][1]) - target
+        ),
+    )
+
+
+def add_sources(
+    data: dict[str, Any], request: GenerationRequest, style: InputStyle, log: Any
+) -> None:
+    """The request's source images in the style's input: ``input_image`` (one) or
+    ``input_images`` (a list), as data URIs."""
+    if not request.sources:
+        return
+    large = [
+        source.position for source in request.sources if source.bytes >= DATA_URI_ADVISED_BYTES
+    ]
+    if large:
+        log.info(
+            f"Replicate {style}: source images {large} are 1MB or more; sending them as data "
+            "URIs (Replicate advises data URIs below 1MB)"
+        )
+    uris = [data_uri(source) for source in request.sources]
+    data[SOURCE_INPUTS[style]] = uris[0] if style == "flux-kontext" else uris
 
 
 def build_input(
@@ -121,6 +161,15 @@ def build_input(
                 log.warning(f"Replicate {style} accepts at most {most} steps; sending {most}")
                 steps = most
             data["num_inference_steps"] = steps
+    elif style == "flux-kontext":
+        data["aspect_ratio"] = closest_ratio(request.width, request.height)
+        log.info(
+            f"Replicate {style} renders about 1 megapixel: {size} requested, sending "
+            f"aspect_ratio {data['aspect_ratio']}"
+        )
+        if steps is not None:
+            log.info(f"Replicate {style} has no steps input; ignored the requested steps")
+            steps = None
     elif style in CUSTOM_SIZE_LIMITS:
         width, height = custom_size(style, request.width, request.height)
         data.update(aspect_ratio="custom", width=width, height=height)
@@ -147,4 +196,24 @@ def build_input(
         else:
             log.info(f"Replicate {style}: guidance applies to flux-dev only; ignored")
     data["seed"] = seed
+    if style in SOURCE_INPUTS:
+        add_sources(data, request, style, log)
     return data, steps
+
+
+def recorded_input(data: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+    """``data`` as the sidecar records it: each data URI replaced by what it holds (its
+    sha256, MIME type and size), not megabytes of base64."""
+
+    def describe(source: SourceImage) -> str:
+        return (
+            f"data URI of source {source.position} ({source.mime}, {source.bytes} bytes, "
+            f"sha256 {source.sha256})"
+        )
+
+    recorded = dict(data)
+    for key in SOURCE_INPUTS.values():
+        if key in recorded and request.sources:
+            described = [describe(source) for source in request.sources]
+            recorded[key] = described if isinstance(recorded[key], list) else described[0]
+    return recorded

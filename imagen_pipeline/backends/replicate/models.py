@@ -20,7 +20,9 @@ confirmed per-image price, so none ships; ``prices`` in the config overrides or 
 table."""
 PRICES_READ = "replicate.com/pricing, read 2026-10-07"
 
-InputStyle = Literal["auto", "flux-schnell", "flux-dev", "flux-pro", "flux-2", "generic"]
+InputStyle = Literal[
+    "auto", "flux-schnell", "flux-dev", "flux-pro", "flux-2", "flux-kontext", "generic"
+]
 AUTO_STYLES: dict[str, InputStyle] = {
     "flux-schnell": "flux-schnell",
     "flux-dev": "flux-dev",
@@ -28,8 +30,36 @@ AUTO_STYLES: dict[str, InputStyle] = {
     "flux-2-pro": "flux-2",
     "flux-2-flex": "flux-2",
     "flux-2-max": "flux-2",
+    "flux-kontext-pro": "flux-kontext",
+    "flux-kontext-max": "flux-kontext",
 }
 """Model name (the part after ``owner/``) -> input style chosen by ``input_style: auto``."""
+
+SOURCE_INPUTS: dict[InputStyle, str] = {"flux-kontext": "input_image", "flux-2": "input_images"}
+"""Style -> the model input that takes source images: one image (a string) for FLUX.1
+Kontext, a list for FLUX.2."""
+MAX_SOURCE_IMAGES: dict[str, int] = {
+    "flux-kontext-pro": 1,
+    "flux-kontext-max": 1,
+    "flux-2-pro": 8,
+    "flux-2-max": 8,
+    "flux-2-flex": 10,
+}
+"""Most source images per model, from the models' input schemas on Replicate, read with the
+``search`` tool on 2026-12-07: flux-kontext-pro ``input_image`` "Image to use as reference.
+Must be jpeg, png, gif, or webp." (replicate.com/black-forest-labs/flux-kontext-pro/versions/
+0a138193.../api; flux-kontext-max has the same inputs); flux-2-pro ``input_images`` "Maximum
+8 images. Must be jpeg, png, gif, or webp." (versions/285631b5.../api); flux-2-max the same
+(versions/9c23b0aa.../api); flux-2-flex "Maximum 10 images" (its schema as mirrored by
+cinemasetfree.com, and "support for ten reference images" in its description)."""
+DEFAULT_MAX_SOURCE_IMAGES: dict[InputStyle, int] = {"flux-kontext": 1, "flux-2": 8}
+"""For a model of the style that the table does not name (a version id): the lower limit."""
+KONTEXT_MAX_SAFETY_WITH_IMAGES = 2
+"""FLUX.1 Kontext's ``safety_tolerance`` schema: "2 is currently the maximum allowed when input
+images are used" (the same flux-kontext-pro page, 2026-12-07)."""
+DATA_URI_ADVISED_BYTES = 1024 * 1024
+"""Replicate advises a data URI only for a file under 1MB (replicate.com/docs/topics/
+predictions/input-files, read 2026-12-07); larger ones are sent so too, with a log line."""
 
 VERSION_ID = re.compile(r"^[0-9a-f]{64}$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -78,6 +108,14 @@ def resolve_input_style(ref: ModelRef, configured: InputStyle) -> InputStyle:
         return configured
     short_name = (ref.name or "").rpartition("/")[2]
     return AUTO_STYLES.get(short_name, "generic")
+
+
+def max_source_images(ref: ModelRef, style: InputStyle) -> int:
+    """How many source images the model takes (0: none)."""
+    if style not in SOURCE_INPUTS:
+        return 0
+    short_name = (ref.name or "").rpartition("/")[2]
+    return MAX_SOURCE_IMAGES.get(short_name, DEFAULT_MAX_SOURCE_IMAGES[style])
 
 
 def image_price(model: str, prices: Mapping[str, float]) -> Price:
