@@ -442,3 +442,40 @@ def test_an_idle_daemon_logs_nothing_per_tick(running_stack: DaemonStack) -> Non
     assert "Checking for new runs for sensor" not in whole
     assert "No heartbeat received" not in whole
     assert running_stack.jobs() == {}
+
+
+def test_a_job_made_from_its_owners_image_records_its_parent_and_another_owners_fails(
+    running_stack: DaemonStack,
+) -> None:
+    """Issue 28 through the real daemon and worker: a row naming its owner's image is done
+    with the parent recorded; a row the service role wrote naming another owner's image
+    fails before any backend call, and nothing of that image reaches the backend."""
+    stack = running_stack
+    other_owner = "00000000-0000-0000-0000-0000000000b2"
+    mine = stack.insert_job("a heron", width=64, height=64)
+    theirs = stack.insert_job("their heron", width=64, height=64, owner_user_id=other_owner)
+    rows = stack.wait_until_settled()
+    parent, their_image = rows[mine]["image_id"], rows[theirs]["image_id"]
+    assert parent and their_image, rows
+
+    child = stack.insert_job("the same, at dusk", width=64, height=64, source_images=[parent])
+    hostile = stack.insert_job("not mine", width=64, height=64, source_images=[their_image])
+    rows = stack.wait_until_settled()
+
+    assert rows[child]["status"] == "done", rows[child]["error"]
+    with stack.connect() as conn:
+        parents = conn.execute(
+            "SELECT p.parent_id, p.sha256 = i.sha256 AS same FROM imagen.image_parents AS p "
+            "JOIN imagen.images AS i ON i.id = p.parent_id WHERE p.child_id = %s",
+            (rows[child]["image_id"],),
+        ).fetchall()
+        their_sha = conn.execute(
+            "SELECT sha256 FROM imagen.images WHERE id = %s", (their_image,)
+        ).fetchone()["sha256"]  # type: ignore[index]
+    assert parents == [{"parent_id": parent, "same": True}]
+    assert rows[hostile]["status"] == "failed"
+    assert rows[hostile]["error"].startswith(
+        f"source_images[0]: image {their_image} is not one of your images"
+    )
+    logged = stack.calls_log.read_text()
+    assert "not mine" not in logged and their_sha not in logged
