@@ -18,7 +18,7 @@ import yaml
 from imagen_pipeline.queue.holds import BROKER_DOWN, NO_WORKER
 from imagen_pipeline_tests.fixtures.daemon import DaemonStack, holding
 
-START_TIMEOUT_S = 15
+START_TIMEOUT_S = 10
 RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
