@@ -177,7 +177,7 @@ class Options(NamedTuple):
     topology: str = "two-hosts"
     """``two-hosts``: the processes of a main host and a GPU host on this machine
     (``dagster-daemon`` and ``dagster-webserver`` on workspace.yaml, each with a code server
-    of its own; a cloud and a GPU ``imagen worker``, each with a fixed pool). ``one-host``:
+    of its own; a cloud and a GPU ``imagen worker``). ``one-host``:
     docs/deployment.md's one-host set-up (one ``dagster code-server`` for ``imagen daemon``
     and the webserver, one ``imagen worker`` serving both queues)."""
     worker_args: tuple[str, ...] = ()
@@ -401,11 +401,9 @@ class Stack:
                 ]
             }
         else:
-            # Fixed pools, as every worker had before they grew with load.
-            cloud, gpu = str(self.max_concurrent_runs), str(self.gpu_run_limit)
             workers = {
-                "cloud": ["--concurrency", cloud, "--min-processes", cloud],
-                "gpu": ["--queue", GPU_QUEUE, "--concurrency", gpu, "--min-processes", gpu],
+                "cloud": ["--concurrency", str(self.max_concurrent_runs)],
+                "gpu": ["--queue", GPU_QUEUE, "--concurrency", str(self.gpu_run_limit)],
             }
         for name, args in workers.items():
             self.spawn(
@@ -705,7 +703,7 @@ def main() -> None:
         "--worker-arg",
         action="append",
         default=[],
-        help="an extra option of every imagen worker (repeatable), e.g. --worker-arg=--fixed-pool",
+        help="an extra option of every imagen worker (repeatable), e.g. --worker-arg=--no-preload",
     )
     args = parser.parse_args()
     options = Options(

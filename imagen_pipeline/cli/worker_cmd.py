@@ -26,13 +26,6 @@ from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
     help="Runs at once (pool processes); default: the instance's max_concurrent_runs.",
 )
 @click.option(
-    "--min-processes",
-    type=click.IntRange(1),
-    help="Pool processes kept while idle: the pool grows to --concurrency while runs wait "
-    "and shrinks back 30 s after (less memory idle, a slower start of a burst); default: "
-    "--concurrency, a fixed pool.",
-)
-@click.option(
     "--hostname",
     default=lambda: f"imagen@{socket.gethostname()}",
     show_default="imagen@<this host>",
@@ -48,7 +41,6 @@ from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
 def worker(
     queues: tuple[str, ...],
     concurrency: int | None,
-    min_processes: int | None,
     hostname: str,
     preload: bool,
     loglevel: str,
@@ -68,6 +60,6 @@ def worker(
     from imagen_pipeline.instance.celery_worker import WorkerSetupError, run_worker
 
     try:
-        run_worker(list(queues) or None, concurrency, hostname, preload, loglevel, min_processes)
+        run_worker(list(queues) or None, concurrency, hostname, preload, loglevel)
     except WorkerSetupError as error:
         raise CliError(str(error), EXIT_FAILED) from None

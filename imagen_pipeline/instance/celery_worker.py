@@ -311,25 +311,12 @@ def preload_code_location(module: str = CODE_LOCATION_MODULE) -> None:
         logger.exception("could not preload %s; each run will report why it cannot load", module)
 
 
-def worker_argv(
-    queues: list[str],
-    concurrency: int,
-    hostname: str,
-    loglevel: str,
-    min_processes: int | None = None,
-) -> list[str]:
-    """Arguments of Celery's ``worker`` command for this pipeline: a fixed pool of
-    ``concurrency`` processes, or with ``min_processes`` below it a pool of that many that
-    Celery's autoscaler grows to ``concurrency`` while runs wait."""
-    pool = (
-        [f"--autoscale={concurrency},{min_processes}"]
-        if min_processes is not None and min_processes < concurrency
-        else [f"--concurrency={concurrency}"]
-    )
+def worker_argv(queues: list[str], concurrency: int, hostname: str, loglevel: str) -> list[str]:
+    """Arguments of Celery's ``worker`` command for this pipeline."""
     return [
         "worker",
         f"--queues={','.join(queues)}",
-        *pool,
+        f"--concurrency={concurrency}",
         f"--hostname={hostname}",
         "--pool=prefork",
         # Hand a run only to an idle pool process, never queue it behind a running one.
@@ -345,7 +332,6 @@ def run_worker(
     hostname: str,
     preload: bool,
     loglevel: str = "INFO",
-    min_processes: int | None = None,
 ) -> None:
     """Start Celery's worker on the instance's launcher app; returns when it stops."""
     with dg.DagsterInstance.get() as instance:
@@ -363,4 +349,4 @@ def run_worker(
     # Everything imported so far moves out of the collector's reach: a pool process forked
     # from here no longer writes the shared pages' GC headers, so they stay shared (PSS).
     gc.freeze()
-    app.worker_main(worker_argv(served, concurrency, hostname, loglevel, min_processes))
+    app.worker_main(worker_argv(served, concurrency, hostname, loglevel))

@@ -263,29 +263,6 @@ def test_runs_execute_on_a_worker_that_names_itself_in_the_run(
     assert all(logged_success(worker, run_id) for run_id in run_ids)
 
 
-def test_a_worker_with_min_processes_idles_on_one_and_grows_to_its_concurrency_under_load(
-    instance: dg.DagsterInstance, config_file: Path, celery_workers: Workers, gate: Path
-) -> None:
-    """``--min-processes 1``: an idle host keeps one pool process; runs that wait get more,
-    up to ``--concurrency``, forked from the preloaded main process. Without it the pool
-    is fixed."""
-    fixed = celery_workers.start("fixed@hostc", subprocess_env(), concurrency=2)
-    assert len(fixed.pool_pids()) == 2
-    celery_workers.kill(fixed)
-    worker = celery_workers.start(
-        "grow@hostc", subprocess_env(), concurrency=3, preload=True, min_processes=1
-    )
-    assert len(worker.pool_pids()) == 1
-    with holding(gate):
-        run_ids = [launch(instance, config_file, f"held {i}", "gated") for i in range(3)]
-        for run_id in run_ids:
-            wait_for_status(instance, run_id, {dg.DagsterRunStatus.STARTED}, timeout_s=30)
-        executing = {run_process(instance, run_id) for run_id in run_ids}
-        assert len(executing) == 3 and executing <= set(worker.pool_pids())
-    for run_id in run_ids:
-        wait_for_status(instance, run_id, {dg.DagsterRunStatus.SUCCESS})
-
-
 def test_a_warm_pool_process_follows_an_edit_of_imagen_yaml_at_its_next_run(
     instance: dg.DagsterInstance, write_config: Callable[..., Path], celery_workers: Workers
 ) -> None:
