@@ -17,7 +17,6 @@ import pytest
 from imagen_pipeline.backends.contract import GenerationContext, GenerationRequest
 from imagen_pipeline.backends.openai import OpenAIImagesBackend
 from imagen_pipeline.backends.sources import SourceImage
-from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.errors import InvalidRequestError, PermanentBackendError
 from imagen_pipeline_tests.fakes.openai_server import (
     FakeOpenAI,
@@ -26,8 +25,8 @@ from imagen_pipeline_tests.fakes.openai_server import (
     parse_form,
     running_fake_openai,
 )
-from imagen_pipeline_tests.fixtures.imagen import file_resources, step_failure_text
-from imagen_pipeline_tests.fixtures.sources import image_bytes, source_image
+from imagen_pipeline_tests.fixtures.imagen import step_failure_text
+from imagen_pipeline_tests.fixtures.sources import image_bytes, run_job, source_image
 
 KEY = "sk-proj-ImagenFakeKey0123456789abcdefghijklmnopWXYZ"
 KEY_ENV = "IMAGEN_TEST_OPENAI_KEY"
@@ -186,20 +185,6 @@ def test_a_clients_mask_and_mode_follow_client_options(fake: FakeOpenAI) -> None
     assert [key for key, _ in img2img.client_option_problems()] == ["request.mode"]
     with pytest.raises(InvalidRequestError, match="mask: is not something a client may set"):
         backend(fake).check_source_fields(None, None, True, from_client=True)
-
-
-def run_job(
-    config_file: Path, instance: dg.DagsterInstance, **source_fields: Any
-) -> dg.ExecuteInProcessResult:
-    config = {"prompt": "at dusk", "width": 1024, "height": 1024, **source_fields}
-    return build_generate_image_job(retry_delay_s=0).execute_in_process(
-        run_config={
-            "ops": {"enrich_prompt": {"config": config}},
-            "resources": file_resources(config_file),
-        },
-        instance=instance,
-        raise_on_error=False,
-    )
 
 
 def test_a_job_edits_local_files_and_records_its_parents(

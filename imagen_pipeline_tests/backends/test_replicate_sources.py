@@ -18,11 +18,10 @@ import pytest
 from imagen_pipeline.backends.contract import GenerationContext, GenerationRequest
 from imagen_pipeline.backends.replicate import ReplicateBackend
 from imagen_pipeline.backends.sources import SourceImage
-from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.errors import InvalidRequestError, PermanentBackendError
 from imagen_pipeline_tests.fakes.replicate_server import FakeReplicate, running_fake_replicate
-from imagen_pipeline_tests.fixtures.imagen import file_resources, step_failure_text
-from imagen_pipeline_tests.fixtures.sources import image_bytes, source_image
+from imagen_pipeline_tests.fixtures.imagen import step_failure_text
+from imagen_pipeline_tests.fixtures.sources import image_bytes, run_job, source_image
 
 TOKEN = "r8_ImagenFakeToken0123456789abcdefghijklm"
 TOKEN_ENV = "IMAGEN_TEST_REPLICATE_TOKEN"
@@ -180,20 +179,6 @@ def test_a_prediction_failing_on_its_input_image_is_permanent(
     monkeypatch.setattr(inputs, "data_uri", lambda source: "data:image/png;base64,bm90")
     with pytest.raises(PermanentBackendError, match="Failed to load input image"):
         backend(fake, KONTEXT).generate(request(source_image(tmp_path)), context())
-
-
-def run_job(
-    config_file: Path, instance: dg.DagsterInstance, **source_fields: Any
-) -> dg.ExecuteInProcessResult:
-    config = {"prompt": "at dusk", "width": 1024, "height": 1024, **source_fields}
-    return build_generate_image_job(retry_delay_s=0).execute_in_process(
-        run_config={
-            "ops": {"enrich_prompt": {"config": config}},
-            "resources": file_resources(config_file),
-        },
-        instance=instance,
-        raise_on_error=False,
-    )
 
 
 def test_a_job_sends_local_files_to_kontext_and_records_the_parent(
