@@ -91,6 +91,24 @@ def image_with_sha256(conn: psycopg.Connection, sha256: str) -> tuple[int, str] 
     return (int(row[0]), str(row[1])) if row else None
 
 
+def check_client_owns_sources(conn: psycopg.Connection, plan: GenerationPlan) -> None:
+    """A web client's row names only its owner's images: raise for the first other one,
+    with the sentence the generate step would write, so such a row fails before a run
+    (rows a client inserts are refused by the database already; this covers rows written
+    past it). The generate step checks again when it fetches the sources."""
+    spec = plan.spec
+    if not spec.from_client:
+        return
+    refs = source_references(spec.source_images, spec.mask, from_client=True)
+    rows = image_rows(conn, [ref.image_id for ref in refs if ref.image_id is not None])
+    for ref in refs:
+        if ref.image_id is None:
+            continue
+        row = rows.get(ref.image_id)
+        if row is None or row.owner_user_id != spec.owner_user_id:
+            raise InvalidRequestError(ref.field, f"image {ref.image_id} is not one of your images")
+
+
 def attach_sources(plan: GenerationPlan, run_id: str, connect: Connect | None) -> GenerationPlan:
     """``plan`` with its request's source images (and mask) fetched, checked and staged;
     the plan itself when it names none. Raises, with the field named, before anything is

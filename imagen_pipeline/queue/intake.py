@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from imagen_pipeline.cloud.sources import check_client_owns_sources
 from imagen_pipeline.errors import ImagenError
 from imagen_pipeline.generate.plan import GenerationPlan, plan_generation
 from imagen_pipeline.generate.setup import Setup
@@ -43,9 +44,13 @@ class Refused:
 
 
 def admit(conn: psycopg.Connection, row: JobRow, config: Setup) -> Admitted | Refused:
-    """Plan a claimed row, or fail it with its reason."""
+    """Plan a claimed row, or fail it with its reason (also when it names another owner's
+    images, before any run)."""
     try:
-        return Admitted(row, plan_generation(row.to_spec(), config))
+        plan = plan_generation(row.to_spec(), config)
+        if plan.spec.source_images:
+            check_client_owns_sources(conn, plan)
+        return Admitted(row, plan)
     except ImagenError as error:
         refused = Refused(row, error.public, str(error))
     except psycopg.Error:

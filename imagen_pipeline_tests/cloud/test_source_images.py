@@ -234,7 +234,7 @@ def test_through_the_queue_a_client_names_only_its_own_images(
     with web_session(url, OWNER) as cursor:
         cursor.execute("SELECT id FROM imagen.images")
         assert [row["id"] for row in cursor.fetchall()] == [mine], "RLS: own rows only"
-    # A row the service role wrote past the client rules: the pipeline checks again.
+    # A row the service role wrote past the client rules: the sensor's intake checks again.
     [hostile] = sql(
         url,
         "INSERT INTO imagen.jobs (owner_user_id, prompt, source_images) "
@@ -242,8 +242,9 @@ def test_through_the_queue_a_client_names_only_its_own_images(
         (OWNER, [theirs]),
     )
 
+    # The hostile row fails at intake, before a run; only the good one gets a run.
     requests = run_requests(dagster_instance, config_file)
-    assert len(requests) == 2
+    assert [request.tags["imagen/job_id"] for request in requests] == [str(job)]
     for request in requests:
         deployed_job(str(config_file)).execute_in_process(
             run_config=request.run_config,
