@@ -19,7 +19,11 @@ from imagen_pipeline.backends.contract import GenerationContext, GenerationReque
 from imagen_pipeline.backends.replicate import ReplicateBackend
 from imagen_pipeline.backends.sources import SourceImage
 from imagen_pipeline.errors import InvalidRequestError, PermanentBackendError
-from imagen_pipeline_tests.fakes.replicate_server import FakeReplicate, running_fake_replicate
+from imagen_pipeline_tests.fakes.replicate_server import (
+    DROP_AFTER_CREATE,
+    FakeReplicate,
+    running_fake_replicate,
+)
 from imagen_pipeline_tests.fixtures.imagen import step_failure_text
 from imagen_pipeline_tests.fixtures.sources import image_bytes, run_job, source_image
 
@@ -169,6 +173,18 @@ def test_the_fake_checks_the_input_shape_like_replicate(fake: FakeReplicate) -> 
         json={"input": {"prompt": "x", "input_image": "data:image/png;base64,bm90IGFuIGltYWdl"}},
     )
     assert broken.json()["status"] == "failed"
+
+
+def test_a_lost_create_is_recovered_when_the_listing_shows_the_image_as_a_url(
+    fake: FakeReplicate, tmp_path: Path
+) -> None:
+    """A retry must not create (and pay for) a second prediction because Replicate lists
+    the source image by a URL of its own instead of the data URI it was sent."""
+    fake.list_files_as_urls = True
+    fake.create_replies.append(DROP_AFTER_CREATE)
+    result = backend(fake, KONTEXT).generate(request(source_image(tmp_path)), context())
+    assert len(fake.creates()) == 1
+    assert result.metadata.extra["recovered_prediction"] is True
 
 
 def test_a_prediction_failing_on_its_input_image_is_permanent(

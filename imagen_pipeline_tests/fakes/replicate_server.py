@@ -404,6 +404,10 @@ class FakeReplicate:
         self.file_delay_s = 0.0
         self.file_content_length = True
         self.output_as_data_uri = False
+        self.list_files_as_urls = False
+        """List a prediction's data-URI inputs as file URLs of the server's own: whether
+        Replicate's listing echoes a data URI it was given is not known here (not checked
+        against the real service), so the adapter must recognise its prediction either way."""
         self.page_size = 100
         self.port = 0
         self._files: dict[str, tuple[bytes, str]] = {}
@@ -701,7 +705,7 @@ class FakeReplicate:
                 since = datetime.fromisoformat(created_after.replace("Z", "+00:00"))
                 items = [item for item in items if item.created >= since]
             page = [
-                json.loads(json.dumps(item.data))
+                self._listed(json.loads(json.dumps(item.data)))
                 for item in items[cursor : cursor + self.page_size]
             ]
             more = cursor + self.page_size < len(items)
@@ -712,6 +716,22 @@ class FakeReplicate:
                 query["created_after"] = created_after
             following = f"{self.base_url}/predictions?{urlencode(query)}"
         self._send(handler, 200, {"next": following, "previous": None, "results": page})
+
+    def _listed(self, prediction: dict[str, Any]) -> dict[str, Any]:
+        """A prediction as the listing shows it (see :attr:`list_files_as_urls`)."""
+        if not self.list_files_as_urls:
+            return prediction
+
+        def as_url(value: Any) -> Any:
+            if isinstance(value, str) and value.startswith("data:"):
+                digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+                return f"https://replicate.delivery/pbxt/{digest}/input.png"
+            if isinstance(value, list):
+                return [as_url(item) for item in value]
+            return value
+
+        prediction["input"] = {key: as_url(value) for key, value in prediction["input"].items()}
+        return prediction
 
     def _serve_file(self, handler: BaseHTTPRequestHandler, path: str) -> None:
         with self._lock:

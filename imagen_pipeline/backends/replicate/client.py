@@ -254,7 +254,9 @@ class ReplicateApi:
         if not isinstance(status, str) or status in NOT_ADOPTABLE_STATUSES:
             return False
         stored = prediction.get("input")
-        if not isinstance(stored, dict) or any(stored.get(k) != v for k, v in data.items()):
+        if not isinstance(stored, dict) or not all(
+            _same_input(key, stored.get(key), value) for key, value in data.items()
+        ):
             return False
         if ref.version is not None:
             return prediction.get("version") == ref.version
@@ -412,3 +414,26 @@ class ReplicateApi:
             return base64.b64decode(payload, validate=True)
         except binascii.Error as error:
             raise PermanentBackendError(f"Replicate output data URI is invalid: {error}") from None
+
+
+FILE_INPUTS = ("input_image", "input_images")
+"""Inputs the adapter sends as data URIs (source images)."""
+
+
+def _same_input(key: str, stored: Any, sent: Any) -> bool:
+    """Whether a listed prediction's input ``key`` is what this attempt sends. A source
+    image may be listed as the data URI sent or as a file URL of Replicate's own (not
+    known without the real service), so for those inputs the same shape is enough: the
+    prompt, seed and every other input still have to be equal."""
+    if stored == sent:
+        return True
+    if key not in FILE_INPUTS:
+        return False
+    if isinstance(sent, str):
+        return isinstance(stored, str) and bool(stored)
+    return (
+        isinstance(sent, list)
+        and isinstance(stored, list)
+        and len(stored) == len(sent)
+        and all(isinstance(item, str) and item for item in stored)
+    )
