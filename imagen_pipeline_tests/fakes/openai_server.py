@@ -395,20 +395,28 @@ class FakeOpenAI:
             self._send(handler, status, problem, request_id)
             return
         model = body["model"]
-        if BLOCKED_WORD in body["prompt"]:
-            refusal = {
-                "error": {
-                    "message": MODERATION_MESSAGE.format(request_id=request_id),
-                    "type": "image_generation_user_error",
-                    "param": None,
-                    "code": "moderation_blocked",
-                }
-            }
-            self._send(handler, 400, refusal, request_id)
+        if self._refused_by_moderation(handler, body, request_id):
             return
         if self.delay_s:
             time.sleep(self.delay_s)
         self._send(handler, 200, self._result(model, body), request_id)
+
+    def _refused_by_moderation(
+        self, handler: BaseHTTPRequestHandler, body: dict[str, Any], request_id: str
+    ) -> bool:
+        """Answer OpenAI's moderation refusal for a prompt with the blocked word."""
+        if BLOCKED_WORD not in body["prompt"]:
+            return False
+        refusal = {
+            "error": {
+                "message": MODERATION_MESSAGE.format(request_id=request_id),
+                "type": "image_generation_user_error",
+                "param": None,
+                "code": "moderation_blocked",
+            }
+        }
+        self._send(handler, 400, refusal, request_id)
+        return True
 
     def _edit(self, handler: BaseHTTPRequestHandler, received: Received, request_id: str) -> None:
         with self._lock:
@@ -433,16 +441,7 @@ class FakeOpenAI:
             self._send(handler, status, problem, request_id)
             return
         body = form.fields
-        if BLOCKED_WORD in body["prompt"]:
-            refusal = {
-                "error": {
-                    "message": MODERATION_MESSAGE.format(request_id=request_id),
-                    "type": "image_generation_user_error",
-                    "param": None,
-                    "code": "moderation_blocked",
-                }
-            }
-            self._send(handler, 400, refusal, request_id)
+        if self._refused_by_moderation(handler, body, request_id):
             return
         if self.delay_s:
             time.sleep(self.delay_s)

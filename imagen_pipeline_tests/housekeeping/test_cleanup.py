@@ -19,7 +19,7 @@ from imagen_pipeline.defs.housekeeping import build_housekeeping_job
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.defs.resources import ImagenDatabaseResource, ImagenResource
 from imagen_pipeline.generate.setup import load_setup
-from imagen_pipeline.housekeeping.cleanup import clean_up
+from imagen_pipeline.housekeeping.cleanup import CleanUp, clean_up
 from imagen_pipeline.run_tags import TAG_JOB_ID
 from imagen_pipeline_tests.fixtures.imagen import file_resources
 from imagen_pipeline_tests.fixtures.postgres import throwaway_database
@@ -63,6 +63,25 @@ def generate(
 
 def compute_log_dir(instance: dg.DagsterInstance, run_id: str) -> Path:
     return Path(instance.root_directory) / "storage" / run_id
+
+
+def clean_up_everything(
+    instance: dg.DagsterInstance,
+    config_file: Path,
+    database_url: str | None,
+    batch_size: int,
+    dry_run: bool = False,
+) -> CleanUp:
+    """``imagen housekeeping --older-than 0s`` (with ``--dry-run``) on ``instance``."""
+    return clean_up(
+        instance,
+        RetentionConfig(batch_size=batch_size),
+        load_setup(config_file).output_dir,
+        database_url,
+        datetime.now(UTC),
+        older_than=timedelta(0),
+        dry_run=dry_run,
+    )
 
 
 def image_rows(url: str) -> dict[str, dict[str, Any]]:
@@ -148,14 +167,7 @@ def test_a_run_whose_job_has_not_ended_is_kept(
     waiting = generate(instance, config_file, "waiting", **{TAG_JOB_ID: str(running)})
     finished = generate(instance, config_file, "finished", **{TAG_JOB_ID: str(done)})
 
-    result = clean_up(
-        instance,
-        RetentionConfig(batch_size=1),
-        load_setup(config_file).output_dir,
-        migrated_database_url,
-        datetime.now(UTC),
-        older_than=timedelta(0),
-    )
+    result = clean_up_everything(instance, config_file, migrated_database_url, batch_size=1)
 
     assert (result.runs.total, result.runs.kept_for_their_job) == (1, 1), result.summary()
     assert instance.get_run_by_id(waiting.run_id) is not None
@@ -165,24 +177,9 @@ def test_a_run_whose_job_has_not_ended_is_kept(
 def test_batches_take_every_old_run(instance: dg.DagsterInstance, write_config: Any) -> None:
     config_file = write_config()
     runs = [generate(instance, config_file, f"p {i}") for i in range(5)]
-    dry = clean_up(
-        instance,
-        RetentionConfig(batch_size=2),
-        load_setup(config_file).output_dir,
-        None,
-        datetime.now(UTC),
-        older_than=timedelta(0),
-        dry_run=True,
-    )
+    dry = clean_up_everything(instance, config_file, None, batch_size=2, dry_run=True)
     assert dry.runs.total == 5 and len(instance.get_runs()) == 5
-    result = clean_up(
-        instance,
-        RetentionConfig(batch_size=2),
-        load_setup(config_file).output_dir,
-        None,
-        datetime.now(UTC),
-        older_than=timedelta(0),
-    )
+    result = clean_up_everything(instance, config_file, None, batch_size=2)
     assert result.runs.total == 5
     assert instance.get_runs() == [] and all(not instance.all_logs(r.run_id) for r in runs)
 
