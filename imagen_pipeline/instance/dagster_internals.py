@@ -3,30 +3,44 @@
 Dagster 1.13 has no public API for what these classes extend: a run launcher's types and
 the task body dagster-celery runs, a compute log manager's capture, the class data every
 configurable instance class receives, the event log's table of pool limits and its slot
-allocation. They are imported here and nowhere else, checked
-against dagster 1.13.27 (the pin in pyproject.toml); after an upgrade,
-``imagen_pipeline_tests/instance/test_dagster_internals.py`` names each one that moved.
+allocation. ``PRIVATE_NAMES`` lists each (its module, who here uses it and why), checked
+against dagster 1.13.27 (``CHECKED_AGAINST``, the pin in pyproject.toml); importing this
+module resolves them from that list, and the rest of the package imports them from here.
+
+After an upgrade that moves any of them, importing this module (so also pytest loading its
+fixtures) raises one ImportError that names every name that moved, with its module, who
+uses it and why, and the release the list was checked against.
+``imagen_pipeline_tests/instance/test_dagster_internals.py`` checks each name on its own.
+The imports under ``TYPE_CHECKING`` only tell type checkers and readers what each name is;
+that test keeps them equal to the list.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from dagster._cli.api import _execute_run_command_body
-from dagster._core.definitions.reconstruct import ReconstructableJob
-from dagster._core.execution.compute_logs import redirect_to_file
-from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
-from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
-from dagster._core.storage.event_log.schema import ConcurrencyLimitsTable
-from dagster._core.storage.local_compute_log_manager import (
-    IO_TYPE_EXTENSION,
-    LocalComputeLogManager,
-)
-from dagster._grpc.types import ExecuteRunArgs
-from dagster._serdes import ConfigurableClassData, pack_value, unpack_value
-from dagster._utils import ensure_file, touch_file
+
+if TYPE_CHECKING:
+    from dagster._cli.api import _execute_run_command_body
+    from dagster._core.definitions.reconstruct import ReconstructableJob
+    from dagster._core.execution.compute_logs import redirect_to_file
+    from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
+    from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
+    from dagster._core.storage.event_log.schema import ConcurrencyLimitsTable
+    from dagster._core.storage.local_compute_log_manager import (
+        IO_TYPE_EXTENSION,
+        LocalComputeLogManager,
+    )
+    from dagster._grpc.types import ExecuteRunArgs
+    from dagster._serdes import ConfigurableClassData, pack_value, unpack_value
+    from dagster._utils import ensure_file, touch_file
+
+CHECKED_AGAINST = "1.13.27"
+"""The dagster release the names below were checked against: the pin in pyproject.toml."""
 
 
 @dataclass(frozen=True)
@@ -47,10 +61,23 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
         "the body of `dagster api execute_run`, which dagster-celery's run task calls",
     ),
     PrivateName(
-        "dagster._grpc.types", "ExecuteRunArgs", "celery_launcher, celery_worker", "task args"
+        "dagster._grpc.types",
+        "ExecuteRunArgs",
+        "celery_launcher, celery_worker",
+        "task args",
     ),
-    PrivateName("dagster._serdes", "pack_value", "celery_launcher", "packing the task args"),
-    PrivateName("dagster._serdes", "unpack_value", "celery_worker", "unpacking the task args"),
+    PrivateName(
+        "dagster._serdes",
+        "pack_value",
+        "celery_launcher",
+        "packing the task args",
+    ),
+    PrivateName(
+        "dagster._serdes",
+        "unpack_value",
+        "celery_worker",
+        "unpacking the task args",
+    ),
     PrivateName(
         "dagster._serdes",
         "ConfigurableClassData",
@@ -63,8 +90,18 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
         "celery_launcher",
         "the run launcher's health check answer",
     ),
-    PrivateName("dagster._core.launcher", "LaunchRunContext", "celery_launcher", "launch_run"),
-    PrivateName("dagster._core.launcher", "WorkerStatus", "celery_launcher", "health states"),
+    PrivateName(
+        "dagster._core.launcher",
+        "LaunchRunContext",
+        "celery_launcher",
+        "launch_run",
+    ),
+    PrivateName(
+        "dagster._core.launcher",
+        "WorkerStatus",
+        "celery_launcher",
+        "health states",
+    ),
     PrivateName(
         "dagster._core.storage.local_compute_log_manager",
         "LocalComputeLogManager",
@@ -84,7 +121,10 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
         "what capture_logs yields",
     ),
     PrivateName(
-        "dagster._core.storage.compute_log_manager", "ComputeIOType", "file_compute_logs", "streams"
+        "dagster._core.storage.compute_log_manager",
+        "ComputeIOType",
+        "file_compute_logs",
+        "streams",
     ),
     PrivateName(
         "dagster._core.execution.compute_logs",
@@ -92,8 +132,18 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
         "file_compute_logs",
         "the capture without the tail -F mirror",
     ),
-    PrivateName("dagster._utils", "ensure_file", "file_compute_logs", "capture files"),
-    PrivateName("dagster._utils", "touch_file", "file_compute_logs", "end-of-capture marker"),
+    PrivateName(
+        "dagster._utils",
+        "ensure_file",
+        "file_compute_logs",
+        "capture files",
+    ),
+    PrivateName(
+        "dagster._utils",
+        "touch_file",
+        "file_compute_logs",
+        "end-of-capture marker",
+    ),
     PrivateName(
         "dagster._core.definitions.reconstruct",
         "ReconstructableJob",
@@ -107,7 +157,7 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
         "the pools' limit rows, written with one upsert when a pool gets its default limit",
     ),
 )
-"""The names imported above, for the upgrade test."""
+"""The private names the package uses, resolved from this list when the module is imported."""
 
 PRIVATE_ATTRIBUTES: tuple[PrivateName, ...] = (
     PrivateName(
@@ -137,6 +187,58 @@ PRIVATE_ATTRIBUTES: tuple[PrivateName, ...] = (
     ),
 )
 """Private attributes read or set through the functions below."""
+
+
+def find(entry: PrivateName) -> Any:
+    """The object ``entry`` names in the installed Dagster; an ImportError saying why it
+    cannot be found."""
+    try:
+        module = importlib.import_module(entry.module)
+    except ImportError as error:
+        raise ImportError(f"{entry.module} cannot be imported ({error})") from error
+    try:
+        return getattr(module, entry.name)
+    except AttributeError:
+        raise ImportError(f"{entry.module} has no {entry.name}") from None
+
+
+def moved_message(moved: Iterable[tuple[PrivateName, str]]) -> str:
+    """One message for every private name that cannot be found: where it was, why not, who
+    uses it for what, and the release the list was checked against."""
+    return "\n".join(
+        [
+            "These private Dagster names, listed in imagen_pipeline/instance/"
+            "dagster_internals.py, cannot be found in the installed dagster "
+            f"{dg.__version__}; the list was checked against dagster {CHECKED_AGAINST} "
+            "(the pin in pyproject.toml):",
+            *(
+                f"- {entry.module}.{entry.name}: {problem}; used by {entry.used_by} "
+                f"(imagen_pipeline/instance/) for {entry.why}"
+                for entry, problem in moved
+            ),
+            "Find where each lives now and change its entry in PRIVATE_NAMES and its import "
+            f"under TYPE_CHECKING there, or install dagster {CHECKED_AGAINST} again.",
+        ]
+    )
+
+
+def resolve(entries: Iterable[PrivateName]) -> dict[str, Any]:
+    """Each entry's object by its name; one ImportError naming every entry that cannot be
+    found, if any."""
+    found: dict[str, Any] = {}
+    moved: list[tuple[PrivateName, str]] = []
+    for entry in entries:
+        try:
+            found[entry.name] = find(entry)
+        except ImportError as error:
+            moved.append((entry, str(error)))
+    if moved:
+        raise ImportError(moved_message(moved))
+    return found
+
+
+# Binds at run time the names imported above under TYPE_CHECKING.
+globals().update(resolve(PRIVATE_NAMES))
 
 
 def launcher_instance(launcher: Any) -> dg.DagsterInstance:
