@@ -16,7 +16,11 @@ def daemon(args: tuple[str, ...]) -> None:
     Takes the options of ``dagster-daemon run`` (e.g. ``-w workspace.yaml``) and runs it
     in this process, with one change to its log: an idle sensor tick writes no line (the
     first idle tick after a change still does; see docs/deployment.md "The daemon's log").
+    ``IMAGEN_SENSOR_LOOP_S`` sets how often the sensors are looked at (Dagster's 5 s).
     """
-    from imagen_pipeline.instance.daemon import run_daemon
+    from imagen_pipeline.instance.daemon import SensorLoopError, run_daemon
 
-    run_daemon(args)
+    try:
+        run_daemon(args)
+    except SensorLoopError as error:
+        raise click.ClickException(str(error)) from None

@@ -46,10 +46,12 @@ from imagen_pipeline.run_tags import (
 
 INTERVAL_ENV = "IMAGEN_SENSOR_INTERVAL_S"
 DEFAULT_INTERVAL_S = 1
-"""Evaluate the sensor on every loop of the sensor daemon. The daemon loops every 5 s
-(``MIN_INTERVAL_LOOP_TIME`` in dagster 1.13's ``dagster/_daemon/sensor.py``) and measures a
-sensor's interval from the end of its previous tick (``get_elapsed``), so an interval of
-5 s skipped every loop that came less than 5 s after a tick ended: ticks 7 to 10 s apart
+"""Evaluate the sensor on every loop of the sensor daemon (Dagster's smallest interval: 0
+means its default of 30 s). The daemon loops every 5 s (``MIN_INTERVAL_LOOP_TIME`` in
+dagster 1.13's ``dagster/_daemon/sensor.py``; ``imagen daemon`` takes another period from
+``IMAGEN_SENSOR_LOOP_S``) and measures a sensor's interval from the start of its previous
+tick (``get_elapsed``). A tick starts a moment after its loop does, so with an interval of
+5 s the next loop, 5 s later, found less than 5 s gone and skipped: ticks 7 to 10 s apart
 instead of 5. The NOTIFY listener is the fast path."""
 CLAIM_BATCH = 50
 RECONCILE_BATCH = 200
@@ -321,7 +323,8 @@ def update_holds(
 
 def sensor_interval_s(environ: Mapping[str, str] = os.environ) -> int:
     """Sensor interval from ``$IMAGEN_SENSOR_INTERVAL_S`` (whole seconds, default 1: every
-    loop of the daemon, which loops every 5 s, so anything up to 5 acts as 5)."""
+    loop of the daemon, which loops every 5 s unless ``IMAGEN_SENSOR_LOOP_S`` says
+    otherwise, so anything up to the daemon's period acts as that period)."""
     raw = environ.get(INTERVAL_ENV, "").strip()
     if not raw:
         return DEFAULT_INTERVAL_S

@@ -10,18 +10,51 @@ daemon's logger: the first line of a tick goes, and so does an idle tick's line 
 repeats the sensor's previous one with nothing logged in between. Everything else the
 daemon logs is kept: launched runs, the first idle tick after them (the queue drained), a
 new skip reason, warnings and errors. A tick's history in the UI is not affected.
+
+The sensor daemon looks at its sensors every 5 s (``MIN_INTERVAL_LOOP_TIME``);
+``IMAGEN_SENSOR_LOOP_S`` sets another period for this daemon (a queue without the NOTIFY
+listener then picks rows up sooner, for one sensor evaluation and one tick row per period).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
+
+from imagen_pipeline.instance.dagster_internals import set_sensor_loop_seconds
 
 SENSOR_DAEMON_LOGGER = "dagster.daemon.SensorDaemon"
 TICK_START = re.compile(r"Checking for new runs for sensor: (?P<sensor>\S+)")
+SENSOR_LOOP_ENV = "IMAGEN_SENSOR_LOOP_S"
+SENSOR_LOOP_RANGE_S = (0.5, 60.0)
+
+
+class SensorLoopError(ValueError):
+    """``IMAGEN_SENSOR_LOOP_S`` is not a number of seconds in :data:`SENSOR_LOOP_RANGE_S`."""
+
+
+def sensor_loop_s(environ: Mapping[str, str]) -> float | None:
+    """The sensor daemon's period from ``IMAGEN_SENSOR_LOOP_S``, or None to keep Dagster's."""
+    raw = environ.get(SENSOR_LOOP_ENV, "").strip()
+    if not raw:
+        return None
+    low, high = SENSOR_LOOP_RANGE_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not low <= seconds <= high:
+        raise SensorLoopError(
+            f"{SENSOR_LOOP_ENV}={raw!r}: the sensor daemon's period must be a number of "
+            f"seconds from {low:g} to {high:g}; unset, it is Dagster's 5"
+        )
+    return seconds
+
+
 IDLE_TICK = re.compile(
     r"Sensor (?P<skipped>\S+) skipped: .*|No run requests returned for (?P<empty>\S+), skipping",
     re.DOTALL,
@@ -53,7 +86,11 @@ class QuietIdleTicks(logging.Filter):
 
 
 def run_daemon(args: Sequence[str]) -> None:
-    """Run ``dagster-daemon run <args>`` in this process with :class:`QuietIdleTicks`."""
+    """Run ``dagster-daemon run <args>`` in this process with :class:`QuietIdleTicks` and
+    the sensor period of ``IMAGEN_SENSOR_LOOP_S``."""
+    period = sensor_loop_s(os.environ)
+    if period is not None:
+        set_sensor_loop_seconds(period)
     logging.getLogger(SENSOR_DAEMON_LOGGER).addFilter(QuietIdleTicks())
     [command] = entry_points(group="console_scripts", name="dagster-daemon")
     sys.argv = ["dagster-daemon", "run", *args]

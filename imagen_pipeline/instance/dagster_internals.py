@@ -185,6 +185,12 @@ PRIVATE_ATTRIBUTES: tuple[PrivateName, ...] = (
         "pooled_postgres",
         "a pool's slot rows brought to its limit, in the transaction that set the limit",
     ),
+    PrivateName(
+        "dagster._daemon.sensor",
+        "MIN_INTERVAL_LOOP_TIME",
+        "daemon",
+        "the sensor daemon's period (5 s), set by `imagen daemon` from IMAGEN_SENSOR_LOOP_S",
+    ),
 )
 """Private attributes read or set through the functions below."""
 
@@ -265,6 +271,14 @@ def set_capture_folder(manager: LocalComputeLogManager, folder: str) -> None:
 def capture_folder_of(manager: LocalComputeLogManager) -> str:
     """The folder a local compute log manager captures into."""
     return manager._base_dir
+
+
+def set_sensor_loop_seconds(seconds: float) -> None:
+    """Make this process's sensor daemon look at its sensors every ``seconds`` (Dagster's
+    loop reads the module's constant at each pass)."""
+    import dagster._daemon.sensor as sensor_daemon
+
+    sensor_daemon.MIN_INTERVAL_LOOP_TIME = seconds  # type: ignore[assignment]
 
 
 def forget_rebuilt_jobs() -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import logging
 
-from imagen_pipeline.instance.daemon import SENSOR_DAEMON_LOGGER, QuietIdleTicks
+import pytest
+
+from imagen_pipeline.instance.daemon import (
+    SENSOR_DAEMON_LOGGER,
+    SENSOR_LOOP_ENV,
+    QuietIdleTicks,
+    SensorLoopError,
+    sensor_loop_s,
+)
 
 
 def kept(lines: list[str]) -> list[str]:
@@ -46,3 +54,19 @@ def test_a_new_skip_reason_is_logged() -> None:
         IDLE,
         empty,
     ]
+
+
+def test_the_sensor_period_is_dagsters_unless_set() -> None:
+    assert sensor_loop_s({}) is None
+    assert sensor_loop_s({SENSOR_LOOP_ENV: " "}) is None
+    assert sensor_loop_s({SENSOR_LOOP_ENV: "1"}) == 1.0
+
+
+@pytest.mark.parametrize("raw", ["0", "0.1", "61", "soon", "nan", "-5"])
+def test_a_sensor_period_out_of_range_names_the_variable_and_the_range(raw: str) -> None:
+    with pytest.raises(SensorLoopError) as refused:
+        sensor_loop_s({SENSOR_LOOP_ENV: raw})
+    assert str(refused.value) == (
+        f"IMAGEN_SENSOR_LOOP_S={raw!r}: the sensor daemon's period must be a number of "
+        "seconds from 0.5 to 60; unset, it is Dagster's 5"
+    )

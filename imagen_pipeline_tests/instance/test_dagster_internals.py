@@ -27,6 +27,7 @@ from imagen_pipeline.instance.dagster_internals import (
     launcher_instance,
     resolve,
     set_capture_folder,
+    set_sensor_loop_seconds,
     storage_instance,
 )
 
@@ -75,11 +76,20 @@ def test_the_private_attributes_are_where_the_list_says(tmp_path: Path) -> None:
         with storage.index_connection() as conn:
             allocate_pool_slots(storage, conn, "some_pool", 3)
         assert storage.get_concurrency_info("some_pool").slot_count == 3
+    import dagster._daemon.sensor as sensor_daemon
+
+    dagsters_period = sensor_daemon.MIN_INTERVAL_LOOP_TIME
+    try:
+        set_sensor_loop_seconds(1.5)
+        assert sensor_daemon.MIN_INTERVAL_LOOP_TIME == 1.5
+    finally:
+        sensor_daemon.MIN_INTERVAL_LOOP_TIME = dagsters_period
     assert [entry.name for entry in PRIVATE_ATTRIBUTES] == [
         "_instance",
         "_base_dir",
         "_instance",
         "_allocate_concurrency_slots",
+        "MIN_INTERVAL_LOOP_TIME",
     ]
 
 

@@ -6,6 +6,7 @@ the others share the module's running stack (``running_stack``), each from a cle
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from PIL import Image
 
 from imagen_pipeline.queue import pause
 from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
-from imagen_pipeline_tests.fixtures.daemon import DaemonStack, holding
+from imagen_pipeline_tests.fixtures.daemon import TEST_SENSOR_LOOP_S, DaemonStack, holding
 
 
 def images_by_job(stack: DaemonStack) -> dict[int, list[dict[str, Any]]]:
@@ -405,45 +406,6 @@ def test_a_batch_of_gpu_jobs_leaves_run_slots_for_cloud_jobs(
         assert all(rows[job_id]["status"] != "done" for job_id in gpu_jobs)
 
 
-IDLE_TICKS = 3
-DAEMON_UPTIME_S = 130
-"""The daemon refreshes its workspace every 60 s (dagster 1.13); with a code server of its
-own, the first one it replaced logged "No heartbeat received in 20 seconds" 100 s after the
-daemon started (its heartbeat check runs every 20 s), then one a minute. The module's stack
-has been up longer than this by the time the test runs, after the others."""
-
-
-def sensor_ticks_since(stack: DaemonStack, since: float) -> int:
-    """How many ticks imagen_jobs_sensor has made since ``since`` (``time.time()``)."""
-    with dg.DagsterInstance.from_config(str(stack.home)) as instance:
-        states = [s for s in instance.all_instigator_state() if s.name == "imagen_jobs_sensor"]
-        return sum(
-            len(instance.get_ticks(s.instigator_origin_id, s.selector_id, after=since))
-            for s in states
-        )
-
-
-def test_an_idle_daemon_logs_nothing_per_tick(running_stack: DaemonStack) -> None:
-    """At the daemon's default level an idle queue writes no line per sensor tick (at most
-    the first idle tick after the previous test's runs) and no code server is replaced and
-    shut down for lack of heartbeats (docs/deployment.md "The daemon's log")."""
-    since, offset = time.time(), running_stack.log_path.stat().st_size
-    deadline = time.monotonic() + DAEMON_UPTIME_S + 120
-    while (
-        sensor_ticks_since(running_stack, since) < IDLE_TICKS
-        or time.monotonic() - running_stack.started_at < DAEMON_UPTIME_S
-    ):
-        assert time.monotonic() < deadline, "the sensor did not tick"
-        time.sleep(0.5)
-    log = running_stack.log_path.read_bytes()
-    during = log[offset:].decode(errors="replace").splitlines()
-    assert [line for line in during if "imagen_jobs_sensor" in line and "skip" in line][1:] == []
-    whole = log.decode(errors="replace")
-    assert "Checking for new runs for sensor" not in whole
-    assert "No heartbeat received" not in whole
-    assert running_stack.jobs() == {}
-
-
 def test_a_job_made_from_its_owners_image_records_its_parent_and_another_owners_fails(
     running_stack: DaemonStack,
 ) -> None:
@@ -479,3 +441,49 @@ def test_a_job_made_from_its_owners_image_records_its_parent_and_another_owners_
     )
     logged = stack.calls_log.read_text()
     assert "not mine" not in logged and their_sha not in logged
+
+
+IDLE_TICKS = 3
+DAEMON_UPTIME_S = 130
+"""The daemon refreshes its workspace every 60 s (dagster 1.13); with a code server of its
+own, the first one it replaced logged "No heartbeat received in 20 seconds" 100 s after the
+daemon started (its heartbeat check runs every 20 s), then one a minute. The module's stack
+has been up longer than this by the time the test runs, after the others."""
+
+
+def sensor_tick_times_since(stack: DaemonStack, since: float) -> list[float]:
+    """When imagen_jobs_sensor's ticks since ``since`` (``time.time()``) started, in order."""
+    with dg.DagsterInstance.from_config(str(stack.home)) as instance:
+        states = [s for s in instance.all_instigator_state() if s.name == "imagen_jobs_sensor"]
+        return sorted(
+            tick.timestamp
+            for s in states
+            for tick in instance.get_ticks(s.instigator_origin_id, s.selector_id, after=since)
+        )
+
+
+def test_an_idle_daemon_logs_nothing_per_tick(running_stack: DaemonStack) -> None:
+    """At the daemon's default level an idle queue writes no line per sensor tick (at most
+    the first idle tick after the previous test's runs) and no code server is replaced and
+    shut down for lack of heartbeats (docs/deployment.md "The daemon's log"). The sensor
+    ticks at the period ``IMAGEN_SENSOR_LOOP_S`` gives ``imagen daemon`` (1 s here), not
+    Dagster's 5 s: every loop, or every other one when a loop comes a moment before the
+    sensor's 1 s minimum interval has passed."""
+    since, offset = time.time(), running_stack.log_path.stat().st_size
+    deadline = time.monotonic() + DAEMON_UPTIME_S + 120
+    while (
+        len(sensor_tick_times_since(running_stack, since)) < IDLE_TICKS
+        or time.monotonic() - running_stack.started_at < DAEMON_UPTIME_S
+    ):
+        assert time.monotonic() < deadline, "the sensor did not tick"
+        time.sleep(0.5)
+    log = running_stack.log_path.read_bytes()
+    during = log[offset:].decode(errors="replace").splitlines()
+    assert [line for line in during if "imagen_jobs_sensor" in line and "skip" in line][1:] == []
+    whole = log.decode(errors="replace")
+    assert "Checking for new runs for sensor" not in whole
+    assert "No heartbeat received" not in whole
+    assert running_stack.jobs() == {}
+    ticks = sensor_tick_times_since(running_stack, since)
+    gaps = sorted(later - earlier for earlier, later in itertools.pairwise(ticks))
+    assert gaps[len(gaps) // 2] < 2 * TEST_SENSOR_LOOP_S + 0.5, gaps
