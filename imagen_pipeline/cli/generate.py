@@ -24,7 +24,7 @@ from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_errors import step_failure_text
 from imagen_pipeline.defs.run_identity import run_tags
 from imagen_pipeline.errors import ImagenError
-from imagen_pipeline.generate.plan import MAX_COUNT, ImageSpec, parse_size, plan_generation
+from imagen_pipeline.generate.planning import MAX_COUNT, ImageSpec, parse_size, plan_generation
 from imagen_pipeline.generate.setup import Setup, load_setup
 from imagen_pipeline.output.store import StoredImage
 from imagen_pipeline.prompts.styles import load_styles

@@ -25,7 +25,7 @@ from imagen_pipeline.backends.sources import SourceImage
 from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.db.errors import DatabaseStep, database_errors
 from imagen_pipeline.errors import SEE_THE_RUN, ConfigError, ImagenError, InvalidRequestError
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.generate.source_refs import SourceRef, source_references
 from imagen_pipeline.generate.sources import (
     check_size,

@@ -1,5 +1,5 @@
 """The generate steps, ``generate_gpu`` and ``generate_cloud``: the same op in the two
-Dagster op pools, over :func:`~imagen_pipeline.generate.make.make_images`, with each image's
+Dagster op pools, over :func:`~imagen_pipeline.generate.making.make_images`, with each image's
 lines in the run's log, a queued job's progress in its row and the operator's alerts."""
 
 import dagster as dg
@@ -12,8 +12,8 @@ from imagen_pipeline.defs.failures import step_errors
 from imagen_pipeline.defs.resources import ImagenDatabaseResource
 from imagen_pipeline.defs.run_identity import POOLS, made_by_tags, own_job, tag_run
 from imagen_pipeline.errors import BackendError
-from imagen_pipeline.generate.make import make_images
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.making import make_images
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.generate.sources import discard_sources
 from imagen_pipeline.generate.staging import GeneratedImage
 from imagen_pipeline.queue.progress import JobProgress

@@ -29,7 +29,7 @@ from imagen_pipeline.defs.resources import (
 from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_identity import POOLS, own_job, run_tags, tag_run
 from imagen_pipeline.generate.job_records import discard_job_record
-from imagen_pipeline.generate.plan import GenerationPlan, plan_generation
+from imagen_pipeline.generate.planning import GenerationPlan, plan_generation
 from imagen_pipeline.generate.staging import GeneratedImage
 from imagen_pipeline.output.store import StoredImage, store_image
 from imagen_pipeline.usage.recorder import (

@@ -16,7 +16,7 @@ import psycopg
 
 from imagen_pipeline.cloud.sources import check_client_owns_sources
 from imagen_pipeline.errors import ImagenError
-from imagen_pipeline.generate.plan import GenerationPlan, plan_generation
+from imagen_pipeline.generate.planning import GenerationPlan, plan_generation
 from imagen_pipeline.generate.setup import Setup
 from imagen_pipeline.queue import repository
 from imagen_pipeline.queue.rows import JobRow

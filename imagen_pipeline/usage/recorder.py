@@ -22,7 +22,7 @@ from imagen_pipeline.cloud.sync import SyncOutcome
 from imagen_pipeline.db.errors import DatabaseStep, DatabaseUnavailableError, database_errors
 from imagen_pipeline.errors import BackendError
 from imagen_pipeline.generate.budget import release_holds
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.output.store import StoredImage
 from imagen_pipeline.queue.repository import finish
 

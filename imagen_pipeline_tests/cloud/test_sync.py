@@ -16,7 +16,7 @@ from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.cloud.sync import object_path, sync_image
 from imagen_pipeline.config.models import CloudConfig
-from imagen_pipeline.generate.plan import ImageSpec, plan_generation
+from imagen_pipeline.generate.planning import ImageSpec, plan_generation
 from imagen_pipeline.generate.setup import parse_setup
 from imagen_pipeline.generate.staging import run_generation
 from imagen_pipeline.output.store import StoredImage, store_image

@@ -26,7 +26,7 @@ from imagen_pipeline.generate.budget import (
     release_run_holds,
 )
 from imagen_pipeline.generate.job_records import find_job_generation, record_generation
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.generate.staging import GeneratedImage, run_generation
 
 
