@@ -18,7 +18,7 @@ PACKAGE = Path(imagen_pipeline.__file__).parent
 LAYERS: list[set[str]] = [
     {"__init__", "errors", "run_tags"},
     {"atomic_files", "naming", "prompts", "config", "db"},
-    {"backends", "alerts"},
+    {"backends", "alerts", "storage"},
     {"generate"},
     {"output", "cloud", "queue", "housekeeping"},
     {"usage"},

@@ -22,7 +22,6 @@ from psycopg.rows import dict_row
 
 from imagen_pipeline.atomic_files import sha256_file
 from imagen_pipeline.backends.sources import SourceImage
-from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.db.errors import DatabaseStep, database_errors
 from imagen_pipeline.errors import SEE_THE_RUN, ConfigError, ImagenError, InvalidRequestError
 from imagen_pipeline.generate.planning import GenerationPlan
@@ -34,6 +33,7 @@ from imagen_pipeline.generate.sources import (
     read_local_file,
     stage_source,
 )
+from imagen_pipeline.storage.errors import CloudSyncError
 
 Connect = Callable[[], psycopg.Connection]
 
@@ -193,7 +193,7 @@ def _download(ref: SourceRef, row: ImageRow, plan: GenerationPlan) -> bytes:
             f"{ref.field}: image {row.id} has no local file with its bytes here and no "
             "Storage object this server can read (cloud:)"
         )
-    from imagen_pipeline.cloud.storage import SupabaseStorage
+    from imagen_pipeline.storage.client import SupabaseStorage
 
     try:
         with SupabaseStorage.from_config(plan.cloud) as storage:

@@ -12,7 +12,6 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict
 
 from imagen_pipeline.backends.pricing import describe_cost
-from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.cloud.images import (
     image_run_holding,
     insert_image_parents,
@@ -25,6 +24,7 @@ from imagen_pipeline.generate.budget import release_holds
 from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.output.store import StoredImage
 from imagen_pipeline.queue.repository import finish
+from imagen_pipeline.storage.errors import CloudSyncError
 
 ERROR_MAX_CHARS = 2000
 

@@ -1,4 +1,5 @@
-"""Errors of cloud sync (database failures are :mod:`imagen_pipeline.db.errors`)."""
+"""Errors of Supabase Storage and cloud sync (database failures are
+:mod:`imagen_pipeline.db.errors`)."""
 
 from __future__ import annotations
 
