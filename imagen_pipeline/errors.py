@@ -62,6 +62,23 @@ class ImagenError(Exception):
         return "outage" if self.transient else "server"
 
 
+class MaybeTransientError(ImagenError):
+    """An error that a retry may or may not help with, as the place that raises it says
+    (``transient``, e.g. Storage away, or an object that is wrong); a web user reads
+    ``public_transient`` or ``public_summary`` accordingly."""
+
+    public_transient: ClassVar[str]
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+    @property
+    def public(self) -> str:
+        """``public_transient`` when a retry may help, else ``public_summary``."""
+        return self.public_transient if self.transient else super().public
+
+
 class ConfigError(ImagenError):
     """`imagen.yaml` is missing a value, has a wrong one, or names something unknown."""
 

@@ -14,7 +14,7 @@ import yaml
 
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.errors import ImagenError
-from imagen_pipeline.generate.plan import plan_generation
+from imagen_pipeline.generate.planning import plan_generation
 from imagen_pipeline.generate.setup import parse_setup
 from imagen_pipeline.queue.rows import JobRow
 from imagen_pipeline_tests.fakes.loopback_http import closed_port

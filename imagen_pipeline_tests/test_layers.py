@@ -18,7 +18,7 @@ PACKAGE = Path(imagen_pipeline.__file__).parent
 LAYERS: list[set[str]] = [
     {"__init__", "errors", "run_tags"},
     {"atomic_files", "naming", "prompts", "config", "db"},
-    {"backends", "alerts"},
+    {"backends", "alerts", "storage"},
     {"generate"},
     {"output", "cloud", "queue", "housekeeping"},
     {"usage"},
@@ -35,7 +35,7 @@ def module_name(path: Path) -> str:
 
 
 def part_of(module: str) -> str:
-    """``imagen_pipeline.generate.plan`` -> ``generate``; the package itself -> ``__init__``."""
+    """``imagen_pipeline.generate.planning`` -> ``generate``; the package itself -> ``__init__``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
 
@@ -122,4 +122,4 @@ def test_every_import_goes_to_the_same_layer_or_below() -> None:
 def test_the_check_finds_a_cycle_and_an_upward_import() -> None:
     """The checks above can fail: a made-up graph with a circle is caught."""
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert part_of("imagen_pipeline.generate.plan") == "generate"
+    assert part_of("imagen_pipeline.generate.planning") == "generate"

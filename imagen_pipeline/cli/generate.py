@@ -15,6 +15,7 @@ from typing import Any
 import click
 import dagster as dg
 
+from imagen_pipeline import generate as generate_path
 from imagen_pipeline.backends.sources import SOURCE_MODES
 from imagen_pipeline.cli.errors import EXIT_FAILED, CliError
 from imagen_pipeline.cli.instance import cli_instance
@@ -24,7 +25,7 @@ from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_errors import step_failure_text
 from imagen_pipeline.defs.run_identity import run_tags
 from imagen_pipeline.errors import ImagenError
-from imagen_pipeline.generate.plan import MAX_COUNT, ImageSpec, parse_size, plan_generation
+from imagen_pipeline.generate.planning import MAX_COUNT, ImageSpec, parse_size
 from imagen_pipeline.generate.setup import Setup, load_setup
 from imagen_pipeline.output.store import StoredImage
 from imagen_pipeline.prompts.styles import load_styles
@@ -180,7 +181,7 @@ def generate(
             strength=strength,
         )
         setup = load_setup(config_path)
-        plan = plan_generation(spec, setup)
+        plan = generate_path.plan(spec, setup)
     except ImagenError as error:
         raise CliError(str(error)) from None
     for stored in run_generate_job(spec, setup, verbose, run_tags(plan)):

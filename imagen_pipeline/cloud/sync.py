@@ -22,18 +22,18 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from imagen_pipeline.atomic_files import write_atomic
-from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.config.models import CloudConfig
 from imagen_pipeline.errors import OutputError
 from imagen_pipeline.naming.object_paths import UNOWNED, render_object_path, sidecar_object_path
 from imagen_pipeline.output.sidecar import sidecar_bytes
 from imagen_pipeline.output.store import StoredImage
+from imagen_pipeline.storage.errors import CloudSyncError
 
 SIDECAR_MIME = "application/json"
 SIDECAR_CACHE_CONTROL_S = 60
 
 if TYPE_CHECKING:
-    from imagen_pipeline.cloud.storage import BucketInfo, SupabaseStorage
+    from imagen_pipeline.storage.client import BucketInfo, SupabaseStorage
 
 
 class StorageLocation(BaseModel):
@@ -166,7 +166,7 @@ def sync_image(
         )
     path = object_path(stored, settings.path_template, stored.generated.plan.owner_user_id)
     sidecar = Path(stored.sidecar_path) if stored.sidecar_path else None
-    from imagen_pipeline.cloud.storage import SupabaseStorage
+    from imagen_pipeline.storage.client import SupabaseStorage
 
     with SupabaseStorage.from_config(settings) as storage:
         _check_bucket(storage.bucket(settings.bucket), settings, stored)

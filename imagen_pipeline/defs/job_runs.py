@@ -7,7 +7,7 @@ import dagster as dg
 
 from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_identity import run_tags
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.queue.rows import JobRow
 from imagen_pipeline.run_tags import TAG_SOURCE
 

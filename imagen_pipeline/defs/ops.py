@@ -4,14 +4,16 @@ write_files -> cloud_sync -> record_usage. A run makes the request's ``count`` i
 
 Wiring only: each op calls one plain module and hands its errors to
 :func:`~imagen_pipeline.defs.failures.step_errors`. The first op resolves the run into its
-plan from the ``imagen`` and ``backends`` resources; later ops read the plan and the
-previous step's small result. Ops pass pydantic values and file paths, never image bytes.
+plan (:func:`imagen_pipeline.generate.plan`) from the ``imagen`` and ``backends``
+resources; later ops read the plan and the previous step's small result. Ops pass pydantic
+values and file paths, never image bytes.
 """
 
 from collections.abc import Iterator
 
 import dagster as dg
 
+from imagen_pipeline import generate
 from imagen_pipeline.cloud.sync import SyncOutcome, sync_image
 from imagen_pipeline.db.errors import DatabaseStep, database_errors
 from imagen_pipeline.defs.failures import step_errors
@@ -28,8 +30,7 @@ from imagen_pipeline.defs.resources import (
 )
 from imagen_pipeline.defs.run_config import GenerateImageConfig
 from imagen_pipeline.defs.run_identity import POOLS, own_job, run_tags, tag_run
-from imagen_pipeline.generate.job_records import discard_job_record
-from imagen_pipeline.generate.plan import GenerationPlan, plan_generation
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.generate.staging import GeneratedImage
 from imagen_pipeline.output.store import StoredImage, store_image
 from imagen_pipeline.usage.recorder import (
@@ -58,7 +59,7 @@ def enrich_prompt(
     one of the two generate steps runs and the other is skipped.
     """
     with step_errors(context):
-        plan = plan_generation(config.to_spec(), imagen.setup(backends))
+        plan = generate.plan(config.to_spec(), imagen.setup(backends))
     tag_run(context, run_tags(plan))
     context.log.info(
         f"backend {plan.backend} ({plan.backend_type}, {plan.model}), style "
@@ -125,7 +126,8 @@ def record_usage(
     imagen_db: ImagenDatabaseResource,
 ) -> UsageOutcome:
     """In one transaction: the ``imagen.images`` rows, the ``mai.imagen_usage`` rows and,
-    for a queued job, its ``done`` (when a database is configured)."""
+    for a queued job, its ``done`` (when a database is configured; a job done keeps no
+    images for re-use)."""
     own_job(context, stored[0].generated.plan, imagen_db, finished_work=True)
     images = list(zip(stored, synced, strict=True))
     with (
@@ -142,9 +144,6 @@ def record_usage(
             url = sync.location.url if sync.location else None
             for materialization in row_materializations(item, image_id, url):
                 context.log_event(materialization)
-    if outcome.job_done:
-        for item in stored:
-            discard_job_record(item.generated)
     context.log.info(outcome.detail)
     return outcome
 

@@ -1,6 +1,6 @@
 """The run config of ``generate_image``: the request as the launchpad, ``dagster job execute
--c`` and the jobs sensor give it (:class:`~imagen_pipeline.generate.plan.ImageSpec` is the schema;
-``imagen_pipeline_tests/defs/test_run_config.py`` keeps the two in step)."""
+-c`` and the jobs sensor give it (:class:`~imagen_pipeline.generate.planning.ImageSpec` is
+the schema; ``imagen_pipeline_tests/defs/test_run_config.py`` keeps the two in step)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from enum import StrEnum
 import dagster as dg
 from pydantic import Field
 
-from imagen_pipeline.generate.plan import ImageSpec, parse_backend_opts
+from imagen_pipeline.generate.planning import ImageSpec, parse_backend_opts
 from imagen_pipeline.prompts.styles import load_styles
 
 StyleName = StrEnum("StyleName", {name: name for name in sorted(load_styles())})

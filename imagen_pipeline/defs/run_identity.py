@@ -14,7 +14,7 @@ from imagen_pipeline.backends.capacity import CLOUD_POOL, GPU_POOL
 from imagen_pipeline.db.errors import DatabaseStep, database_errors
 from imagen_pipeline.defs.failures import failure, step_errors
 from imagen_pipeline.defs.resources import ImagenDatabaseResource
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.generate.staging import GeneratedImage
 from imagen_pipeline.queue.repository import take_ownership
 from imagen_pipeline.run_tags import (

@@ -23,7 +23,7 @@ from gql.transport.exceptions import (
 
 from imagen_pipeline.defs.job_runs import run_config_for, run_tags_for
 from imagen_pipeline.errors import ImagenError
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.queue.rows import JobRow
 
 JOB_NAME = "generate_image"

@@ -9,10 +9,10 @@ import time
 import httpx
 
 from imagen_pipeline.backends.registry import BackendInstance
-from imagen_pipeline.cloud.storage import SupabaseStorage
 from imagen_pipeline.doctor.report import Check, Probe, elapsed_ms, redact_url
 from imagen_pipeline.doctor.stack import NETWORK_TIMEOUT_S, PartUnavailableError, Stack
 from imagen_pipeline.errors import ImagenError
+from imagen_pipeline.storage.client import SupabaseStorage
 
 
 def backend_check(instance: BackendInstance) -> Check:

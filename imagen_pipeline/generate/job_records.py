@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from imagen_pipeline.atomic_files import remove_if_empty, sha256_file, write_atomic
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.generate.staging import GeneratedImage, staging_dir, variation_suffix
 
 

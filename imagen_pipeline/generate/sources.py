@@ -1,12 +1,12 @@
 """A request's source images: how they are named, checked and staged for a backend.
 
 A request names its sources in ``source_images`` (and a ``mask``;
-:mod:`imagen_pipeline.generate.source_refs`). The generate step
-fetches each one itself (:mod:`imagen_pipeline.cloud.sources`: the local output folder, else
-Supabase Storage with the service key; never a URL a client gives), and every byte string is
-checked here before anything is sent: its size, then its format and pixel count from the
-header (so a decompression bomb is refused before it is decoded), then Pillow's verify and a
-full decode. The checked copy is staged next to the run's staged image, recorded with its
+:mod:`imagen_pipeline.generate.source_refs`). The generate step fetches each one itself
+(:mod:`imagen_pipeline.generate.source_fetch`: the local output folder, else Supabase
+Storage with the service key; never a URL a client gives), and every byte string is checked
+here before anything is sent: its size, then its format and pixel count from the header (so
+a decompression bomb is refused before it is decoded), then Pillow's verify and a full
+decode. The checked copy is staged next to the run's staged image, recorded with its
 sha256, and removed when the step ends.
 """
 

@@ -19,7 +19,7 @@ from imagen_pipeline.atomic_files import write_atomic
 from imagen_pipeline.backends.contract import GenerationContext, GenerationMetadata, ImageFacts
 from imagen_pipeline.backends.registry import BackendInstance
 from imagen_pipeline.errors import PermanentBackendError
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.planning import GenerationPlan
 
 STAGING_DIRNAME = ".imagen-staging"
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}

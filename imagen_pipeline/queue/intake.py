@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import psycopg
 
-from imagen_pipeline.cloud.sources import check_client_owns_sources
+from imagen_pipeline import generate
 from imagen_pipeline.errors import ImagenError
-from imagen_pipeline.generate.plan import GenerationPlan, plan_generation
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.generate.setup import Setup
 from imagen_pipeline.queue import repository
 from imagen_pipeline.queue.rows import JobRow
@@ -47,10 +47,7 @@ def admit(conn: psycopg.Connection, row: JobRow, config: Setup) -> Admitted | Re
     """Plan a claimed row, or fail it with its reason (also when it names another owner's
     images, before any run)."""
     try:
-        plan = plan_generation(row.to_spec(), config)
-        if plan.spec.source_images:
-            check_client_owns_sources(conn, plan)
-        return Admitted(row, plan)
+        return Admitted(row, generate.plan(row.to_spec(), config, conn))
     except ImagenError as error:
         refused = Refused(row, error.public, str(error))
     except psycopg.Error:

@@ -24,7 +24,7 @@ import psycopg
 
 from imagen_pipeline.db.connection import connect
 from imagen_pipeline.errors import ImagenError
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.generate.setup import Setup
 from imagen_pipeline.queue import pause, repository
 from imagen_pipeline.queue.intake import Refused, admit

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict
 
-from imagen_pipeline.generate.plan import ImageSpec, RequestFields, parse_backend_opts
+from imagen_pipeline.generate.planning import ImageSpec, RequestFields, parse_backend_opts
 
 JobStatus = Literal["pending", "queued", "running", "done", "failed", "canceled"]
 MAX_ATTEMPTS = 3

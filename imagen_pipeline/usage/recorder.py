@@ -12,7 +12,6 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict
 
 from imagen_pipeline.backends.pricing import describe_cost
-from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.cloud.images import (
     image_run_holding,
     insert_image_parents,
@@ -22,9 +21,11 @@ from imagen_pipeline.cloud.sync import SyncOutcome
 from imagen_pipeline.db.errors import DatabaseStep, DatabaseUnavailableError, database_errors
 from imagen_pipeline.errors import BackendError
 from imagen_pipeline.generate.budget import release_holds
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.job_records import discard_job_record
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.output.store import StoredImage
 from imagen_pipeline.queue.repository import finish
+from imagen_pipeline.storage.errors import CloudSyncError
 
 ERROR_MAX_CHARS = 2000
 
@@ -42,8 +43,6 @@ class UsageOutcome(BaseModel):
     """The first image's row (variation 0)."""
     image_ids: list[int] = []
     """Every image's row, by variation."""
-    job_done: bool = False
-    """True when this recording marked the run's imagen.jobs row done."""
 
 
 def generation_key(run_id: str, attempt: int, variation: int = 0) -> str:
@@ -115,7 +114,9 @@ def record_images(
 
     Either all are written or none, so a failure here leaves nothing half-recorded and a
     retry (or re-execution from this step) writes them once: an image row is keyed by the
-    generating run and the variation, a usage row by run, variation and attempt.
+    generating run and the variation, a usage row by run, variation and attempt. Once the
+    job's ``done`` is committed, its records of what it generated for re-use are removed
+    (:mod:`imagen_pipeline.generate.job_records`).
     """
     first = images[0][0].generated
     costs = [stored.generated.metadata.cost_usd for stored, _ in images]
@@ -163,6 +164,9 @@ def record_images(
             "nothing was recorded. Make object paths unique per image "
             "(add {run_id} to cloud.path_template)"
         ) from None
+    if finished:
+        for stored, _ in images:
+            discard_job_record(stored.generated)
     usage = (
         "recorded"
         if inserted == len(images)
@@ -187,7 +191,6 @@ def record_images(
         cost_usd=cost,
         image_id=image_ids[0],
         image_ids=image_ids,
-        job_done=bool(finished),
     )
 
 

@@ -7,10 +7,10 @@ import hashlib
 import httpx
 import pytest
 
-from imagen_pipeline.cloud.errors import CloudSyncError
-from imagen_pipeline.cloud.storage import SupabaseStorage
 from imagen_pipeline.config.models import CloudConfig
 from imagen_pipeline.errors import ConfigError, MissingCredentialError
+from imagen_pipeline.storage.client import SupabaseStorage
+from imagen_pipeline.storage.errors import CloudSyncError
 from imagen_pipeline_tests.cloud.conftest import BUCKET, KEY
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fakes.storage_server import (

@@ -13,13 +13,13 @@ import httpx
 import pytest
 
 from imagen_pipeline.backends.contract import GenerationContext
-from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.cloud.sync import object_path, sync_image
 from imagen_pipeline.config.models import CloudConfig
-from imagen_pipeline.generate.plan import ImageSpec, plan_generation
+from imagen_pipeline.generate.planning import ImageSpec, plan_generation
 from imagen_pipeline.generate.setup import parse_setup
 from imagen_pipeline.generate.staging import run_generation
 from imagen_pipeline.output.store import StoredImage, store_image
+from imagen_pipeline.storage.errors import CloudSyncError
 from imagen_pipeline_tests.cloud.conftest import BUCKET, FALLBACK_OWNER, OWNER
 from imagen_pipeline_tests.fakes.storage_server import DROP_AFTER_STORE, FakeStorage
 

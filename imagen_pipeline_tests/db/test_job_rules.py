@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from imagen_pipeline.db import migrate as migrate_module
 from imagen_pipeline.errors import InvalidRequestError
-from imagen_pipeline.generate.plan import check_backend_opts
+from imagen_pipeline.generate.planning import check_backend_opts
 from imagen_pipeline.queue.rows import MAX_ATTEMPTS, MAX_INTERRUPTIONS
 from imagen_pipeline_tests.fixtures.queue import web_session
 

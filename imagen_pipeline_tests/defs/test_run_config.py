@@ -9,7 +9,7 @@ import pytest
 
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.defs.run_config import GenerateImageConfig, StyleName
-from imagen_pipeline.generate.plan import ImageSpec
+from imagen_pipeline.generate.planning import ImageSpec
 from imagen_pipeline.prompts.styles import load_styles
 from imagen_pipeline.queue.rows import JobRow
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.defs.failures import MAX_RETRIES, failure, step_errors
 from imagen_pipeline.defs.run_errors import failure_fault, public_failure_text, step_failure_text
 from imagen_pipeline.errors import (
@@ -14,6 +13,7 @@ from imagen_pipeline.errors import (
     PermanentBackendError,
     TransientBackendError,
 )
+from imagen_pipeline.storage.errors import CloudSyncError
 
 
 def failed_run(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imagen_pipeline.errors import InvalidRequestError
-from imagen_pipeline.generate.plan import ImageSpec, parse_size, plan_generation
+from imagen_pipeline.generate.planning import ImageSpec, parse_size, plan_generation
 from imagen_pipeline.generate.setup import parse_setup
 
 CONFIG = parse_setup(

@@ -14,7 +14,7 @@ from PIL import Image
 from imagen_pipeline.backends.mock import MockBackend
 from imagen_pipeline.backends.sources import MAX_SOURCE_BYTES, SourceSupport
 from imagen_pipeline.errors import InvalidRequestError
-from imagen_pipeline.generate.plan import ImageSpec, plan_generation
+from imagen_pipeline.generate.planning import ImageSpec, plan_generation
 from imagen_pipeline.generate.setup import load_setup
 from imagen_pipeline.generate.source_refs import parse_reference, source_references
 from imagen_pipeline.generate.sources import check_source_bytes, read_local_file

@@ -10,7 +10,7 @@ from PIL import Image
 
 from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.errors import OutputError
-from imagen_pipeline.generate.plan import ImageSpec, plan_generation
+from imagen_pipeline.generate.planning import ImageSpec, plan_generation
 from imagen_pipeline.generate.setup import parse_setup
 from imagen_pipeline.generate.staging import GeneratedImage, run_generation
 from imagen_pipeline.output.store import store_image

@@ -29,8 +29,8 @@ from imagen_pipeline.backends.contract import GenerationContext
 from imagen_pipeline.backends.openai.pricing import usage_cost_usd
 from imagen_pipeline.db.connection import connect
 from imagen_pipeline.errors import ImagenError
-from imagen_pipeline.generate.make import MadeImage, make_images
-from imagen_pipeline.generate.plan import GenerationPlan, ImageSpec, plan_generation
+from imagen_pipeline.generate.making import MadeImage, make_images
+from imagen_pipeline.generate.planning import GenerationPlan, ImageSpec, plan_generation
 from imagen_pipeline.generate.setup import load_setup
 from imagen_pipeline.queue.intake import Batch, take_batch
 from imagen_pipeline_tests.fakes.comfyui_server import FakeComfyUI, running_fake_comfyui

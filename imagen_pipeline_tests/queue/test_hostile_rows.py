@@ -29,7 +29,7 @@ from psycopg.types.json import Jsonb
 
 from imagen_pipeline.defs.job_runs import run_config_for
 from imagen_pipeline.defs.jobs import build_generate_image_job
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.generate.setup import Setup, load_setup
 from imagen_pipeline.prompts.styles import load_styles
 from imagen_pipeline.queue.listener import handle_notification

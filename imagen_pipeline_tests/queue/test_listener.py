@@ -12,7 +12,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from imagen_pipeline.defs.run_submission import GraphQLRunSubmitter
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.generate.setup import Setup, load_setup
 from imagen_pipeline.queue.listener import RELEASED, handle_notification, listen
 from imagen_pipeline.queue.rows import JobRow

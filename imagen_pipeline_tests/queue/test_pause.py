@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 
 from imagen_pipeline.cli.main import cli
 from imagen_pipeline.doctor.databases import check_holds
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.generate.setup import load_setup
 from imagen_pipeline.queue import pause, repository
 from imagen_pipeline.queue.listener import handle_notification

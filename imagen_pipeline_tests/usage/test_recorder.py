@@ -11,10 +11,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.cloud.sync import StorageLocation, SyncOutcome
 from imagen_pipeline.db.connection import connect
 from imagen_pipeline.defs.jobs import build_generate_image_job
+from imagen_pipeline.storage.errors import CloudSyncError
 from imagen_pipeline.usage.recorder import record_images
 from imagen_pipeline_tests.fakes.openai_server import running_fake_openai
 from imagen_pipeline_tests.fixtures.imagen import file_resources

@@ -22,10 +22,14 @@ from psycopg.rows import dict_row
 
 from imagen_pipeline.atomic_files import sha256_file
 from imagen_pipeline.backends.sources import SourceImage
-from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.db.errors import DatabaseStep, database_errors
-from imagen_pipeline.errors import SEE_THE_RUN, ConfigError, ImagenError, InvalidRequestError
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.errors import (
+    SEE_THE_RUN,
+    ConfigError,
+    InvalidRequestError,
+    MaybeTransientError,
+)
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.generate.source_refs import SourceRef, source_references
 from imagen_pipeline.generate.sources import (
     check_size,
@@ -34,24 +38,18 @@ from imagen_pipeline.generate.sources import (
     read_local_file,
     stage_source,
 )
+from imagen_pipeline.storage.errors import CloudSyncError
 
 Connect = Callable[[], psycopg.Connection]
 
 
-class SourceFetchError(ImagenError):
+class SourceFetchError(MaybeTransientError):
     """A source image the request may name could not be fetched (Storage away, or its
-    stored copy no longer matches its row)."""
+    stored copy no longer matches its row); what a web user reads has no paths and no
+    server names."""
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
-
-    @property
-    def public(self) -> str:
-        """What a web user may read: no paths, no server names."""
-        if self.transient:
-            return "a source image could not be fetched right now; no image was made"
-        return f"a source image could not be fetched; no image was made; {SEE_THE_RUN}"
+    public_transient = "a source image could not be fetched right now; no image was made"
+    public_summary = f"a source image could not be fetched; no image was made; {SEE_THE_RUN}"
 
 
 @dataclass(frozen=True)
@@ -193,7 +191,7 @@ def _download(ref: SourceRef, row: ImageRow, plan: GenerationPlan) -> bytes:
             f"{ref.field}: image {row.id} has no local file with its bytes here and no "
             "Storage object this server can read (cloud:)"
         )
-    from imagen_pipeline.cloud.storage import SupabaseStorage
+    from imagen_pipeline.storage.client import SupabaseStorage
 
     try:
         with SupabaseStorage.from_config(plan.cloud) as storage:

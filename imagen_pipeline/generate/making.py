@@ -2,8 +2,8 @@
 made, else check today's budget for the images still to make, call the backend and stage
 the bytes.
 
-Plain Python (the generate op is a thin layer over :func:`make_images`): errors are the
-pipeline's own, each saying whether a retry can help. A fallback taken and the operator's
+Plain Python, run by :func:`imagen_pipeline.generate.make` in the generate step: errors are
+the pipeline's own, each saying whether a retry can help. A fallback taken and the operator's
 budget used up alert the operator (``alerts``).
 """
 
@@ -26,7 +26,7 @@ from imagen_pipeline.generate.budget import (
     release_run_holds,
 )
 from imagen_pipeline.generate.job_records import find_job_generation, record_generation
-from imagen_pipeline.generate.plan import GenerationPlan
+from imagen_pipeline.generate.planning import GenerationPlan
 from imagen_pipeline.generate.staging import GeneratedImage, run_generation
 
 

@@ -1,10 +1,11 @@
 """Supabase Storage through supabase-py's storage client (``storage3``).
 
-:class:`SupabaseStorage` wraps the few calls cloud sync needs and turns every failure into a
-:class:`~imagen_pipeline.cloud.errors.CloudSyncError` that says what is wrong (missing bucket,
-rejected key, object too large, Storage unreachable) and whether a retry can help. The key is
-sent the way supabase-py sends it (``apikey`` and ``Authorization: Bearer``) and is redacted
-from every message.
+:class:`SupabaseStorage` wraps the few calls the pipeline needs (cloud sync's uploads and
+URLs, downloads of source images) and turns every failure into a
+:class:`~imagen_pipeline.storage.errors.CloudSyncError` that says what is wrong (missing
+bucket, rejected key, object too large, Storage unreachable) and whether a retry can help.
+The key is sent the way supabase-py sends it (``apikey`` and ``Authorization: Bearer``) and
+is redacted from every message.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from storage3.exceptions import StorageApiError
 from storage3.types import FileOptions
 
 from imagen_pipeline.backends.http_transport import tls_context
-from imagen_pipeline.cloud.errors import CloudSyncError
 from imagen_pipeline.config.models import CloudConfig
 from imagen_pipeline.config.secrets import resolve_secret
 from imagen_pipeline.errors import ConfigError
+from imagen_pipeline.storage.errors import CloudSyncError
 
 REDACTED = "[redacted]"
 MESSAGE_MAX_CHARS = 300
