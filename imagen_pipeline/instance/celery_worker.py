@@ -202,6 +202,9 @@ def end_killed_run(
     end_run(run_id, f"Celery worker {worker} lost the run's pool process (signal {signum}).")
 
 
+UNENDED_RUN_MESSAGE = "The run's Celery task ended before the run recorded its end."
+
+
 def end_run(run_id: str, message: str) -> None:
     """Record ``message`` in the run's log and end the run (CANCELED if it was being
     canceled, else FAILURE), unless it has finished."""
@@ -242,13 +245,20 @@ def register_run_task(app: Celery) -> None:
     @app.task(bind=True, name=TASK_EXECUTE_JOB_NAME, track_started=True)
     def execute_job(_task: Task, execute_job_args_packed: dict[str, Any]) -> int:
         args = unpack_value(execute_job_args_packed, as_type=ExecuteRunArgs)
-        reload_if_config_changed()
-        return _execute_run_command_body(
-            instance=pool_instance(),
-            run_id=args.run_id,
-            write_stream_fn=lambda _event: None,
-            set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
-        )
+        try:
+            reload_if_config_changed()
+            return _execute_run_command_body(
+                instance=pool_instance(),
+                run_id=args.run_id,
+                write_stream_fn=lambda _event: None,
+                set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
+            )
+        finally:
+            # A cancel's SIGINT that lands before Dagster's run execution handles interrupts
+            # (Celery reports the task started, Dagster still says STARTING) ends the task
+            # with the run unfinished: it would stay CANCELING, holding a run slot, until
+            # run monitoring's cancel timeout.
+            end_run(args.run_id, UNENDED_RUN_MESSAGE)
 
 
 def config_stamp() -> tuple[str, int, int, int] | None:
