@@ -1,6 +1,7 @@
 """What imagen.yaml may say about options, checked when the file loads: no ``client_options``
-entry offers an input that reads a file or fetches a URL, or one a request field sets, and no
-choice names a URL or a file. Each refusal names the key path of the entry."""
+entry offers an input that reads a file or fetches a URL, or one a request field sets, no
+choice names a URL or a file, and no ComfyUI ``overrides`` entry sets a mapped request field
+or the image count. Each refusal names the key path of the entry."""
 
 from __future__ import annotations
 
@@ -301,3 +302,132 @@ def test_plain_choices_and_bounds_load(write_config: Callable[..., Path]) -> Non
     assert sorted(rules) == ["16.sampler_name", "17.scheduler", "guidance"]
     assert rules["17.scheduler"].choices == ["simple", "karras"]
     assert list(setup.backends["cloud"].backend.client_option_rules()) == ["go_fast"]
+
+
+# -- ComfyUI overrides -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "key", "value", "reason"),
+    [
+        pytest.param({}, "27.batch_size", 4, COUNT_REASON, id="batch-size"),
+        pytest.param(
+            {},
+            "27.width",
+            2048,
+            "sets width, which only the request's width field may set",
+            id="width",
+        ),
+        pytest.param(
+            {},
+            "30.height",
+            2048,
+            "sets height, which only the request's height field may set",
+            id="height-second-target",
+        ),
+        pytest.param(
+            {},
+            "17.steps",
+            50,
+            "sets steps, which only the request's steps field may set",
+            id="steps",
+        ),
+        pytest.param(
+            {},
+            "25.noise_seed",
+            1,
+            "sets seed, which only the request's seed field may set",
+            id="seed",
+        ),
+        pytest.param(
+            {},
+            "6.text",
+            "a cat",
+            "sets prompt, which only the request's prompt field may set",
+            id="prompt",
+        ),
+        pytest.param(
+            {},
+            "26.guidance",
+            5,
+            "sets guidance, which only the guidance option or the instance's guidance setting "
+            "may set",
+            id="guidance",
+        ),
+        pytest.param(
+            {},
+            "9.filename_prefix",
+            "mine",
+            "sets the output file name, which only the pipeline sets",
+            id="output-name",
+        ),
+        pytest.param(
+            {"workflow": "flux-dev-img2img"},
+            "40.image",
+            "cat.png",
+            "sets the source image, which only the request's source_images field may set",
+            id="source-image",
+        ),
+        pytest.param(
+            {"workflow": "flux-dev-img2img"},
+            "31.denoise",
+            0.5,
+            "sets strength, which only the request's strength field may set",
+            id="strength",
+        ),
+    ],
+)
+def test_an_override_that_sets_a_request_field_or_the_count_is_refused_when_the_config_loads(
+    write_config: Callable[..., Path], fields: dict[str, Any], key: str, value: Any, reason: str
+) -> None:
+    """Issue 24: no option sets what a request field sets, for anyone; the operator's fixed
+    ``overrides`` are held to the same rule as a client's option, and the error points at the
+    field."""
+    message = load_error(write_config, comfyui(overrides={key: value}, **fields))
+    assert f"backends.gpu.overrides.{key}: {reason}" in message, message
+
+
+def test_an_override_of_repeat_latent_batch_amount_is_refused(
+    write_config: Callable[..., Path], extended_workflow: str
+) -> None:
+    block = comfyui(workflow=extended_workflow, inputs=FLUX_DEV_INPUTS, overrides={"51.amount": 4})
+    message = load_error(write_config, block)
+    assert f"backends.gpu.overrides.51.amount: {COUNT_REASON}" in message, message
+
+
+def test_every_refused_override_is_named_at_once(write_config: Callable[..., Path]) -> None:
+    message = load_error(
+        write_config, comfyui(overrides={"27.batch_size": 4, "17.scheduler": "beta", "27.width": 8})
+    )
+    lines = message.split(": ", 1)[1].splitlines()
+    assert [line.split(": ")[0] for line in lines] == [
+        "backends.gpu.overrides.27.batch_size",
+        "backends.gpu.overrides.27.width",
+    ]
+
+
+def test_overrides_of_unmapped_inputs_load_and_an_unmapped_field_may_be_fixed(
+    write_config: Callable[..., Path],
+) -> None:
+    """An override of an input no request field reaches loads; to fix the steps, the
+    operator unmaps ``steps`` and overrides its input (a request's steps are then ignored)."""
+    config_file = write_config(
+        {
+            "default_backend": "gpu",
+            "backends": {
+                "gpu": comfyui(
+                    inputs={"steps": None},
+                    overrides={
+                        "17.steps": 30,
+                        "17.scheduler": "beta",
+                        "12.unet_name": "flux1-dev-fp8-e4m3fn.safetensors",
+                    },
+                )
+            },
+        }
+    )
+    workflow = load_setup(str(config_file)).backends["gpu"].backend.load()
+    assert "steps" not in workflow.inputs
+    assert workflow.graph["17"]["inputs"]["steps"] == 30
+    assert workflow.graph["17"]["inputs"]["scheduler"] == "beta"
+    assert workflow.model_file() == "flux1-dev-fp8-e4m3fn.safetensors"
