@@ -575,3 +575,75 @@ def test_the_operator_cannot_set_a_request_field_through_an_option_either(
     )
     assert operator.request.backend_opts == {"17.scheduler": "karras"}
     assert comfyui.received == []
+
+
+URL_VALUES = [
+    "https://evil.example/cat.png",
+    "http://169.254.169.254/latest/meta-data",
+    "data:image/png;base64,iVBORw0KGgo=",
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "rule", "plain", "refusal"),
+    [
+        pytest.param(
+            "output_format",
+            {"choices": ["webp", "png"]},
+            "png",
+            "{value!r} is not allowed; allowed: one of webp, png",
+            id="text-choices",
+        ),
+        pytest.param(
+            "go_fast",
+            {"choices": [True, False]},
+            False,
+            "{value!r} is not allowed; allowed: one of true, false",
+            id="boolean-choices",
+        ),
+        pytest.param(
+            "output_quality",
+            {"min": 50, "max": 100, "type": "integer"},
+            80,
+            "must be an integer from 50 to 100 (got {value!r})",
+            id="integer-range",
+        ),
+    ],
+)
+def test_regression_a_url_for_an_input_the_operator_offers_is_refused_by_the_value_rule(
+    migrated_database_url: str,
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+    replicate: FakeReplicate,
+    key: str,
+    rule: dict[str, Any],
+    plain: Any,
+    refusal: str,
+) -> None:
+    """The instance's client_options offer ``key``, so the allow-list lets the key through;
+    a client's URL or data URI for it still fails at intake (a client value is a number in
+    bounds or one of the operator's choices, and no choice may be a URL) and the fake gets
+    nothing. A plain value for the same key then reaches the prediction's input."""
+    block = replicate_block(replicate, None)
+    block["client_options"] = {key: rule}
+    queue = make_queue(migrated_database_url, write_config, tmp_path, block)
+    job_ids = {value: queue.insert({key: value}) for value in URL_VALUES}
+    batch = queue.take()
+    assert batch.admitted == []
+    for value, job_id in job_ids.items():
+        assert job_id is not None
+        row = queue.row(job_id)
+        assert (row["status"], row["error"]) == (
+            "failed",
+            f"backend_opts.{key}: " + refusal.format(value=value),
+        )
+    assert replicate.received == []
+
+    plain_id = queue.insert({key: plain})
+    [item] = queue.take().admitted
+    assert item.row.id == plain_id
+    queue.generate(item.plan)
+    [create] = replicate.creates()
+    assert create.json()["input"][key] == plain
+    bodies = [received.body.decode() for received in replicate.received]
+    assert not any(url in body for url in URL_VALUES for body in bodies)
