@@ -270,7 +270,8 @@ def test_user_workflow_file_with_its_own_mapping_overrides_and_request_options(
         ),
         (
             {"26.guidance": 3},
-            r"backend_opts\.26\.guidance: sets guidance, which only the guidance option may set",
+            r"backend_opts\.26\.guidance: sets guidance, which only the guidance option or the "
+            r"instance's guidance setting may set",
         ),
     ],
 )
@@ -296,7 +297,11 @@ def test_missing_seed_is_derived_from_the_run_and_reported(fake: FakeComfyUI) ->
 
 
 def test_node_errors_are_permanent_and_name_node_class_and_input(fake: FakeComfyUI) -> None:
-    adapter = backend(fake, overrides={"16.sampler_name": "euler_fast", "17.steps": 0})
+    adapter = backend(
+        fake,
+        inputs={"steps": None},
+        overrides={"16.sampler_name": "euler_fast", "17.steps": 0},
+    )
     with pytest.raises(PermanentBackendError) as raised:
         adapter.generate(request(), context())
     message = str(raised.value)

@@ -13,16 +13,23 @@ import httpx
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from imagen_pipeline.defs.assets import IMAGE, IMAGES_TABLE, STORAGE_OBJECT, USAGE_TABLE
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline.defs.run_errors import run_step_failure
 from imagen_pipeline.queue.holds import RUN_LOST
 from imagen_pipeline_tests.cloud.conftest import BUCKET, FALLBACK_OWNER, KEY, OWNER
+from imagen_pipeline_tests.fakes.comfyui_server import running_fake_comfyui
 from imagen_pipeline_tests.fakes.loopback_http import closed_port
 from imagen_pipeline_tests.fakes.storage_server import DROP_AFTER_STORE, FakeStorage
 from imagen_pipeline_tests.fixtures.imagen import file_resources, step_failure_text
-from imagen_pipeline_tests.fixtures.queue import deployed_job, reconstructable_job, run_requests
+from imagen_pipeline_tests.fixtures.queue import (
+    deployed_job,
+    reconstructable_job,
+    run_requests,
+    web_session,
+)
 
 
 def run_config(config_file: Path, **op_config: Any) -> dict[str, Any]:
@@ -312,6 +319,56 @@ def test_a_jobs_owner_wins_and_the_job_row_links_the_uploaded_image(
     assert str(image["owner_user_id"]) == OWNER
     assert image["storage_path"].startswith(f"{OWNER}/")
     assert (BUCKET, image["storage_path"]) in cloud_env.objects
+
+
+def test_a_clients_allowed_option_is_sent_and_recorded_in_sidecar_row_and_materialization(
+    migrated_database_url: str,
+    cloud_env: FakeStorage,
+    cloud_config: Callable[..., Path],
+    dagster_instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A web client's row asks for ``guidance: 4`` on a ComfyUI instance (the adapter's
+    default allow-list offers guidance 1-10): the fake server renders with 4, and the sidecar's
+    ``backend.options``, ``imagen.images.metadata.backend_options`` and the image's
+    materialization (``backend_options``) all show it."""
+    with running_fake_comfyui() as comfyui:
+        block = {
+            "type": "comfyui",
+            "url": comfyui.url,
+            "poll_interval_s": 0.02,
+            "timeout_s": 30,
+            "state_dir": str(tmp_path / "slots"),
+        }
+        config_file = cloud_config(default_backend="gpu", backends={"gpu": block})
+        monkeypatch.setenv("IMAGEN_CONFIG", str(config_file))
+        with web_session(migrated_database_url, OWNER) as cursor:
+            job = cursor.execute(
+                "INSERT INTO imagen.jobs (owner_user_id, prompt, width, height, backend_opts) "
+                "VALUES (%s, 'a fox', 64, 64, %s) RETURNING id",
+                (OWNER, Jsonb({"guidance": 4})),
+            ).fetchone()
+        assert job is not None
+        [request] = run_requests(dagster_instance, config_file)
+        result = deployed_job().execute_in_process(
+            run_config=request.run_config, tags=request.tags, instance=dagster_instance
+        )
+        assert result.success
+        [body] = comfyui.submitted()
+    graph = body["prompt"]
+    assert graph["26"]["inputs"]["guidance"] == 4.0
+    assert graph["27"]["inputs"]["batch_size"] == 1
+    [stored] = result.output_for_node("write_files")
+    sidecar = json.loads(Path(stored.sidecar_path).read_text(encoding="utf-8"))
+    assert sidecar["backend"] == {"instance": "gpu", "type": "comfyui", "options": {"guidance": 4}}
+    assert sidecar["result"]["extra"]["guidance"] == 4.0
+    [image] = sql(migrated_database_url, "SELECT * FROM imagen.images")
+    assert image["job_id"] == job["id"]
+    assert image["metadata"]["backend_options"] == {"guidance": 4}
+    event = dagster_instance.get_latest_materialization_event(IMAGE)
+    assert event is not None and event.run_id == result.run_id
+    assert event.asset_materialization.metadata["backend_options"].value == {"guidance": 4}
 
 
 def test_a_queued_job_whose_upload_failed_is_retried_into_one_call_one_file_one_object(

@@ -12,7 +12,7 @@ is billed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import hypothesis.strategies as st
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -155,26 +155,121 @@ def allowed(rules: dict[str, Rule], key: str, value: Any) -> bool:
     return rule[1] <= value <= rule[2]
 
 
+def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
+    """One of the strategies, each drawn about ``weight`` times as often (``a | a | b`` would
+    not weight: hypothesis drops a strategy it already has)."""
+    return st.sampled_from([s for weight, s in choices for _ in range(weight)]).flatmap(
+        lambda strategy: strategy
+    )
+
+
+def inside(rule: Rule) -> st.SearchStrategy[Any]:
+    """Values one rule allows."""
+    if rule[0] == "choices":
+        return st.sampled_from(rule[1])
+    low, high, integer = rule[1], rule[2], rule[3]
+    return st.integers(int(low), int(high)) if integer else st.floats(low, high)
+
+
 def values_for(rule: Rule) -> st.SearchStrategy[Any]:
     """Values inside and just outside one rule."""
     if rule[0] == "choices":
-        return st.sampled_from(rule[1]) | st.sampled_from(["KARRAS", "euler_a", "1", 1, 0])
-    low, high, integer = rule[1], rule[2], rule[3]
-    inside = st.integers(int(low), int(high)) if integer else st.floats(low, high)
+        return inside(rule) | st.sampled_from(["KARRAS", "euler_a", "1", 1, 0])
+    low, high = rule[1], rule[2]
     outside = st.sampled_from([low - 1, high + 1, high * 100, -(2**31), (low + high) / 2 + 0.5])
-    return inside | inside | outside | st.booleans() | st.just("5")
+    return weighted((2, inside(rule)), (1, outside), (1, st.booleans()), (1, st.just("5")))
 
 
-def options_strategy(adapter: str, rules: dict[str, Rule]) -> st.SearchStrategy[dict[str, Any]]:
+# What the database lets a client write in backend_opts (imagen.valid_backend_opts, migration
+# 20261202090000_imagen_jobs_client_rules.sql): an object whose keys, at any depth, are 1-100
+# of A-Z a-z 0-9 _ . : - starting with a letter or digit; values nested at most 4 levels
+# below it; numbers within +-(2^53 - 1); text without U+0000 (jsonb cannot hold it) or
+# unpaired surrogates; at most 16384 bytes. The strategies below stay inside these rules
+# (the sizes keep a row far below 16384 bytes), so the database takes every generated row.
+MAX_JSON_NUMBER = 2**53 - 1
+DATABASE_KEYS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}", fullmatch=True)
+"""Any option key the database takes."""
+NESTED_KEYS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,11}", fullmatch=True)
+"""Keys inside a nested value (the same rule, kept short)."""
+JSON_TEXT = st.text(
+    st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=24
+)
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-MAX_JSON_NUMBER, MAX_JSON_NUMBER)
+    | st.floats(-MAX_JSON_NUMBER, MAX_JSON_NUMBER, allow_nan=False, allow_infinity=False)
+    | JSON_TEXT
+)
+
+
+def json_values(levels: int = 3) -> st.SearchStrategy[Any]:
+    """Any JSON value the database takes as an option's value: a scalar, or a list or object
+    holding at most ``levels`` more levels (the option value is level 1 of the 4 allowed)."""
+    if levels == 0:
+        return JSON_SCALARS
+    children = json_values(levels - 1)
+    return (
+        JSON_SCALARS
+        | st.lists(children, max_size=2)
+        | st.dictionaries(NESTED_KEYS, children, max_size=2)
+    )
+
+
+def near_pairs(rules: dict[str, Rule]) -> st.SearchStrategy[tuple[str, Any]]:
+    """A key one edit away from an allowed one (case, a suffix, a separator) with a value
+    that key's rule allows: right value, wrong key."""
+
+    def near(key: str) -> st.SearchStrategy[tuple[str, Any]]:
+        edits = [key.upper(), key.capitalize(), key + ".", key + ":x", "0" + key]
+        edits += [key.replace(".", ":"), key.replace("_", "-")]
+        edited = st.sampled_from([edit for edit in edits if edit != key])
+        return st.tuples(edited, inside(rules[key]))
+
+    return st.sampled_from(sorted(rules)).flatmap(near)
+
+
+def options_strategy(
+    adapter: str, rules: dict[str, Rule], extra_keys: Sequence[str] = ()
+) -> st.SearchStrategy[dict[str, Any]]:
+    """Rows' ``backend_opts``, any the database takes: allowed keys with values inside and
+    outside their rule or any JSON; the adapter's hostile keys; keys one edit away from an
+    allowed one with an allowed value; any other key (arbitrary, or from ``extra_keys``)
+    with any JSON or a value some rule allows. Rows mix these freely, or are allowed keys
+    with allowed values plus one other pair (the error must name that pair's key), or only
+    allowed keys with allowed values, so most examples have rows that reach the server."""
     allowed_pairs = st.one_of(
-        [st.tuples(st.just(key), values_for(rule)) for key, rule in rules.items()]
+        [st.tuples(st.just(key), values_for(rule) | json_values()) for key, rule in rules.items()]
     )
     hostile_pairs = st.tuples(
         st.sampled_from(HOSTILE_KEYS[adapter]),
-        st.integers(-10, 100_000) | st.floats(-1e6, 1e6) | st.booleans() | HOSTILE_VALUES,
+        st.integers(-10, 100_000)
+        | st.floats(-1e6, 1e6)
+        | st.booleans()
+        | HOSTILE_VALUES
+        | json_values(),
     )
-    pairs = st.lists(allowed_pairs | allowed_pairs | hostile_pairs, max_size=4)
-    return pairs.map(dict)
+    any_keys = (DATABASE_KEYS | st.sampled_from(list(extra_keys))) if extra_keys else DATABASE_KEYS
+    allowed_values = st.one_of([inside(rule) for rule in rules.values()])
+    any_pairs = st.tuples(any_keys, json_values() | allowed_values)
+    other_pairs = weighted((2, hostile_pairs), (1, near_pairs(rules)), (1, any_pairs))
+    mixed = st.lists(weighted((1, allowed_pairs), (1, other_pairs)), max_size=4)
+    clean = st.lists(
+        st.sampled_from(sorted(rules)).flatmap(
+            lambda key: st.tuples(st.just(key), inside(rules[key]))
+        ),
+        max_size=len(rules),
+    )
+    one_off = st.tuples(clean, other_pairs).map(lambda row: [*row[0], row[1]])
+    return weighted((2, mixed), (2, one_off), (1, clean)).map(dict)
+
+
+COMFYUI_TEMPLATE_KEYS = sorted(
+    f"{node_id}.{name}"
+    for node_id, node in load_workflow("flux-dev", {}, {}).graph.items()
+    for name in node["inputs"]
+)
+"""Every input of the flux-dev template as an option key (links and literals alike)."""
 
 
 @dataclass
@@ -354,7 +449,11 @@ def run_batch(
     admitted exactly when the oracle refuses none of its options, and that a refused row's
     error names an option the oracle refuses. Returns the admitted rows' options and images."""
     queue.clear()
-    inserted = {job_id: options for options in rows if (job_id := queue.insert(options))}
+    inserted = {}
+    for options in rows:
+        job_id = queue.insert(options)
+        assert job_id is not None, f"the database refused a row within its rules: {options}"
+        inserted[job_id] = options
     batch = queue.take()
     admitted = {item.row.id: item.plan for item in batch.admitted}
     made = []
@@ -376,11 +475,16 @@ def run_batch(
             pytest.fail(f"an allowed row failed in generation: {options}: {error}")
         assert image.image.plan.request.backend_opts == options
         made.append((options, image))
+    event(f"rows admitted: {len(made)} of {len(inserted)}")
     return made
 
 
 @SETTINGS
-@given(rows=st.lists(options_strategy("comfyui", COMFYUI_RULES), min_size=1, max_size=4))
+@given(
+    rows=st.lists(
+        options_strategy("comfyui", COMFYUI_RULES, COMFYUI_TEMPLATE_KEYS), min_size=1, max_size=4
+    )
+)
 def test_comfyui_gets_only_allowed_options_and_the_request_fields(
     migrated_database_url: str,
     write_config: Callable[..., Path],
@@ -575,3 +679,75 @@ def test_the_operator_cannot_set_a_request_field_through_an_option_either(
     )
     assert operator.request.backend_opts == {"17.scheduler": "karras"}
     assert comfyui.received == []
+
+
+URL_VALUES = [
+    "https://evil.example/cat.png",
+    "http://169.254.169.254/latest/meta-data",
+    "data:image/png;base64,iVBORw0KGgo=",
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "rule", "plain", "refusal"),
+    [
+        pytest.param(
+            "output_format",
+            {"choices": ["webp", "png"]},
+            "png",
+            "{value!r} is not allowed; allowed: one of webp, png",
+            id="text-choices",
+        ),
+        pytest.param(
+            "go_fast",
+            {"choices": [True, False]},
+            False,
+            "{value!r} is not allowed; allowed: one of true, false",
+            id="boolean-choices",
+        ),
+        pytest.param(
+            "output_quality",
+            {"min": 50, "max": 100, "type": "integer"},
+            80,
+            "must be an integer from 50 to 100 (got {value!r})",
+            id="integer-range",
+        ),
+    ],
+)
+def test_regression_a_url_for_an_input_the_operator_offers_is_refused_by_the_value_rule(
+    migrated_database_url: str,
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+    replicate: FakeReplicate,
+    key: str,
+    rule: dict[str, Any],
+    plain: Any,
+    refusal: str,
+) -> None:
+    """The instance's client_options offer ``key``, so the allow-list lets the key through;
+    a client's URL or data URI for it still fails at intake (a client value is a number in
+    bounds or one of the operator's choices, and no choice may be a URL) and the fake gets
+    nothing. A plain value for the same key then reaches the prediction's input."""
+    block = replicate_block(replicate, None)
+    block["client_options"] = {key: rule}
+    queue = make_queue(migrated_database_url, write_config, tmp_path, block)
+    job_ids = {value: queue.insert({key: value}) for value in URL_VALUES}
+    batch = queue.take()
+    assert batch.admitted == []
+    for value, job_id in job_ids.items():
+        assert job_id is not None
+        row = queue.row(job_id)
+        assert (row["status"], row["error"]) == (
+            "failed",
+            f"backend_opts.{key}: " + refusal.format(value=value),
+        )
+    assert replicate.received == []
+
+    plain_id = queue.insert({key: plain})
+    [item] = queue.take().admitted
+    assert item.row.id == plain_id
+    queue.generate(item.plan)
+    [create] = replicate.creates()
+    assert create.json()["input"][key] == plain
+    bodies = [received.body.decode() for received in replicate.received]
+    assert not any(url in body for url in URL_VALUES for body in bodies)

@@ -31,6 +31,7 @@ from imagen_pipeline.backends.comfyui.servers import (
 from imagen_pipeline.backends.comfyui.slots import QueueSlots, default_state_dir
 from imagen_pipeline.backends.comfyui.sources import source_support, uploads_for
 from imagen_pipeline.backends.comfyui.workflow import (
+    Problem,
     Target,
     Workflow,
     WorkflowError,
@@ -98,7 +99,8 @@ class ComfyUIBackend(ImageBackend):
     overrides: dict[str, Any] = Field(
         default_factory=dict,
         description="'<node id>.<input name>' -> fixed value set on every prompt (e.g. a "
-        "different model file or scheduler).",
+        "different model file or scheduler); never an input a request field is mapped to, "
+        "the output name or a batch size (unmap the field first to fix its value).",
     )
     guidance: float | None = Field(
         default=None,
@@ -198,8 +200,17 @@ class ComfyUIBackend(ImageBackend):
 
     @model_validator(mode="after")
     def _check_workflow(self) -> ComfyUIBackend:
+        """The workflow loads with its mapping and overrides, and no override sets what a
+        request field sets (the same rule as for an option, :func:`_reserved_target`)."""
         try:
-            load_workflow(self.workflow, self.inputs, self.overrides)
+            workflow = load_workflow(self.workflow, self.inputs, self.overrides)
+            reserved = [
+                Problem(("overrides", str(key)), reason, value)
+                for key, value in self.overrides.items()
+                if (reason := _reserved_target(workflow, parse_target(key))) is not None
+            ]
+            if reserved:
+                raise WorkflowError(reserved)
         except WorkflowError as error:
             raise ValidationError.from_exception_data(
                 type(self).__name__,
@@ -262,19 +273,7 @@ class ComfyUIBackend(ImageBackend):
         target = _target(key)
         if reason is not None or target is None:
             return reason
-        workflow = self._option_workflow
-        field = workflow.field_at(target)
-        if field == "guidance":
-            return "sets guidance, which only the guidance option may set"
-        if field == "filename_prefix":
-            return "sets the output file name, which only the pipeline sets"
-        if field == "image":
-            return set_by_field("source_images", "the source image")
-        if field is not None:
-            return set_by_field(field)
-        if workflow.sets_count(target):
-            return set_by_field("count", "how many images one prompt makes")
-        return None
+        return _reserved_target(self._option_workflow, target)
 
     def option_problem(self, key: str, value: Any) -> str | None:
         """``guidance`` must be a number; any other key an existing literal input of the
@@ -426,6 +425,27 @@ class ComfyUIBackend(ImageBackend):
         from imagen_pipeline.backends.comfyui.health import check_servers
 
         return check_servers(self._servers(log), workflow, self.request_timeout_s, log)
+
+
+def _reserved_target(workflow: Workflow, target: Target) -> str | None:
+    """Why nothing but a request field (or the pipeline) may set ``target``: it is mapped
+    to a request field, or it sets how many images one prompt makes; None otherwise. Used
+    for a request's options and for the block's ``overrides``."""
+    field = workflow.field_at(target)
+    if field == "guidance":
+        return (
+            "sets guidance, which only the guidance option or the instance's guidance "
+            "setting may set"
+        )
+    if field == "filename_prefix":
+        return "sets the output file name, which only the pipeline sets"
+    if field == "image":
+        return set_by_field("source_images", "the source image")
+    if field is not None:
+        return set_by_field(field)
+    if workflow.sets_count(target):
+        return set_by_field("count", "how many images one prompt makes")
+    return None
 
 
 def _target(key: str) -> Target | None:
