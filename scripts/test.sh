@@ -2,7 +2,7 @@
 # README command 2: install into .venv, check lint and formatting, run the whole test
 # suite. Tests that need PostgreSQL use 127.0.0.1:5432 (user postgres) and create and drop
 # their own databases; with CI=true a missing server fails the run instead of skipping.
-# Extra arguments go to pytest. The suite runs in $IMAGEN_TEST_WORKERS processes (default 2,
+# Extra arguments go to pytest. The suite runs in $IMAGEN_TEST_WORKERS processes (default 3,
 # one module per process at a time, the longest modules first; 0 runs it in this one).
 set -euo pipefail
 
@@ -11,4 +11,4 @@ bash "$REPO_ROOT/scripts/bootstrap.sh"
 cd "$REPO_ROOT"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/pytest -n "${IMAGEN_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
+.venv/bin/pytest -n "${IMAGEN_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "$@"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,11 @@ from imagen_pipeline.output.store import StoredImage
 from imagen_pipeline.usage.recorder import generation_key
 
 
-def image_materialization(stored: StoredImage) -> dg.AssetMaterialization:
-    """Where the image is, what made it, and a small preview."""
+def image_materialization(
+    stored: StoredImage, parent_events: Mapping[str, int] | None = None
+) -> dg.AssetMaterialization:
+    """Where the image is, what made it, a small preview, and its parents (``parent_events``:
+    :func:`parent_materialization_times`)."""
     generated = stored.generated
     plan = generated.plan
     meta = generated.metadata
@@ -44,7 +48,7 @@ def image_materialization(stored: StoredImage) -> dg.AssetMaterialization:
     }
     if stored.sidecar_path:
         metadata["sidecar_path"] = dg.MetadataValue.path(stored.sidecar_path)
-    metadata.update(parent_metadata(stored))
+    metadata.update(parent_metadata(stored, parent_events or {}))
     metadata.update(_job(stored))
     return dg.AssetMaterialization(
         asset_key=IMAGE,
@@ -108,9 +112,10 @@ def row_materializations(
     ]
 
 
-def parent_metadata(stored: StoredImage) -> dict[str, Any]:
-    """The images this one was made from: a table of their image ids, sha256 and origin,
-    and a link to the run that materialized each parent (``parent_<n>_run``)."""
+def parent_metadata(stored: StoredImage, parent_events: Mapping[str, int]) -> dict[str, Any]:
+    """The images this one was made from: a table of their image ids, sha256 and origin, a
+    link to the run that materialized each parent (``parent_<n>_run``) and one to that
+    materialization on the image asset's page (``parent_<n>_materialization``)."""
     request = stored.generated.plan.request
     if not request.sources:
         return {}
@@ -135,7 +140,43 @@ def parent_metadata(stored: StoredImage) -> dict[str, Any]:
     for number, parent in enumerate(parents, start=1):
         if parent.run_id:
             metadata[f"parent_{number}_run"] = dg.MetadataValue.dagster_run(parent.run_id)
+        if parent.sha256 in parent_events:
+            metadata[f"parent_{number}_materialization"] = dg.MetadataValue.url(
+                materialization_link(parent_events[parent.sha256])
+            )
     return metadata
+
+
+def materialization_link(timestamp_ms: int) -> str:
+    """The UI's address of the image asset's materialization at ``timestamp_ms`` (the
+    webserver's own links to an event: its asset page, Events tab, ``time`` in ms)."""
+    return f"/assets/{'/'.join(IMAGE.path)}?view=events&time={timestamp_ms}"
+
+
+def parent_materialization_times(
+    instance: dg.DagsterInstance, stored: StoredImage
+) -> dict[str, int]:
+    """For each parent made by a run of this instance, the time (ms) of the image
+    materialization that recorded it (the same sha256), read from that run's events."""
+    request = stored.generated.plan.request
+    parents = [*request.sources, *([request.mask] if request.mask else [])]
+    wanted: dict[str, set[str]] = {}
+    for parent in parents:
+        if parent.run_id:
+            wanted.setdefault(parent.run_id, set()).add(parent.sha256)
+    found: dict[str, int] = {}
+    for run_id, hashes in wanted.items():
+        records = instance.get_records_for_run(
+            run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+        ).records
+        for record in records:
+            materialization = record.event_log_entry.asset_materialization
+            if materialization is None or materialization.asset_key != IMAGE:
+                continue
+            sha256 = materialization.metadata.get("sha256")
+            if sha256 is not None and sha256.value in hashes:
+                found[str(sha256.value)] = int(record.event_log_entry.timestamp * 1000)
+    return found
 
 
 def _job(stored: StoredImage) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from imagen_pipeline.defs.failures import step_errors
 from imagen_pipeline.defs.generate_ops import job_progress
 from imagen_pipeline.defs.lineage import (
     image_materialization,
+    parent_materialization_times,
     row_materializations,
     storage_materialization,
 )
@@ -89,7 +90,8 @@ def write_files(
             item = store_image(
                 image, output.path, output.naming, output.write_metadata_json, context.run_id
             )
-        context.log_event(image_materialization(item))
+        parents = parent_materialization_times(context.instance, item)
+        context.log_event(image_materialization(item, parents))
         context.log.info(f"wrote {item.image_path}")
         stored.append(item)
     return stored

@@ -69,8 +69,9 @@ BACKEND_ENV = "IMAGEN_CELERY_BACKEND_URL"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 PING_TIMEOUT_S = 2.0
 SILENT_GRACE_S = 15.0
-"""How long a run's worker may stay silent before its run counts as lost: a broker restart
-makes live workers miss a ping or two while they reconnect."""
+"""How long a run's worker may stay silent before its run counts as lost, unless
+``silent_grace_seconds`` says otherwise: a broker restart makes live workers miss a ping or
+two while they reconnect."""
 
 CELERY_SETTINGS: dict[str, Any] = {
     # One run per pool process at a time, and no run waits behind another in a process.
@@ -119,7 +120,8 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
 
     Config: ``default_queue`` (runs without a ``dagster-celery/queue`` tag), ``include``
     and ``config_source`` (Celery settings over :data:`CELERY_SETTINGS`), as in
-    dagster-celery; ``broker`` and ``backend`` are refused, so they have one source.
+    dagster-celery; ``broker`` and ``backend`` are refused, so they have one source;
+    ``silent_grace_seconds`` (default :data:`SILENT_GRACE_S`).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
         include: list[str] | None = None,
         config_source: dict[str, Any] | None = None,
         inst_data: ConfigurableClassData | None = None,
+        silent_grace_seconds: float = SILENT_GRACE_S,
     ) -> None:
         broker, backend = celery_urls()
         super().__init__(
@@ -138,14 +141,23 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
             config_source={**CELERY_SETTINGS, **(config_source or {})},
             inst_data=inst_data,
         )
+        self.silent_grace_s = silent_grace_seconds
         self._silent_since: dict[str, float] = {}
         self._silent_lock = threading.Lock()
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:
-        """dagster-celery's fields without ``broker`` and ``backend``."""
+        """dagster-celery's fields without ``broker`` and ``backend``, plus
+        ``silent_grace_seconds``."""
         fields = dict(CeleryRunLauncher.config_type())  # type: ignore[arg-type]
         del fields["broker"], fields["backend"]
+        fields["silent_grace_seconds"] = dg.Field(
+            dg.Float,
+            is_required=False,
+            default_value=SILENT_GRACE_S,
+            description="Seconds a run's worker may stay silent (no answer to a ping) before "
+            "run monitoring fails its run as lost; keep it above a broker restart's reconnect.",
+        )
         return fields
 
     @classmethod
@@ -285,7 +297,7 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
         """SUCCESS or FAILED as the task's result says (FAILURE or REVOKED: the process
         running it is gone); otherwise RUNNING while the run's worker answers a ping, FAILED
-        once it has been silent, or unknown, for :data:`SILENT_GRACE_S`.
+        once it has been silent, or unknown, for ``silent_grace_seconds``.
 
         The worker is the one the result backend says started the task (the run's
         ``imagen/worker_host`` tag if the backend lost it). An unreachable broker says
@@ -340,17 +352,17 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
         self, run_id: str, worker: str | None, state: str | None
     ) -> CheckRunHealthResult:
         """RUNNING until the run's worker (or, with none known, any worker) has been silent
-        for :data:`SILENT_GRACE_S`, then FAILED."""
+        for ``silent_grace_seconds``, then FAILED."""
         now = time.monotonic()
         with self._silent_lock:
             silent_s = now - self._silent_since.setdefault(run_id, now)
-            if silent_s >= SILENT_GRACE_S:
+            if silent_s >= self.silent_grace_s:
                 self._silent_since.pop(run_id, None)
         if worker is None:
             silence = f"no Celery worker has reported the run's task (state {state})"
         else:
             silence = f"worker {worker} silent"
-        if silent_s < SILENT_GRACE_S:
+        if silent_s < self.silent_grace_s:
             return CheckRunHealthResult(WorkerStatus.RUNNING, f"{silence} for {silent_s:.0f}s")
         if worker is None:
             return CheckRunHealthResult(WorkerStatus.FAILED, f"{silence} for {silent_s:.0f}s")

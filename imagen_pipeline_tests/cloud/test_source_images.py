@@ -143,6 +143,17 @@ def test_an_image_id_is_read_from_its_local_file_else_from_storage(
     materialization = event.asset_materialization
     assert materialization.metadata["parent_image_ids"].value == [parent_id]
     assert materialization.metadata["parent_1_run"].value == first.run_id
+    [parent_event] = [
+        record.event_log_entry
+        for record in dagster_instance.get_records_for_run(
+            first.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+        ).records
+        if record.event_log_entry.asset_materialization is not None
+        and record.event_log_entry.asset_materialization.asset_key == IMAGE
+    ]
+    assert materialization.metadata["parent_1_materialization"].value == (
+        f"/assets/imagen/image?view=events&time={int(parent_event.timestamp * 1000)}"
+    )
     # The parent's local file is gone: the pipeline reads its Storage object instead.
     [first_stored] = first.output_for_node("write_files")
     Path(first_stored.image_path).unlink()

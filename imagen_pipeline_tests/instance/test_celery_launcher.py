@@ -442,7 +442,7 @@ def test_a_dead_worker_fails_the_health_check_once_silent_for_the_grace(
     gate: Path,
 ) -> None:
     grace_s = 1.0
-    monkeypatch.setattr(celery_launcher, "SILENT_GRACE_S", grace_s)
+    monkeypatch.setattr(instance.run_launcher, "silent_grace_s", grace_s)
     worker = celery_workers.start("cloud@hostb", subprocess_env())
     with holding(gate):
         run_id = launch(instance, config_file, "a lighthouse on a dying host", "gated")
@@ -524,10 +524,15 @@ def celery_stack(daemon_stack: DaemonStack) -> DaemonStack:
 
 
 def set_instance(stack: DaemonStack, section: str, **settings: Any) -> None:
-    """Change settings of one section of the stack's dagster.yaml (before it starts)."""
+    """Change settings of one section of the stack's dagster.yaml (before it starts); a
+    mapping is merged into the section's mapping of that name."""
     path = stack.home / "dagster.yaml"
     config = yaml.safe_load(path.read_text())
-    config[section].update(settings)
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            config[section].setdefault(key, {}).update(value)
+        else:
+            config[section][key] = value
     path.write_text(yaml.safe_dump(config))
 
 
@@ -593,8 +598,11 @@ def test_a_dead_worker_host_is_noticed_by_run_monitoring_and_the_job_ends_with_o
     celery_stack: DaemonStack, celery_workers: Workers
 ) -> None:
     """The whole worker dies (main and pool: a lost host): nothing reports the run, run
-    monitoring (every 5 s) fails it once the worker has been silent for 15 s (the
-    launcher's grace for broker restarts); the retried run finishes on another worker."""
+    monitoring fails it once the worker has been silent for the launcher's
+    ``silent_grace_seconds`` (6 s here, from dagster.yaml; 15 by default, the grace for
+    broker restarts); the retried run finishes on another worker."""
+    grace_s = 6.0
+    set_instance(celery_stack, "run_launcher", config={"silent_grace_seconds": grace_s})
     doomed = celery_workers.start("doomed@hosta", celery_stack.env)
     celery_stack.start()
     with holding(celery_stack.gate):
@@ -604,8 +612,8 @@ def test_a_dead_worker_host_is_noticed_by_run_monitoring_and_the_job_ends_with_o
         killed_at = time.time()
         celery_workers.kill(doomed)
 
-        bound = celery_launcher.SILENT_GRACE_S + 2 * 5 + celery_launcher.PING_TIMEOUT_S
-        assert celery_stack.seconds_until_finished(run_id, killed_at) < bound
+        bound = grace_s + 2 * 5 + celery_launcher.PING_TIMEOUT_S
+        assert grace_s <= celery_stack.seconds_until_finished(run_id, killed_at) < bound
     celery_workers.start("spare@hostb", celery_stack.env)
     rows = celery_stack.wait_until_settled(180)
     assert rows[job_id]["status"] == "done", rows[job_id]["error"]
@@ -620,10 +628,10 @@ def test_a_redis_restart_mid_burst_loses_no_job_and_makes_none_twice(
     celery_stack: DaemonStack, celery_workers: Workers
 ) -> None:
     """The restarted Redis (no persistence) has lost the queued tasks and every result:
-    their runs fail at run monitoring's start timeout (20 s here) and are retried; the
+    their runs fail at run monitoring's start timeout (14 s here) and are retried; the
     running ones finish, and are not failed by health checks while their worker
     reconnects."""
-    set_instance(celery_stack, "run_monitoring", start_timeout_seconds=20)
+    set_instance(celery_stack, "run_monitoring", start_timeout_seconds=14)
     celery_workers.start("cloud@cloudhost", celery_stack.env, concurrency=3)
     celery_stack.start()
     job_ids = [

@@ -207,7 +207,12 @@ def test_the_shapes_that_stopped_the_queue_fail_alone_through_a_real_daemon(
         ticks = conn.execute(
             "SELECT status, count(*) AS n FROM job_ticks WHERE id > %s GROUP BY 1", (before["id"],)
         ).fetchall()
-    assert ticks and "FAILURE" not in {tick["status"] for tick in ticks}, ticks
+        latest = conn.execute(
+            "SELECT id, status, timestamp, update_timestamp, tick_body::text LIKE %s AS jobs "
+            "FROM job_ticks ORDER BY id DESC LIMIT 5",
+            ('%"imagen_jobs_sensor"%',),
+        ).fetchall()
+    assert ticks and "FAILURE" not in {tick["status"] for tick in ticks}, (before, ticks, latest)
 
 
 def test_daemon_killed_mid_batch_then_restarted_makes_one_image_per_job(
