@@ -12,14 +12,15 @@ pytest_plugins = [
 LONGEST_MODULES_FIRST = (
     "instance/test_celery_launcher.py",
     "queue/test_queue_daemon.py",
+    "cli/test_doctor.py",
     "queue/test_outages.py",
     "queue/test_fair_queue.py",
-    "cli/test_doctor.py",
 )
 """Modules that run daemon stacks, longest first (seconds each in one suite run on
-2026-12-07: 152, 145, 85, 76, 75 of 884 in all). ``scripts/test.sh`` hands whole modules
-to its processes in collection order (``--dist loadfile --no-loadscope-reorder``); started
-last, the longest module ran alone for minutes while the other process idled."""
+2026-12-07, two processes: 155, 91, 75, 65, 65 of 761 in all). ``scripts/test.sh`` hands
+whole modules to its processes in collection order (``--dist loadfile
+--no-loadscope-reorder``); started last, the longest module ran alone for minutes while the
+other processes idled."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
