@@ -68,6 +68,11 @@ BROKER_ENV = "IMAGEN_CELERY_BROKER_URL"
 BACKEND_ENV = "IMAGEN_CELERY_BACKEND_URL"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 PING_TIMEOUT_S = 2.0
+RUN_END_EVENTS = (
+    dg.DagsterEventType.RUN_SUCCESS,
+    dg.DagsterEventType.RUN_FAILURE,
+    dg.DagsterEventType.RUN_CANCELED,
+)
 SILENT_GRACE_S = 15.0
 """How long a run's worker may stay silent before its run counts as lost, unless
 ``silent_grace_seconds`` says otherwise: a broker restart makes live workers miss a ping or
@@ -230,6 +235,8 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
             return False
         task_id = run.tags.get(DAGSTER_CELERY_TASK_ID_TAG)
         launcher_instance(self).report_run_canceling(run)
+        if self._restore_an_end_overwritten(run_id):
+            return False
         if task_id is None:
             launcher_instance(self).report_engine_event(
                 "Unable to find the Celery task of this run to revoke.",
@@ -250,6 +257,38 @@ class ImagenCeleryRunLauncher(CeleryRunLauncher):
                 launcher_instance(self).report_run_canceled(
                     current, message="Canceled before a Celery worker started the run."
                 )
+        return True
+
+    def _restore_an_end_overwritten(self, run_id: str) -> bool:
+        """True when the run had ended between this cancel's read of it and its CANCELING
+        event: Dagster sets a run's status from its latest event, so that event made a
+        finished run CANCELING again, with nothing left to end it (run monitoring would only
+        after its cancel timeout, with the run holding a run slot until then). The run's end
+        is recorded again, with a line that says so."""
+        instance = launcher_instance(self)
+        ends = instance.get_records_for_run(
+            run_id, of_type=set(RUN_END_EVENTS), limit=1, ascending=False
+        ).records
+        current = instance.get_run_by_id(run_id)
+        if not ends or current is None or current.status != dg.DagsterRunStatus.CANCELING:
+            return False
+        end = ends[0].event_log_entry.dagster_event
+        assert end is not None
+        message = f"The run had ended before its cancel was recorded ({end.event_type_value})."
+        instance.report_engine_event(message, dagster_run=current, cls=self.__class__)
+        if end.event_type == dg.DagsterEventType.RUN_FAILURE:
+            instance.report_run_failed(current, message=end.message)
+        elif end.event_type == dg.DagsterEventType.RUN_CANCELED:
+            instance.report_run_canceled(current, message=end.message)
+        else:
+            instance.report_dagster_event(
+                dg.DagsterEvent(
+                    event_type_value=end.event_type_value,
+                    job_name=current.job_name,
+                    message=end.message,
+                ),
+                run_id,
+            )
         return True
 
     def launch_path(self) -> LaunchPath:

@@ -379,6 +379,41 @@ def test_terminate_from_another_process_cancels_the_run(
     assert len((tmp_path / "gated_calls.jsonl").read_text().splitlines()) == 1
 
 
+def test_a_cancel_that_comes_as_the_run_ends_leaves_the_runs_end_standing(
+    instance: dg.DagsterInstance, config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel reads the run while it is still started, and the run fails just after that
+    read: the CANCELING the cancel then records came after the run's end and left it
+    CANCELING for good (until run monitoring's cancel timeout, 180 s, holding a run slot).
+    Seen when a queued job was canceled as its last step failed on the row's cancel."""
+    run_id = launch(instance, config_file, "nobody serves this queue yet", "mock")
+    started = instance.get_run_by_id(run_id)
+    assert started is not None
+    instance.handle_run_event(
+        run_id,
+        dg.DagsterEvent(
+            event_type_value=dg.DagsterEventType.RUN_START.value, job_name=started.job_name
+        ),
+    )
+    read = instance.get_run_by_id
+
+    def read_then_the_run_fails(wanted: str) -> dg.DagsterRun | None:
+        monkeypatch.setattr(instance, "get_run_by_id", read)
+        before = read(wanted)
+        assert before is not None and before.status == dg.DagsterRunStatus.STARTED
+        instance.report_run_failed(before, message="the run's last step failed")
+        return before
+
+    monkeypatch.setattr(instance, "get_run_by_id", read_then_the_run_fails)
+    assert not instance.run_launcher.terminate(run_id), "nothing was left to terminate"
+    ended = instance.get_run_by_id(run_id)
+    assert ended is not None and ended.status == dg.DagsterRunStatus.FAILURE
+    assert any(
+        "had ended before its cancel was recorded" in message
+        for message in engine_messages(instance, run_id)
+    )
+
+
 def test_terminate_before_a_worker_took_the_run_cancels_it(
     instance: dg.DagsterInstance, config_file: Path
 ) -> None:
