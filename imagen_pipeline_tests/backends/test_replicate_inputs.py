@@ -25,6 +25,7 @@ def mapped(
         output_format="png",
         guidance=guidance,
         log=logging.getLogger(LOGGER),
+        file_urls={},
     )
 
 

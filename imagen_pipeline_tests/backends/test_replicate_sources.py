@@ -1,12 +1,16 @@
 """Source images on Replicate: FLUX.1 Kontext (``input_image``) and FLUX.2 (``input_images``)
-as data URIs against the loopback fake, refused before the call when over a model's limits,
-end to end with lineage."""
+as data URIs, or from 1MB through the Files API (uploaded, sent by URL, deleted after),
+against the loopback fake, refused before the call when over a model's limits, end to end
+with lineage."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import json
 import logging
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,14 +18,22 @@ from typing import Any
 import dagster as dg
 import httpx
 import pytest
+from PIL import Image
 
 from imagen_pipeline.backends.contract import GenerationContext, GenerationRequest
 from imagen_pipeline.backends.replicate import ReplicateBackend
 from imagen_pipeline.backends.sources import SourceImage
-from imagen_pipeline.errors import InvalidRequestError, PermanentBackendError
+from imagen_pipeline.errors import (
+    InvalidRequestError,
+    PermanentBackendError,
+    TransientBackendError,
+)
+from imagen_pipeline_tests.fakes.loopback_http import Reply
 from imagen_pipeline_tests.fakes.replicate_server import (
     DROP_AFTER_CREATE,
+    UNAUTHENTICATED,
     FakeReplicate,
+    multipart_fields,
     running_fake_replicate,
 )
 from imagen_pipeline_tests.fixtures.imagen import step_failure_text
@@ -67,9 +79,12 @@ def request(*sources: SourceImage, **fields: Any) -> GenerationRequest:
     )
 
 
-def context() -> GenerationContext:
+def context(attempt: int = 0) -> GenerationContext:
     return GenerationContext(
-        run_id="run-src", instance_name="flux", log=logging.getLogger("imagen.test.replicate")
+        run_id="run-src",
+        instance_name="flux",
+        attempt=attempt,
+        log=logging.getLogger("imagen.test.replicate"),
     )
 
 
@@ -234,3 +249,133 @@ def test_a_job_sends_local_files_to_kontext_and_records_the_parent(
     [parent] = sidecar["sources"]["images"]
     assert parent["origin"] == f"file {photo}"
     assert "base64" not in json.dumps(sidecar), "no data URI in the sidecar"
+
+
+def large_source(folder: Path, position: int = 0) -> SourceImage:
+    """A staged PNG of noise, about 1.6 MB: over the 1MB Replicate advises for data URIs."""
+    noise = random.Random(position).randbytes(800 * 700 * 3)
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (800, 700), noise).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    assert len(data) >= 1_500_000
+    path = folder / f"large-{position}.png"
+    path.write_bytes(data)
+    return SourceImage(
+        position=position,
+        path=str(path),
+        origin=f"file {path}",
+        sha256=hashlib.sha256(data).hexdigest(),
+        mime="image/png",
+        bytes=len(data),
+        width=800,
+        height=700,
+    )
+
+
+def uploaded_ids(fake: FakeReplicate) -> list[str]:
+    """Ids of the files the fake stored, in upload order (from its 201 answers' URLs)."""
+    return [url.rpartition("/")[2] for url in fake.file_urls()]
+
+
+def test_a_large_source_is_uploaded_its_url_sent_and_the_file_deleted_after(
+    fake: FakeReplicate, tmp_path: Path
+) -> None:
+    large = large_source(tmp_path)
+    result = backend(fake, KONTEXT).generate(request(large), context())
+
+    [upload] = fake.uploads()
+    fields = multipart_fields(upload)
+    content, part_type, part_name = fields["content"]
+    assert hashlib.sha256(content).hexdigest() == large.sha256
+    assert (part_type, part_name) == ("image/png", "source-0.png")
+    assert fields["type"][0] == b"image/png"
+    assert upload.headers["content-type"].startswith("multipart/form-data; boundary=")
+    [file_id] = uploaded_ids(fake)
+    sent = sent_input(fake)["input_image"]
+    assert sent == f"{fake.base_url}/files/{file_id}"
+    assert "data:" not in json.dumps(fake.creates()[0].json())
+    assert fake.deletes() == [file_id]
+    assert fake.stored_files() == {}
+    last = fake.received[-1]
+    assert (last.method, last.path) == ("DELETE", f"/v1/files/{file_id}"), (
+        "deleted once the prediction had ended and its output was read"
+    )
+    recorded = result.metadata.extra["input"]["input_image"]
+    assert recorded.startswith(f"Replicate file {sent} of source 0 (image/png, {large.bytes}")
+    assert fake.prediction(fake.prediction_ids()[0])["status"] == "succeeded"
+
+
+def test_flux_2_uploads_only_the_large_source_and_sends_the_small_one_inline(
+    fake: FakeReplicate, tmp_path: Path
+) -> None:
+    small = source_image(tmp_path, (0, 255, 0), (32, 32))
+    large = large_source(tmp_path, position=1)
+    backend(fake, FLUX_2).generate(request(small, large), context())
+
+    [upload] = fake.uploads()
+    assert hashlib.sha256(multipart_fields(upload)["content"][0]).hexdigest() == large.sha256
+    first, second = sent_input(fake)["input_images"]
+    assert decoded_uri(first, "image/png") == Path(small.path).read_bytes()
+    assert second == fake.file_urls()[0]
+    assert fake.stored_files() == {}
+
+
+def test_upload_failures_are_classified_and_a_retry_uploads_again(
+    fake: FakeReplicate, tmp_path: Path
+) -> None:
+    large = large_source(tmp_path)
+    fake.upload_replies.append(Reply(500, {"detail": "Internal server error", "status": 500}))
+    with pytest.raises(TransientBackendError, match="upload source 0: HTTP 500"):
+        backend(fake, KONTEXT).generate(request(large), context())
+    assert fake.creates() == []
+    backend(fake, KONTEXT).generate(request(large), context(attempt=1))
+    assert len(fake.uploads()) == 2
+    assert len(fake.creates()) == 1
+    assert fake.stored_files() == {}
+
+    fake.upload_replies.append(Reply(401, UNAUTHENTICATED))
+    with pytest.raises(PermanentBackendError, match="was refused \\(401\\)") as refused:
+        backend(fake, KONTEXT).generate(request(large), context())
+    assert TOKEN not in str(refused.value)
+    fake.max_file_bytes = 1_000_000
+    with pytest.raises(PermanentBackendError, match="too large \\(413\\): Files must be less"):
+        backend(fake, KONTEXT).generate(request(large), context())
+    assert len(fake.creates()) == 1, "no prediction without its source"
+
+
+def test_a_stored_file_that_is_not_the_source_is_deleted_and_transient(
+    fake: FakeReplicate, tmp_path: Path
+) -> None:
+    large = large_source(tmp_path)
+    stranger = {
+        "id": "cneqzikepnug6xezperrr4z55o",
+        "urls": {"get": f"{fake.base_url}/files/cneqzikepnug6xezperrr4z55o"},
+        "size": large.bytes,
+        "checksums": {"sha256": "0" * 64},
+    }
+    fake.upload_replies.append(Reply(201, stranger))
+    with pytest.raises(TransientBackendError, match="is not the source"):
+        backend(fake, KONTEXT).generate(request(large), context())
+    assert fake.deletes() == ["cneqzikepnug6xezperrr4z55o"]
+    assert fake.creates() == []
+
+
+def test_a_retry_after_an_upload_adopts_the_earlier_prediction_and_deletes_both_files(
+    fake: FakeReplicate, tmp_path: Path
+) -> None:
+    """The retry uploads its own copy (a new URL), so the listed prediction names another
+    file: it is still adopted, not created and paid for again, and both files go."""
+    large = large_source(tmp_path)
+    fake.polls_before_done = 1
+    fake.get_replies.append(Reply(503, {"detail": "Service unavailable", "status": 503}))
+    with pytest.raises(TransientBackendError, match="HTTP 503"):
+        backend(fake, KONTEXT).generate(request(large), context())
+    [first] = uploaded_ids(fake)
+    assert list(fake.stored_files()) == [first], "kept while the prediction may read it"
+
+    result = backend(fake, KONTEXT).generate(request(large), context(attempt=1))
+    assert len(fake.creates()) == 1
+    assert result.metadata.extra["recovered_prediction"] is True
+    second = uploaded_ids(fake)[1]
+    assert sorted(fake.deletes()) == sorted([first, second])
+    assert fake.stored_files() == {}

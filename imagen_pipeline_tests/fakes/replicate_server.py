@@ -16,23 +16,37 @@ prediction runs, one that is not an image fails the prediction like the model do
 output mixes the first input image's bytes into its colours (Kontext's
 ``match_input_image`` renders the input's size).
 
+The Files API follows Replicate's OpenAPI spec (operations ``files.create``, ``files.get``,
+``files.delete``; read 2026-12-07): ``POST /v1/files`` takes multipart/form-data with a
+``content`` part (and ``filename``, ``type``, ``metadata`` fields) and answers 201 with the
+file (``id``, ``urls.get`` = ``<base URL>/files/<id>``, ``size``, ``checksums.sha256``,
+``content_type``, ``metadata``, ``created_at``, ``expires_at``); a file over
+``max_file_bytes`` is the documented 413 "Files must be less than 100MB in size". A body
+without ``content`` is a 400 problem body: the spec lists no answer for it, so that one is
+this fake's guess. ``GET``/``DELETE /v1/files/<id>`` answer 200/204, or 404 "File not
+found" once deleted. A prediction input naming such a URL reads the stored file when the
+prediction runs (a deleted one fails it like an unreadable input image).
+
 Tests script it through plain attributes (``polls_before_done``, ``outcome``,
-``create_replies``, ...) and read ``received`` to assert what the adapter sent.
+``create_replies``, ``upload_replies``, ...) and read ``received`` to assert what the adapter
+sent.
 """
 
 from __future__ import annotations
 
 import base64
+import email.parser
+import email.policy
 import hashlib
 import io
 import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -74,6 +88,9 @@ BAD_VERSION = {
     "status": 422,
 }
 THROTTLED = {"detail": "Request was throttled. Your rate limit resets in ~30s."}
+FILE_NOT_FOUND = {"detail": "File not found"}
+FILE_TOO_LARGE = {"detail": "Files must be less than 100MB in size"}
+NO_CONTENT = {"detail": "The request has no content part.", "status": 400}
 NSFW_ERROR = (
     "All generated images contained NSFW content. Try running it again with a different prompt."
 )
@@ -334,25 +351,30 @@ def is_uri(text: str) -> bool:
     return bool(colon and rest and scheme.isascii() and scheme[:1].isalpha())
 
 
-def input_images(data: dict[str, Any]) -> list[bytes]:
-    """The decoded data URIs of ``input_image`` / ``input_images``; ValueError for one that
-    is not a base64 image."""
+def input_images(data: dict[str, Any], files: Mapping[str, bytes]) -> list[bytes]:
+    """The images of ``input_image`` / ``input_images``: data URIs decoded, file URLs read
+    from ``files`` (URL -> bytes); ValueError for one that is neither or not an image."""
     given = data.get("input_image") or data.get("input_images") or []
     decoded = []
     for uri in given if isinstance(given, list) else [given]:
         header, comma, payload = uri.partition(",")
-        if not (header.startswith("data:") and header.endswith(";base64") and comma):
+        if uri in files:
+            raw = files[uri]
+        elif header.startswith("data:") and header.endswith(";base64") and comma:
+            raw = base64.b64decode(payload, validate=True)
+        else:
             raise ValueError(f"cannot read input image {uri[:40]!r}")
-        raw = base64.b64decode(payload, validate=True)
         with Image.open(io.BytesIO(raw)) as image:
             image.verify()
         decoded.append(raw)
     return decoded
 
 
-def render_output(model: FakeModel, data: dict[str, Any]) -> tuple[bytes, str, str]:
+def render_output(
+    model: FakeModel, data: dict[str, Any], files: Mapping[str, bytes]
+) -> tuple[bytes, str, str]:
     """A real image for a prediction's input: (bytes, extension, MIME type)."""
-    sources = input_images(data)
+    sources = input_images(data, files)
     if model.sizing == "kontext" and data.get("aspect_ratio", "match_input_image") == (
         "match_input_image"
     ):
@@ -401,6 +423,10 @@ class FakeReplicate:
         self.create_replies: list[Reply | str] = []
         self.get_replies: list[Reply] = []
         self.file_replies: list[Reply] = []
+        self.upload_replies: list[Reply] = []
+        """Canned answers to ``POST /v1/files``, used up one per upload."""
+        self.max_file_bytes = 100 * 1000 * 1000
+        """Largest upload stored; a larger one is the documented 413."""
         self.file_delay_s = 0.0
         self.file_content_length = True
         self.output_as_data_uri = False
@@ -411,6 +437,8 @@ class FakeReplicate:
         self.page_size = 100
         self.port = 0
         self._files: dict[str, tuple[bytes, str]] = {}
+        self._uploads: dict[str, tuple[dict[str, Any], bytes]] = {}
+        self._file_urls: list[str] = []
         self._predictions: dict[str, _Prediction] = {}
         self._order = 0
         self._lock = threading.RLock()
@@ -442,6 +470,26 @@ class FakeReplicate:
             for item in self.requests("POST")
             if item.path == "/v1/predictions" or item.path.endswith("/predictions")
         ]
+
+    def uploads(self) -> list[Received]:
+        """``POST /v1/files`` requests."""
+        return [item for item in self.requests("POST") if item.path == "/v1/files"]
+
+    def deletes(self) -> list[str]:
+        """Ids of the files the adapter asked to delete, in order."""
+        return [
+            item.path.removeprefix("/v1/files/") for item in self.requests("DELETE", "/v1/files/")
+        ]
+
+    def file_urls(self) -> list[str]:
+        """``urls.get`` of every file stored, deleted or not, in upload order."""
+        with self._lock:
+            return list(self._file_urls)
+
+    def stored_files(self) -> dict[str, bytes]:
+        """Files uploaded and not deleted, by id."""
+        with self._lock:
+            return {file_id: content for file_id, (_, content) in self._uploads.items()}
 
     def prediction(self, prediction_id: str) -> dict[str, Any]:
         """The current public JSON of a prediction."""
@@ -516,6 +564,24 @@ class FakeReplicate:
                     self._send(handler, 404, NOT_FOUND)
                 else:
                     self._send(handler, 200, self._version_json(model))
+            case ("POST", ["v1", "files"]):
+                self._upload(handler, received)
+            case ("GET", ["v1", "files", file_id]):
+                with self._lock:
+                    stored = self._uploads.get(file_id)
+                if stored is None:
+                    self._send(handler, 404, FILE_NOT_FOUND)
+                else:
+                    self._send(handler, 200, stored[0])
+            case ("DELETE", ["v1", "files", file_id]):
+                with self._lock:
+                    stored = self._uploads.pop(file_id, None)
+                if stored is None:
+                    self._send(handler, 404, FILE_NOT_FOUND)
+                else:
+                    handler.send_response(204)
+                    handler.send_header("Content-Length", "0")
+                    handler.end_headers()
             case ("GET", ["v1", "account"]):
                 self._send(
                     handler,
@@ -585,6 +651,48 @@ class FakeReplicate:
             data = json.loads(json.dumps(prediction.data))
         self._send(handler, 201, data, headers)
 
+    def _upload(self, handler: BaseHTTPRequestHandler, received: Received) -> None:
+        with self._lock:
+            reply = self.upload_replies.pop(0) if self.upload_replies else None
+        if reply is not None:
+            self._send(handler, reply.status, reply.body, reply.headers)
+            return
+        fields = multipart_fields(received)
+        if "content" not in fields:
+            self._send(handler, 400, NO_CONTENT)
+            return
+        content, part_type, _ = fields["content"]
+        if len(content) > self.max_file_bytes:
+            self._send(handler, 413, FILE_TOO_LARGE)
+            return
+        metadata = json.loads(fields["metadata"][0]) if "metadata" in fields else {}
+        file_id = "".join(secrets.choice("abcdefghjkmnpqrstvwxyz0123456789") for _ in range(26))
+        created = _now()
+        data = {
+            "id": file_id,
+            "content_type": (
+                fields["type"][0].decode()
+                if "type" in fields
+                else part_type or "application/octet-stream"
+            ),
+            "size": len(content),
+            "checksums": {"sha256": hashlib.sha256(content).hexdigest()},
+            "metadata": metadata,
+            "created_at": _stamp(created),
+            "expires_at": _stamp(created + timedelta(hours=1)),
+            "urls": {"get": f"{self.base_url}/files/{file_id}"},
+        }
+        with self._lock:
+            self._uploads[file_id] = (data, content)
+            self._file_urls.append(data["urls"]["get"])
+        self._send(handler, 201, data)
+
+    def _stored_by_url(self) -> dict[str, bytes]:
+        return {
+            f"{self.base_url}/files/{file_id}": content
+            for file_id, (_, content) in self._uploads.items()
+        }
+
     def _model_for_version(self, version: Any) -> FakeModel | None:
         if not isinstance(version, str):
             return None
@@ -640,7 +748,9 @@ class FakeReplicate:
         data["metrics"] = {"predict_time": 0.42, "total_time": 0.5}
         if prediction.outcome == "succeeded":
             try:
-                image, extension, mime = render_output(prediction.model, data["input"])
+                image, extension, mime = render_output(
+                    prediction.model, data["input"], self._stored_by_url()
+                )
             except (ValueError, OSError) as error:
                 data["status"] = "failed"
                 data["error"] = f"Failed to load input image: {error}"
@@ -810,6 +920,26 @@ class FakeReplicate:
             payload = json.dumps(body).encode()
             content_type = "application/problem+json" if status >= 400 else "application/json"
         send(handler, status, payload, content_type, headers)
+
+
+def multipart_fields(received: Received) -> dict[str, tuple[bytes, str | None, str | None]]:
+    """A multipart/form-data body's parts by name: (bytes, part Content-Type, filename)."""
+    head = f"Content-Type: {received.headers.get('content-type', '')}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + received.body)
+    fields: dict[str, tuple[bytes, str | None, str | None]] = {}
+    if not message.is_multipart():
+        return fields
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            payload = part.get_payload(decode=True)
+            content_type = part.get_content_type() if part.get("content-type") else None
+            fields[name] = (
+                payload if isinstance(payload, bytes) else b"",
+                content_type,
+                part.get_filename(),
+            )
+    return fields
 
 
 @contextmanager

@@ -5,9 +5,10 @@ until it ends, downloads the output file with a size cap and a timeout, and clas
 failure as transient or permanent. A create whose response is lost is recovered by listing
 recent predictions instead of creating a second one; a terminated run cancels its
 prediction. FLUX.1 Kontext (``input_image``) and FLUX.2 (``input_images``) take source
-images, sent as data URIs in the input (limits in :mod:`.models`). docs/backends.md (section
-"Replicate") has the config block, the input mapping,
-the price table and the error table. The HTTP client is imported when a method first talks
+images, sent as data URIs in the input, or, from 1MB, uploaded with Replicate's Files API
+and sent as the file's ``urls.get`` (deleted once the prediction has ended; limits in
+:mod:`.models`). docs/backends.md (section "Replicate") has the config block, the input
+mapping, the price table and the error table. The HTTP client is imported when a method first talks
 to the API, so loading a config with this adapter does not import it.
 """
 
@@ -32,7 +33,12 @@ from imagen_pipeline.backends.contract import (
 )
 from imagen_pipeline.backends.options import OptionRule, set_by_field
 from imagen_pipeline.backends.pricing import Price
-from imagen_pipeline.backends.replicate.inputs import RESERVED_INPUTS, build_input, recorded_input
+from imagen_pipeline.backends.replicate.inputs import (
+    RESERVED_INPUTS,
+    build_input,
+    needs_upload,
+    recorded_input,
+)
 from imagen_pipeline.backends.replicate.models import (
     KONTEXT_MAX_SAFETY_WITH_IMAGES,
     InputStyle,
@@ -206,37 +212,44 @@ class ReplicateBackend(ImageBackend):
         ref = parse_model_ref(self.model)
         style = self.resolved_input_style()
         seed = request.seed if request.seed is not None else derived_seed(context)
-        data, steps = build_input(
-            request,
-            seed=seed,
-            style=style,
-            output_format=self.output_format,
-            guidance=self.guidance,
-            log=context.log,
-        )
-        data.update(self.extra_input)
-        data.update(request.backend_opts)
         started = time.monotonic()
         from imagen_pipeline.backends.replicate.client import ReplicateApi
 
         with ReplicateApi(self.api_settings(), token, context.log) as api:
-            prediction = api.find_existing(ref, data) if context.attempt > 0 else None
-            recovered = prediction is not None
-            if prediction is None:
-                prediction, recovered = api.create(ref, data)
-            context.log.info(
-                f"Replicate prediction {prediction['id']} for {self.model}: "
-                f"{'recovered, ' if recovered else ''}status {prediction['status']}"
-            )
+            uploads = api.upload_all(source for source in request.sources if needs_upload(source))
+            file_urls = {item.position: item.url for item in uploads}
+            prediction: dict[str, Any] | None = None
             try:
-                prediction = api.wait(prediction, started + self.timeout_s)
-                api.raise_for_outcome(prediction)
-                image = api.download(api.output_url(prediction))
-            except ImagenError:
-                raise
-            except BaseException:
-                api.cancel(prediction)
-                raise
+                data, steps = build_input(
+                    request,
+                    seed=seed,
+                    style=style,
+                    output_format=self.output_format,
+                    guidance=self.guidance,
+                    log=context.log,
+                    file_urls=file_urls,
+                )
+                data.update(self.extra_input)
+                data.update(request.backend_opts)
+                prediction = api.find_existing(ref, data) if context.attempt > 0 else None
+                recovered = prediction is not None
+                if prediction is None:
+                    prediction, recovered = api.create(ref, data)
+                context.log.info(
+                    f"Replicate prediction {prediction['id']} for {self.model}: "
+                    f"{'recovered, ' if recovered else ''}status {prediction['status']}"
+                )
+                try:
+                    prediction = api.wait(prediction, started + self.timeout_s)
+                    api.raise_for_outcome(prediction)
+                    image = api.download(api.output_url(prediction))
+                except ImagenError:
+                    raise
+                except BaseException:
+                    api.cancel(prediction)
+                    raise
+            finally:
+                api.clean_up(uploads, prediction)
         facts = verify_image(image, "Replicate output")
         metrics = prediction.get("metrics")
         price = image_price(self.model, self.prices)
@@ -260,7 +273,7 @@ class ReplicateBackend(ImageBackend):
                         metrics.get("predict_time") if isinstance(metrics, dict) else None
                     ),
                     "recovered_prediction": recovered,
-                    "input": recorded_input(data, request),
+                    "input": recorded_input(data, request, file_urls),
                 },
             ),
         )

@@ -1,19 +1,23 @@
 """The HTTP calls of one Replicate generation, with every failure classified.
 
-Create a prediction (``Prefer: wait``), recover one whose create response was lost by listing
-recent predictions, poll ``urls.get``, cancel, classify the end state and download the
-output with a size cap and a timeout. The token is only ever sent below the base URL and
-never appears in a message.
+Upload large source images with the Files API, create a prediction (``Prefer: wait``),
+recover one whose create response was lost by listing recent predictions, poll ``urls.get``,
+cancel, classify the end state, download the output with a size cap and a timeout, and
+delete the uploaded files once the prediction has ended. The token is only ever sent below
+the base URL and never appears in a message.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -27,6 +31,7 @@ from imagen_pipeline.backends.http_transport import (
     tls_context,
 )
 from imagen_pipeline.backends.replicate.models import ModelRef
+from imagen_pipeline.backends.sources import SourceImage
 from imagen_pipeline.errors import BackendError, PermanentBackendError, TransientBackendError
 
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
@@ -44,6 +49,18 @@ TRANSIENT_FAILURE_MARKERS = ("e1000", "e6716", "prediction interrupted", "please
 """Lower-case fragments of failures a new prediction may not hit (transient)."""
 
 RATE_LIMIT_RESET = re.compile(r"resets in ~?(\d+(?:\.\d+)?)\s*s")
+
+UPLOAD_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+"""Extension of an uploaded source's ``filename`` by MIME type (never the local file name)."""
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """A source image stored with Replicate's Files API: its position, id and ``urls.get``."""
+
+    position: int
+    file_id: str
+    url: str
 
 
 def problem_detail(response: httpx.Response) -> str:
@@ -100,6 +117,8 @@ class ReplicateApi:
         self.log = log
         self._token = token
         self._auth = {"Authorization": f"Bearer {token}"}
+        self.create_unanswered = False
+        """A create was sent and its response lost: a prediction may exist unseen."""
         self._client = httpx.Client(
             headers={"User-Agent": USER_AGENT},
             timeout=httpx.Timeout(settings.request_timeout_s),
@@ -140,6 +159,8 @@ class ReplicateApi:
             reason = f"the token in ${self.settings.api_token_env} was refused ({status})"
         elif status == 404:
             reason = "not found (404)"
+        elif status == 413:
+            reason = "too large (413)"
         elif status == 422:
             reason = "invalid request (422)"
             public = f"the backend refused the request as invalid: {detail}"
@@ -184,6 +205,147 @@ class ReplicateApi:
             raise self.error(response, what)
         return response
 
+    def upload(self, source: SourceImage) -> UploadedFile:
+        """Store ``source`` with the Files API and return its id and ``urls.get``.
+
+        ``POST /v1/files`` as multipart/form-data: ``content`` (the bytes, required),
+        ``filename`` (at most 255 bytes), ``type`` (MIME type, default
+        application/octet-stream) and ``metadata`` (JSON, default ``{}``); 201 answers the
+        file (``id``, ``urls.get``, ``size``, ``checksums.sha256``, ``content_type``,
+        ``metadata``, ``created_at``, ``expires_at``), 413 a problem body "Files must be less
+        than 100MB in size". Replicate's OpenAPI spec (operation ``files.create``, as mirrored
+        in tryAGI/Replicate src/libs/Replicate/openapi.json and shown on
+        sdks.replicate.com/resources/files), read with the ``search`` tool on 2026-12-07;
+        Replicate's Python client puts ``urls.get`` in the input the same way
+        (replicate/replicate-python replicate/helpers.py, ``encode_json``). A stored file whose
+        size or sha256 differs from the source is deleted and the attempt fails transiently.
+        """
+        what = f"upload source {source.position}"
+        content = Path(source.path).read_bytes()
+        filename = f"source-{source.position}{UPLOAD_EXTENSIONS.get(source.mime, '')}"
+        try:
+            response = self._client.post(
+                self.base_url + "/files",
+                headers=self._auth,
+                files={"content": (filename, content, source.mime)},
+                data={
+                    "filename": filename,
+                    "type": source.mime,
+                    "metadata": json.dumps({"source_sha256": source.sha256}),
+                },
+            )
+        except httpx.TimeoutException as error:
+            raise TransientBackendError(
+                f"Replicate {what}: timed out ({type(error).__name__}); a file it may have "
+                "stored expires on its own"
+            ) from None
+        except httpx.TransportError as error:
+            raise TransientBackendError(
+                f"Replicate {what}: cannot reach {self.base_url}: "
+                f"{type(error).__name__}: {self.redact(str(error))}"
+            ) from None
+        if not response.is_success:
+            raise self.error(response, what)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            body = {}
+        urls = body.get("urls")
+        file_id = body.get("id")
+        url = urls.get("get") if isinstance(urls, dict) else None
+        if (
+            not isinstance(file_id, str)
+            or not file_id
+            or not isinstance(url, str)
+            or urlsplit(url).scheme not in ("http", "https")
+        ):
+            raise TransientBackendError(f"Replicate {what}: response is not a file")
+        checksums = body.get("checksums")
+        stored_sha256 = checksums.get("sha256") if isinstance(checksums, dict) else None
+        if body.get("size") != len(content) or stored_sha256 not in (None, source.sha256):
+            self.delete_file(file_id)
+            raise TransientBackendError(
+                f"Replicate {what}: the stored file ({body.get('size')} bytes, sha256 "
+                f"{stored_sha256}) is not the source ({len(content)} bytes, sha256 "
+                f"{source.sha256}); deleted it"
+            )
+        self.log.info(
+            f"Replicate: uploaded source {source.position} ({len(content)} bytes) as file "
+            f"{file_id}, expires {body.get('expires_at')}"
+        )
+        return UploadedFile(position=source.position, file_id=file_id, url=url)
+
+    def upload_all(self, sources: Iterable[SourceImage]) -> list[UploadedFile]:
+        """Upload each of ``sources``; on a failure, delete the ones already stored."""
+        uploaded: list[UploadedFile] = []
+        try:
+            for source in sources:
+                uploaded.append(self.upload(source))
+        except BaseException:
+            self.delete_files(item.file_id for item in uploaded)
+            raise
+        return uploaded
+
+    def delete_file(self, file_id: str) -> None:
+        """``DELETE /v1/files/{id}`` (204; 404 "File not found" once gone: the same
+        OpenAPI spec, operation ``files.delete``, read 2026-12-07); failures are only
+        logged, the file then expires on its own."""
+        url = f"{self.base_url}/files/{quote(file_id, safe='')}"
+        try:
+            response = self._client.delete(url, headers=self._auth)
+        except httpx.HTTPError as error:
+            self.log.warning(
+                f"Replicate: could not delete file {file_id}: {type(error).__name__}; "
+                "it expires on its own"
+            )
+            return
+        if response.status_code in (204, 404) or response.is_success:
+            self.log.info(f"Replicate: deleted file {file_id}")
+        else:
+            self.log.warning(
+                f"Replicate: delete of file {file_id} answered {response.status_code}: "
+                f"{self.redact(problem_detail(response))}; it expires on its own"
+            )
+
+    def delete_files(self, file_ids: Iterable[str]) -> None:
+        """Delete each file once (see :meth:`delete_file`)."""
+        for file_id in dict.fromkeys(file_ids):
+            self.delete_file(file_id)
+
+    def clean_up(self, uploads: list[UploadedFile], prediction: dict[str, Any] | None) -> None:
+        """Delete this attempt's uploads and the files in the prediction's input once it has
+        ended, or at once if no prediction was created; a prediction that may still read
+        them (unfinished, or a create whose response was lost) leaves them to expire."""
+        own = [item.file_id for item in uploads]
+        if prediction is not None and prediction.get("status") in TERMINAL_STATUSES:
+            self.delete_files([*own, *self.file_ids_in(prediction)])
+        elif prediction is None and not self.create_unanswered:
+            self.delete_files(own)
+        elif own:
+            self.log.warning(
+                f"Replicate: files {own} may still be read by a prediction that has not "
+                "ended; they are left to expire on their own"
+            )
+
+    def file_ids_in(self, prediction: dict[str, Any]) -> list[str]:
+        """Ids of the files of this API (``<base URL>/files/<id>``) in a prediction's source
+        inputs: an adopted prediction's uploads come from an earlier attempt."""
+        stored = prediction.get("input")
+        if not isinstance(stored, dict):
+            return []
+        prefix = self.base_url + "/files/"
+        found = []
+        for key in FILE_INPUTS:
+            value = stored.get(key)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str) and item.startswith(prefix):
+                    file_id = item.removeprefix(prefix).partition("/")[0].partition("?")[0]
+                    if file_id:
+                        found.append(file_id)
+        return found
+
     def create(self, ref: ModelRef, data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """POST the prediction; returns it and whether it was recovered after a lost response."""
         body: dict[str, Any] = {"input": data}
@@ -201,6 +363,7 @@ class ReplicateApi:
                 self.base_url + ref.create_path, json=body, headers=headers, timeout=timeout
             )
         except LOST_RESPONSE_ERRORS as error:
+            self.create_unanswered = True
             self.log.warning(
                 f"Replicate create prediction: response lost ({type(error).__name__}); "
                 "looking for the prediction before creating another"
@@ -417,14 +580,15 @@ class ReplicateApi:
 
 
 FILE_INPUTS = ("input_image", "input_images")
-"""Inputs the adapter sends as data URIs (source images)."""
+"""Inputs that carry source images (data URIs or uploaded files' URLs)."""
 
 
 def _same_input(key: str, stored: Any, sent: Any) -> bool:
     """Whether a listed prediction's input ``key`` is what this attempt sends. A source
-    image may be listed as the data URI sent or as a file URL of Replicate's own (not
-    known without the real service), so for those inputs the same shape is enough: the
-    prompt, seed and every other input still have to be equal."""
+    image may be listed as the data URI sent, as a file URL of Replicate's own (not known
+    without the real service), or as the URL of a file an earlier attempt uploaded (each
+    attempt uploads its own), so for those inputs the same shape is enough: the prompt,
+    seed and every other input still have to be equal."""
     if stored == sent:
         return True
     if key not in FILE_INPUTS:

@@ -1,10 +1,12 @@
 """A generation request as the input of a Replicate model, per input style; source images
-go in as data URIs (never a URL of the user's image)."""
+go in as data URIs, or (1MB and more) as the ``urls.get`` of a file uploaded to Replicate's
+Files API: never a URL of the user's image."""
 
 from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -109,23 +111,24 @@ def closest_ratio(width: int, height: int) -> str:
     )
 
 
+def needs_upload(source: SourceImage) -> bool:
+    """Whether ``source`` goes through the Files API (1MB or more) instead of a data URI."""
+    return source.bytes >= DATA_URI_ADVISED_BYTES
+
+
 def add_sources(
-    data: dict[str, Any], request: GenerationRequest, style: InputStyle, log: Any
+    data: dict[str, Any],
+    request: GenerationRequest,
+    style: InputStyle,
+    file_urls: Mapping[int, str],
 ) -> None:
     """The request's source images in the style's input: ``input_image`` (one) or
-    ``input_images`` (a list), as data URIs."""
+    ``input_images`` (a list), each its uploaded file's URL (``file_urls`` by position)
+    or a data URI."""
     if not request.sources:
         return
-    large = [
-        source.position for source in request.sources if source.bytes >= DATA_URI_ADVISED_BYTES
-    ]
-    if large:
-        log.info(
-            f"Replicate {style}: source images {large} are 1MB or more; sending them as data "
-            "URIs (Replicate advises data URIs below 1MB)"
-        )
-    uris = [data_uri(source) for source in request.sources]
-    data[SOURCE_INPUTS[style]] = uris[0] if style == "flux-kontext" else uris
+    values = [file_urls.get(source.position) or data_uri(source) for source in request.sources]
+    data[SOURCE_INPUTS[style]] = values[0] if style == "flux-kontext" else values
 
 
 def build_input(
@@ -136,10 +139,12 @@ def build_input(
     output_format: str,
     guidance: float | None,
     log: Any,
+    file_urls: Mapping[int, str],
 ) -> tuple[dict[str, Any], int | None]:
     """The prediction ``input`` for ``request`` and the steps the model will run (if known).
 
-    Fields a model has no input for are left out and logged as ignored.
+    ``file_urls`` holds the ``urls.get`` of each source uploaded to the Files API, by
+    position. Fields a model has no input for are left out and logged as ignored.
     """
     data: dict[str, Any] = {"prompt": request.prompt}
     steps = request.steps
@@ -197,17 +202,22 @@ def build_input(
             log.info(f"Replicate {style}: guidance applies to flux-dev only; ignored")
     data["seed"] = seed
     if style in SOURCE_INPUTS:
-        add_sources(data, request, style, log)
+        add_sources(data, request, style, file_urls)
     return data, steps
 
 
-def recorded_input(data: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
-    """``data`` as the sidecar records it: each data URI replaced by what it holds (its
-    sha256, MIME type and size), not megabytes of base64."""
+def recorded_input(
+    data: dict[str, Any], request: GenerationRequest, file_urls: Mapping[int, str]
+) -> dict[str, Any]:
+    """``data`` as the sidecar records it: each source image replaced by what it holds (its
+    sha256, MIME type and size) and how it went (data URI or uploaded file), not megabytes
+    of base64."""
 
     def describe(source: SourceImage) -> str:
+        url = file_urls.get(source.position)
+        how = f"Replicate file {url}" if url else "data URI"
         return (
-            f"data URI of source {source.position} ({source.mime}, {source.bytes} bytes, "
+            f"{how} of source {source.position} ({source.mime}, {source.bytes} bytes, "
             f"sha256 {source.sha256})"
         )
 

@@ -59,7 +59,8 @@ KONTEXT_MAX_SAFETY_WITH_IMAGES = 2
 images are used" (the same flux-kontext-pro page, 2026-12-07)."""
 DATA_URI_ADVISED_BYTES = 1024 * 1024
 """Replicate advises a data URI only for a file under 1MB (replicate.com/docs/topics/
-predictions/input-files, read 2026-12-07); larger ones are sent so too, with a log line."""
+predictions/input-files, read 2026-12-07); a source of this size or more is uploaded with
+Replicate's Files API (``POST /v1/files``) and its ``urls.get`` sent instead."""
 
 VERSION_ID = re.compile(r"^[0-9a-f]{64}$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
