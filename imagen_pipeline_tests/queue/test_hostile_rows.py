@@ -375,6 +375,16 @@ def insert_raw(url: str, prompt: str, **columns: str) -> int:
             "attempts: all 2147483647 attempts are used; this job cannot run again",
             id="attempts-int-max",
         ),
+        pytest.param(
+            {"source_images": "'{1,NULL}'"},
+            "source_images[1]: is empty; name an image by its id",
+            id="source-images-empty-entry",
+        ),
+        pytest.param(
+            {"source_images": "'{{1,2}}'"},
+            "source_images: must be a flat list of image ids (got a nested array)",
+            id="source-images-nested",
+        ),
     ],
 )
 def test_regression_a_shape_that_stopped_the_queue_now_fails_only_its_own_row(
@@ -384,8 +394,10 @@ def test_regression_a_shape_that_stopped_the_queue_now_fails_only_its_own_row(
     columns: dict[str, str],
     error: str,
 ) -> None:
-    """Issue 11's three shapes, past the database (its rules dropped): one tick fails the
-    hostile row with its reason and launches the valid rows around it."""
+    """Issue 11's three shapes and two of ``source_images`` (which made reading the claimed
+    rows raise, leaving the whole claim queued without runs), past the database (its rules
+    dropped): one tick fails the hostile row with its reason and launches the valid rows
+    around it."""
     h = make_harness(rules_dropped, write_config, dagster_instance)
     before = insert_raw(rules_dropped, "a valid row before")
     hostile = insert_raw(rules_dropped, "a hostile row", **columns)
