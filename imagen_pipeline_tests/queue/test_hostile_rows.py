@@ -37,6 +37,8 @@ from imagen_pipeline.queue.rows import JobRow
 from imagen_pipeline_tests.fixtures.queue import sensor_tick, web_session
 
 CLIENT = "0c0c0c0c-0000-4000-8000-00000000000c"
+OTHER = "0d0d0d0d-0000-4000-8000-00000000000d"
+"""Another owner, whose images the client's rows may name but never use."""
 BACKENDS = ("mock", "gpu_box")
 CLASS_NAME = re.compile(r"\b[A-Z][A-Za-z]+(Error|Exception)\b")
 
@@ -411,3 +413,41 @@ def test_regression_a_shape_that_stopped_the_queue_now_fails_only_its_own_row(
         row = conn.execute("SELECT * FROM imagen.jobs WHERE id = %s", (hostile,)).fetchone()
     assert row is not None
     assert (row["status"], row["error"]) == ("failed", error)
+
+
+def test_regression_a_client_row_of_any_source_shape_is_refused_by_a_named_rule(
+    migrated_database_url: str,
+) -> None:
+    """A nested ``source_images`` from a client was refused by the trigger
+    ``jobs_client_sources`` failing with "cannot concatenate incompatible arrays" instead of
+    by a rule, and another owner's image after an empty entry passed the trigger (the check
+    constraint refused the row for the empty entry)."""
+    url = migrated_database_url
+    with psycopg.connect(url, autocommit=True) as conn:
+        mine, theirs = (
+            conn.execute(
+                "INSERT INTO imagen.images (owner_user_id, width, height, mime, bytes, sha256, "
+                "prompt, enriched_prompt, style, backend, model, run_id) VALUES "
+                "(%s, 64, 64, 'image/png', 10, 'x', 'p', 'p', 'none', 'mock', 'm', %s) "
+                "RETURNING id",
+                (owner, f"run-{owner}"),
+            ).fetchone()[0]
+            for owner in (CLIENT, OTHER)
+        )
+    cases = [
+        ([[mine, mine]], "jobs_source_images_check"),
+        ([[mine, theirs]], "jobs_client_sources"),
+        ([None, theirs], "jobs_client_sources"),
+    ]
+    refused = []
+    for images, _ in cases:
+        with (
+            pytest.raises(psycopg.errors.CheckViolation) as error,
+            web_session(url, CLIENT) as cursor,
+        ):
+            cursor.execute(
+                "INSERT INTO imagen.jobs (prompt, source_images) VALUES ('a harbour', %s)",
+                (images,),
+            )
+        refused.append(error.value.diag.constraint_name)
+    assert refused == [rule for _, rule in cases]
