@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict
 
+from imagen_pipeline.errors import InvalidRequestError
 from imagen_pipeline.generate.planning import ImageSpec, RequestFields, parse_backend_opts
 
 JobStatus = Literal["pending", "queued", "running", "done", "failed", "canceled"]
@@ -75,8 +76,10 @@ class JobRow(RequestFields):
     id: int
     owner_user_id: str | None = None
     backend_opts_json: str = "{}"
-    source_images: list[int] = []
-    """``imagen.images`` ids to start from (the database allows only the owner's)."""
+    source_images: list[Any] = []
+    """``imagen.images`` ids to start from, as the database returns them: its rules allow
+    only the owner's, but a row written past them may hold empty entries or a nested array,
+    which :meth:`to_spec` refuses."""
     mask: int | None = None
     mode: str | None = None
     strength: float | None = None
@@ -114,7 +117,7 @@ class JobRow(RequestFields):
         return ImageSpec(
             **{**self.request_fields(), "style": self.style or "none"},
             backend_opts=parse_backend_opts(self.backend_opts_json),
-            source_images=[str(image_id) for image_id in self.source_images],
+            source_images=source_image_ids(self.source_images),
             mask=None if self.mask is None else str(self.mask),
             mode=self.mode,
             strength=self.strength,
@@ -123,3 +126,20 @@ class JobRow(RequestFields):
             owner_user_id=self.owner_user_id,
             priority=self.priority,
         )
+
+
+def source_image_ids(values: list[Any]) -> list[str]:
+    """The row's ``source_images`` as the request's ids; raises, naming the entry, for an
+    empty entry or a nested array (only a row written past the database's rules holds one)."""
+    ids = []
+    for position, value in enumerate(values):
+        if isinstance(value, list):
+            raise InvalidRequestError(
+                "source_images", "must be a flat list of image ids (got a nested array)"
+            )
+        if value is None:
+            raise InvalidRequestError(
+                f"source_images[{position}]", "is empty; name an image by its id"
+            )
+        ids.append(str(value))
+    return ids

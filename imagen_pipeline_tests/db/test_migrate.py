@@ -35,6 +35,7 @@ def test_shipped_files_follow_the_supabase_cli_naming() -> None:
         "operator_alerts",
         "queue_pause_position",
         "source_images",
+        "client_sources_any_shape",
     ]
     assert all(len(m.version) == 14 and m.version.isdigit() for m in migrations)
 
