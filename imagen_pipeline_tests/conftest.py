@@ -12,15 +12,16 @@ pytest_plugins = [
 LONGEST_MODULES_FIRST = (
     "instance/test_celery_launcher.py",
     "queue/test_queue_daemon.py",
-    "cli/test_doctor.py",
     "queue/test_outages.py",
     "queue/test_fair_queue.py",
+    "cli/test_doctor.py",
 )
-"""Modules that run daemon stacks, longest first (seconds each in one suite run on
-2026-12-07, two processes: 155, 91, 75, 65, 65 of 761 in all). ``scripts/test.sh`` hands
-whole modules to its processes in collection order (``--dist loadfile
---no-loadscope-reorder``); started last, the longest module ran alone for minutes while the
-other processes idled."""
+"""Modules that run daemon stacks, in the order ``scripts/test.sh`` hands them out (it gives
+whole modules to its processes in collection order: ``--dist loadfile
+--no-loadscope-reorder``). Longest first (seconds each with two processes on 2026-12-07:
+celery launcher 155, queue daemon 91, doctor 75, outages 65, fair queue 65), except the
+doctor's, which starts and checks many processes: started beside the two longest it
+doubled (82 -> 158 s) and the suite took 7.1 minutes instead of 5.8."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
