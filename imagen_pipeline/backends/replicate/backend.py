@@ -285,7 +285,8 @@ class ReplicateBackend(ImageBackend):
     def check(self) -> BackendCheck:
         """Read the model (or version) with the token: reachable, token valid, model present."""
         from imagen_pipeline.backends.http_transport import USER_AGENT, probe_model
-        from imagen_pipeline.backends.replicate.client import problem_detail, redact
+        from imagen_pipeline.backends.replicate.client import redact
+        from imagen_pipeline.backends.replicate.files import problem_detail
 
         ref = parse_model_ref(self.model)
         return probe_model(
