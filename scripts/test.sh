@@ -11,7 +11,7 @@ bash "$REPO_ROOT/scripts/bootstrap.sh"
 cd "$REPO_ROOT"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-# Byte-compile the project's own modules once: with PYTHONDONTWRITEBYTECODE set (as on CI
-# machines) every process the suite starts would otherwise compile them again.
+# Byte-compile the project's own modules once: where PYTHONDONTWRITEBYTECODE is set (it is on
+# the development machines) every process the suite starts would otherwise compile them again.
 .venv/bin/python -m compileall -q imagen_pipeline imagen_pipeline_tests scripts
 .venv/bin/pytest -n "${IMAGEN_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "$@"

@@ -61,10 +61,11 @@ def doctor(
         timeout=120,
     )
     assert "Traceback" not in ran.stderr, ran.stderr
-    checks = {entry["check"]: Check(**entry) for entry in json.loads(ran.stdout)}
-    assert ran.returncode == exit_status(list(checks.values()))
+    found = [Check(**entry) for entry in json.loads(ran.stdout)]
+    checks = {check.check: check for check in found}
+    assert ran.returncode == exit_status(found)
     if not plain:
-        return ran.returncode, checks, "\n".join(render_lines(list(checks.values())))
+        return ran.returncode, checks, "\n".join(render_lines(found))
     printed = subprocess.run(
         ["imagen", "doctor", *args], env=env, capture_output=True, text=True, timeout=120
     )
