@@ -186,13 +186,19 @@ PRIVATE_ATTRIBUTES: tuple[PrivateName, ...] = (
         "a pool's slot rows brought to its limit, in the transaction that set the limit",
     ),
     PrivateName(
+        "dagster._core.storage.schedules.sql_schedule_storage.SqlScheduleStorage",
+        "_has_instigators_table",
+        "pooled_postgres",
+        "overridden: the catalog check the sensor daemon asks on every tick, asked once",
+    ),
+    PrivateName(
         "dagster._daemon.sensor",
         "MIN_INTERVAL_LOOP_TIME",
         "daemon",
         "the sensor daemon's period (5 s), set by `imagen daemon` from IMAGEN_SENSOR_LOOP_S",
     ),
 )
-"""Private attributes read or set through the functions below."""
+"""Private attributes read or set through the functions below, or overridden."""
 
 
 def find(entry: PrivateName) -> Any:

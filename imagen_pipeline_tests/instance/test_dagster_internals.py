@@ -76,6 +76,9 @@ def test_the_private_attributes_are_where_the_list_says(tmp_path: Path) -> None:
         with storage.index_connection() as conn:
             allocate_pool_slots(storage, conn, "some_pool", 3)
         assert storage.get_concurrency_info("some_pool").slot_count == 3
+        schedules = instance.schedule_storage
+        with schedules.connect() as conn:  # type: ignore[attr-defined]
+            assert schedules._has_instigators_table(conn) is True  # type: ignore[attr-defined]
     import dagster._daemon.sensor as sensor_daemon
 
     dagsters_period = sensor_daemon.MIN_INTERVAL_LOOP_TIME
@@ -89,6 +92,7 @@ def test_the_private_attributes_are_where_the_list_says(tmp_path: Path) -> None:
         "_base_dir",
         "_instance",
         "_allocate_concurrency_slots",
+        "_has_instigators_table",
         "MIN_INTERVAL_LOOP_TIME",
     ]
 

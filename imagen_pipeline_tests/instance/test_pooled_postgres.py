@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
 import psycopg
 import pytest
 import yaml
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from imagen_pipeline.defs.jobs import build_generate_image_job
 from imagen_pipeline_tests.fixtures.imagen import PRODUCTION_INSTANCE, file_resources
@@ -51,16 +55,21 @@ def sessions_for_one_run(
             raise_on_error=False,
         )
         status = instance.get_run_by_id(result.run_id).status  # type: ignore[union-attr]
-    # A backend reports its session when it exits, a moment after the client closed it.
+    return settled_sessions(server_url, database_url) - before, status
+
+
+def settled_sessions(server_url: str, database_url: str) -> int:
+    """:func:`ended_sessions` once it has stopped moving: a backend reports its session
+    when it exits, a moment after the client closed it."""
     deadline = time.monotonic() + 10
-    count = ended_sessions(server_url, database_url) - before
+    count = ended_sessions(server_url, database_url)
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        latest = ended_sessions(server_url, database_url) - before
+        latest = ended_sessions(server_url, database_url)
         if latest == count:
             break
         count = latest
-    return count, status
+    return count
 
 
 def test_pooled_storage_runs_a_job_on_a_fraction_of_the_connections(
@@ -156,3 +165,55 @@ def test_a_changed_default_limit_reaches_the_pools_using_it_and_no_other(
         infos = storage.get_concurrency_infos(["defaulted", "explicit"])
     found = {pool: (i.limit, i.slot_count, i.using_default_limit) for pool, i in infos.items()}
     assert found == {"defaulted": (3, 3, True), "explicit": (5, 5, False)}
+
+
+@contextmanager
+def catalog_queries() -> Iterator[list[str]]:
+    """The statements on Postgres' catalog (``pg_catalog``) that this process sends while
+    the block runs: SQLAlchemy's schema reflection, which dagster-postgres uses to ask which
+    tables and columns exist."""
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "pg_catalog" in statement:
+            sent.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+def test_the_pooled_storage_asks_the_catalog_once_per_process(
+    postgres_server_url: str,
+    fresh_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """dagster-postgres asked which tables exist whenever it built a storage (three per
+    instance: the code server builds one for every sensor tick) and which columns ``runs``
+    has on every runs query; each new instance connected three times to ask."""
+    monkeypatch.setenv("DAGSTER_PG_URL", fresh_database_url)
+    for kind in ("stock", "pooled"):
+        write_instance(tmp_path / kind, stock=kind == "stock")
+    with dg.DagsterInstance.from_config(str(tmp_path / "pooled")) as instance:
+        instance.get_run_records(limit=1)  # this process's first look at the schema
+    queries = {}
+    for kind in ("stock", "pooled"):
+        with catalog_queries() as queries[kind]:
+            for _ in range(5):
+                with dg.DagsterInstance.from_config(str(tmp_path / kind)) as instance:
+                    instance.get_run_records(limit=1)
+                    instance.get_run_records(limit=1)
+                    instance.schedule_storage.get_instigator_state("origin", "selector")  # type: ignore[union-attr]
+    assert len(queries["stock"]) >= 5 * 6, queries["stock"]
+    assert queries["pooled"] == []
+    sessions = {}
+    for kind in ("stock", "pooled"):
+        before = ended_sessions(postgres_server_url, fresh_database_url)
+        for _ in range(5):
+            dg.DagsterInstance.from_config(str(tmp_path / kind)).dispose()
+        sessions[kind] = settled_sessions(postgres_server_url, fresh_database_url) - before
+    assert sessions["stock"] >= 15, sessions
+    assert sessions["pooled"] == 0, sessions
