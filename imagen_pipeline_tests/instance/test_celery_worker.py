@@ -19,7 +19,7 @@ from imagen_pipeline_tests.instance.launch_target import deployed_job
 
 
 def test_a_cancel_that_interrupts_a_starting_run_ends_it_canceled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The launcher revokes a task Celery has started but whose run has not started yet
     (the run is STARTING) with SIGINT; the interrupt lands before Dagster's run execution
@@ -29,11 +29,6 @@ def test_a_cancel_that_interrupts_a_starting_run_ends_it_canceled(
     def interrupted() -> None:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)
-
-    # Python's own SIGINT handler, as in a pool process: a process started with SIGINT
-    # ignored (a shell's background job) would not be interrupted at all.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
     monkeypatch.setattr(celery_worker, "reload_if_config_changed", interrupted)
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
